@@ -1,0 +1,151 @@
+"""Market data operations (tag `market`): symbols, latest price, trades, candles."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from handlers import cursors
+from handlers.context import app_state
+from handlers.params import parse_window, symbol_code
+from persistence import candles, symbols, trades
+from persistence.errors import NoTrades, SymbolNotFound
+
+__all__ = ["get_latest_price", "list_candles", "list_symbols", "list_trades"]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+async def list_symbols(limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+    after = None
+    if cursor is not None:
+        (after,) = cursors.decode(cursor, "symbols", (), (str,))
+    async with app_state().db.connect() as conn:
+        rows = await symbols.list_symbols(conn, limit=limit + 1, after=after)  # type: ignore[arg-type]
+    page = rows[:limit]
+    return {
+        "symbols": [row._asdict() for row in page],
+        "count": len(page),
+        "next_cursor": (
+            cursors.encode("symbols", (), (page[-1].symbol,)) if len(rows) > limit else None
+        ),
+    }
+
+
+async def get_latest_price(symbol: str) -> dict[str, Any]:
+    code = symbol_code(symbol)
+    async with app_state().db.connect() as conn:
+        trade = await trades.latest_trade(conn, code)
+        if trade is None:
+            if await symbols.symbol_exists(conn, code):
+                raise NoTrades(code)
+            raise SymbolNotFound(code)
+    return {
+        "symbol": trade.symbol,
+        "price": trade.price,
+        "volume": trade.volume,
+        "timestamp": trade.timestamp,
+    }
+
+
+async def list_trades(
+    symbol: str,
+    start: str | None = None,
+    end: str | None = None,
+    limit: int = 100,
+    order: str = "desc",
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    code = symbol_code(symbol)
+    start_at, end_at = parse_window(start, end)
+    filters = (code, _iso(start_at), _iso(end_at), order)
+    after = None
+    if cursor is not None:
+        after = tuple(cursors.decode(cursor, "trades", filters, (datetime, int)))
+    async with app_state().db.connect() as conn:
+        rows = await trades.list_trades(
+            conn,
+            symbol=code,
+            start=start_at,
+            end=end_at,
+            descending=order == "desc",
+            after=after,  # type: ignore[arg-type]
+            limit=limit + 1,
+        )
+        if not rows and not await symbols.symbol_exists(conn, code):
+            raise SymbolNotFound(code)
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        next_cursor = cursors.encode("trades", filters, (page[-1].timestamp, page[-1].id))
+    return {
+        "symbol": code,
+        "start": start_at,
+        "end": end_at,
+        "order": order,
+        "count": len(page),
+        "trades": [row._asdict() for row in page],
+        "next_cursor": next_cursor,
+    }
+
+
+async def list_candles(
+    symbol: str,
+    interval: str = "1m",
+    start: str | None = None,
+    end: str | None = None,
+    limit: int = 500,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    code = symbol_code(symbol)
+    step = candles.INTERVALS[interval]
+    now = datetime.now(UTC)
+    start_at, end_at = parse_window(start, end)
+    filters = (code, interval, _iso(start_at), _iso(end_at))
+    if cursor is not None:
+        # The window is pinned by the first page, so "now" moving on cannot shift it.
+        resume, start_at, end_at = cursors.decode(
+            cursor, "candles", filters, (datetime, datetime, datetime)
+        )
+        lo = resume
+    else:
+        if end_at is None:
+            # Up to and including the bucket that is still open.
+            end_at = candles.bucket_floor(now, step) + step
+        if start_at is None:
+            # The `limit` most recent buckets before `end`.
+            start_at = candles.bucket_ceil(end_at, step) - limit * step
+        lo = candles.bucket_ceil(start_at, step)
+    assert isinstance(lo, datetime) and isinstance(start_at, datetime)
+    assert isinstance(end_at, datetime)
+    hi = candles.bucket_ceil(end_at, step)
+    rows: list[candles.CandleRow] = []
+    next_cursor = None
+    async with app_state().db.connect() as conn:
+        first = await candles.first_trade_at(conn, code, lo, hi) if lo < hi else None
+        if first is not None:
+            # Skip the stretch without trades, then aggregate at most `limit` buckets: a
+            # request's cost is bounded by its limit, whatever the window.
+            lo = candles.bucket_floor(first, step)
+            page_hi = min(hi, lo + limit * step)
+            rows = list(
+                await candles.upsert_and_read(
+                    conn, symbol=code, interval=interval, lo=lo, hi=page_hi
+                )
+            )
+            if page_hi < hi:
+                next_cursor = cursors.encode("candles", filters, (page_hi, start_at, end_at))
+        elif not await symbols.symbol_exists(conn, code):
+            raise SymbolNotFound(code)
+    settled = now - trades.VISIBILITY_DEADLINE
+    return {
+        "symbol": code,
+        "interval": interval,
+        "start": start_at,
+        "end": end_at,
+        "count": len(rows),
+        "candles": [{**row._asdict(), "closed": row.timestamp + step <= settled} for row in rows],
+        "next_cursor": next_cursor,
+    }

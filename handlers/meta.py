@@ -1,0 +1,109 @@
+"""Operational endpoints (tag `operations`): discovery, health, ingestion status, metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from handlers.context import app_state
+
+__all__ = ["get_health", "get_ingestion_status", "get_metrics", "get_root"]
+
+_LINKS = {
+    "self": "/",
+    "health": "/health",
+    "ingestion_status": "/status/ingestion",
+    "metrics": "/metrics",
+    "symbols": "/symbols",
+    "latest_price": "/price/latest?symbol={symbol}",
+    "trades": "/trades?symbol={symbol}",
+    "candles": "/candles?symbol={symbol}&interval=1m",
+    "docs": "/docs",
+    "redoc": "/redoc",
+    "openapi_json": "/openapi.json",
+    "openapi_yaml": "/openapi.yaml",
+}
+
+
+def _rounded(value: float | None, digits: int = 3) -> float | None:
+    return round(value, digits) if value is not None else None
+
+
+async def get_root() -> dict[str, Any]:
+    contract = app_state().contract
+    return {
+        "name": "market-data-platform",
+        "version": contract.version,
+        "description": contract.document["info"]["title"],
+        "links": _LINKS,
+    }
+
+
+async def get_health() -> Any:
+    state = app_state()
+    probe = await state.db.probe()
+    ingestion_state = state.ingestion.state()
+    stale = ingestion_state == "stale"
+    status = "fail" if not probe.ok else "warn" if stale else "pass"
+    body = {
+        "status": status,
+        "version": state.contract.version,
+        "time": datetime.now(UTC),
+        "checks": {
+            "database": {
+                "status": "pass" if probe.ok else "fail",
+                "latency_ms": probe.latency_ms,
+                "detail": probe.detail,
+            },
+            "ingestion": {
+                "status": "warn" if stale else "pass",
+                "state": ingestion_state,
+                "heartbeat_age_seconds": _rounded(state.ingestion.heartbeat_age()),
+            },
+        },
+    }
+    if not probe.ok:
+        return body, 503, {"Retry-After": "5"}
+    return body
+
+
+async def get_ingestion_status() -> dict[str, Any]:
+    status = app_state().ingestion
+    return {
+        "state": status.state(),
+        "enabled": status.enabled,
+        "interval_seconds": status.interval_seconds,
+        "stale_after_seconds": status.stale_after_seconds,
+        "symbols": list(status.symbols),
+        "last_batch_at": status.last_batch_at,
+        "seconds_since_last_batch": _rounded(status.heartbeat_age()),
+        "last_batch_size": status.last_batch_size,
+        "batches_total": status.batches_total,
+        "trades_total": status.trades_total,
+        "failures_total": status.failures_total,
+        "consecutive_failures": status.consecutive_failures,
+        "last_error": status.last_error,
+        "last_error_at": status.last_error_at,
+    }
+
+
+async def get_metrics() -> dict[str, Any]:
+    state = app_state()
+    metrics = state.metrics
+    probe = await state.db.probe()
+    return {
+        "started_at": metrics.started_at,
+        "uptime_seconds": round(metrics.uptime_seconds(), 3),
+        "requests": {
+            "count": metrics.count,
+            "average_ms": round(metrics.average_ms, 3),
+            "max_ms": round(metrics.max_ms, 3),
+            "last_ms": round(metrics.last_ms, 3),
+        },
+        "database": {"status": "up" if probe.ok else "down", "latency_ms": probe.latency_ms},
+        "ingestion": {
+            "state": state.ingestion.state(),
+            "last_batch_at": state.ingestion.last_batch_at,
+            "heartbeat_age_seconds": _rounded(state.ingestion.heartbeat_age()),
+        },
+    }

@@ -1,0 +1,51 @@
+"""Turning validated query values into domain values (times, symbols)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from mdp.problems import RequestValidationFailed, ValidationIssue
+from persistence.errors import InvalidTimeRange
+
+__all__ = ["parse_time", "parse_window", "symbol_code"]
+
+
+def symbol_code(symbol: str) -> str:
+    """Symbols are case-insensitive and always stored and returned upper case."""
+    return symbol.upper()
+
+
+def parse_time(value: str, name: str) -> datetime:
+    """An RFC 3339 timestamp with an offset, as UTC.
+
+    The contract's `format: date-time` has already been checked; this turns it into a
+    datetime. RFC 3339 allows lowercase `t`/`z`, which Python 3.11 does not, and some valid
+    RFC 3339 values (leap seconds, year 0000) have no datetime: those get a clear 400.
+    """
+    try:
+        moment = datetime.fromisoformat(value.upper())
+        if moment.tzinfo is None:
+            raise ValueError("missing offset")
+        return moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise RequestValidationFailed(
+            [
+                ValidationIssue(
+                    "query",
+                    name,
+                    f"{value!r} is not a supported RFC 3339 timestamp with an offset "
+                    "(e.g. 2026-01-02T03:04:05Z)",
+                )
+            ]
+        ) from None
+
+
+def parse_window(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
+    """`start` inclusive, `end` exclusive; when both are given, start must come first."""
+    start_at = parse_time(start, "start") if start is not None else None
+    end_at = parse_time(end, "end") if end is not None else None
+    if start_at is not None and end_at is not None and start_at >= end_at:
+        raise InvalidTimeRange(
+            f"start ({start_at.isoformat()}) must be before end ({end_at.isoformat()})."
+        )
+    return start_at, end_at

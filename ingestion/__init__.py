@@ -1,0 +1,1 @@
+"""Synthetic trade ingestion: a bounded random walk written to PostgreSQL in batches."""

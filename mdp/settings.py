@@ -1,0 +1,213 @@
+"""Typed service settings, read once from the environment (the only module that reads it)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = [
+    "DEFAULT_SYMBOLS",
+    "Settings",
+    "SettingsError",
+    "SymbolSpec",
+    "normalise_database_url",
+]
+
+SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,16}$")
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolSpec:
+    symbol: str
+    name: str
+    start_price: float
+
+
+DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = (
+    SymbolSpec("AAPL", "Apple Inc.", 190.00),
+    SymbolSpec("GOOGL", "Alphabet Inc. Class A", 140.00),
+    SymbolSpec("MSFT", "Microsoft Corporation", 410.00),
+    SymbolSpec("TSLA", "Tesla, Inc.", 240.00),
+    SymbolSpec("AMZN", "Amazon.com, Inc.", 180.00),
+)
+# Symbols named in SYMBOLS that are not defaults start their walk here.
+DEFAULT_START_PRICE = 100.00
+
+_SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+
+
+def normalise_database_url(raw: str) -> URL:
+    """Turn the URL forms users paste (postgres://, sslmode=, Cloud SQL socket) into asyncpg's."""
+    try:
+        url = make_url(raw.strip())
+    except ArgumentError as exc:
+        raise SettingsError(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    if url.drivername not in {"postgres", "postgresql", "postgresql+asyncpg"}:
+        raise SettingsError(
+            f"DATABASE_URL must be a postgresql:// URL (asyncpg driver), got {url.drivername!r}"
+        )
+    if not url.database:
+        raise SettingsError("DATABASE_URL must name a database (…/dbname)")
+    query = dict(url.query)
+    # libpq spells TLS as sslmode; asyncpg takes the same words as `ssl`.
+    sslmode = query.pop("sslmode", None)
+    if sslmode is not None:
+        if sslmode not in _SSL_MODES:
+            raise SettingsError(f"DATABASE_URL has an unknown sslmode {sslmode!r}")
+        query["ssl"] = sslmode
+    host = query.get("host")
+    if isinstance(host, tuple):
+        raise SettingsError("DATABASE_URL names more than one host")
+    if url.host is None and host is None:
+        raise SettingsError("DATABASE_URL needs a host, or ?host=/socket/dir for a Unix socket")
+    return url.set(drivername="postgresql+asyncpg", query=query)
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= minimum or value == float("inf"):
+        raise SettingsError(f"{name} must be a finite number >= {minimum}, got {raw!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {raw!r}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _symbols(raw: str | None) -> tuple[SymbolSpec, ...]:
+    if raw is None or raw.strip() == "":
+        return DEFAULT_SYMBOLS
+    defaults = {spec.symbol: spec for spec in DEFAULT_SYMBOLS}
+    specs: dict[str, SymbolSpec] = {}
+    for item in raw.split(","):
+        code, _, name = item.strip().partition(":")
+        code = code.strip()
+        if not SYMBOL_PATTERN.match(code):
+            raise SettingsError(
+                f"SYMBOLS entries must match {SYMBOL_PATTERN.pattern} (optionally CODE:Name), "
+                f"got {item.strip()!r}"
+            )
+        code = code.upper()
+        known = defaults.get(code)
+        specs[code] = SymbolSpec(
+            code,
+            name.strip() or (known.name if known else code),
+            known.start_price if known else DEFAULT_START_PRICE,
+        )
+    return tuple(specs.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    # None means: start the embedded PostgreSQL under data_dir.
+    database_url: URL | None = None
+    data_dir: Path = field(default_factory=lambda: Path.cwd() / ".mdp")
+    db_pool_size: int = 10
+    db_connect_timeout_seconds: float = 5.0
+    db_query_timeout_seconds: float = 10.0
+    ingestion_enabled: bool = True
+    ingestion_interval_seconds: float = 1.0
+    ingestion_seed: int | None = None
+    ingestion_max_trades_per_symbol: int = 3
+    symbols: tuple[SymbolSpec, ...] = DEFAULT_SYMBOLS
+    redoc_script_url: str = "https://cdn.jsdelivr.net/npm/redoc@2.5.0/bundles/redoc.standalone.js"
+    redoc_script_integrity: str | None = (
+        "sha384-4vOjrBu7SuDWXcAw1qFznVLA/sKL+0l4nn+J1HY8w7cpa6twQEYuh4b0Cwuo7CyX"
+    )
+
+    @property
+    def stale_after_seconds(self) -> float:
+        return 3 * self.ingestion_interval_seconds
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        raw_url = env.get("DATABASE_URL", "").strip()
+        level = env.get("LOG_LEVEL", "INFO").strip().upper()
+        if level not in LOG_LEVELS:
+            raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+        seed_raw = env.get("INGESTION_SEED", "").strip()
+        try:
+            seed = int(seed_raw) if seed_raw else None
+        except ValueError:
+            raise SettingsError(
+                f"INGESTION_SEED must be a whole number, got {seed_raw!r}"
+            ) from None
+        data_dir = env.get("MDP_DATA_DIR", "").strip()
+        integrity = env.get("REDOC_SCRIPT_INTEGRITY")
+        return cls(
+            host=env.get("HOST", "").strip() or defaults.host,
+            port=_int(env, "PORT", defaults.port, minimum=1, maximum=65535),
+            log_level=level,
+            database_url=normalise_database_url(raw_url) if raw_url else None,
+            data_dir=Path(data_dir).expanduser().resolve() if data_dir else Path.cwd() / ".mdp",
+            db_pool_size=_int(env, "DB_POOL_SIZE", defaults.db_pool_size, minimum=1, maximum=200),
+            db_connect_timeout_seconds=_float(
+                env, "DB_CONNECT_TIMEOUT_SECONDS", defaults.db_connect_timeout_seconds, minimum=0.1
+            ),
+            db_query_timeout_seconds=_float(
+                env, "DB_QUERY_TIMEOUT_SECONDS", defaults.db_query_timeout_seconds, minimum=0.1
+            ),
+            ingestion_enabled=_bool(env, "INGESTION_ENABLED", defaults.ingestion_enabled),
+            ingestion_interval_seconds=_float(
+                env, "INGESTION_INTERVAL_SECONDS", defaults.ingestion_interval_seconds, minimum=0.01
+            ),
+            ingestion_seed=seed,
+            ingestion_max_trades_per_symbol=_int(
+                env,
+                "INGESTION_MAX_TRADES_PER_SYMBOL",
+                defaults.ingestion_max_trades_per_symbol,
+                minimum=1,
+                maximum=1000,
+            ),
+            symbols=_symbols(env.get("SYMBOLS")),
+            redoc_script_url=env.get("REDOC_SCRIPT_URL", "").strip() or defaults.redoc_script_url,
+            # An explicitly empty integrity turns the check off (for a self-hosted script).
+            redoc_script_integrity=(
+                defaults.redoc_script_integrity
+                if integrity is None
+                else (integrity.strip() or None)
+            ),
+        )

@@ -1,0 +1,1 @@
+"""Persistence: engine, schema, migrations and every SQL statement the service runs."""

@@ -1,0 +1,142 @@
+"""Engines, connections and the one place that decides what "database unavailable" means."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from persistence.errors import DatabaseUnavailable
+
+__all__ = ["Database", "Probe", "create_engine", "is_unavailable", "describe_error"]
+
+# Errors that mean "the server is not there right now", as opposed to a bug in a query.
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    PoolTimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.QueryCanceledError,
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when `exc` (or what it wraps) says the database cannot be reached or answered late."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, _UNAVAILABLE):
+            return True
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, log- and client-safe description: the error class, never SQL or parameters."""
+    root: BaseException = exc
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, BaseException):
+        root = orig
+    elif exc.__cause__ is not None:
+        root = exc.__cause__
+    return type(root).__name__
+
+
+def create_engine(
+    url: URL,
+    *,
+    pool_size: int,
+    connect_timeout: float,
+    query_timeout: float,
+    application_name: str,
+    **options: Any,
+) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=connect_timeout,
+        connect_args={
+            "timeout": connect_timeout,
+            "command_timeout": query_timeout,
+            "server_settings": {
+                "application_name": application_name,
+                "statement_timeout": str(int(query_timeout * 1000)),
+                # Short index scans dominate; JIT and parallel plans only add latency here.
+                "jit": "off",
+                "max_parallel_workers_per_gather": "0",
+            },
+        },
+        **options,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    ok: bool
+    latency_ms: float | None
+    detail: str | None
+
+
+class Database:
+    """The read side's engine plus readiness: not ready until migrations and seeding finished."""
+
+    def __init__(self, engine: AsyncEngine, *, probe_timeout: float) -> None:
+        self.engine = engine
+        self.probe_timeout = probe_timeout
+        self._ready = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def mark_ready(self) -> None:
+        self._ready.set()
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """An autocommit connection for reads; unreachable-database errors become domain errors."""
+        if not self.ready:
+            raise DatabaseUnavailable("The database is not ready yet.")
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise DatabaseUnavailable(
+                    f"The database is unavailable ({describe_error(exc)})."
+                ) from exc
+            raise
+
+    async def probe(self) -> Probe:
+        """Round-trip `SELECT 1`; never raises, never waits longer than `probe_timeout`."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.probe_timeout):
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return Probe(False, None, describe_error(exc))
+        return Probe(True, round((time.perf_counter() - started) * 1000, 3), None)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

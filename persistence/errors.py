@@ -1,0 +1,54 @@
+"""Domain errors: raised below the HTTP layer, turned into problems in one central place."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "DatabaseUnavailable",
+    "DomainError",
+    "InvalidCursor",
+    "InvalidTimeRange",
+    "NoTrades",
+    "SymbolNotFound",
+]
+
+
+class DomainError(Exception):
+    """An error with a stable machine `code`; the HTTP layer maps codes to statuses."""
+
+    code: ClassVar[str]
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class SymbolNotFound(DomainError):
+    code = "symbol_not_found"
+
+    def __init__(self, symbol: str) -> None:
+        super().__init__(f"Symbol {symbol!r} is not known to this service.")
+        self.symbol = symbol
+
+
+class NoTrades(DomainError):
+    code = "no_trades"
+
+    def __init__(self, symbol: str) -> None:
+        super().__init__(f"Symbol {symbol!r} has no trades yet.")
+        self.symbol = symbol
+
+
+class InvalidTimeRange(DomainError):
+    code = "invalid_time_range"
+
+
+class InvalidCursor(DomainError):
+    code = "invalid_cursor"
+
+
+class DatabaseUnavailable(DomainError):
+    """The database cannot be reached (or is not migrated yet); clients should retry."""
+
+    code = "database_unavailable"

@@ -1,0 +1,100 @@
+"""Typed table definitions; the migrations in `migrations/` are the schema's source of truth."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "Candle", "Symbol", "Trade", "metadata"]
+
+# Predictable constraint names, so migrations can refer to them.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Prices are exact decimals: the API promises them back exactly as stored.
+PRICE = Numeric(18, 6)
+VWAP = Numeric(24, 6)
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class Symbol(Base):
+    __tablename__ = "symbols"
+
+    symbol: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (CheckConstraint("symbol = upper(symbol)", name="symbol_upper"),)
+
+
+class Trade(Base):
+    __tablename__ = "trades"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    symbol: Mapped[str] = mapped_column(
+        String(16), ForeignKey("symbols.symbol", ondelete="CASCADE")
+    )
+    price: Mapped[Decimal] = mapped_column(PRICE)
+    volume: Mapped[int] = mapped_column(BigInteger)
+    timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("price > 0", name="price_positive"),
+        CheckConstraint("volume > 0", name="volume_positive"),
+        # Every read is "one symbol, a time range, ordered by (timestamp, id)"; the INCLUDE
+        # columns let latest-price, trade pages and candle aggregation run as index-only scans.
+        Index(
+            None,
+            "symbol",
+            "timestamp",
+            "id",
+            postgresql_include=["price", "volume"],
+        ),
+    )
+
+
+class Candle(Base):
+    __tablename__ = "candles"
+
+    symbol: Mapped[str] = mapped_column(
+        String(16), ForeignKey("symbols.symbol", ondelete="CASCADE"), primary_key=True
+    )
+    interval: Mapped[str] = mapped_column(String(4), primary_key=True)
+    timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    open: Mapped[Decimal] = mapped_column(PRICE)
+    high: Mapped[Decimal] = mapped_column(PRICE)
+    low: Mapped[Decimal] = mapped_column(PRICE)
+    close: Mapped[Decimal] = mapped_column(PRICE)
+    volume: Mapped[int] = mapped_column(BigInteger)
+    vwap: Mapped[Decimal] = mapped_column(VWAP)
+    trade_count: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        CheckConstraint("interval IN ('1m', '5m', '15m', '1h', '4h', '1d')", name="interval"),
+    )

@@ -1,0 +1,139 @@
+"""Queries on `trades`: the newest trade, keyset pages, and batch inserts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import NamedTuple
+
+from sqlalchemy import BigInteger, DateTime, Float, Numeric, String, bindparam, select, text, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from persistence.models import Trade
+
+__all__ = [
+    "VISIBILITY_DEADLINE",
+    "NewTrade",
+    "TradeRow",
+    "insert_trades",
+    "last_prices",
+    "latest_trade",
+    "list_trades",
+]
+
+# A trade becomes visible at most this long after its timestamp: writers abandon a batch that
+# could not commit in time, so a reader may treat every bucket that ended longer ago as final.
+VISIBILITY_DEADLINE = timedelta(seconds=2)
+
+_trades = Trade.__table__
+_c = _trades.c
+
+
+class TradeRow(NamedTuple):
+    id: int
+    symbol: str
+    # float8 on the way out: PostgreSQL prints the shortest exact form, so 100.1 stays 100.1.
+    price: float
+    volume: int
+    timestamp: datetime
+
+
+class NewTrade(NamedTuple):
+    symbol: str
+    price: Decimal
+    volume: int
+    timestamp: datetime
+
+
+_columns = (_c.id, _c.symbol, _c.price.cast(Float), _c.volume, _c.timestamp)
+
+
+async def latest_trade(conn: AsyncConnection, symbol: str) -> TradeRow | None:
+    query = (
+        select(*_columns)
+        .where(_c.symbol == symbol)
+        .order_by(_c.timestamp.desc(), _c.id.desc())
+        .limit(1)
+    )
+    row = (await conn.execute(query)).first()
+    return TradeRow(*row) if row is not None else None
+
+
+async def list_trades(
+    conn: AsyncConnection,
+    *,
+    symbol: str,
+    start: datetime | None,
+    end: datetime | None,
+    descending: bool,
+    after: tuple[datetime, int] | None,
+    limit: int,
+) -> Sequence[TradeRow]:
+    """A page of trades ordered by (timestamp, id), continuing strictly after `after`."""
+    query = select(*_columns).where(_c.symbol == symbol)
+    if start is not None:
+        query = query.where(_c.timestamp >= start)
+    if end is not None:
+        query = query.where(_c.timestamp < end)
+    key = tuple_(_c.timestamp, _c.id)
+    if after is not None:
+        query = query.where(key < tuple_(*after) if descending else key > tuple_(*after))
+    if descending:
+        query = query.order_by(_c.timestamp.desc(), _c.id.desc())
+    else:
+        query = query.order_by(_c.timestamp, _c.id)
+    result = await conn.execute(query.limit(limit))
+    return [TradeRow(*row) for row in result]
+
+
+# One statement, one round trip, whatever the batch size: arrays unnested into rows.
+_insert_batch = text(
+    """
+    INSERT INTO trades (symbol, price, volume, timestamp)
+    SELECT * FROM unnest(
+        CAST(:symbols AS varchar[]), CAST(:prices AS numeric[]),
+        CAST(:volumes AS bigint[]), CAST(:timestamps AS timestamptz[])
+    )
+    """
+).bindparams(
+    bindparam("symbols", type_=ARRAY(String)),
+    bindparam("prices", type_=ARRAY(Numeric)),
+    bindparam("volumes", type_=ARRAY(BigInteger)),
+    bindparam("timestamps", type_=ARRAY(DateTime(timezone=True))),
+)
+
+
+async def insert_trades(conn: AsyncConnection, trades: Iterable[NewTrade]) -> int:
+    """Insert a batch as one multi-row statement; the caller owns the transaction."""
+    batch = list(trades)
+    if not batch:
+        return 0
+    symbols, prices, volumes, timestamps = zip(*batch, strict=True)
+    await conn.execute(
+        _insert_batch,
+        {
+            "symbols": list(symbols),
+            "prices": list(prices),
+            "volumes": list(volumes),
+            "timestamps": list(timestamps),
+        },
+    )
+    return len(batch)
+
+
+async def last_prices(conn: AsyncConnection, symbols: Sequence[str]) -> dict[str, Decimal]:
+    """Each symbol's newest stored price (symbols without trades are absent)."""
+    newest = (
+        select(_c.price)
+        .where(_c.symbol == bindparam("symbol"))
+        .order_by(_c.timestamp.desc(), _c.id.desc())
+        .limit(1)
+    )
+    prices: dict[str, Decimal] = {}
+    for symbol in symbols:
+        price = (await conn.execute(newest, {"symbol": symbol})).scalar_one_or_none()
+        if price is not None:
+            prices[symbol] = price
+    return prices
