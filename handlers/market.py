@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from handlers import cursors
 from handlers.context import app_state
@@ -21,9 +21,10 @@ def _iso(moment: datetime | None) -> str | None:
 async def list_symbols(limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
     after = None
     if cursor is not None:
-        (after,) = cursors.decode(cursor, "symbols", (), (str,))
+        (code,) = cursors.decode(cursor, "symbols", (), (str,))
+        after = cast(str, code)
     async with app_state().db.connect() as conn:
-        rows = await symbols.list_symbols(conn, limit=limit + 1, after=after)  # type: ignore[arg-type]
+        rows = await symbols.list_symbols(conn, limit=limit + 1, after=after)
     page = rows[:limit]
     return {
         "symbols": [row._asdict() for row in page],
@@ -63,7 +64,8 @@ async def list_trades(
     filters = (code, _iso(start_at), _iso(end_at), order)
     after = None
     if cursor is not None:
-        after = tuple(cursors.decode(cursor, "trades", filters, (datetime, int)))
+        moment, trade_id = cursors.decode(cursor, "trades", filters, (datetime, int))
+        after = (cast(datetime, moment), cast(int, trade_id))
     async with app_state().db.connect() as conn:
         rows = await trades.list_trades(
             conn,
@@ -71,7 +73,7 @@ async def list_trades(
             start=start_at,
             end=end_at,
             descending=order == "desc",
-            after=after,  # type: ignore[arg-type]
+            after=after,
             limit=limit + 1,
         )
         if not rows and not await symbols.symbol_exists(conn, code):
@@ -106,10 +108,8 @@ async def list_candles(
     filters = (code, interval, _iso(start_at), _iso(end_at))
     if cursor is not None:
         # The window is pinned by the first page, so "now" moving on cannot shift it.
-        resume, start_at, end_at = cursors.decode(
-            cursor, "candles", filters, (datetime, datetime, datetime)
-        )
-        lo = resume
+        position = cursors.decode(cursor, "candles", filters, (datetime, datetime, datetime))
+        lo, start_at, end_at = (cast(datetime, value) for value in position)
     else:
         if end_at is None:
             # Up to and including the bucket that is still open.
@@ -118,8 +118,6 @@ async def list_candles(
             # The `limit` most recent buckets before `end`.
             start_at = candles.bucket_ceil(end_at, step) - limit * step
         lo = candles.bucket_ceil(start_at, step)
-    assert isinstance(lo, datetime) and isinstance(start_at, datetime)
-    assert isinstance(end_at, datetime)
     hi = candles.bucket_ceil(end_at, step)
     rows: list[candles.CandleRow] = []
     next_cursor = None

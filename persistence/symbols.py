@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
-from sqlalchemy import exists, select
+from sqlalchemy import Table, exists, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -14,7 +14,7 @@ from persistence.models import Symbol
 
 __all__ = ["SymbolRow", "ensure_symbols", "list_symbols", "symbol_exists"]
 
-_symbols = Symbol.__table__
+_symbols = cast(Table, Symbol.__table__)
 
 
 class SymbolRow(NamedTuple):

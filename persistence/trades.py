@@ -5,9 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
-from sqlalchemy import BigInteger, DateTime, Float, Numeric, String, bindparam, select, text, tuple_
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    Numeric,
+    String,
+    Table,
+    bindparam,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -27,7 +38,7 @@ __all__ = [
 # could not commit in time, so a reader may treat every bucket that ended longer ago as final.
 VISIBILITY_DEADLINE = timedelta(seconds=2)
 
-_trades = Trade.__table__
+_trades = cast(Table, Trade.__table__)
 _c = _trades.c
 
 
