@@ -70,7 +70,7 @@ def decode(
         payload = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         if not isinstance(payload, list) or len(payload) != 2 + len(shape):
             raise ValueError(payload)
-        if payload[0] != _VERSION:
+        if type(payload[0]) is not int or payload[0] != _VERSION:
             raise ValueError(payload)
         position = [_convert(v, t) for v, t in zip(payload[2:], shape, strict=True)]
     except (binascii.Error, ValueError):

@@ -7,7 +7,12 @@ from datetime import UTC, datetime
 from mdp.problems import RequestValidationFailed, ValidationIssue
 from persistence.errors import InvalidTimeRange
 
-__all__ = ["parse_time", "parse_window", "symbol_code"]
+__all__ = ["EARLIEST", "LATEST", "parse_time", "parse_window", "symbol_code"]
+
+# The supported range of request timestamps: far beyond any market data, and far enough from
+# datetime's limits that window arithmetic (up to 5000 daily buckets) can never overflow.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def symbol_code(symbol: str) -> str:
@@ -26,18 +31,24 @@ def parse_time(value: str, name: str) -> datetime:
         moment = datetime.fromisoformat(value.upper())
         if moment.tzinfo is None:
             raise ValueError("missing offset")
-        return moment.astimezone(UTC)
+        moment = moment.astimezone(UTC)
     except (ValueError, OverflowError):
-        raise RequestValidationFailed(
-            [
-                ValidationIssue(
-                    "query",
-                    name,
-                    f"{value!r} is not a supported RFC 3339 timestamp with an offset "
-                    "(e.g. 2026-01-02T03:04:05Z)",
-                )
-            ]
+        raise _invalid(
+            name,
+            f"{value!r} is not a supported RFC 3339 timestamp with an offset "
+            "(e.g. 2026-01-02T03:04:05Z)",
         ) from None
+    if not EARLIEST <= moment < LATEST:
+        raise _invalid(
+            name,
+            f"{value!r} is outside the supported range "
+            "1900-01-01T00:00:00Z (inclusive) to 9000-01-01T00:00:00Z (exclusive)",
+        )
+    return moment
+
+
+def _invalid(name: str, message: str) -> RequestValidationFailed:
+    return RequestValidationFailed([ValidationIssue("query", name, message)])
 
 
 def parse_window(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:

@@ -51,8 +51,11 @@ def normalise_database_url(raw: str) -> URL:
     """Turn the URL forms users paste (postgres://, sslmode=, Cloud SQL socket) into asyncpg's."""
     try:
         url = make_url(raw.strip())
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:
+        # SQLAlchemy raises a bare ValueError for e.g. a non-numeric port.
         raise SettingsError(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise SettingsError(f"DATABASE_URL has an invalid port {url.port}")
     if url.drivername not in {"postgres", "postgresql", "postgresql+asyncpg"}:
         raise SettingsError(
             f"DATABASE_URL must be a postgresql:// URL (asyncpg driver), got {url.drivername!r}"

@@ -12,24 +12,31 @@ from mdp.problems import RequestValidationFailed, ValidationIssue
 
 __all__ = ["CollectingParameterValidator"]
 
-_LOCATIONS = ("query", "path", "header")
+# Connexion builds a validator per request; the compiled schemas are cached per operation,
+# keyed by its parameter list (kept alive in the entry, so the id cannot be reused).
+_compiled_by_operation: dict[int, tuple[list[Any], dict[int, Draft4Validator]]] = {}
+
+
+def _compiled(parameters: list[Any]) -> dict[int, Draft4Validator]:
+    entry = _compiled_by_operation.get(id(parameters))
+    if entry is None or entry[0] is not parameters:
+        compiled = {
+            id(param): Draft4Validator(
+                param.get("schema", param), format_checker=Draft4Validator.FORMAT_CHECKER
+            )
+            for param in parameters
+        }
+        entry = _compiled_by_operation[id(parameters)] = (parameters, compiled)
+    return entry[1]
 
 
 class CollectingParameterValidator(ParameterValidator):  # type: ignore[misc]
     """Connexion's validator stops at the first error and pastes the JSON schema into the
-    message; this one lists every parameter that is wrong, in `errors`, in plain words.
+    message; this one lists every parameter that is wrong, in `errors`, in plain words."""
 
-    Schemas are compiled once per operation here rather than once per request.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._compiled: dict[int, Draft4Validator] = {}
-        for location in _LOCATIONS:
-            for param in self.parameters.get(location, []):
-                self._compiled[id(param)] = Draft4Validator(
-                    param.get("schema", param), format_checker=Draft4Validator.FORMAT_CHECKER
-                )
+    def __init__(self, parameters: list[Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(parameters, *args, **kwargs)
+        self._compiled = _compiled(parameters)
 
     def _check(self, location: str, param: dict[str, Any], value: Any) -> ValidationIssue | None:
         name = param["name"]

@@ -33,6 +33,8 @@ INTERVALS: dict[str, timedelta] = {
 
 def bucket_floor(moment: datetime, step: timedelta) -> datetime:
     """Start of the bucket holding `moment`; buckets are aligned to UTC epoch multiples."""
+    # In UTC: wall-clock arithmetic in a zone with DST would leave the bucket grid.
+    moment = moment.astimezone(UTC)
     return moment - (moment - EPOCH) % step
 
 
