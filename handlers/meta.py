@@ -42,18 +42,21 @@ async def get_root() -> dict[str, Any]:
 async def get_health() -> Any:
     state = app_state()
     probe = await state.db.probe()
+    # Reachable is not enough: until migrations and seeding finished, data requests get 503.
+    database_ok = probe.ok and state.db.ready
+    detail = probe.detail if not probe.ok else None if state.db.ready else "starting up"
     ingestion_state = state.ingestion.state()
     stale = ingestion_state == "stale"
-    status = "fail" if not probe.ok else "warn" if stale else "pass"
+    status = "fail" if not database_ok else "warn" if stale else "pass"
     body = {
         "status": status,
         "version": state.contract.version,
         "time": datetime.now(UTC),
         "checks": {
             "database": {
-                "status": "pass" if probe.ok else "fail",
+                "status": "pass" if database_ok else "fail",
                 "latency_ms": probe.latency_ms,
-                "detail": probe.detail,
+                "detail": detail,
             },
             "ingestion": {
                 "status": "warn" if stale else "pass",
@@ -62,7 +65,7 @@ async def get_health() -> Any:
             },
         },
     }
-    if not probe.ok:
+    if not database_ok:
         return body, 503, {"Retry-After": "5"}
     return body
 

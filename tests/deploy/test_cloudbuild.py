@@ -1,0 +1,206 @@
+"""cloudbuild.yaml: build, push, migrate, deploy; every flag Cloud Run needs, consistently."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy import CLOUDBUILD, load_stages
+
+IMAGE = "${_REGION}-docker.pkg.dev/$PROJECT_ID/${_REPOSITORY}/${_SERVICE}:$COMMIT_SHA"
+USER_SUBSTITUTION = re.compile(r"\$\{(_[A-Z0-9_]+)\}|\$(_[A-Z0-9_]+)")
+BUILTIN_SUBSTITUTION = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}|\$([A-Z][A-Z0-9_]*)")
+BUILTINS = {"PROJECT_ID", "PROJECT_NUMBER", "BUILD_ID", "LOCATION", "COMMIT_SHA", "SHORT_SHA"}
+DEPLOY_FLAGS = (
+    "--image",
+    "--region",
+    "--add-cloudsql-instances",
+    "--set-secrets",
+    "--service-account",
+    "--no-cpu-throttling",
+    "--min-instances",
+    "--port",
+    "--concurrency",
+    "--set-env-vars",
+    "--timeout",
+)
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    loaded = yaml.safe_load(CLOUDBUILD.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def steps(config: dict[str, Any]) -> list[dict[str, Any]]:
+    found = config["steps"]
+    assert isinstance(found, list) and found
+    return found
+
+
+def _args(step: dict[str, Any]) -> list[str]:
+    return [str(arg) for arg in step.get("args", [])]
+
+
+def _gcloud(step: dict[str, Any]) -> list[str]:
+    """The gcloud argv of a step, whether gcloud is the entrypoint or the first argument."""
+    args = _args(step)
+    if step.get("entrypoint") == "gcloud":
+        return args
+    if step.get("entrypoint") is None and args[:1] == ["gcloud"]:
+        return args[1:]
+    return []
+
+
+def flag_values(args: list[str], flag: str) -> list[str]:
+    values = []
+    for index, arg in enumerate(args):
+        if arg == flag and index + 1 < len(args):
+            values.append(args[index + 1])
+        elif arg.startswith(flag + "="):
+            values.append(arg.split("=", 1)[1])
+    return values
+
+
+def _one(args: list[str], flag: str) -> str:
+    values = flag_values(args, flag)
+    assert len(values) == 1, f"{flag} given {len(values)} times in {args}"
+    return values[0]
+
+
+def _index(steps: list[dict[str, Any]], prefix: list[str], *, docker: bool = False) -> int:
+    for index, step in enumerate(steps):
+        argv = _args(step) if docker and "docker" in str(step.get("name")) else _gcloud(step)
+        if argv[: len(prefix)] == prefix:
+            return index
+    raise AssertionError(f"no step runs {' '.join(prefix)}")
+
+
+def _strings(node: object) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _strings(item)
+
+
+def _exposed_port() -> str:
+    runtime = load_stages()[-1]
+    exposed = runtime.last("EXPOSE")
+    assert exposed is not None
+    return exposed.value.split("/")[0]
+
+
+def test_steps_build_push_migrate_then_deploy(steps: list[dict[str, Any]]) -> None:
+    build = _index(steps, ["build"], docker=True)
+    push = _index(steps, ["push"], docker=True)
+    migrate_job = _index(steps, ["run", "jobs", "deploy"])
+    migrate = _index(steps, ["run", "jobs", "execute"])
+    deploy = _index(steps, ["run", "deploy"])
+    assert build < push < migrate_job < migrate < deploy
+    # No step may start early: each waits for the one before (no waitFor: ['-']).
+    assert all(step.get("waitFor") in (None, []) for step in steps)
+
+
+def test_deploy_step_sets_every_cloud_run_flag(steps: list[dict[str, Any]]) -> None:
+    args = _gcloud(steps[_index(steps, ["run", "deploy"])])
+    for flag in DEPLOY_FLAGS:
+        assert any(a == flag or a.startswith(flag + "=") for a in args), f"deploy lacks {flag}"
+    assert _one(args, "--add-cloudsql-instances") == "${_INSTANCE_CONNECTION_NAME}"
+    assert _one(args, "--set-secrets") == "DATABASE_URL=${_DATABASE_URL_SECRET}:latest"
+    assert _one(args, "--service-account") == "${_SERVICE_ACCOUNT}"
+    assert _one(args, "--region") == "${_REGION}"
+    assert _one(args, "--min-instances") == "1"
+    assert int(_one(args, "--concurrency")) >= 1
+    assert "--cpu-throttling" not in args
+    env = dict(item.split("=", 1) for item in _one(args, "--set-env-vars").split(","))
+    assert set(env) >= {"LOG_LEVEL", "INGESTION_INTERVAL_SECONDS"}
+    assert re.fullmatch(r"\d+s", _one(args, "--timeout"))
+
+
+def test_port_matches_the_dockerfile(steps: list[dict[str, Any]]) -> None:
+    args = _gcloud(steps[_index(steps, ["run", "deploy"])])
+    port = _one(args, "--port")
+    assert port == _exposed_port()
+    assert load_stages()[-1].env()["PORT"] == port
+
+
+def test_every_step_uses_the_same_image(
+    steps: list[dict[str, Any]], config: dict[str, Any]
+) -> None:
+    build = _args(steps[_index(steps, ["build"], docker=True)])
+    push = _args(steps[_index(steps, ["push"], docker=True)])
+    job = _gcloud(steps[_index(steps, ["run", "jobs", "deploy"])])
+    deploy = _gcloud(steps[_index(steps, ["run", "deploy"])])
+    tags = flag_values(build, "--tag") + flag_values(build, "-t")
+    assert tags == [IMAGE]
+    assert push[1:] == [IMAGE]
+    assert _one(job, "--image") == IMAGE
+    assert _one(deploy, "--image") == IMAGE
+    assert config["images"] == [IMAGE]
+
+
+def test_migration_job_runs_mdp_migrate_like_the_service(steps: list[dict[str, Any]]) -> None:
+    job = _gcloud(steps[_index(steps, ["run", "jobs", "deploy"])])
+    execute = _gcloud(steps[_index(steps, ["run", "jobs", "execute"])])
+    deploy = _gcloud(steps[_index(steps, ["run", "deploy"])])
+    name = job[3]
+    assert name == "${_SERVICE}-migrate"
+    assert execute[3] == name
+    assert "--wait" in execute
+    assert _one(execute, "--region") == _one(job, "--region") == _one(deploy, "--region")
+    assert [_one(job, "--command"), _one(job, "--args")] == ["mdp", "migrate"]
+    # Same database, same credentials, same identity as the service it migrates for.
+    assert _one(job, "--set-cloudsql-instances") == _one(deploy, "--add-cloudsql-instances")
+    assert _one(job, "--set-secrets") == _one(deploy, "--set-secrets")
+    assert _one(job, "--service-account") == _one(deploy, "--service-account")
+    assert _one(job, "--max-retries") == "0"
+
+
+def test_substitutions_used_are_declared_and_declared_are_used(config: dict[str, Any]) -> None:
+    declared = config["substitutions"]
+    assert set(declared) >= {
+        "_REGION",
+        "_REPOSITORY",
+        "_SERVICE",
+        "_INSTANCE_CONNECTION_NAME",
+        "_DATABASE_URL_SECRET",
+        "_SERVICE_ACCOUNT",
+    }
+    used: set[str] = set()
+    builtins: set[str] = set()
+    for text in _strings(config):
+        for match in USER_SUBSTITUTION.finditer(text):
+            used.add(match.group(1) or match.group(2))
+        for match in BUILTIN_SUBSTITUTION.finditer(text):
+            builtins.add(match.group(1) or match.group(2))
+    assert used <= set(declared), f"undeclared: {used - set(declared)}"
+    outside = {
+        s for key, value in config.items() if key != "substitutions" for s in _strings(value)
+    }
+    used_outside = {
+        m.group(1) or m.group(2) for text in outside for m in USER_SUBSTITUTION.finditer(text)
+    }
+    assert set(declared) <= used_outside, f"declared but unused: {set(declared) - used_outside}"
+    assert builtins <= BUILTINS, f"not built-in substitutions: {builtins - BUILTINS}"
+    assert all(isinstance(value, str) and value for value in declared.values())
+
+
+def test_defaults_that_refer_to_substitutions_enable_dynamic_substitutions(
+    config: dict[str, Any],
+) -> None:
+    refers = any("$" in value for value in config["substitutions"].values())
+    options = config["options"]
+    assert options["logging"] == "CLOUD_LOGGING_ONLY"
+    if refers:
+        assert options.get("dynamicSubstitutions") is True
