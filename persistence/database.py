@@ -51,14 +51,18 @@ def is_unavailable(exc: BaseException) -> bool:
 
 
 def describe_error(exc: BaseException) -> str:
-    """A short, log- and client-safe description: the error class, never SQL or parameters."""
-    root: BaseException = exc
-    orig = getattr(exc, "orig", None)
-    if isinstance(orig, BaseException):
-        root = orig
-    elif exc.__cause__ is not None:
-        root = exc.__cause__
-    return type(root).__name__
+    """A short, log- and client-safe description: the class of the innermost error (the
+    driver's, under SQLAlchemy's wrappers), never its message, SQL or parameters."""
+    root = exc
+    seen = {id(exc)}
+    while True:
+        orig = getattr(root, "orig", None)
+        inner = orig if isinstance(orig, BaseException) else root.__cause__
+        # asyncio.timeout() chains the cancellation it used: the timeout is the news.
+        if inner is None or id(inner) in seen or isinstance(inner, asyncio.CancelledError):
+            return type(root).__name__
+        seen.add(id(inner))
+        root = inner
 
 
 def create_engine(

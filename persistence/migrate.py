@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from importlib.resources import files
 
 from alembic import command
@@ -25,8 +27,16 @@ def _upgrade(connection: Connection, revision: str) -> None:
     command.upgrade(config, revision)
 
 
+# Alembic's `context` and `op` are process-wide: env.py's advisory lock serialises processes,
+# this serialises the upgrades of one process (one lock per event loop).
+_local_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Run pending migrations on `engine` (env.py serialises concurrent runs with a lock)."""
-    async with engine.connect() as conn:
+    """Run pending migrations on `engine`; safe from several instances at once."""
+    lock = _local_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock, engine.connect() as conn:
         await conn.run_sync(_upgrade, revision)
         await conn.commit()

@@ -34,10 +34,12 @@ async def list_symbols(
     conn: AsyncConnection, *, limit: int, after: str | None
 ) -> Sequence[SymbolRow]:
     """Up to `limit` symbols in code order, starting after `after`."""
+    # Byte order, whatever the database's collation: pages must not depend on the server.
+    code = _symbols.c.symbol.collate("C")
     query = select(_symbols.c.symbol, _symbols.c.name, _symbols.c.created_at)
     if after is not None:
-        query = query.where(_symbols.c.symbol > after)
-    result = await conn.execute(query.order_by(_symbols.c.symbol).limit(limit))
+        query = query.where(code > after)
+    result = await conn.execute(query.order_by(code).limit(limit))
     return [SymbolRow(*row) for row in result]
 
 

@@ -1,0 +1,351 @@
+"""Candles aggregated by PostgreSQL, checked against an independent pure-Python reference."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from persistence.candles import first_trade_at, upsert_and_read
+from persistence.symbols import ensure_symbols
+from persistence.trades import NewTrade, insert_trades
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+STEPS = {
+    "1m": timedelta(minutes=1),
+    "5m": timedelta(minutes=5),
+    "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1),
+    "4h": timedelta(hours=4),
+    "1d": timedelta(days=1),
+}
+TICK = Decimal("0.01")
+VWAP_PLACES = Decimal("0.000001")
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    price: Decimal
+    volume: int
+    timestamp: datetime
+
+
+Candle = tuple[datetime, float, float, float, float, int, float, int]
+
+
+def _floor(moment: datetime, step: timedelta) -> datetime:
+    micros = (moment - EPOCH) // MICROSECOND
+    return EPOCH + (micros - micros % (step // MICROSECOND)) * MICROSECOND
+
+
+def _ceil(moment: datetime, step: timedelta) -> datetime:
+    floor = _floor(moment, step)
+    return floor if floor == moment else floor + step
+
+
+def reference(
+    trades: Sequence[Stored], step: timedelta, lo: datetime, hi: datetime
+) -> list[Candle]:
+    """The candle definition written out plainly, with exact decimal arithmetic."""
+    buckets: dict[datetime, list[Stored]] = {}
+    for trade in trades:
+        if lo <= trade.timestamp < hi:
+            buckets.setdefault(_floor(trade.timestamp, step), []).append(trade)
+    candles = []
+    for start in sorted(buckets):
+        group = sorted(buckets[start], key=lambda t: (t.timestamp, t.id))
+        volume = sum(t.volume for t in group)
+        with localcontext() as ctx:
+            ctx.prec = 60
+            # PostgreSQL's numeric round() goes half away from zero, like ROUND_HALF_UP.
+            vwap = (sum(t.price * t.volume for t in group) / volume).quantize(
+                VWAP_PLACES, rounding=ROUND_HALF_UP
+            )
+        candles.append(
+            (
+                start,
+                float(group[0].price),
+                float(max(t.price for t in group)),
+                float(min(t.price for t in group)),
+                float(group[-1].price),
+                volume,
+                float(vwap),
+                len(group),
+            )
+        )
+    return candles
+
+
+def random_trades(rng: random.Random, symbol: str) -> list[NewTrade]:
+    """A few hundred trades over a few hours, often across a day or 4 h boundary, with ties."""
+    first = datetime(2026, 3, rng.randint(1, 28), tzinfo=UTC) + rng.uniform(19, 23.5) * timedelta(
+        hours=1
+    )
+    span = rng.uniform(1, 4) * timedelta(hours=1)
+    count = rng.randint(200, 400)
+    stamps = [first + rng.randrange(span // MICROSECOND) * MICROSECOND for _ in range(count)]
+    for _ in range(rng.randint(5, 15)):
+        # Several trades at one instant: open/close must fall back to the id.
+        shared = rng.choice(stamps)
+        for _ in range(rng.randint(1, 4)):
+            stamps[rng.randrange(count)] = shared
+    for _ in range(rng.randint(2, 6)):
+        # Trades exactly on a minute boundary belong to the bucket that starts there.
+        edge = rng.choice(stamps).replace(second=0, microsecond=0)
+        for _ in range(rng.randint(1, 3)):
+            stamps[rng.randrange(count)] = edge
+    # Insertion order is random, so ids do not follow time.
+    rng.shuffle(stamps)
+    return [
+        NewTrade(symbol, rng.randint(5_000, 15_000) * TICK, rng.randint(1, 1000), stamp)
+        for stamp in stamps
+    ]
+
+
+async def _stored(conn: AsyncConnection, symbol: str) -> list[Stored]:
+    rows = await conn.execute(
+        text('SELECT id, price, volume, "timestamp" FROM trades WHERE symbol = :s'), {"s": symbol}
+    )
+    return [Stored(*row) for row in rows]
+
+
+async def _candle_table(conn: AsyncConnection, symbol: str, interval: str) -> list[Candle]:
+    rows = await conn.execute(
+        text(
+            'SELECT "timestamp", open, high, low, close, volume, vwap, trade_count FROM candles '
+            'WHERE symbol = :s AND "interval" = :i ORDER BY "timestamp"'
+        ),
+        {"s": symbol, "i": interval},
+    )
+    return [
+        (ts, float(o), float(h), float(lo), float(c), v, float(w), n)
+        for ts, o, h, lo, c, v, w, n in rows
+    ]
+
+
+def _window(
+    rng: random.Random, trades: Sequence[Stored], step: timedelta
+) -> tuple[datetime, datetime]:
+    """A bucket-aligned window that usually cuts some trades off at both ends."""
+    first = min(t.timestamp for t in trades)
+    last = max(t.timestamp for t in trades)
+    span = last - first
+    lo = _floor(first + rng.uniform(0, 0.3) * span, step)
+    hi = _ceil(last - rng.uniform(0, 0.3) * span, step)
+    return lo, max(hi, lo + step)
+
+
+@pytest.mark.parametrize("seed", range(25))
+async def test_candles_match_reference_for_random_trades(conn: AsyncConnection, seed: int) -> None:
+    rng = random.Random(seed)
+    symbol = f"RND{seed}"
+    generated = random_trades(rng, symbol)
+    await ensure_symbols(conn, [(symbol, "Random")])
+    await insert_trades(conn, generated)
+    trades = await _stored(conn, symbol)
+    assert sorted((t.price, t.volume, t.timestamp) for t in trades) == sorted(
+        (t.price, t.volume, t.timestamp) for t in generated
+    )
+
+    for interval, step in STEPS.items():
+        lo, hi = _window(rng, trades, step)
+
+        candles = await upsert_and_read(conn, symbol=symbol, interval=interval, lo=lo, hi=hi)
+
+        expected = reference(trades, step, lo, hi)
+        assert [tuple(c) for c in candles] == expected, interval
+        assert sum(c.trade_count for c in candles) == sum(lo <= t.timestamp < hi for t in trades)
+
+
+async def test_candle_buckets_are_epoch_aligned_and_window_bounds_are_start_inclusive(
+    conn: AsyncConnection,
+) -> None:
+    await ensure_symbols(conn, [("EDGE", "Edges")])
+    lo = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
+    hi = lo + timedelta(minutes=3)
+    stamps = [
+        lo - MICROSECOND,  # previous bucket: outside the window
+        lo,  # first instant of the first bucket
+        lo + timedelta(seconds=59, microseconds=999_999),
+        lo + timedelta(minutes=2, seconds=30),
+        hi,  # first instant after the window
+    ]
+    await insert_trades(
+        conn, [NewTrade("EDGE", Decimal(10 + i), 1, stamp) for i, stamp in enumerate(stamps)]
+    )
+
+    candles = await upsert_and_read(conn, symbol="EDGE", interval="1m", lo=lo, hi=hi)
+
+    # Minute 1 has no trades and is omitted.
+    assert [(c.timestamp, c.open, c.close, c.trade_count) for c in candles] == [
+        (lo, 11.0, 12.0, 2),
+        (lo + timedelta(minutes=2), 13.0, 13.0, 1),
+    ]
+
+
+async def test_day_candles_start_at_midnight_utc(conn: AsyncConnection) -> None:
+    await ensure_symbols(conn, [("DAY", "Days")])
+    late = datetime(2026, 2, 3, 23, 59, 59, 999_999, tzinfo=UTC)
+    early = datetime(2026, 2, 4, 0, 0, tzinfo=UTC)
+    day = timedelta(days=1)
+    await insert_trades(
+        conn,
+        [NewTrade("DAY", Decimal("1.00"), 1, late), NewTrade("DAY", Decimal("2.00"), 1, early)],
+    )
+
+    candles = await upsert_and_read(
+        conn, symbol="DAY", interval="1d", lo=early - day, hi=early + day
+    )
+
+    assert [(c.timestamp, c.open) for c in candles] == [(early - day, 1.0), (early, 2.0)]
+
+
+async def test_candle_open_and_close_break_timestamp_ties_by_id(conn: AsyncConnection) -> None:
+    await ensure_symbols(conn, [("TIE", "Ties")])
+    moment = datetime(2026, 2, 3, 10, 0, 30, 5, tzinfo=UTC)
+    await insert_trades(conn, [NewTrade("TIE", Decimal("5.00"), 1, moment)])
+    await insert_trades(conn, [NewTrade("TIE", Decimal("6.00"), 1, moment)])
+    await insert_trades(conn, [NewTrade("TIE", Decimal("4.00"), 1, moment)])
+
+    (candle,) = await upsert_and_read(
+        conn,
+        symbol="TIE",
+        interval="1m",
+        lo=moment.replace(second=0, microsecond=0),
+        hi=moment.replace(second=0, microsecond=0) + timedelta(minutes=1),
+    )
+
+    assert (candle.open, candle.high, candle.low, candle.close) == (5.0, 6.0, 4.0, 4.0)
+
+
+async def test_vwap_rounds_half_away_from_zero_to_six_places(conn: AsyncConnection) -> None:
+    # (127 × 100.00 + 1 × 100.04) / 128 = 100.0003125 exactly: half-even would give ...312.
+    await ensure_symbols(conn, [("HALF", "Half")])
+    moment = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
+    await insert_trades(
+        conn,
+        [
+            NewTrade("HALF", Decimal("100.00"), 127, moment),
+            NewTrade("HALF", Decimal("100.04"), 1, moment + MICROSECOND),
+        ],
+    )
+
+    (candle,) = await upsert_and_read(
+        conn, symbol="HALF", interval="1m", lo=moment, hi=moment + timedelta(minutes=1)
+    )
+
+    assert candle.vwap == 100.000313
+    assert candle.volume == 128
+
+
+async def test_upsert_persists_candles_that_the_table_returns(conn: AsyncConnection) -> None:
+    rng = random.Random(99)
+    await ensure_symbols(conn, [("PERS", "Persisted")])
+    await insert_trades(conn, random_trades(rng, "PERS"))
+    trades = await _stored(conn, "PERS")
+    lo, hi = _window(rng, trades, STEPS["5m"])
+
+    candles = await upsert_and_read(conn, symbol="PERS", interval="5m", lo=lo, hi=hi)
+
+    assert candles
+    assert await _candle_table(conn, "PERS", "5m") == [tuple(c) for c in candles]
+    assert await _candle_table(conn, "PERS", "1m") == []
+
+
+async def test_recomputing_a_bucket_after_new_trades_updates_its_candle(
+    conn: AsyncConnection,
+) -> None:
+    await ensure_symbols(conn, [("UPD", "Updated")])
+    lo = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
+    hi = lo + timedelta(hours=1)
+    await insert_trades(
+        conn,
+        [
+            NewTrade("UPD", Decimal("10.00"), 10, lo + timedelta(minutes=1)),
+            NewTrade("UPD", Decimal("11.00"), 10, lo + timedelta(minutes=2)),
+        ],
+    )
+    (before,) = await upsert_and_read(conn, symbol="UPD", interval="1h", lo=lo, hi=hi)
+
+    await insert_trades(
+        conn,
+        [
+            NewTrade("UPD", Decimal("9.50"), 5, lo),
+            NewTrade("UPD", Decimal("12.00"), 5, lo + timedelta(minutes=59)),
+        ],
+    )
+    (after,) = await upsert_and_read(conn, symbol="UPD", interval="1h", lo=lo, hi=hi)
+
+    assert tuple(before)[1:] == (10.0, 11.0, 10.0, 11.0, 20, 10.5, 2)
+    assert tuple(after)[1:] == (9.5, 12.0, 9.5, 12.0, 30, 10.583333, 4)
+    assert await _candle_table(conn, "UPD", "1h") == [tuple(after)]
+
+
+async def test_first_trade_at_finds_first_trade_in_half_open_window(
+    conn: AsyncConnection,
+) -> None:
+    await ensure_symbols(conn, [("FTA", "First")])
+    lo = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
+    await insert_trades(
+        conn,
+        [
+            NewTrade("FTA", Decimal("1.00"), 1, lo + timedelta(minutes=30)),
+            NewTrade("FTA", Decimal("1.00"), 1, lo - MICROSECOND),
+            NewTrade("FTA", Decimal("1.00"), 1, lo + timedelta(minutes=10, microseconds=7)),
+        ],
+    )
+
+    assert await first_trade_at(conn, "FTA", lo, lo + timedelta(hours=1)) == lo + timedelta(
+        minutes=10, microseconds=7
+    )
+    assert await first_trade_at(conn, "FTA", lo - MICROSECOND, lo) == lo - MICROSECOND
+    # `hi` is exclusive: a trade exactly at hi is not in the window.
+    assert await first_trade_at(conn, "FTA", lo, lo + timedelta(minutes=10, microseconds=7)) is None
+    assert await first_trade_at(conn, "OTHER", lo, lo + timedelta(hours=1)) is None
+
+
+async def test_concurrent_upserts_of_one_window_succeed_and_agree(
+    fresh_engine: AsyncEngine,
+) -> None:
+    rng = random.Random(7)
+    async with fresh_engine.begin() as conn:
+        await ensure_symbols(conn, [("CONC", "Concurrent")])
+        await insert_trades(conn, random_trades(rng, "CONC"))
+        trades = await _stored(conn, "CONC")
+
+    for round_ in range(6):
+        async with fresh_engine.begin() as conn:
+            if round_ % 2 == 0:
+                # Both writers insert every candle ...
+                await conn.execute(text("DELETE FROM candles"))
+            else:
+                # ... or both update existing ones after more trades arrived in their buckets.
+                more = [
+                    NewTrade("CONC", rng.randint(5_000, 15_000) * TICK, rng.randint(1, 1000), ts)
+                    for ts in rng.sample([t.timestamp for t in trades], 50)
+                ]
+                await insert_trades(conn, more)
+            trades = await _stored(conn, "CONC")
+        lo = _floor(min(t.timestamp for t in trades), STEPS["1m"])
+        hi = _ceil(max(t.timestamp for t in trades) + MICROSECOND, STEPS["1m"])
+
+        async def upsert(lo: datetime = lo, hi: datetime = hi) -> list[tuple[object, ...]]:
+            async with fresh_engine.begin() as conn:
+                rows = await upsert_and_read(conn, symbol="CONC", interval="1m", lo=lo, hi=hi)
+                return [tuple(row) for row in rows]
+
+        first, second = await asyncio.wait_for(asyncio.gather(upsert(), upsert()), timeout=20)
+
+        expected = reference(trades, STEPS["1m"], lo, hi)
+        assert first == second == expected
+        async with fresh_engine.connect() as conn:
+            assert await _candle_table(conn, "CONC", "1m") == expected

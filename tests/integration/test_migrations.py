@@ -1,0 +1,339 @@
+"""Alembic migrations on a real, initially empty PostgreSQL database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from importlib.resources import files
+from typing import Any
+
+import asyncpg
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from persistence.migrate import alembic_config, upgrade
+from persistence.models import metadata
+from tests.conftest import create_database, drop_database, make_engine
+from tests.integration.support import eventually
+
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+# (column, type, length or (precision, scale), nullable)
+EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
+    "symbols": [
+        ("symbol", "character varying", 16, "NO"),
+        ("name", "text", None, "NO"),
+        ("created_at", "timestamp with time zone", None, "NO"),
+    ],
+    "trades": [
+        ("id", "bigint", None, "NO"),
+        ("symbol", "character varying", 16, "NO"),
+        ("price", "numeric", (18, 6), "NO"),
+        ("volume", "bigint", None, "NO"),
+        ("timestamp", "timestamp with time zone", None, "NO"),
+    ],
+    "candles": [
+        ("symbol", "character varying", 16, "NO"),
+        ("interval", "character varying", 4, "NO"),
+        ("timestamp", "timestamp with time zone", None, "NO"),
+        ("open", "numeric", (18, 6), "NO"),
+        ("high", "numeric", (18, 6), "NO"),
+        ("low", "numeric", (18, 6), "NO"),
+        ("close", "numeric", (18, 6), "NO"),
+        ("volume", "bigint", None, "NO"),
+        ("vwap", "numeric", (24, 6), "NO"),
+        ("trade_count", "integer", None, "NO"),
+    ],
+}
+
+_COLUMNS = text(
+    """
+    SELECT column_name, data_type, character_maximum_length, numeric_precision,
+           numeric_scale, is_nullable
+    FROM information_schema.columns
+    WHERE table_schema = 'public' AND table_name = :table
+    ORDER BY ordinal_position
+    """
+)
+
+# Every index of a table: name, primary?, key columns in order, INCLUDE columns in order.
+_INDEXES = text(
+    """
+    SELECT i.relname, x.indisprimary, x.indisunique,
+           array(SELECT a.attname FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+                 JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+                 WHERE k.n <= x.indnkeyatts ORDER BY k.n) AS keys,
+           array(SELECT a.attname FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
+                 JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+                 WHERE k.n > x.indnkeyatts ORDER BY k.n) AS included
+    FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+    WHERE x.indrelid = CAST(:table AS regclass)
+    ORDER BY i.relname
+    """
+)
+
+_CONSTRAINTS = text(
+    """
+    SELECT conrelid::regclass::text, conname, contype::text, pg_get_constraintdef(oid)
+    FROM pg_constraint
+    -- PostgreSQL 18 also catalogues NOT NULL as constraints ('n'); columns cover those.
+    WHERE connamespace = 'public'::regnamespace AND contype <> 'n'
+    ORDER BY 1, 2
+    """
+)
+
+
+async def _columns(conn: Any, table: str) -> list[tuple[str, str, Any, str]]:
+    rows = (await conn.execute(_COLUMNS, {"table": table})).all()
+    shaped = []
+    for name, data_type, length, precision, scale, nullable in rows:
+        size = (precision, scale) if data_type == "numeric" else length
+        shaped.append((name, data_type, size, nullable))
+    return shaped
+
+
+async def _schema(engine: AsyncEngine) -> dict[str, Any]:
+    """Everything a migration could change, in a comparable form."""
+    async with engine.connect() as conn:
+        tables = (
+            await conn.execute(
+                text(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = 'public' ORDER BY table_name"
+                )
+            )
+        ).all()
+        schema: dict[str, Any] = {"tables": [t for (t,) in tables]}
+        for table in EXPECTED_COLUMNS:
+            schema[f"{table}.columns"] = await _columns(conn, table)
+            schema[f"{table}.indexes"] = (await conn.execute(_INDEXES, {"table": table})).all()
+        schema["constraints"] = (await conn.execute(_CONSTRAINTS)).all()
+        schema["versions"] = await _versions(conn)
+        return schema
+
+
+async def _versions(conn: Any) -> list[str]:
+    return list((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+
+
+async def test_upgrade_on_empty_database_creates_tables_with_expected_columns(
+    empty_database: URL,
+) -> None:
+    engine = make_engine(empty_database)
+    try:
+        await upgrade(engine)
+        schema = await _schema(engine)
+    finally:
+        await engine.dispose()
+
+    assert schema["tables"] == ["alembic_version", "candles", "symbols", "trades"]
+    for table, expected in EXPECTED_COLUMNS.items():
+        assert schema[f"{table}.columns"] == expected, table
+
+
+async def test_upgrade_creates_trades_index_on_symbol_timestamp_id_covering_price_volume(
+    empty_database: URL,
+) -> None:
+    engine = make_engine(empty_database)
+    try:
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            indexes = (await conn.execute(_INDEXES, {"table": "trades"})).all()
+    finally:
+        await engine.dispose()
+
+    by_keys = {tuple(keys): (primary, tuple(included)) for _, primary, _, keys, included in indexes}
+    assert by_keys[("symbol", "timestamp", "id")] == (False, ("price", "volume"))
+    assert by_keys[("id",)] == (True, ())
+
+
+async def test_upgrade_makes_symbol_interval_timestamp_the_candles_primary_key(
+    empty_database: URL,
+) -> None:
+    engine = make_engine(empty_database)
+    try:
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            indexes = (await conn.execute(_INDEXES, {"table": "candles"})).all()
+    finally:
+        await engine.dispose()
+
+    primary = [keys for _, is_primary, _, keys, _ in indexes if is_primary]
+    assert primary == [["symbol", "interval", "timestamp"]]
+
+
+async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: URL) -> None:
+    engine = make_engine(empty_database)
+    try:
+        await upgrade(engine)
+        schema = await _schema(engine)
+        async with engine.connect() as conn:
+            identity = (
+                await conn.execute(
+                    text(
+                        "SELECT is_identity, identity_generation FROM information_schema.columns "
+                        "WHERE table_name = 'trades' AND column_name = 'id'"
+                    )
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+
+    kinds = {(table, name): kind for table, name, kind, _ in schema["constraints"]}
+    assert kinds == {
+        ("candles", "ck_candles_interval"): "c",
+        ("candles", "fk_candles_symbol_symbols"): "f",
+        ("candles", "pk_candles"): "p",
+        ("symbols", "ck_symbols_symbol_upper"): "c",
+        ("symbols", "pk_symbols"): "p",
+        ("trades", "ck_trades_price_positive"): "c",
+        ("trades", "ck_trades_volume_positive"): "c",
+        ("trades", "fk_trades_symbol_symbols"): "f",
+        ("trades", "pk_trades"): "p",
+        ("alembic_version", "alembic_version_pkc"): "p",
+    }
+    definitions = {name: definition for _, name, _, definition in schema["constraints"]}
+    for name in ("fk_trades_symbol_symbols", "fk_candles_symbol_symbols"):
+        assert definitions[name] == (
+            "FOREIGN KEY (symbol) REFERENCES symbols(symbol) ON DELETE CASCADE"
+        ), name
+    assert tuple(identity) == ("YES", "ALWAYS")
+
+
+async def test_upgrade_records_head_revision_in_alembic_version(empty_database: URL) -> None:
+    engine = make_engine(empty_database)
+    try:
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            versions = await _versions(conn)
+    finally:
+        await engine.dispose()
+
+    assert HEAD is not None
+    assert versions == [HEAD]
+
+
+async def test_migrated_schema_matches_the_models(empty_database: URL) -> None:
+    engine = make_engine(empty_database)
+
+    def differences(connection: Connection) -> list[Any]:
+        return list(compare_metadata(MigrationContext.configure(connection), metadata))
+
+    try:
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(differences)
+    finally:
+        await engine.dispose()
+
+    assert diff == []
+
+
+async def test_second_upgrade_is_a_no_op_and_keeps_data(empty_database: URL) -> None:
+    engine = make_engine(empty_database)
+    try:
+        await upgrade(engine)
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO symbols (symbol, name) VALUES ('KEEP', 'Kept')"))
+        before = await _schema(engine)
+
+        await upgrade(engine)
+
+        after = await _schema(engine)
+        async with engine.connect() as conn:
+            kept = (await conn.execute(text("SELECT symbol, name FROM symbols"))).all()
+    finally:
+        await engine.dispose()
+
+    assert after == before
+    assert [tuple(row) for row in kept] == [("KEEP", "Kept")]
+
+
+async def test_concurrent_upgrades_in_one_process_both_succeed_with_one_head(
+    server_url: URL,
+) -> None:
+    # A few rounds: two upgrades started together must never both create the schema.
+    for _ in range(3):
+        url = await create_database(server_url)
+        first, second = make_engine(url), make_engine(url)
+        try:
+            await asyncio.wait_for(asyncio.gather(upgrade(first), upgrade(second)), timeout=15)
+            schema = await _schema(first)
+        finally:
+            await first.dispose()
+            await second.dispose()
+            await drop_database(server_url, url)
+
+        assert schema["versions"] == [HEAD]
+        assert schema["tables"] == ["alembic_version", "candles", "symbols", "trades"]
+        for table, expected in EXPECTED_COLUMNS.items():
+            assert schema[f"{table}.columns"] == expected, table
+
+
+def _migration_lock_key() -> int:
+    # env.py cannot be imported outside Alembic (it runs on import): read the constant.
+    source = (files("persistence") / "migrations" / "env.py").read_text()
+    match = re.search(r"^MIGRATION_LOCK_KEY = ([0-9_]+)$", source, re.MULTILINE)
+    assert match is not None, "env.py no longer defines MIGRATION_LOCK_KEY"
+    return int(match.group(1).replace("_", ""))
+
+
+_WAITING_FOR_ADVISORY_LOCK = """
+    SELECT count(*) FROM pg_locks
+    WHERE locktype = 'advisory' AND NOT granted
+      AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+async def test_two_migrate_processes_serialise_on_advisory_lock_and_leave_one_head(
+    empty_database: URL,
+) -> None:
+    # Two service instances are two processes: hold the migration lock until both are queued
+    # behind it, so the run really overlaps, then let them race.
+    dsn = empty_database.set(drivername="postgresql").render_as_string(hide_password=False)
+    env = {**os.environ, "DATABASE_URL": dsn}
+    holder = await asyncpg.connect(dsn)
+    processes = []
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", _migration_lock_key())
+        for _ in range(2):
+            processes.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "mdp.cli",
+                    "migrate",
+                    env=env,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                )
+            )
+
+        async def both_queued() -> bool:
+            return await holder.fetchval(_WAITING_FOR_ADVISORY_LOCK) == 2
+
+        await eventually(both_queued, what="both migrations queued on the lock", deadline=30)
+        await holder.execute("SELECT pg_advisory_unlock($1)", _migration_lock_key())
+        outputs = [await asyncio.wait_for(p.communicate(), timeout=30) for p in processes]
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        await holder.close()
+
+    assert [p.returncode for p in processes] == [0, 0], [out for out, _ in outputs]
+    engine = make_engine(empty_database)
+    try:
+        schema = await _schema(engine)
+    finally:
+        await engine.dispose()
+    assert schema["versions"] == [HEAD]
+    for table, expected in EXPECTED_COLUMNS.items():
+        assert schema[f"{table}.columns"] == expected, table

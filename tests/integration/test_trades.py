@@ -1,0 +1,263 @@
+"""Queries on `trades`, inside a transaction that is rolled back after each test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from persistence.symbols import ensure_symbols
+from persistence.trades import NewTrade, TradeRow, insert_trades, latest_trade, list_trades
+
+T0 = datetime(2026, 1, 5, 14, 30, 0, 123456, tzinfo=UTC)
+
+
+async def _stored(conn: AsyncConnection, symbol: str) -> list[tuple[int, datetime]]:
+    """(id, timestamp) of every stored trade of `symbol`, in (timestamp, id) order."""
+    rows = await conn.execute(
+        text('SELECT id, "timestamp" FROM trades WHERE symbol = :s ORDER BY "timestamp", id'),
+        {"s": symbol},
+    )
+    return [(row.id, row.timestamp) for row in rows]
+
+
+async def _count(conn: AsyncConnection, symbol: str) -> int:
+    query = text("SELECT count(*) FROM trades WHERE symbol = :s")
+    return int((await conn.execute(query, {"s": symbol})).scalar_one())
+
+
+def _trade(symbol: str, seconds: float, price: str = "10.00", volume: int = 1) -> NewTrade:
+    return NewTrade(symbol, Decimal(price), volume, T0 + timedelta(seconds=seconds))
+
+
+async def test_latest_trade_is_newest_by_timestamp_not_by_id(conn: AsyncConnection) -> None:
+    await ensure_symbols(conn, [("LTS", "Latest")])
+    # The newest trade is inserted first, so it has the lowest id.
+    await insert_trades(conn, [_trade("LTS", 60, "12.34", 7)])
+    await insert_trades(conn, [_trade("LTS", 0, "11.00"), _trade("LTS", 30, "11.50")])
+
+    latest = await latest_trade(conn, "LTS")
+
+    assert latest is not None
+    assert (latest.price, latest.volume, latest.timestamp) == (12.34, 7, T0 + timedelta(seconds=60))
+
+
+async def test_latest_trade_breaks_timestamp_ties_by_highest_id(conn: AsyncConnection) -> None:
+    await ensure_symbols(conn, [("LTT", "Latest tie")])
+    await insert_trades(conn, [_trade("LTT", 10, "1.00"), _trade("LTT", 5, "2.00")])
+    await insert_trades(conn, [_trade("LTT", 10, "3.00")])
+    await insert_trades(conn, [_trade("LTT", 10, "4.00"), _trade("LTT", 9, "5.00")])
+    newest_id = max(
+        id_ for id_, ts in await _stored(conn, "LTT") if ts == T0 + timedelta(seconds=10)
+    )
+
+    latest = await latest_trade(conn, "LTT")
+
+    assert latest is not None
+    assert latest.id == newest_id
+    assert latest.price == 4.0
+
+
+async def test_latest_trade_is_none_for_symbol_without_trades(conn: AsyncConnection) -> None:
+    await ensure_symbols(conn, [("EMPTY", "No trades")])
+    await ensure_symbols(conn, [("BUSY", "Trades")])
+    await insert_trades(conn, [_trade("BUSY", 0)])
+
+    assert await latest_trade(conn, "EMPTY") is None
+
+
+@pytest.fixture
+async def window_trades(conn: AsyncConnection) -> list[tuple[int, datetime]]:
+    """Twelve trades of WIN over 0..50 s with ties at 10 s and 20 s, inserted out of order."""
+    await ensure_symbols(conn, [("WIN", "Window"), ("OTHER", "Other")])
+    seconds = [20, 0, 10, 50, 10, 30, 20, 40, 10, 45, 20, 5]
+    await insert_trades(conn, [_trade("WIN", s) for s in seconds])
+    await insert_trades(conn, [_trade("OTHER", s) for s in (10, 20, 30)])
+    return await _stored(conn, "WIN")
+
+
+@pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
+async def test_list_trades_window_includes_start_and_excludes_end(
+    conn: AsyncConnection, window_trades: list[tuple[int, datetime]], descending: bool
+) -> None:
+    start, end = T0 + timedelta(seconds=10), T0 + timedelta(seconds=45)
+
+    page = await list_trades(
+        conn, symbol="WIN", start=start, end=end, descending=descending, after=None, limit=100
+    )
+
+    expected = [(i, ts) for i, ts in window_trades if start <= ts < end]
+    if descending:
+        expected.reverse()
+    assert [(row.id, row.timestamp) for row in page] == expected
+    assert {row.symbol for row in page} == {"WIN"}
+    assert min(ts for _, ts in expected) == start
+
+
+@pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
+@pytest.mark.parametrize("limit", [1, 2, 3, 5])
+async def test_list_trades_keyset_walk_returns_every_row_once_in_order(
+    conn: AsyncConnection,
+    window_trades: list[tuple[int, datetime]],
+    descending: bool,
+    limit: int,
+) -> None:
+    walked: list[TradeRow] = []
+    after = None
+    while page := await list_trades(
+        conn, symbol="WIN", start=None, end=None, descending=descending, after=after, limit=limit
+    ):
+        assert len(page) <= limit
+        walked.extend(page)
+        after = (page[-1].timestamp, page[-1].id)
+
+    expected = list(reversed(window_trades)) if descending else window_trades
+    assert [(row.id, row.timestamp) for row in walked] == expected
+
+
+@pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
+async def test_list_trades_after_continues_strictly_past_the_key_inside_a_tie(
+    conn: AsyncConnection, window_trades: list[tuple[int, datetime]], descending: bool
+) -> None:
+    tie = [(i, ts) for i, ts in window_trades if ts == T0 + timedelta(seconds=10)]
+    assert len(tie) == 3
+    middle = tie[1]
+
+    page = await list_trades(
+        conn,
+        symbol="WIN",
+        start=None,
+        end=None,
+        descending=descending,
+        after=(middle[1], middle[0]),
+        limit=100,
+    )
+
+    ordered = list(reversed(window_trades)) if descending else window_trades
+    assert [(row.id, row.timestamp) for row in page] == ordered[ordered.index(middle) + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("stored", "shown"),
+    [
+        ("100.10", "100.1"),
+        ("0.30", "0.3"),
+        ("1234.56", "1234.56"),
+        ("0.000001", "1e-06"),
+        ("99999.99", "99999.99"),
+        ("12.345678", "12.345678"),
+        ("333.33", "333.33"),
+        ("100", "100.0"),
+    ],
+)
+async def test_trade_prices_come_back_as_the_float_of_the_stored_decimal(
+    conn: AsyncConnection, stored: str, shown: str
+) -> None:
+    await ensure_symbols(conn, [("PRX", "Prices")])
+    await insert_trades(conn, [NewTrade("PRX", Decimal(stored), 1, T0)])
+
+    latest = await latest_trade(conn, "PRX")
+    (listed,) = await list_trades(
+        conn, symbol="PRX", start=None, end=None, descending=True, after=None, limit=10
+    )
+
+    assert latest is not None
+    for price in (latest.price, listed.price):
+        assert type(price) is float
+        assert price == float(Decimal(stored))
+        assert repr(price) == shown
+
+
+async def test_trade_timestamps_keep_microseconds_and_come_back_in_utc(
+    conn: AsyncConnection,
+) -> None:
+    await ensure_symbols(conn, [("UTC", "Zulu")])
+    offset = datetime(2026, 1, 5, 16, 30, 0, 654321, tzinfo=timezone(timedelta(hours=2)))
+    await insert_trades(conn, [NewTrade("UTC", Decimal("1.00"), 1, offset)])
+
+    latest = await latest_trade(conn, "UTC")
+
+    assert latest is not None
+    assert latest.timestamp == offset
+    assert latest.timestamp.microsecond == 654321
+    assert latest.timestamp.utcoffset() == timedelta(0)
+
+
+class _StatementCounter:
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def __call__(self, *args: Any) -> None:
+        self.statements.append(args[2])
+
+
+@pytest.fixture
+def statements(conn: AsyncConnection) -> Iterator[list[str]]:
+    """Every SQL statement sent on `conn` while the test runs."""
+    counter = _StatementCounter()
+    target = conn.sync_connection
+    assert target is not None
+    event.listen(target, "before_cursor_execute", counter)
+    try:
+        yield counter.statements
+    finally:
+        event.remove(target, "before_cursor_execute", counter)
+
+
+async def test_insert_trades_sends_the_whole_batch_as_one_statement(
+    conn: AsyncConnection, statements: list[str]
+) -> None:
+    await ensure_symbols(conn, [("ONE", "One"), ("TWO", "Two")])
+    batch = [
+        NewTrade(("ONE", "TWO")[i % 2], Decimal("10.00") + i, i + 1, T0 + timedelta(seconds=i))
+        for i in range(250)
+    ]
+    statements.clear()
+
+    inserted = await insert_trades(conn, batch)
+
+    assert inserted == 250
+    assert len(statements) == 1
+    stored = await conn.execute(
+        text(
+            "SELECT symbol, price, volume, \"timestamp\" FROM trades WHERE symbol IN ('ONE', 'TWO')"
+        )
+    )
+    assert sorted(tuple(row) for row in stored) == sorted(tuple(trade) for trade in batch)
+
+
+async def test_insert_trades_with_empty_batch_sends_nothing(
+    conn: AsyncConnection, statements: list[str]
+) -> None:
+    assert await insert_trades(conn, []) == 0
+    assert statements == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "driver_error"),
+    [
+        (NewTrade("NOSUCH", Decimal("10.00"), 5, T0), asyncpg.ForeignKeyViolationError),
+        (NewTrade("GOOD", Decimal("10.00"), 0, T0), asyncpg.CheckViolationError),
+        (NewTrade("GOOD", Decimal("0"), 5, T0), asyncpg.CheckViolationError),
+    ],
+    ids=["unknown-symbol", "zero-volume", "zero-price"],
+)
+async def test_insert_trades_batch_with_one_bad_row_stores_nothing(
+    conn: AsyncConnection, bad: NewTrade, driver_error: type[Exception]
+) -> None:
+    await ensure_symbols(conn, [("GOOD", "Good")])
+    good = [_trade("GOOD", s, "10.00", 5) for s in range(20)]
+
+    with pytest.raises(IntegrityError) as raised:
+        async with conn.begin_nested():
+            await insert_trades(conn, [*good[:10], bad, *good[10:]])
+
+    assert isinstance(raised.value.orig.__cause__, driver_error)  # type: ignore[union-attr]
+    assert await _count(conn, "GOOD") == 0
