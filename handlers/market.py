@@ -129,21 +129,21 @@ async def list_candles(
             lo = candles.bucket_floor(first, step)
             page_hi = min(hi, lo + limit * step)
             rows = list(
-                await candles.upsert_and_read(
-                    conn, symbol=code, interval=interval, lo=lo, hi=page_hi
+                await candles.read_candles(
+                    conn, symbol=code, interval=interval, lo=lo, hi=page_hi, now=now
                 )
             )
             if page_hi < hi:
                 next_cursor = cursors.encode("candles", filters, (page_hi, start_at, end_at))
         elif not await symbols.symbol_exists(conn, code):
             raise SymbolNotFound(code)
-    settled = now - trades.VISIBILITY_DEADLINE
+    final = candles.final_before(now, step)
     return {
         "symbol": code,
         "interval": interval,
         "start": start_at,
         "end": end_at,
         "count": len(rows),
-        "candles": [{**row._asdict(), "closed": row.timestamp + step <= settled} for row in rows],
+        "candles": [{**row._asdict(), "closed": row.timestamp < final} for row in rows],
         "next_cursor": next_cursor,
     }

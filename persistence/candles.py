@@ -1,4 +1,13 @@
-"""OHLCV candles: aligned buckets aggregated from trades, upserted into `candles`, read back."""
+"""OHLCV candles, incremental: closed buckets are aggregated once, persisted, then only read.
+
+Model (the seed's, made incremental):
+- 1m candles are aggregated from trades; longer intervals roll up from 1m candles.
+- A bucket is final ("closed") once it ended more than the trades' visibility deadline ago: no
+  trade can arrive in it any more. Final buckets are upserted into `candles` once, and
+  `candle_coverage` records which ranges of final buckets have been computed (a bucket without
+  trades has no row, so coverage is what says "computed, empty").
+- The bucket still open is computed live on every request and never persisted.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +15,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from sqlalchemy import Interval, String, bindparam, text
+from sqlalchemy import Interval, String, TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import DateTime
+
+from persistence.trades import VISIBILITY_DEADLINE
 
 __all__ = [
     "EPOCH",
@@ -17,7 +28,8 @@ __all__ = [
     "bucket_ceil",
     "bucket_floor",
     "first_trade_at",
-    "upsert_and_read",
+    "final_before",
+    "read_candles",
 ]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -29,6 +41,7 @@ INTERVALS: dict[str, timedelta] = {
     "4h": timedelta(hours=4),
     "1d": timedelta(days=1),
 }
+BASE = "1m"
 
 
 def bucket_floor(moment: datetime, step: timedelta) -> datetime:
@@ -44,8 +57,14 @@ def bucket_ceil(moment: datetime, step: timedelta) -> datetime:
     return floor if floor == moment else floor + step
 
 
+def final_before(now: datetime, step: timedelta) -> datetime:
+    """Buckets starting before this are final: they ended more than the deadline ago."""
+    return bucket_floor(now - VISIBILITY_DEADLINE, step)
+
+
 class CandleRow(NamedTuple):
     timestamp: datetime
+    # float8 on the way out: PostgreSQL prints the shortest exact form of the stored numeric.
     open: float
     high: float
     low: float
@@ -55,69 +74,194 @@ class CandleRow(NamedTuple):
     trade_count: int
 
 
-# Set-based: one pass over the window's trades (an index range on (symbol, timestamp, id)),
-# grouped into epoch-aligned buckets. Rows go in bucket order, so concurrent requests for the
-# same window lock candles in the same order and cannot deadlock; unchanged candles are not
-# rewritten.
-_upsert = text(
-    """
-    INSERT INTO candles AS c
-        (symbol, interval, timestamp, open, high, low, close, volume, vwap, trade_count)
-    SELECT :symbol, :interval, bucket,
-           (array_agg(price ORDER BY timestamp, id))[1],
-           max(price), min(price),
-           (array_agg(price ORDER BY timestamp DESC, id DESC))[1],
-           sum(volume), round(sum(price * volume) / sum(volume), 6), count(*)
-    FROM (
-        SELECT date_bin(:step, timestamp, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket,
-               timestamp, id, price, volume
-        FROM trades
-        WHERE symbol = :symbol AND timestamp >= :lo AND timestamp < :hi
-    ) AS t
+_TS = DateTime(timezone=True)
+
+
+def _params(statement: str, *names: str) -> TextClause:
+    types = {"symbol": String, "interval": String, "step": Interval}
+    return text(statement).bindparams(
+        *(bindparam(name, type_=types.get(name, _TS)) for name in names)
+    )
+
+
+# 1m buckets from trades: one pass over an index range of (symbol, timestamp, id) INCLUDE
+# (price, volume). open/close are the first/last trade by (timestamp, id). `notional` keeps
+# Σ price × volume exactly, so rolled-up vwaps equal the ones computed from trades.
+_AGGREGATE_TRADES = """
+    SELECT date_bin(INTERVAL '1 minute', timestamp, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket,
+           (array_agg(price ORDER BY timestamp, id))[1] AS open,
+           max(price) AS high, min(price) AS low,
+           (array_agg(price ORDER BY timestamp DESC, id DESC))[1] AS close,
+           sum(volume)::bigint AS volume, sum(price * volume) AS notional,
+           count(*)::integer AS trade_count
+    FROM trades
+    WHERE symbol = :symbol AND timestamp >= {lo} AND timestamp < {hi}
     GROUP BY bucket
-    ORDER BY bucket
-    ON CONFLICT (symbol, interval, timestamp) DO UPDATE
-    SET open = excluded.open, high = excluded.high, low = excluded.low,
-        close = excluded.close, volume = excluded.volume, vwap = excluded.vwap,
-        trade_count = excluded.trade_count
-    WHERE (c.open, c.high, c.low, c.close, c.volume, c.vwap, c.trade_count)
-          IS DISTINCT FROM (excluded.open, excluded.high, excluded.low, excluded.close,
-                            excluded.volume, excluded.vwap, excluded.trade_count)
-    """
-).bindparams(
-    bindparam("symbol", type_=String),
-    bindparam("interval", type_=String),
-    bindparam("step", type_=Interval),
-    bindparam("lo", type_=DateTime(timezone=True)),
-    bindparam("hi", type_=DateTime(timezone=True)),
-)
+"""
 
-_read = text(
-    """
-    SELECT timestamp, open::float8, high::float8, low::float8, close::float8,
-           volume, vwap::float8, trade_count
+# Longer buckets from 1m candles (persisted final ones, plus live ones for the open tail).
+_ROLL_UP = """
+    SELECT date_bin(:step, timestamp, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket,
+           (array_agg(open ORDER BY timestamp))[1] AS open,
+           max(high) AS high, min(low) AS low,
+           (array_agg(close ORDER BY timestamp DESC))[1] AS close,
+           sum(volume)::bigint AS volume, sum(notional) AS notional,
+           sum(trade_count)::integer AS trade_count
+    FROM ({minutes}) AS m
+    GROUP BY bucket
+"""
+
+_PERSISTED_MINUTES = """
+    SELECT timestamp, open, high, low, close, volume, notional, trade_count
     FROM candles
-    WHERE symbol = :symbol AND interval = :interval AND timestamp >= :lo AND timestamp < :hi
-    ORDER BY timestamp
-    """
-).bindparams(
-    bindparam("symbol", type_=String),
-    bindparam("interval", type_=String),
-    bindparam("lo", type_=DateTime(timezone=True)),
-    bindparam("hi", type_=DateTime(timezone=True)),
+    WHERE symbol = :symbol AND interval = '1m' AND timestamp >= {lo} AND timestamp < {hi}
+"""
+
+_INSERT = """
+    INSERT INTO candles AS c (symbol, interval, timestamp, open, high, low, close, volume,
+                              notional, vwap, trade_count)
+    SELECT :symbol, :interval, bucket, open, high, low, close, volume, notional,
+           round(notional / volume, 6), trade_count
+    FROM ({source}) AS a
+    ORDER BY bucket
+    -- Final buckets never change, so a concurrent request wrote the same values: keep them.
+    ON CONFLICT (symbol, interval, timestamp) DO NOTHING
+"""
+
+_persist_minutes = _params(
+    _INSERT.format(source=_AGGREGATE_TRADES.format(lo=":lo", hi=":hi")),
+    "symbol",
+    "interval",
+    "lo",
+    "hi",
+)
+_persist_rollup = _params(
+    _INSERT.format(source=_ROLL_UP.format(minutes=_PERSISTED_MINUTES.format(lo=":lo", hi=":hi"))),
+    "symbol",
+    "interval",
+    "step",
+    "lo",
+    "hi",
 )
 
-_first_trade = text(
+# The gaps of [lo, hi) that no earlier request computed, as ordered ranges.
+_missing = _params(
+    """
+    SELECT lower(gap), upper(gap)
+    FROM unnest(
+        tstzmultirange(tstzrange(:lo, :hi))
+        - coalesce(
+            (SELECT covered FROM candle_coverage WHERE symbol = :symbol AND interval = :interval),
+            '{}'::tstzmultirange
+        )
+    ) AS gap
+    ORDER BY 1
+    """,
+    "symbol",
+    "interval",
+    "lo",
+    "hi",
+)
+
+_cover = _params(
+    """
+    INSERT INTO candle_coverage AS c (symbol, interval, covered)
+    VALUES (:symbol, :interval, tstzmultirange(tstzrange(:lo, :hi)))
+    ON CONFLICT (symbol, interval) DO UPDATE SET covered = c.covered + excluded.covered
+    """,
+    "symbol",
+    "interval",
+    "lo",
+    "hi",
+)
+
+_lock = _params("SELECT pg_advisory_lock(hashtext('mdp.candles'), hashtext(:symbol))", "symbol")
+_unlock = _params("SELECT pg_advisory_unlock(hashtext('mdp.candles'), hashtext(:symbol))", "symbol")
+
+# Whether every final bucket the request needs was computed before (an empty range is).
+_covered = _params(
+    """
+    SELECT coalesce(
+        (SELECT covered @> tstzrange(:lo, :final)
+         FROM candle_coverage WHERE symbol = :symbol AND interval = :interval),
+        :lo >= :final
+    ) AND coalesce(
+        (SELECT covered @> tstzrange(:minutes_lo, :minutes_hi)
+         FROM candle_coverage WHERE symbol = :symbol AND interval = '1m'),
+        :minutes_lo >= :minutes_hi
+    )
+    """,
+    "symbol",
+    "interval",
+    "lo",
+    "final",
+    "minutes_lo",
+    "minutes_hi",
+)
+
+_SELECT_FINAL = """
+    SELECT timestamp, open::float8, high::float8, low::float8, close::float8, volume,
+           vwap::float8, trade_count
+    FROM candles
+    WHERE symbol = :symbol AND interval = :interval AND timestamp >= :lo AND timestamp < :final
+"""
+_SELECT_LIVE = """
+    SELECT bucket, open::float8, high::float8, low::float8, close::float8, volume,
+           round(notional / volume, 6)::float8, trade_count
+    FROM ({source}) AS live
+"""
+
+# One statement per request once coverage is complete: final rows plus the live open bucket.
+_read_minutes = _params(
+    f"""
+    {_SELECT_FINAL}
+    UNION ALL
+    {_SELECT_LIVE.format(source=_AGGREGATE_TRADES.format(lo=":open_lo", hi=":hi"))}
+    ORDER BY 1
+    """,
+    "symbol",
+    "interval",
+    "lo",
+    "final",
+    "open_lo",
+    "hi",
+)
+_read_rollup = _params(
+    f"""
+    {_SELECT_FINAL}
+    UNION ALL
+    {
+        _SELECT_LIVE.format(
+            source=_ROLL_UP.format(
+                minutes=_PERSISTED_MINUTES.format(lo=":open_lo", hi=":minutes_final")
+                + " UNION ALL "
+                + _AGGREGATE_TRADES.format(lo=":minutes_live", hi=":hi")
+            )
+        )
+    }
+    ORDER BY 1
+    """,
+    "symbol",
+    "interval",
+    "step",
+    "lo",
+    "final",
+    "open_lo",
+    "minutes_final",
+    "minutes_live",
+    "hi",
+)
+
+_first_trade = _params(
     """
     SELECT timestamp FROM trades
     WHERE symbol = :symbol AND timestamp >= :lo AND timestamp < :hi
     ORDER BY timestamp, id
     LIMIT 1
-    """
-).bindparams(
-    bindparam("symbol", type_=String),
-    bindparam("lo", type_=DateTime(timezone=True)),
-    bindparam("hi", type_=DateTime(timezone=True)),
+    """,
+    "symbol",
+    "lo",
+    "hi",
 )
 
 
@@ -129,13 +273,106 @@ async def first_trade_at(
     return value if isinstance(value, datetime) else None
 
 
-async def upsert_and_read(
-    conn: AsyncConnection, *, symbol: str, interval: str, lo: datetime, hi: datetime
-) -> Sequence[CandleRow]:
-    """Aggregate the buckets starting in [lo, hi) (both bucket-aligned), persist, read back."""
-    step = INTERVALS[interval]
-    await conn.execute(
-        _upsert, {"symbol": symbol, "interval": interval, "step": step, "lo": lo, "hi": hi}
+def _clamp(moment: datetime, lo: datetime, hi: datetime) -> datetime:
+    return min(max(moment, lo), hi)
+
+
+async def _gaps(
+    conn: AsyncConnection, symbol: str, interval: str, lo: datetime, hi: datetime
+) -> list[tuple[datetime, datetime]]:
+    if lo >= hi:
+        return []
+    result = await conn.execute(
+        _missing, {"symbol": symbol, "interval": interval, "lo": lo, "hi": hi}
     )
-    result = await conn.execute(_read, {"symbol": symbol, "interval": interval, "lo": lo, "hi": hi})
+    return [(start, end) for start, end in result]
+
+
+async def _finalise(
+    conn: AsyncConnection, symbol: str, interval: str, lo: datetime, hi: datetime
+) -> None:
+    """Persist every final bucket in [lo, hi) not computed before, then record the coverage.
+
+    Candles are written before the coverage that vouches for them, each in its own statement:
+    an interruption leaves at worst candles without coverage, which the next request redoes.
+    """
+    for start, end in await _gaps(conn, symbol, interval, lo, hi):
+        if interval == BASE:
+            await conn.execute(
+                _persist_minutes, {"symbol": symbol, "interval": interval, "lo": start, "hi": end}
+            )
+        else:
+            # Roll-ups need their minutes first (same bounds: both are bucket-aligned).
+            await _finalise(conn, symbol, BASE, start, end)
+            await conn.execute(
+                _persist_rollup,
+                {
+                    "symbol": symbol,
+                    "interval": interval,
+                    "step": INTERVALS[interval],
+                    "lo": start,
+                    "hi": end,
+                },
+            )
+        await conn.execute(_cover, {"symbol": symbol, "interval": interval, "lo": start, "hi": end})
+
+
+async def read_candles(
+    conn: AsyncConnection,
+    *,
+    symbol: str,
+    interval: str,
+    lo: datetime,
+    hi: datetime,
+    now: datetime,
+) -> Sequence[CandleRow]:
+    """Candles whose buckets start in [lo, hi) (both aligned to `interval`), ascending.
+
+    Steady state: two read-only statements (is everything final already computed? then the
+    final rows plus the live open bucket). Final buckets nobody computed yet are computed
+    first, once, under a per-symbol lock.
+    """
+    step = INTERVALS[interval]
+    final = _clamp(final_before(now, step), lo, hi)
+    # Longer open buckets roll up final minutes (persisted) and live minutes (from trades).
+    minutes_final = _clamp(final_before(now, INTERVALS[BASE]), final, hi)
+    needed = [(interval, lo, final)]
+    if interval != BASE:
+        needed.append((BASE, final, minutes_final))
+    covered = (
+        await conn.execute(
+            _covered,
+            {
+                "symbol": symbol,
+                "interval": interval,
+                "lo": lo,
+                "final": final,
+                "minutes_lo": final if interval != BASE else lo,
+                "minutes_hi": minutes_final if interval != BASE else lo,
+            },
+        )
+    ).scalar_one()
+    if not covered:
+        key = {"symbol": symbol}
+        # One writer per symbol: no duplicated work and no lock-order deadlocks. Session-level,
+        # since reads run in autocommit; released in `finally`, or by the connection's end.
+        await conn.execute(_lock, key)
+        try:
+            for level, start, end in needed:
+                await _finalise(conn, symbol, level, start, end)
+        finally:
+            await conn.execute(_unlock, key)
+    params: dict[str, object] = {
+        "symbol": symbol,
+        "interval": interval,
+        "lo": lo,
+        "final": final,
+        "open_lo": final,
+        "hi": hi,
+    }
+    if interval == BASE:
+        result = await conn.execute(_read_minutes, params)
+    else:
+        params.update(step=step, minutes_final=minutes_final, minutes_live=minutes_final)
+        result = await conn.execute(_read_rollup, params)
     return [CandleRow(*row) for row in result]

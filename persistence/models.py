@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -19,9 +20,10 @@ from sqlalchemy import (
     Text,
     func,
 )
+from sqlalchemy.dialects.postgresql import TSTZMULTIRANGE
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Candle", "Symbol", "Trade", "metadata"]
+__all__ = ["Base", "Candle", "CandleCoverage", "Symbol", "Trade", "metadata"]
 
 # Predictable constraint names, so migrations can refer to them.
 metadata = MetaData(
@@ -94,7 +96,21 @@ class Candle(Base):
     volume: Mapped[int] = mapped_column(BigInteger)
     vwap: Mapped[Decimal] = mapped_column(VWAP)
     trade_count: Mapped[int] = mapped_column(Integer)
+    # Σ price × volume, exact: longer candles roll up from 1m ones with an exact vwap.
+    notional: Mapped[Decimal] = mapped_column(Numeric())
 
     __table_args__ = (
         CheckConstraint("interval IN ('1m', '5m', '15m', '1h', '4h', '1d')", name="interval"),
     )
+
+
+class CandleCoverage(Base):
+    """Which bucket-start ranges of final candles were computed, per symbol and interval."""
+
+    __tablename__ = "candle_coverage"
+
+    symbol: Mapped[str] = mapped_column(
+        String(16), ForeignKey("symbols.symbol", ondelete="CASCADE"), primary_key=True
+    )
+    interval: Mapped[str] = mapped_column(String(4), primary_key=True)
+    covered: Mapped[Any] = mapped_column(TSTZMULTIRANGE())

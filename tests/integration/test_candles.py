@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from persistence.candles import first_trade_at, upsert_and_read
+from persistence.candles import first_trade_at, read_candles
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, insert_trades
 
@@ -28,6 +28,8 @@ STEPS = {
     "1d": timedelta(days=1),
 }
 TICK = Decimal("0.01")
+# A request time after every trade in these tests: every bucket is final.
+LATER = datetime(2100, 1, 1, tzinfo=UTC)
 VWAP_PLACES = Decimal("0.000001")
 
 
@@ -132,6 +134,22 @@ async def _candle_table(conn: AsyncConnection, symbol: str, interval: str) -> li
     ]
 
 
+async def _coverage(
+    conn: AsyncConnection, symbol: str
+) -> dict[str, list[tuple[datetime, datetime]]]:
+    rows = await conn.execute(
+        text(
+            "SELECT interval, lower(r), upper(r) FROM candle_coverage, unnest(covered) AS r "
+            "WHERE symbol = :s ORDER BY 1, 2"
+        ),
+        {"s": symbol},
+    )
+    coverage: dict[str, list[tuple[datetime, datetime]]] = {}
+    for interval, lower, upper in rows:
+        coverage.setdefault(interval, []).append((lower, upper))
+    return coverage
+
+
 def _window(
     rng: random.Random, trades: Sequence[Stored], step: timedelta
 ) -> tuple[datetime, datetime]:
@@ -159,7 +177,9 @@ async def test_candles_match_reference_for_random_trades(conn: AsyncConnection, 
     for interval, step in STEPS.items():
         lo, hi = _window(rng, trades, step)
 
-        candles = await upsert_and_read(conn, symbol=symbol, interval=interval, lo=lo, hi=hi)
+        candles = await read_candles(
+            conn, symbol=symbol, interval=interval, lo=lo, hi=hi, now=LATER
+        )
 
         expected = reference(trades, step, lo, hi)
         assert [tuple(c) for c in candles] == expected, interval
@@ -183,7 +203,7 @@ async def test_candle_buckets_are_epoch_aligned_and_window_bounds_are_start_incl
         conn, [NewTrade("EDGE", Decimal(10 + i), 1, stamp) for i, stamp in enumerate(stamps)]
     )
 
-    candles = await upsert_and_read(conn, symbol="EDGE", interval="1m", lo=lo, hi=hi)
+    candles = await read_candles(conn, symbol="EDGE", interval="1m", lo=lo, hi=hi, now=LATER)
 
     # Minute 1 has no trades and is omitted.
     assert [(c.timestamp, c.open, c.close, c.trade_count) for c in candles] == [
@@ -202,8 +222,8 @@ async def test_day_candles_start_at_midnight_utc(conn: AsyncConnection) -> None:
         [NewTrade("DAY", Decimal("1.00"), 1, late), NewTrade("DAY", Decimal("2.00"), 1, early)],
     )
 
-    candles = await upsert_and_read(
-        conn, symbol="DAY", interval="1d", lo=early - day, hi=early + day
+    candles = await read_candles(
+        conn, symbol="DAY", interval="1d", lo=early - day, hi=early + day, now=LATER
     )
 
     assert [(c.timestamp, c.open) for c in candles] == [(early - day, 1.0), (early, 2.0)]
@@ -216,12 +236,13 @@ async def test_candle_open_and_close_break_timestamp_ties_by_id(conn: AsyncConne
     await insert_trades(conn, [NewTrade("TIE", Decimal("6.00"), 1, moment)])
     await insert_trades(conn, [NewTrade("TIE", Decimal("4.00"), 1, moment)])
 
-    (candle,) = await upsert_and_read(
+    (candle,) = await read_candles(
         conn,
         symbol="TIE",
         interval="1m",
         lo=moment.replace(second=0, microsecond=0),
         hi=moment.replace(second=0, microsecond=0) + timedelta(minutes=1),
+        now=LATER,
     )
 
     assert (candle.open, candle.high, candle.low, candle.close) == (5.0, 6.0, 4.0, 4.0)
@@ -239,55 +260,109 @@ async def test_vwap_rounds_half_away_from_zero_to_six_places(conn: AsyncConnecti
         ],
     )
 
-    (candle,) = await upsert_and_read(
-        conn, symbol="HALF", interval="1m", lo=moment, hi=moment + timedelta(minutes=1)
+    (candle,) = await read_candles(
+        conn, symbol="HALF", interval="1m", lo=moment, hi=moment + timedelta(minutes=1), now=LATER
     )
 
     assert candle.vwap == 100.000313
     assert candle.volume == 128
 
 
-async def test_upsert_persists_candles_that_the_table_returns(conn: AsyncConnection) -> None:
+async def test_final_candles_are_persisted_with_minutes_and_coverage(
+    conn: AsyncConnection,
+) -> None:
     rng = random.Random(99)
     await ensure_symbols(conn, [("PERS", "Persisted")])
     await insert_trades(conn, random_trades(rng, "PERS"))
     trades = await _stored(conn, "PERS")
     lo, hi = _window(rng, trades, STEPS["5m"])
 
-    candles = await upsert_and_read(conn, symbol="PERS", interval="5m", lo=lo, hi=hi)
+    candles = await read_candles(conn, symbol="PERS", interval="5m", lo=lo, hi=hi, now=LATER)
 
     assert candles
     assert await _candle_table(conn, "PERS", "5m") == [tuple(c) for c in candles]
-    assert await _candle_table(conn, "PERS", "1m") == []
+    # 5m rolls up from 1m: the minutes are persisted too, and both ranges are recorded.
+    assert await _candle_table(conn, "PERS", "1m") == reference(trades, STEPS["1m"], lo, hi)
+    assert await _coverage(conn, "PERS") == {"1m": [(lo, hi)], "5m": [(lo, hi)]}
 
 
-async def test_recomputing_a_bucket_after_new_trades_updates_its_candle(
+async def test_final_candles_are_served_from_the_table_without_reading_trades_again(
     conn: AsyncConnection,
 ) -> None:
-    await ensure_symbols(conn, [("UPD", "Updated")])
+    await ensure_symbols(conn, [("FIN", "Final")])
     lo = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
     hi = lo + timedelta(hours=1)
     await insert_trades(
         conn,
         [
-            NewTrade("UPD", Decimal("10.00"), 10, lo + timedelta(minutes=1)),
-            NewTrade("UPD", Decimal("11.00"), 10, lo + timedelta(minutes=2)),
+            NewTrade("FIN", Decimal("10.00"), 10, lo + timedelta(minutes=1)),
+            NewTrade("FIN", Decimal("11.00"), 10, lo + timedelta(minutes=2)),
         ],
     )
-    (before,) = await upsert_and_read(conn, symbol="UPD", interval="1h", lo=lo, hi=hi)
+    (before,) = await read_candles(conn, symbol="FIN", interval="1h", lo=lo, hi=hi, now=LATER)
+    # A trade the visibility deadline forbids (inside a final bucket) proves where reads come
+    # from: the persisted candle, untouched.
+    await insert_trades(conn, [NewTrade("FIN", Decimal("99.00"), 5, lo + timedelta(minutes=3))])
 
+    (after,) = await read_candles(conn, symbol="FIN", interval="1h", lo=lo, hi=hi, now=LATER)
+
+    assert tuple(before)[1:] == (10.0, 11.0, 10.0, 11.0, 20, 10.5, 2)
+    assert after == before
+
+
+async def test_open_bucket_is_computed_live_on_each_read_and_not_persisted(
+    conn: AsyncConnection,
+) -> None:
+    await ensure_symbols(conn, [("OPEN", "Open")])
+    lo = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
+    hi = lo + timedelta(hours=1)
+    now = lo + timedelta(minutes=30)
     await insert_trades(
         conn,
         [
-            NewTrade("UPD", Decimal("9.50"), 5, lo),
-            NewTrade("UPD", Decimal("12.00"), 5, lo + timedelta(minutes=59)),
+            NewTrade("OPEN", Decimal("10.00"), 10, lo + timedelta(minutes=1)),
+            NewTrade("OPEN", Decimal("11.00"), 10, lo + timedelta(minutes=29, seconds=59)),
         ],
     )
-    (after,) = await upsert_and_read(conn, symbol="UPD", interval="1h", lo=lo, hi=hi)
+    (before,) = await read_candles(conn, symbol="OPEN", interval="1h", lo=lo, hi=hi, now=now)
+    await insert_trades(
+        conn, [NewTrade("OPEN", Decimal("12.00"), 5, lo + timedelta(minutes=29, seconds=59))]
+    )
+
+    (after,) = await read_candles(conn, symbol="OPEN", interval="1h", lo=lo, hi=hi, now=now)
 
     assert tuple(before)[1:] == (10.0, 11.0, 10.0, 11.0, 20, 10.5, 2)
-    assert tuple(after)[1:] == (9.5, 12.0, 9.5, 12.0, 30, 10.583333, 4)
-    assert await _candle_table(conn, "UPD", "1h") == [tuple(after)]
+    assert tuple(after)[1:] == (10.0, 12.0, 10.0, 12.0, 25, 10.8, 3)
+    assert await _candle_table(conn, "OPEN", "1h") == []
+    # The minutes that ended before the deadline are final and persisted; the rest are live.
+    assert [c[0] for c in await _candle_table(conn, "OPEN", "1m")] == [lo + timedelta(minutes=1)]
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_candles_match_reference_while_time_passes_over_the_window(
+    conn: AsyncConnection, seed: int
+) -> None:
+    """Reads at increasing request times mix final, newly final and live buckets: every read,
+    at every interval, equals the reference over the trades that exist."""
+    rng = random.Random(1000 + seed)
+    symbol = f"TIME{seed}"
+    await ensure_symbols(conn, [(symbol, "Time")])
+    pending = sorted(random_trades(rng, symbol), key=lambda t: t.timestamp)
+    first, last = pending[0].timestamp, pending[-1].timestamp
+    nows = sorted(first + rng.uniform(0, 1.1) * (last - first) for _ in range(4))
+
+    for now in nows:
+        # As in production, trades only ever arrive up to the present.
+        await insert_trades(conn, [t for t in pending if t.timestamp < now])
+        pending = [t for t in pending if t.timestamp >= now]
+        trades = await _stored(conn, symbol)
+        for interval, step in STEPS.items():
+            lo, hi = _floor(first, step), _ceil(now, step)
+            candles = await read_candles(
+                conn, symbol=symbol, interval=interval, lo=lo, hi=hi, now=now
+            )
+            expected = reference(trades, step, lo, hi)
+            assert [tuple(c) for c in candles] == expected, (interval, now)
 
 
 async def test_first_trade_at_finds_first_trade_in_half_open_window(
@@ -313,39 +388,44 @@ async def test_first_trade_at_finds_first_trade_in_half_open_window(
     assert await first_trade_at(conn, "OTHER", lo, lo + timedelta(hours=1)) is None
 
 
-async def test_concurrent_upserts_of_one_window_succeed_and_agree(
+async def test_concurrent_reads_of_one_uncomputed_window_succeed_and_agree(
     fresh_engine: AsyncEngine,
 ) -> None:
     rng = random.Random(7)
     async with fresh_engine.begin() as conn:
         await ensure_symbols(conn, [("CONC", "Concurrent")])
         await insert_trades(conn, random_trades(rng, "CONC"))
-        trades = await _stored(conn, "CONC")
 
     for round_ in range(6):
         async with fresh_engine.begin() as conn:
-            if round_ % 2 == 0:
-                # Both writers insert every candle ...
-                await conn.execute(text("DELETE FROM candles"))
-            else:
-                # ... or both update existing ones after more trades arrived in their buckets.
+            # Start every round uncomputed, so both readers race to compute the same buckets.
+            await conn.execute(text("DELETE FROM candles"))
+            await conn.execute(text("DELETE FROM candle_coverage"))
+            if round_ % 2:
                 more = [
                     NewTrade("CONC", rng.randint(5_000, 15_000) * TICK, rng.randint(1, 1000), ts)
-                    for ts in rng.sample([t.timestamp for t in trades], 50)
+                    for ts in rng.sample([t.timestamp for t in await _stored(conn, "CONC")], 50)
                 ]
                 await insert_trades(conn, more)
             trades = await _stored(conn, "CONC")
-        lo = _floor(min(t.timestamp for t in trades), STEPS["1m"])
-        hi = _ceil(max(t.timestamp for t in trades) + MICROSECOND, STEPS["1m"])
+        interval = ("1m", "5m", "1h")[round_ % 3]
+        step = STEPS[interval]
+        lo = _floor(min(t.timestamp for t in trades), step)
+        hi = _ceil(max(t.timestamp for t in trades) + MICROSECOND, step)
 
-        async def upsert(lo: datetime = lo, hi: datetime = hi) -> list[tuple[object, ...]]:
-            async with fresh_engine.begin() as conn:
-                rows = await upsert_and_read(conn, symbol="CONC", interval="1m", lo=lo, hi=hi)
+        async def read(
+            interval: str = interval, lo: datetime = lo, hi: datetime = hi
+        ) -> list[tuple[object, ...]]:
+            async with fresh_engine.connect() as conn:
+                rows = await read_candles(
+                    conn, symbol="CONC", interval=interval, lo=lo, hi=hi, now=LATER
+                )
+                await conn.commit()
                 return [tuple(row) for row in rows]
 
-        first, second = await asyncio.wait_for(asyncio.gather(upsert(), upsert()), timeout=20)
+        first, second = await asyncio.wait_for(asyncio.gather(read(), read()), timeout=20)
 
-        expected = reference(trades, STEPS["1m"], lo, hi)
+        expected = reference(trades, step, lo, hi)
         assert first == second == expected
         async with fresh_engine.connect() as conn:
-            assert await _candle_table(conn, "CONC", "1m") == expected
+            assert await _candle_table(conn, "CONC", interval) == expected

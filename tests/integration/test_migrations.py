@@ -49,6 +49,12 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("volume", "bigint", None, "NO"),
         ("vwap", "numeric", (24, 6), "NO"),
         ("trade_count", "integer", None, "NO"),
+        ("notional", "numeric", (None, None), "NO"),
+    ],
+    "candle_coverage": [
+        ("symbol", "character varying", 16, "NO"),
+        ("interval", "character varying", 4, "NO"),
+        ("covered", "tstzmultirange", None, "NO"),
     ],
 }
 
@@ -132,7 +138,13 @@ async def test_upgrade_on_empty_database_creates_tables_with_expected_columns(
     finally:
         await engine.dispose()
 
-    assert schema["tables"] == ["alembic_version", "candles", "symbols", "trades"]
+    assert schema["tables"] == [
+        "alembic_version",
+        "candle_coverage",
+        "candles",
+        "symbols",
+        "trades",
+    ]
     for table, expected in EXPECTED_COLUMNS.items():
         assert schema[f"{table}.columns"] == expected, table
 
@@ -187,6 +199,8 @@ async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: 
 
     kinds = {(table, name): kind for table, name, kind, _ in schema["constraints"]}
     assert kinds == {
+        ("candle_coverage", "fk_candle_coverage_symbol_symbols"): "f",
+        ("candle_coverage", "pk_candle_coverage"): "p",
         ("candles", "ck_candles_interval"): "c",
         ("candles", "fk_candles_symbol_symbols"): "f",
         ("candles", "pk_candles"): "p",
@@ -271,7 +285,13 @@ async def test_concurrent_upgrades_in_one_process_both_succeed_with_one_head(
             await drop_database(server_url, url)
 
         assert schema["versions"] == [HEAD]
-        assert schema["tables"] == ["alembic_version", "candles", "symbols", "trades"]
+        assert schema["tables"] == [
+        "alembic_version",
+        "candle_coverage",
+        "candles",
+        "symbols",
+        "trades",
+    ]
         for table, expected in EXPECTED_COLUMNS.items():
             assert schema[f"{table}.columns"] == expected, table
 
