@@ -1,4 +1,4 @@
-"""The `mdp` command: `mdp serve` runs the service, `mdp migrate` brings the schema to head."""
+"""The `mdp` command: `serve` the API, `migrate` the schema to head, `backfill` history."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
 from importlib.util import find_spec
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from tqdm import tqdm
 
 from mdp.settings import Settings, SettingsError
 
@@ -33,10 +41,11 @@ def _serve(settings: Settings) -> None:
     )
 
 
-async def _migrate(settings: Settings) -> None:
+@asynccontextmanager
+async def _engine(settings: Settings, application_name: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on DATABASE_URL (or the embedded server, started and stopped around it)."""
     from mdp.embedded import EmbeddedPostgres
     from persistence.database import create_engine
-    from persistence.migrate import upgrade
 
     embedded = None
     url = settings.database_url
@@ -47,17 +56,87 @@ async def _migrate(settings: Settings) -> None:
         url,
         pool_size=1,
         connect_timeout=settings.db_connect_timeout_seconds,
-        # Migrations may rewrite big tables: no statement timeout of the request path here.
+        # Migrations and bulk loads run long: not the request path's statement timeout.
         query_timeout=24 * 3600,
-        application_name="mdp-migrate",
+        application_name=application_name,
     )
     try:
-        await upgrade(engine)
+        yield engine
     finally:
         await engine.dispose()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+async def _migrate(settings: Settings) -> None:
+    from persistence.migrate import upgrade
+
+    async with _engine(settings, "mdp-migrate") as engine:
+        await upgrade(engine)
     logger.info("database schema is at head")
+
+
+async def _backfill(settings: Settings, args: argparse.Namespace) -> None:
+    from ingestion.backfill import ChunkWritten, plan_backfill, run_backfill
+    from persistence.migrate import upgrade
+    from persistence.symbols import ensure_symbols
+
+    specs = {spec.symbol: spec for spec in settings.symbols}
+    wanted = [code.strip().upper() for code in args.symbols.split(",")] if args.symbols else []
+    unknown = [code for code in wanted if code not in specs]
+    if unknown:
+        raise SystemExit(f"mdp backfill: not in SYMBOLS: {', '.join(unknown)}")
+    chosen = [specs[code] for code in wanted] if wanted else list(specs.values())
+    async with _engine(settings, "mdp-backfill") as engine:
+        await upgrade(engine)
+        async with engine.begin() as conn:
+            await ensure_symbols(conn, ((s.symbol, s.name) for s in chosen))
+        plans = await plan_backfill(
+            engine,
+            {s.symbol: Decimal(str(s.start_price)) for s in chosen},
+            days=args.days,
+            trades_per_second=args.trades_per_second,
+            now=datetime.now(UTC),
+        )
+        total = sum(plan.rows for plan in plans)
+        if not total:
+            print("mdp backfill: nothing to do: history already reaches back far enough")
+            return
+        started = time.perf_counter()
+        done: dict[str, int] = {}
+        # A bar on a terminal; plain progress lines in logs.
+        bar = tqdm(total=total, unit="rows", unit_scale=True, disable=not sys.stderr.isatty())
+
+        def progress(chunk: ChunkWritten) -> None:
+            done[chunk.symbol] = done.get(chunk.symbol, 0) + chunk.rows
+            bar.update(chunk.rows)
+            if bar.disable:
+                written = sum(done.values())
+                speed = written / (time.perf_counter() - started)
+                logger.info(
+                    "backfill: %d/%d rows (%.0f rows/s, ETA %.0fs); %s back to %s",
+                    written,
+                    total,
+                    speed,
+                    (total - written) / speed if speed else 0,
+                    chunk.symbol,
+                    chunk.oldest.isoformat(),
+                )
+
+        try:
+            written = await run_backfill(engine, plans, seed=args.seed, on_chunk=progress)
+        finally:
+            bar.close()
+            elapsed = time.perf_counter() - started
+            for plan in plans:
+                rows = done.get(plan.symbol, 0)
+                span = f"{plan.start.isoformat()} .. {plan.end.isoformat()}"
+                print(f"{plan.symbol}: {rows} of {plan.rows} trades in {span}")
+            written = sum(done.values())
+            print(
+                f"mdp backfill: wrote {written} trades in {elapsed:.1f}s "
+                f"({written / elapsed if elapsed else 0:.0f} trades/s)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,6 +144,21 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve the HTTP API with live ingestion")
     commands.add_parser("migrate", help="bring the database schema to the newest revision")
+    backfill = commands.add_parser(
+        "backfill",
+        help="write synthetic history before each symbol's oldest trade (safe beside ingestion)",
+    )
+    backfill.add_argument(
+        "--days", type=_positive, required=True, help="cover this many days back from now"
+    )
+    backfill.add_argument("--symbols", help="comma-separated codes (default: all of SYMBOLS)")
+    backfill.add_argument(
+        "--trades-per-second",
+        type=_positive,
+        default=1.0,
+        help="trades per second per symbol (default 1)",
+    )
+    backfill.add_argument("--seed", type=int, help="makes the generated history repeatable")
     args = parser.parse_args(argv)
 
     try:
@@ -86,9 +180,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         _serve(settings)
-    else:
+    elif args.command == "migrate":
         asyncio.run(_migrate(settings))
+    else:
+        try:
+            asyncio.run(_backfill(settings, args))
+        except KeyboardInterrupt:
+            # Whole chunks only: the interrupted one rolled back. A rerun carries on.
+            print("mdp backfill: interrupted; rerun the same command to carry on", file=sys.stderr)
+            return 130
     return 0
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
+    return number
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ __all__ = [
     "bucket_floor",
     "first_trade_at",
     "final_before",
+    "invalidate_candles",
+    "lock_candles",
     "read_candles",
 ]
 
@@ -263,6 +265,52 @@ _first_trade = _params(
     "lo",
     "hi",
 )
+
+
+# Backfill writes trades into buckets computed before (perhaps as "no trades"): forget every
+# candle whose bucket may hold them. Day-aligned covers every interval's buckets.
+_forget_coverage = _params(
+    """
+    UPDATE candle_coverage
+    SET covered = covered - tstzmultirange(tstzrange(
+        date_bin(INTERVAL '1 day', :lo, TIMESTAMPTZ '1970-01-01 00:00:00+00'),
+        date_bin(INTERVAL '1 day', :hi, TIMESTAMPTZ '1970-01-01 00:00:00+00') + INTERVAL '1 day'
+    ))
+    WHERE symbol = :symbol
+    """,
+    "symbol",
+    "lo",
+    "hi",
+)
+_forget_candles = _params(
+    """
+    DELETE FROM candles
+    WHERE symbol = :symbol
+      AND timestamp >= date_bin(INTERVAL '1 day', :lo, TIMESTAMPTZ '1970-01-01 00:00:00+00')
+      AND timestamp < date_bin(INTERVAL '1 day', :hi, TIMESTAMPTZ '1970-01-01 00:00:00+00')
+                      + INTERVAL '1 day'
+    """,
+    "symbol",
+    "lo",
+    "hi",
+)
+_lock_transaction = _params(
+    "SELECT pg_advisory_xact_lock(hashtext('mdp.candles'), hashtext(:symbol))", "symbol"
+)
+
+
+async def lock_candles(conn: AsyncConnection, symbol: str) -> None:
+    """Hold the symbol's candle lock until the transaction ends (writers of trades in the past)."""
+    await conn.execute(_lock_transaction, {"symbol": symbol})
+
+
+async def invalidate_candles(
+    conn: AsyncConnection, symbol: str, lo: datetime, hi: datetime
+) -> None:
+    """Forget computed candles whose buckets may contain times in [lo, hi]."""
+    params = {"symbol": symbol, "lo": lo, "hi": hi}
+    await conn.execute(_forget_coverage, params)
+    await conn.execute(_forget_candles, params)
 
 
 async def first_trade_at(

@@ -59,9 +59,9 @@ class Trade(Base):
     __tablename__ = "trades"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
-    symbol: Mapped[str] = mapped_column(
-        String(16), ForeignKey("symbols.symbol", ondelete="CASCADE")
-    )
+    # No foreign key to symbols: its per-row check halved bulk-load speed (migration 0003);
+    # the writers (ingestion, backfill) create their symbols first.
+    symbol: Mapped[str] = mapped_column(String(16))
     price: Mapped[Decimal] = mapped_column(PRICE)
     volume: Mapped[int] = mapped_column(BigInteger)
     timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True))

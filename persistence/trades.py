@@ -30,6 +30,7 @@ __all__ = [
     "TradeRow",
     "insert_trades",
     "last_prices",
+    "oldest_trade",
     "latest_trade",
     "list_trades",
 ]
@@ -132,6 +133,18 @@ async def insert_trades(conn: AsyncConnection, trades: Iterable[NewTrade]) -> in
         },
     )
     return len(batch)
+
+
+async def oldest_trade(conn: AsyncConnection, symbol: str) -> tuple[datetime, Decimal] | None:
+    """Time and price of the symbol's oldest trade (where a backfill has to stop)."""
+    query = (
+        select(_c.timestamp, _c.price)
+        .where(_c.symbol == symbol)
+        .order_by(_c.timestamp, _c.id)
+        .limit(1)
+    )
+    row = (await conn.execute(query)).first()
+    return (row[0], row[1]) if row is not None else None
 
 
 async def last_prices(conn: AsyncConnection, symbols: Sequence[str]) -> dict[str, Decimal]:

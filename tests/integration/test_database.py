@@ -203,10 +203,10 @@ async def test_constraint_violation_is_not_unavailable_and_described_without_sql
 ) -> None:
     with pytest.raises(IntegrityError) as raised:
         async with conn.begin_nested():
-            await insert_trades(conn, [NewTrade("NOSUCH", Decimal("1.00"), 1, datetime.now(UTC))])
+            await insert_trades(conn, [NewTrade("ANY", Decimal("1.00"), 0, datetime.now(UTC))])
 
     assert not is_unavailable(raised.value)
     description = describe_error(raised.value)
     assert CLASS_NAME.fullmatch(description)
-    assert description == "ForeignKeyViolationError"
+    assert description == "CheckViolationError"
     assert "INSERT" not in str(description)

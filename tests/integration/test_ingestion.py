@@ -112,20 +112,25 @@ async def test_run_once_updates_the_heartbeat(ingest_engine: AsyncEngine) -> Non
 async def test_failed_cycle_stores_nothing_rewinds_and_next_cycle_succeeds(
     ingest_engine: AsyncEngine,
 ) -> None:
-    # ZZZ is generated but not registered: the batch's insert breaks the foreign key.
+    # A constraint that rejects one symbol's rows: the batch's one insert fails as a whole.
     bases = {**BASES, "ZZZ": Decimal("10.00")}
     ingestor, generator, status = _ingestor(ingest_engine, bases)
     walk_before = generator.snapshot()
-
-    with pytest.raises(IntegrityError):
-        await ingestor.run_once()
-
-    assert await _count(ingest_engine) == 0
-    assert generator.snapshot() == walk_before
-    assert status.batches_total == 0
-
     async with ingest_engine.begin() as conn:
-        await ensure_symbols(conn, [("ZZZ", "Zeta")])
+        await conn.execute(
+            text("ALTER TABLE trades ADD CONSTRAINT reject_zzz CHECK (symbol <> 'ZZZ') NOT VALID")
+        )
+
+    try:
+        with pytest.raises(IntegrityError):
+            await ingestor.run_once()
+
+        assert await _count(ingest_engine) == 0
+        assert generator.snapshot() == walk_before
+        assert status.batches_total == 0
+    finally:
+        async with ingest_engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE trades DROP CONSTRAINT reject_zzz"))
     size = await ingestor.run_once()
 
     stored = await _trades(ingest_engine)

@@ -208,12 +208,11 @@ async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: 
         ("symbols", "pk_symbols"): "p",
         ("trades", "ck_trades_price_positive"): "c",
         ("trades", "ck_trades_volume_positive"): "c",
-        ("trades", "fk_trades_symbol_symbols"): "f",
         ("trades", "pk_trades"): "p",
         ("alembic_version", "alembic_version_pkc"): "p",
     }
     definitions = {name: definition for _, name, _, definition in schema["constraints"]}
-    for name in ("fk_trades_symbol_symbols", "fk_candles_symbol_symbols"):
+    for name in ("fk_candle_coverage_symbol_symbols", "fk_candles_symbol_symbols"):
         assert definitions[name] == (
             "FOREIGN KEY (symbol) REFERENCES symbols(symbol) ON DELETE CASCADE"
         ), name
@@ -286,12 +285,12 @@ async def test_concurrent_upgrades_in_one_process_both_succeed_with_one_head(
 
         assert schema["versions"] == [HEAD]
         assert schema["tables"] == [
-        "alembic_version",
-        "candle_coverage",
-        "candles",
-        "symbols",
-        "trades",
-    ]
+            "alembic_version",
+            "candle_coverage",
+            "candles",
+            "symbols",
+            "trades",
+        ]
         for table, expected in EXPECTED_COLUMNS.items():
             assert schema[f"{table}.columns"] == expected, table
 
