@@ -56,7 +56,5 @@ def parse_window(start: str | None, end: str | None) -> tuple[datetime | None, d
     start_at = parse_time(start, "start") if start is not None else None
     end_at = parse_time(end, "end") if end is not None else None
     if start_at is not None and end_at is not None and start_at >= end_at:
-        raise InvalidTimeRange(
-            f"start ({start_at.isoformat()}) must be before end ({end_at.isoformat()})."
-        )
+        raise InvalidTimeRange(f"start ({start}) must be before end ({end}).")
     return start_at, end_at

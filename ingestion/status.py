@@ -31,7 +31,8 @@ class IngestionStatus:
 
     @property
     def stale_after_seconds(self) -> float:
-        return 3 * self.interval_seconds
+        # Rounded: 3 × 0.1 is 0.30000000000000004 in binary floating point.
+        return round(3 * self.interval_seconds, 6)
 
     def record_success(self, size: int) -> None:
         self.last_batch_at = datetime.now(UTC)

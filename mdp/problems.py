@@ -34,13 +34,13 @@ class ProblemType:
 
 # Every code the contract documents; `title` is fixed per code, `detail` varies per occurrence.
 PROBLEM_TYPES: Mapping[str, ProblemType] = {
-    "validation_failed": ProblemType(400, "Request parameters are invalid"),
-    "invalid_time_range": ProblemType(400, "Time range is invalid"),
-    "invalid_cursor": ProblemType(400, "Cursor is invalid"),
-    "not_found": ProblemType(404, "Resource not found"),
+    "validation_failed": ProblemType(400, "Validation failed"),
+    "invalid_time_range": ProblemType(400, "Invalid time range"),
+    "invalid_cursor": ProblemType(400, "Invalid cursor"),
+    "not_found": ProblemType(404, "Not found"),
     "method_not_allowed": ProblemType(405, "Method not allowed"),
     "symbol_not_found": ProblemType(404, "Symbol not found"),
-    "no_trades": ProblemType(404, "No trades for symbol"),
+    "no_trades": ProblemType(404, "No trades"),
     "internal_error": ProblemType(500, "Internal server error"),
     "database_unavailable": ProblemType(503, "Database unavailable"),
 }

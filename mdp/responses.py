@@ -12,6 +12,8 @@ from connexion.jsonifier import Jsonifier
 from connexion.resolver import Resolver
 from starlette.responses import Response
 
+from mdp.telemetry import current_request_id
+
 __all__ = ["JsonResolver", "dumps", "jsonifier"]
 
 # Timestamps leave as RFC 3339 with a `Z`; aware datetimes from asyncpg are already in UTC.
@@ -32,20 +34,27 @@ jsonifier = Jsonifier(SimpleNamespace(dumps=dumps, loads=_loads))
 Handler = Callable[..., Awaitable[Any]]
 
 
-def _respond(result: Any) -> Any:
+def _respond(result: Any) -> Response:
     if isinstance(result, Response):
-        return result
-    headers: Mapping[str, str] | None = None
-    status = 200
-    if isinstance(result, tuple):
-        result, status, *rest = result
-        headers = rest[0] if rest else None
-    return Response(
-        orjson.dumps(result, option=_OPTIONS),
-        status_code=status,
-        headers=headers,
-        media_type="application/json",
-    )
+        response = result
+    else:
+        headers: Mapping[str, str] | None = None
+        status = 200
+        if isinstance(result, tuple):
+            result, status, *rest = result
+            headers = rest[0] if rest else None
+        response = Response(
+            orjson.dumps(result, option=_OPTIONS),
+            status_code=status,
+            headers=headers,
+            media_type="application/json",
+        )
+    # The contract requires X-Request-ID on every response, and response validation runs
+    # inside the telemetry middleware that adds it: stamp it here so validation sees it.
+    request_id = current_request_id()
+    if request_id is not None:
+        response.headers["X-Request-ID"] = request_id
+    return response
 
 
 class JsonResolver(Resolver):  # type: ignore[misc]

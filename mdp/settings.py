@@ -161,7 +161,7 @@ class Settings:
 
     @property
     def stale_after_seconds(self) -> float:
-        return 3 * self.ingestion_interval_seconds
+        return round(3 * self.ingestion_interval_seconds, 6)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -77,7 +77,13 @@ class TelemetryMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+                # Handlers already stamp it (see mdp.responses); never send it twice.
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", ())
+                    if name.lower() != b"x-request-id"
+                ]
+                message["headers"] = [*headers, (b"x-request-id", request_id)]
             await send(message)
 
         try:

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from connexion.utils import is_null, is_nullable
 from connexion.validators import ParameterValidator
-from jsonschema import Draft4Validator
+from jsonschema import Draft4Validator, FormatChecker
 
 from mdp.problems import RequestValidationFailed, ValidationIssue
 
 __all__ = ["CollectingParameterValidator"]
+
+
+def _date_time(value: object) -> bool:
+    if not Draft4Validator.FORMAT_CHECKER.conforms(value, "date-time"):
+        return False
+    if isinstance(value, str):
+        datetime.fromisoformat(value.upper()).astimezone(UTC)
+    return True
+
+
+# RFC 3339 syntax is not enough: the value must also exist as a UTC datetime (no year 0000,
+# nothing past 9999 once converted), so it is reported together with every other bad parameter.
+_FORMATS = FormatChecker(formats=())
+_FORMATS.checkers = dict(Draft4Validator.FORMAT_CHECKER.checkers)
+_FORMATS.checks("date-time", raises=(ValueError, OverflowError))(_date_time)
 
 # Connexion builds a validator per request; the compiled schemas are cached per operation,
 # keyed by its parameter list (kept alive in the entry, so the id cannot be reused).
@@ -21,9 +37,7 @@ def _compiled(parameters: list[Any]) -> dict[int, Draft4Validator]:
     entry = _compiled_by_operation.get(id(parameters))
     if entry is None or entry[0] is not parameters:
         compiled = {
-            id(param): Draft4Validator(
-                param.get("schema", param), format_checker=Draft4Validator.FORMAT_CHECKER
-            )
+            id(param): Draft4Validator(param.get("schema", param), format_checker=_FORMATS)
             for param in parameters
         }
         entry = _compiled_by_operation[id(parameters)] = (parameters, compiled)

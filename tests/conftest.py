@@ -3,8 +3,9 @@ with a fresh database migrated to head by Alembic, exactly as the service does a
 
 from __future__ import annotations
 
-import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,17 +27,21 @@ def _dsn(url: URL) -> str:
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+def server_url() -> Iterator[URL]:
     """The PostgreSQL server under test: MDP_TEST_DATABASE_URL, else an embedded one."""
     configured = os.environ.get("MDP_TEST_DATABASE_URL")
     if configured:
         yield normalise_database_url(configured)
         return
-    embedded = EmbeddedPostgres(Path(tmp_path_factory.mktemp("embedded")) / "pgdata")
+    # Not under pytest's tmp_path: a concurrent pytest session resets that tree to mode 0700,
+    # locking out the unprivileged user the embedded server runs as when tests run as root.
+    parent = Path(tempfile.mkdtemp(prefix="mdp-tests-"))
+    embedded = EmbeddedPostgres(parent / "pgdata")
     try:
         yield embedded.start()
     finally:
         embedded.stop()
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 async def create_database(server: URL) -> URL:
@@ -105,8 +110,3 @@ async def clean_tables(engine: AsyncEngine) -> None:
     """For tests whose writes must be committed (they go through the app's own pool)."""
     async with engine.begin() as connection:
         await connection.execute(text("TRUNCATE trades, candles, symbols RESTART IDENTITY CASCADE"))
-
-
-def run(coro: object) -> object:
-    """Run a coroutine from synchronous test code (TestClient tests)."""
-    return asyncio.run(coro)  # type: ignore[arg-type]

@@ -142,6 +142,7 @@ async def test_upgrade_on_empty_database_creates_tables_with_expected_columns(
         "alembic_version",
         "candle_coverage",
         "candles",
+        "ingestion_state",
         "symbols",
         "trades",
     ]
@@ -204,6 +205,8 @@ async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: 
         ("candles", "ck_candles_interval"): "c",
         ("candles", "fk_candles_symbol_symbols"): "f",
         ("candles", "pk_candles"): "p",
+        ("ingestion_state", "ck_ingestion_state_single_row"): "c",
+        ("ingestion_state", "pk_ingestion_state"): "p",
         ("symbols", "ck_symbols_symbol_upper"): "c",
         ("symbols", "pk_symbols"): "p",
         ("trades", "ck_trades_price_positive"): "c",
@@ -288,6 +291,7 @@ async def test_concurrent_upgrades_in_one_process_both_succeed_with_one_head(
             "alembic_version",
             "candle_coverage",
             "candles",
+            "ingestion_state",
             "symbols",
             "trades",
         ]
