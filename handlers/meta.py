@@ -74,6 +74,8 @@ async def get_ingestion_status() -> dict[str, Any]:
     status = app_state().ingestion
     return {
         "state": status.state(),
+        "role": status.role,
+        "leader_since": status.leader_since,
         "enabled": status.enabled,
         "interval_seconds": status.interval_seconds,
         "stale_after_seconds": status.stale_after_seconds,

@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingestion.generator import TradeGenerator
+from ingestion.leader import LEADER_LOCK_KEY, LeaderLock
 from ingestion.status import IngestionStatus
 from persistence.database import describe_error, is_unavailable
-from persistence.trades import VISIBILITY_DEADLINE, insert_trades, last_prices
+from persistence.trades import VISIBILITY_DEADLINE, insert_live_batch, last_prices
 
 __all__ = ["Ingestor"]
 
@@ -22,6 +23,10 @@ class BatchTooLate(RuntimeError):
     """The batch could not be written within the visibility deadline and was rolled back."""
 
 
+class BatchRefused(RuntimeError):
+    """The database refused the batch: not the leader any more, or not newer than the last."""
+
+
 class Ingestor:
     """Writes through its own engine (one connection) so read traffic can never starve it."""
 
@@ -30,10 +35,13 @@ class Ingestor:
         engine: AsyncEngine,
         generator: TradeGenerator,
         status: IngestionStatus,
+        leader: LeaderLock | None = None,
     ) -> None:
+        """Without a `leader`, this is the only writer (no election)."""
         self.engine = engine
         self.generator = generator
         self.status = status
+        self.leader = leader
         self._resumed = False
 
     async def run_once(self) -> int:
@@ -47,7 +55,15 @@ class Ingestor:
         stamped = datetime.now(UTC)
         try:
             async with self.engine.begin() as conn:
-                size = await insert_trades(conn, self.generator.batch(stamped))
+                size = await insert_live_batch(
+                    conn,
+                    self.generator.batch(stamped),
+                    stamped=stamped,
+                    leader_pid=self.leader.backend_pid if self.leader is not None else None,
+                    lock_key=LEADER_LOCK_KEY,
+                )
+                if not size:
+                    raise BatchRefused("not the leader any more, or not newer than the last batch")
                 if datetime.now(UTC) - stamped > VISIBILITY_DEADLINE / 2:
                     # Readers treat buckets older than the deadline as final: never let a
                     # slow commit add trades behind their back. Roll back; the next cycle retries.
@@ -58,27 +74,56 @@ class Ingestor:
         self.status.record_success(size)
         return size
 
-    async def run(self) -> None:
-        """Run until cancelled, keeping a fixed cadence (a slow batch does not shift the grid)."""
+    def _fail(self, exc: Exception) -> None:
+        error = describe_error(exc)
+        self.status.record_failure(error)
+        if is_unavailable(exc) or isinstance(exc, BatchRefused):
+            logger.warning("ingestion batch failed: %s", error)
+        else:
+            logger.exception("ingestion batch failed: %s", error)
+
+    async def _elect(self) -> bool:
+        if self.leader is None:
+            return True
+        was_leader = self.leader.is_leader
+        try:
+            leading = await self.leader.refresh()
+        except Exception as exc:
+            # Cannot even tell who leads: this instance is not ingesting, and that is a failure.
+            self.status.became(None, None)
+            self._fail(exc)
+            return False
+        if leading and not was_leader:
+            # Taking over: continue from the prices the previous leader stored.
+            self._resumed = False
+        self.status.became("leader" if leading else "standby", self.leader.leader_since)
+        return leading
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until `stop` is set (the batch under way finishes whole) or until cancelled,
+        keeping a fixed cadence: a slow batch does not shift the grid."""
+        stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         interval = self.status.interval_seconds
         deadline = loop.time()
         try:
-            while True:
-                try:
-                    await self.run_once()
-                except Exception as exc:
-                    error = describe_error(exc)
-                    self.status.record_failure(error)
-                    if is_unavailable(exc):
-                        logger.warning("ingestion batch failed, database unavailable: %s", error)
-                    else:
-                        logger.exception("ingestion batch failed: %s", error)
+            while not stop.is_set():
+                if await self._elect():
+                    try:
+                        await self.run_once()
+                    except Exception as exc:
+                        self._fail(exc)
                 deadline += interval
                 now = loop.time()
                 if deadline < now:
                     # Fell behind (e.g. a long outage): skip missed ticks instead of bursting.
                     deadline = now
-                await asyncio.sleep(deadline - now)
+                try:
+                    await asyncio.wait_for(stop.wait(), deadline - now)
+                except TimeoutError:
+                    pass
         finally:
             self.status.stopped = True
+            if self.leader is not None:
+                # Hand over at once rather than when the session times out.
+                await self.leader.release()

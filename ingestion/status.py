@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-__all__ = ["IngestionState", "IngestionStatus"]
+__all__ = ["IngestionRole", "IngestionState", "IngestionStatus"]
 
-IngestionState = Literal["starting", "running", "stale", "failing", "stopped", "disabled"]
+IngestionState = Literal[
+    "starting", "running", "standby", "stale", "failing", "stopped", "disabled"
+]
+IngestionRole = Literal["leader", "standby"]
 
 
 @dataclass(slots=True)
@@ -28,6 +31,9 @@ class IngestionStatus:
     last_error: str | None = None
     last_error_at: datetime | None = None
     stopped: bool = False
+    # Only the leader among the instances ingests; None until the first election attempt.
+    role: IngestionRole | None = None
+    leader_since: datetime | None = None
 
     @property
     def stale_after_seconds(self) -> float:
@@ -48,6 +54,13 @@ class IngestionStatus:
         self.last_error = error
         self.last_error_at = datetime.now(UTC)
 
+    def became(self, role: IngestionRole | None, since: datetime | None) -> None:
+        if role == "leader" and self.role != "leader":
+            # The stale clock starts when this instance takes over, not at process start.
+            self.started_monotonic = time.monotonic()
+        self.role = role
+        self.leader_since = since
+
     def heartbeat_age(self) -> float | None:
         """Seconds since the last committed batch (monotonic: immune to clock steps)."""
         if self.last_batch_monotonic is None:
@@ -59,6 +72,8 @@ class IngestionStatus:
             return "disabled"
         if self.stopped:
             return "stopped"
+        if self.role == "standby":
+            return "standby"
         age = self.heartbeat_age()
         since = age if age is not None else time.monotonic() - self.started_monotonic
         if since > self.stale_after_seconds:

@@ -13,6 +13,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingestion.generator import TradeGenerator
+from ingestion.leader import LeaderLock
 from ingestion.loop import Ingestor
 from ingestion.status import IngestionStatus
 from mdp.embedded import EmbeddedPostgres
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 # Waiting for a database that is not there yet: quick first retries, then a steady pace.
 _RETRY_FIRST_SECONDS = 0.5
 _RETRY_MAX_SECONDS = 5.0
+_STOP_GRACE_SECONDS = 2.0
 
 
 def _engines(settings: Settings, url: URL) -> tuple[AsyncEngine, AsyncEngine]:
@@ -79,7 +81,11 @@ async def _bootstrap(settings: Settings, db: Database, writes: AsyncEngine) -> N
 
 
 async def _run(
-    settings: Settings, db: Database, writes: AsyncEngine, status: IngestionStatus
+    settings: Settings,
+    db: Database,
+    writes: AsyncEngine,
+    status: IngestionStatus,
+    stop: asyncio.Event,
 ) -> None:
     await _bootstrap(settings, db, writes)
     if not settings.ingestion_enabled:
@@ -89,8 +95,23 @@ async def _run(
         seed=settings.ingestion_seed,
         max_trades_per_symbol=settings.ingestion_max_trades_per_symbol,
     )
+    _, connect_kwargs = writes.dialect.create_connect_args(writes.url)
+    leader = LeaderLock(
+        {
+            **connect_kwargs,
+            "timeout": settings.db_connect_timeout_seconds,
+            "server_settings": {
+                "application_name": "mdp-leader",
+                # Over TCP, notice a vanished leader in seconds, not the OS's two hours.
+                "tcp_keepalives_idle": "5",
+                "tcp_keepalives_interval": "1",
+                "tcp_keepalives_count": "3",
+            },
+        },
+        timeout=max(settings.ingestion_interval_seconds, 1.0),
+    )
     logger.info("ingestion started: every %gs", settings.ingestion_interval_seconds)
-    await Ingestor(writes, generator, status).run()
+    await Ingestor(writes, generator, status, leader).run(stop)
 
 
 @contextlib.asynccontextmanager
@@ -113,14 +134,23 @@ async def lifespan(
         interval_seconds=settings.ingestion_interval_seconds,
         symbols=tuple(s.symbol for s in settings.symbols),
     )
-    background = asyncio.create_task(_run(settings, db, writes, status), name="mdp-background")
+    stop = asyncio.Event()
+    background = asyncio.create_task(
+        _run(settings, db, writes, status, stop), name="mdp-background"
+    )
     state = AppState(settings, load_contract(), db, status, metrics)
     try:
         yield {"app": state}
     finally:
-        background.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await background
+        # Let the batch under way commit or roll back whole and the leader lock go, within
+        # Cloud Run's 10 s grace (uvicorn already spent up to 7 s draining requests).
+        stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(background), _STOP_GRACE_SECONDS)
+        except TimeoutError:
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
         status.stopped = True
         await reads.dispose()
         await writes.dispose()

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    SmallInteger,
     String,
     Text,
     func,
@@ -23,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import TSTZMULTIRANGE
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Candle", "CandleCoverage", "Symbol", "Trade", "metadata"]
+__all__ = ["Base", "Candle", "CandleCoverage", "IngestionState", "Symbol", "Trade", "metadata"]
 
 # Predictable constraint names, so migrations can refer to them.
 metadata = MetaData(
@@ -114,3 +115,14 @@ class CandleCoverage(Base):
     )
     interval: Mapped[str] = mapped_column(String(4), primary_key=True)
     covered: Mapped[Any] = mapped_column(TSTZMULTIRANGE())
+
+
+class IngestionState(Base):
+    """One row: the newest batch written, so batches are idempotent and only move forward."""
+
+    __tablename__ = "ingestion_state"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    last_batch_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Float,
+    Integer,
     Numeric,
     String,
     Table,
@@ -28,6 +29,7 @@ __all__ = [
     "VISIBILITY_DEADLINE",
     "NewTrade",
     "TradeRow",
+    "insert_live_batch",
     "insert_trades",
     "last_prices",
     "oldest_trade",
@@ -115,6 +117,70 @@ _insert_batch = text(
     bindparam("volumes", type_=ARRAY(BigInteger)),
     bindparam("timestamps", type_=ARRAY(DateTime(timezone=True))),
 )
+
+
+# A live batch: written only if the writer still holds the leader lock (fencing a leader that
+# lost it) and the batch is newer than the last one written (a retried or raced batch can never
+# be stored twice). One statement: the claim and the rows commit together or not at all.
+_insert_live_batch = text(
+    """
+    WITH claim AS (
+        UPDATE ingestion_state SET last_batch_at = :stamped
+        WHERE id = 1 AND last_batch_at < :stamped
+          AND (CAST(:leader_pid AS integer) IS NULL OR EXISTS (
+              SELECT 1 FROM pg_locks
+              WHERE locktype = 'advisory' AND granted AND pid = :leader_pid
+                AND classid = (:lock_key >> 32)::oid
+                AND objid = (:lock_key & 4294967295)::oid
+                AND objsubid = 1
+          ))
+        RETURNING 1
+    )
+    INSERT INTO trades (symbol, price, volume, timestamp)
+    SELECT * FROM unnest(
+        CAST(:symbols AS varchar[]), CAST(:prices AS numeric[]),
+        CAST(:volumes AS bigint[]), CAST(:timestamps AS timestamptz[])
+    )
+    WHERE EXISTS (SELECT 1 FROM claim)
+    """
+).bindparams(
+    bindparam("symbols", type_=ARRAY(String)),
+    bindparam("prices", type_=ARRAY(Numeric)),
+    bindparam("volumes", type_=ARRAY(BigInteger)),
+    bindparam("timestamps", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("stamped", type_=DateTime(timezone=True)),
+    bindparam("leader_pid", type_=Integer),
+    bindparam("lock_key", type_=BigInteger),
+)
+
+
+async def insert_live_batch(
+    conn: AsyncConnection,
+    trades: Sequence[NewTrade],
+    *,
+    stamped: datetime,
+    leader_pid: int | None,
+    lock_key: int,
+) -> int:
+    """Insert a live batch stamped `stamped` if the writer may; returns the rows stored (0 when
+    the batch was refused: not the leader any more, or not newer than the last batch).
+    `leader_pid` None skips the lock check (a single writer without election)."""
+    if not trades:
+        return 0
+    symbols, prices, volumes, timestamps = zip(*trades, strict=True)
+    result = await conn.execute(
+        _insert_live_batch,
+        {
+            "symbols": list(symbols),
+            "prices": list(prices),
+            "volumes": list(volumes),
+            "timestamps": list(timestamps),
+            "stamped": stamped,
+            "leader_pid": leader_pid,
+            "lock_key": lock_key,
+        },
+    )
+    return result.rowcount
 
 
 async def insert_trades(conn: AsyncConnection, trades: Iterable[NewTrade]) -> int:
