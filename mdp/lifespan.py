@@ -17,6 +17,7 @@ from ingestion.leader import LeaderLock
 from ingestion.loop import Ingestor
 from ingestion.status import IngestionStatus
 from mdp.embedded import EmbeddedPostgres
+from mdp.metrics import PrometheusMetrics
 from mdp.settings import Settings
 from mdp.spec import load_contract
 from mdp.state import AppState
@@ -116,7 +117,7 @@ async def _run(
 
 @contextlib.asynccontextmanager
 async def lifespan(
-    _app: Any, *, settings: Settings, metrics: RequestMetrics
+    _app: Any, *, settings: Settings, metrics: RequestMetrics, prometheus: PrometheusMetrics
 ) -> AsyncIterator[dict[str, AppState]]:
     embedded: EmbeddedPostgres | None = None
     url = settings.database_url
@@ -138,7 +139,8 @@ async def lifespan(
     background = asyncio.create_task(
         _run(settings, db, writes, status, stop), name="mdp-background"
     )
-    state = AppState(settings, load_contract(), db, status, metrics)
+    state = AppState(settings, load_contract(), db, status, metrics, prometheus)
+    unwatch = prometheus.watch(status, {"api": reads, "ingestion": writes})
     try:
         yield {"app": state}
     finally:
@@ -152,6 +154,7 @@ async def lifespan(
             with contextlib.suppress(asyncio.CancelledError):
                 await background
         status.stopped = True
+        unwatch()
         await reads.dispose()
         await writes.dispose()
         if embedded is not None:

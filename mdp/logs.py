@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from mdp.telemetry import current_request_id
+from mdp.telemetry import current_request_id, current_trace
 
 __all__ = ["configure_logging"]
 
@@ -18,6 +18,13 @@ _SEVERITY = {"WARNING": "WARNING", "CRITICAL": "CRITICAL", "ERROR": "ERROR", "DE
 
 
 class JsonFormatter(logging.Formatter):
+    """Cloud Logging's structured format: `severity`, `message`, the trace that groups a
+    request's lines, and `httpRequest` on access lines."""
+
+    def __init__(self, project: str | None) -> None:
+        super().__init__()
+        self.project = project
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
@@ -28,9 +35,17 @@ class JsonFormatter(logging.Formatter):
         request_id = current_request_id()
         if request_id is not None:
             entry["request_id"] = request_id
+        trace = current_trace()
+        if trace is not None and self.project:
+            entry["logging.googleapis.com/trace"] = f"projects/{self.project}/traces/{trace}"
         http = getattr(record, "http", None)
         if http is not None:
-            entry["http"] = http
+            entry["httpRequest"] = {
+                "requestMethod": http["method"],
+                "requestUrl": http["path"],
+                "status": http["status"],
+                "latency": f"{http['latency_ms'] / 1000:.6f}s",
+            }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
@@ -43,13 +58,15 @@ class TextFormatter(logging.Formatter):
         return f"{line} [request_id={request_id}]" if request_id else line
 
 
-def configure_logging(level: str, *, json_lines: bool | None = None) -> None:
+def configure_logging(
+    level: str, *, project: str | None = None, json_lines: bool | None = None
+) -> None:
     """Route the service's, uvicorn's and the libraries' logs through one stdout handler."""
     if json_lines is None:
         json_lines = not sys.stdout.isatty()
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
-        JsonFormatter()
+        JsonFormatter(project)
         if json_lines
         else TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )

@@ -154,6 +154,8 @@ class Settings:
     ingestion_seed: int | None = None
     ingestion_max_trades_per_symbol: int = 3
     symbols: tuple[SymbolSpec, ...] = DEFAULT_SYMBOLS
+    # Names the Cloud Trace resource in JSON logs, so Cloud Logging groups a request's lines.
+    gcp_project: str | None = None
     redoc_script_url: str = "https://cdn.jsdelivr.net/npm/redoc@2.5.0/bundles/redoc.standalone.js"
     redoc_script_integrity: str | None = (
         "sha384-4vOjrBu7SuDWXcAw1qFznVLA/sKL+0l4nn+J1HY8w7cpa6twQEYuh4b0Cwuo7CyX"
@@ -206,6 +208,7 @@ class Settings:
                 maximum=1000,
             ),
             symbols=_symbols(env.get("SYMBOLS")),
+            gcp_project=env.get("GOOGLE_CLOUD_PROJECT", "").strip() or None,
             redoc_script_url=env.get("REDOC_SCRIPT_URL", "").strip() or defaults.redoc_script_url,
             # An explicitly empty integrity turns the check off (for a self-hosted script).
             redoc_script_integrity=(

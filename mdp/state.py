@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ingestion.status import IngestionStatus
+from mdp.metrics import PrometheusMetrics
 from mdp.settings import Settings
 from mdp.spec import Contract
 from mdp.telemetry import RequestMetrics
@@ -20,3 +21,4 @@ class AppState:
     db: Database
     ingestion: IngestionStatus
     metrics: RequestMetrics
+    prometheus: PrometheusMetrics

@@ -12,17 +12,27 @@ from datetime import UTC, datetime
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["RequestMetrics", "TelemetryMiddleware", "current_request_id"]
+from mdp.metrics import PrometheusMetrics
+
+__all__ = ["RequestMetrics", "TelemetryMiddleware", "current_request_id", "current_trace"]
 
 access_logger = logging.getLogger("mdp.access")
 
 _request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+# Cloud Run's load balancer sends `X-Cloud-Trace-Context: TRACE_ID/SPAN_ID;o=1`.
+_trace: ContextVar[str | None] = ContextVar("trace", default=None)
+_TRACE_ID = re.compile(rb"^([0-9a-fA-F]{32})(?:/|;|$)")
 # Echo what clients send only when it is safe to put in a header and a log line.
 _VALID_REQUEST_ID = re.compile(rb"^[\x21-\x7e]{1,200}$")
 
 
 def current_request_id() -> str | None:
     return _request_id.get()
+
+
+def current_trace() -> str | None:
+    """The Cloud Trace id of the request being served, if the platform sent one."""
+    return _trace.get()
 
 
 @dataclass(slots=True)
@@ -54,9 +64,12 @@ class RequestMetrics:
 class TelemetryMiddleware:
     """Outermost middleware, so error responses get a request id and count as requests too."""
 
-    def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: RequestMetrics, prometheus: PrometheusMetrics
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.prometheus = prometheus
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,13 +77,20 @@ class TelemetryMiddleware:
             return
         started = time.perf_counter()
         request_id = b""
+        trace = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 request_id = value
-                break
+            elif name == b"x-cloud-trace-context":
+                match = _TRACE_ID.match(value)
+                trace = match.group(1).decode().lower() if match else None
         if not _VALID_REQUEST_ID.match(request_id):
             request_id = uuid.uuid4().hex.encode()
         token = _request_id.set(request_id.decode())
+        trace_token = _trace.set(trace)
+        # Connexion's router works on a shallow copy of the scope but records the operation in
+        # this (shared) dict: create it here so the operation is visible here afterwards.
+        extensions = scope.setdefault("extensions", {})
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -89,8 +109,13 @@ class TelemetryMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
+            elapsed = time.perf_counter() - started
+            elapsed_ms = elapsed * 1000
             self.metrics.record(elapsed_ms)
+            routing = extensions.get("connexion_routing") or {}
+            # Unrouted requests (404s, /docs) share one label: paths must not become labels.
+            operation = routing.get("operation_id") or "unmatched"
+            self.prometheus.observe(operation, scope["method"], status, elapsed)
             access_logger.info(
                 "%s %s %d %.2fms",
                 scope["method"],
@@ -106,4 +131,5 @@ class TelemetryMiddleware:
                     }
                 },
             )
+            _trace.reset(trace_token)
             _request_id.reset(token)

@@ -1,0 +1,127 @@
+"""Prometheus / OpenMetrics exposition of the service's telemetry, with prometheus-client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import exposition as text_format
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics import exposition as openmetrics_format
+from prometheus_client.registry import Collector
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
+
+from ingestion.status import IngestionStatus
+
+__all__ = ["PrometheusMetrics", "negotiate"]
+
+JSON = "application/json"
+TEXT = text_format.CONTENT_TYPE_LATEST
+OPENMETRICS = openmetrics_format.CONTENT_TYPE_LATEST
+
+# Latency buckets for an API whose typical answer takes about a millisecond.
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def negotiate(accept: str) -> str:
+    """JSON (the default and the contract's first form), Prometheus text, or OpenMetrics."""
+    best, best_q = JSON, 0.0
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        offer = {
+            "application/openmetrics-text": OPENMETRICS,
+            "text/plain": TEXT,
+            "application/json": JSON,
+        }.get(media.lower())
+        if offer is not None and q > best_q:
+            best, best_q = offer, q
+    return best
+
+
+class _StateCollector(Collector):
+    """Reads ingestion and pool state at scrape time: nothing is counted twice."""
+
+    def __init__(self, status: IngestionStatus, engines: dict[str, AsyncEngine]) -> None:
+        self.status = status
+        self.engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        status = self.status
+        yield CounterMetricFamily(
+            "mdp_ingestion_batches", "Batches committed by this instance.", status.batches_total
+        )
+        yield CounterMetricFamily(
+            "mdp_ingestion_trades", "Trades committed by this instance.", status.trades_total
+        )
+        yield CounterMetricFamily(
+            "mdp_ingestion_failures", "Failed ingestion cycles.", status.failures_total
+        )
+        age = status.heartbeat_age()
+        if age is not None:
+            yield GaugeMetricFamily(
+                "mdp_ingestion_heartbeat_age_seconds",
+                "Seconds since the last committed batch.",
+                age,
+            )
+        yield GaugeMetricFamily(
+            "mdp_ingestion_leader",
+            "1 when this instance is the ingestion leader.",
+            1 if status.role == "leader" else 0,
+        )
+        checked_out = GaugeMetricFamily(
+            "mdp_db_pool_checked_out", "Connections in use.", labels=["pool"]
+        )
+        size = GaugeMetricFamily("mdp_db_pool_size", "Connections kept open.", labels=["pool"])
+        for name, engine in self.engines.items():
+            pool = engine.pool
+            if isinstance(pool, QueuePool):
+                checked_out.add_metric([name], pool.checkedout())
+                size.add_metric([name], pool.size())
+        yield checked_out
+        yield size
+
+
+class PrometheusMetrics:
+    """One registry per app (not the global one), so several apps in a process stay apart."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "mdp_http_requests",
+            "HTTP requests answered, by operation and status.",
+            ["operation", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mdp_http_request_duration_seconds",
+            "Time to answer an HTTP request, by operation.",
+            ["operation"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(self, operation: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(operation, method, str(status)).inc()
+        self.latency.labels(operation).observe(seconds)
+
+    def watch(self, status: IngestionStatus, engines: dict[str, AsyncEngine]) -> Callable[[], None]:
+        """Expose this lifespan's ingestion and pools; returns the function that stops it."""
+        collector = _StateCollector(status, engines)
+        self.registry.register(collector)
+        return lambda: self.registry.unregister(collector)
+
+    def render(self, media_type: str) -> bytes:
+        if media_type == OPENMETRICS:
+            # prometheus-client types its text format but not its OpenMetrics one.
+            rendered: bytes = openmetrics_format.generate_latest(self.registry)  # type: ignore[no-untyped-call]
+            return rendered
+        return text_format.generate_latest(self.registry)
