@@ -82,7 +82,8 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> None:
     from persistence.symbols import ensure_symbols
 
     specs = {spec.symbol: spec for spec in settings.symbols}
-    wanted = [code.strip().upper() for code in args.symbols.split(",")] if args.symbols else []
+    codes = (code.strip().upper() for code in (args.symbols or "").split(","))
+    wanted = [code for code in codes if code]
     unknown = [code for code in wanted if code not in specs]
     if unknown:
         raise SystemExit(f"mdp backfill: not in SYMBOLS: {', '.join(unknown)}")
@@ -149,12 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         help="write synthetic history before each symbol's oldest trade (safe beside ingestion)",
     )
     backfill.add_argument(
-        "--days", type=_positive, required=True, help="cover this many days back from now"
+        "--days", type=_days, required=True, help="cover this many days back from now"
     )
     backfill.add_argument("--symbols", help="comma-separated codes (default: all of SYMBOLS)")
     backfill.add_argument(
         "--trades-per-second",
-        type=_positive,
+        type=_rate,
         default=1.0,
         help="trades per second per symbol (default 1)",
     )
@@ -199,6 +200,22 @@ def _positive(value: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
     if not 0 < number < float("inf"):
         raise argparse.ArgumentTypeError(f"must be positive: {value!r}")
+    return number
+
+
+def _days(value: str) -> float:
+    number = _positive(value)
+    # Dates stop at year 1: a century back is more than any history asked of us.
+    if number > 36_500:
+        raise argparse.ArgumentTypeError(f"at most 36500 days: {value!r}")
+    return number
+
+
+def _rate(value: str) -> float:
+    number = _positive(value)
+    # Timestamps are whole microseconds, and a day is the slowest spacing worth writing.
+    if not 1 / 86_400 <= number <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"must be between 1/86400 and 1000000: {value!r}")
     return number
 
 
