@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingestion.walk import TICK, BoundedWalk
 from persistence.candles import invalidate_candles, lock_candles
-from persistence.trades import oldest_trade
+from persistence.trades import VISIBILITY_DEADLINE, oldest_trade
 
 __all__ = ["BackfillPlan", "ChunkWritten", "plan_backfill", "run_backfill"]
 
@@ -30,7 +30,7 @@ CHUNK_ROWS = 50_000
 class BackfillPlan:
     symbol: str
     start: datetime  # inclusive: no trade earlier than this is written
-    end: datetime  # exclusive: the oldest stored trade (or now, for a symbol without trades)
+    end: datetime  # exclusive: the oldest stored trade (or just before now, without trades)
     rows: int
     spacing: timedelta  # time between consecutive trades
     resume_price: Decimal  # the price the backwards walk starts from
@@ -59,7 +59,8 @@ async def plan_backfill(
     async with engine.connect() as conn:
         for symbol, base in base_prices.items():
             oldest = await oldest_trade(conn, symbol)
-            end, price = oldest if oldest is not None else (now, base)
+            # Without trades yet, stop short of any live batch that may still be committing.
+            end, price = oldest if oldest is not None else (now - VISIBILITY_DEADLINE, base)
             if start >= end:
                 continue
             rows = (end - start) // spacing

@@ -22,7 +22,7 @@ from ingestion.status import IngestionStatus
 from persistence.candles import CandleRow, lock_candles, read_candles
 from persistence.migrate import upgrade
 from persistence.symbols import ensure_symbols
-from persistence.trades import NewTrade, insert_trades
+from persistence.trades import VISIBILITY_DEADLINE, NewTrade, insert_trades
 from tests.conftest import create_database, drop_database, make_engine
 from tests.integration.support import eventually
 
@@ -153,7 +153,7 @@ async def test_plan_covers_days_back_to_the_oldest_stored_trade(live_engine: Asy
         assert plan.base_price == BASES[plan.symbol]
 
 
-async def test_plan_for_a_symbol_without_trades_ends_now_at_the_base_price(
+async def test_plan_for_a_symbol_without_trades_ends_before_live_batches_at_the_base_price(
     live_engine: AsyncEngine,
 ) -> None:
     (plan,) = await plan_backfill(
@@ -162,9 +162,9 @@ async def test_plan_for_a_symbol_without_trades_ends_now_at_the_base_price(
 
     assert plan.symbol == "NEW"
     assert plan.start == NOW - timedelta(seconds=86.4)
-    assert plan.end == NOW
+    assert plan.end == NOW - VISIBILITY_DEADLINE
     assert plan.spacing == timedelta(milliseconds=250)
-    assert plan.rows == 345  # 86.4 s / 250 ms, the partial last interval left out
+    assert plan.rows == 337  # (86.4 s - 2 s) / 250 ms, the partial last interval left out
     assert plan.resume_price == plan.base_price == Decimal("55.55")
 
 
