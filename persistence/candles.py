@@ -181,8 +181,7 @@ _lock = _params("SELECT pg_advisory_lock(hashtext('mdp.candles'), hashtext(:symb
 _unlock = _params("SELECT pg_advisory_unlock(hashtext('mdp.candles'), hashtext(:symbol))", "symbol")
 
 # Whether every final bucket the request needs was computed before (an empty range is).
-_covered = _params(
-    """
+_COVERED = """
     SELECT coalesce(
         (SELECT covered @> tstzrange(:lo, :final)
          FROM candle_coverage WHERE symbol = :symbol AND interval = :interval),
@@ -191,16 +190,8 @@ _covered = _params(
         (SELECT covered @> tstzrange(:minutes_lo, :minutes_hi)
          FROM candle_coverage WHERE symbol = :symbol AND interval = '1m'),
         :minutes_lo >= :minutes_hi
-    )
-    """,
-    "symbol",
-    "interval",
-    "lo",
-    "final",
-    "minutes_lo",
-    "minutes_hi",
-)
-
+    ) AS covered
+"""
 _SELECT_FINAL = """
     SELECT timestamp, open::float8, high::float8, low::float8, close::float8, volume,
            vwap::float8, trade_count
@@ -212,46 +203,38 @@ _SELECT_LIVE = """
            round(notional / volume, 6)::float8, trade_count
     FROM ({source}) AS live
 """
-
-# One statement per request once coverage is complete: final rows plus the live open bucket.
+# One statement, one snapshot: the coverage flag (on every row, or on a lone row of NULLs when
+# there are no candles) and the candles, final rows plus the live open bucket. A snapshot can
+# never see candles that a concurrent backfill has just invalidated but not the invalidation.
+_READ = """
+    WITH coverage AS ({covered}), candle AS ({final} UNION ALL {live})
+    SELECT coverage.covered, candle.*
+    FROM coverage LEFT JOIN candle ON true
+    ORDER BY candle.timestamp
+"""
+_COMMON = ("symbol", "interval", "lo", "final", "minutes_lo", "minutes_hi", "open_lo", "hi")
 _read_minutes = _params(
-    f"""
-    {_SELECT_FINAL}
-    UNION ALL
-    {_SELECT_LIVE.format(source=_AGGREGATE_TRADES.format(lo=":open_lo", hi=":hi"))}
-    ORDER BY 1
-    """,
-    "symbol",
-    "interval",
-    "lo",
-    "final",
-    "open_lo",
-    "hi",
+    _READ.format(
+        covered=_COVERED,
+        final=_SELECT_FINAL,
+        live=_SELECT_LIVE.format(source=_AGGREGATE_TRADES.format(lo=":open_lo", hi=":hi")),
+    ),
+    *_COMMON,
 )
 _read_rollup = _params(
-    f"""
-    {_SELECT_FINAL}
-    UNION ALL
-    {
-        _SELECT_LIVE.format(
+    _READ.format(
+        covered=_COVERED,
+        final=_SELECT_FINAL,
+        live=_SELECT_LIVE.format(
             source=_ROLL_UP.format(
-                minutes=_PERSISTED_MINUTES.format(lo=":open_lo", hi=":minutes_final")
+                minutes=_PERSISTED_MINUTES.format(lo=":open_lo", hi=":minutes_hi")
                 + " UNION ALL "
-                + _AGGREGATE_TRADES.format(lo=":minutes_live", hi=":hi")
+                + _AGGREGATE_TRADES.format(lo=":minutes_hi", hi=":hi")
             )
-        )
-    }
-    ORDER BY 1
-    """,
-    "symbol",
-    "interval",
+        ),
+    ),
+    *_COMMON,
     "step",
-    "lo",
-    "final",
-    "open_lo",
-    "minutes_final",
-    "minutes_live",
-    "hi",
 )
 
 _first_trade = _params(
@@ -376,40 +359,14 @@ async def read_candles(
 ) -> Sequence[CandleRow]:
     """Candles whose buckets start in [lo, hi) (both aligned to `interval`), ascending.
 
-    Steady state: two read-only statements (is everything final already computed? then the
-    final rows plus the live open bucket). Final buckets nobody computed yet are computed
-    first, once, under a per-symbol lock.
+    Steady state: one read-only statement (final rows plus the live open bucket, and whether
+    every final bucket was computed before). Final buckets nobody computed yet are computed
+    then, once, under a per-symbol lock, and the statement runs again.
     """
     step = INTERVALS[interval]
     final = _clamp(final_before(now, step), lo, hi)
     # Longer open buckets roll up final minutes (persisted) and live minutes (from trades).
     minutes_final = _clamp(final_before(now, INTERVALS[BASE]), final, hi)
-    needed = [(interval, lo, final)]
-    if interval != BASE:
-        needed.append((BASE, final, minutes_final))
-    covered = (
-        await conn.execute(
-            _covered,
-            {
-                "symbol": symbol,
-                "interval": interval,
-                "lo": lo,
-                "final": final,
-                "minutes_lo": final if interval != BASE else lo,
-                "minutes_hi": minutes_final if interval != BASE else lo,
-            },
-        )
-    ).scalar_one()
-    if not covered:
-        key = {"symbol": symbol}
-        # One writer per symbol: no duplicated work and no lock-order deadlocks. Session-level,
-        # since reads run in autocommit; released in `finally`, or by the connection's end.
-        await conn.execute(_lock, key)
-        try:
-            for level, start, end in needed:
-                await _finalise(conn, symbol, level, start, end)
-        finally:
-            await conn.execute(_unlock, key)
     params: dict[str, object] = {
         "symbol": symbol,
         "interval": interval,
@@ -417,10 +374,25 @@ async def read_candles(
         "final": final,
         "open_lo": final,
         "hi": hi,
+        # For 1m itself there is no minute range to check: an empty one.
+        "minutes_lo": final if interval != BASE else lo,
+        "minutes_hi": minutes_final if interval != BASE else lo,
     }
-    if interval == BASE:
-        result = await conn.execute(_read_minutes, params)
-    else:
-        params.update(step=step, minutes_final=minutes_final, minutes_live=minutes_final)
-        result = await conn.execute(_read_rollup, params)
-    return [CandleRow(*row) for row in result]
+    statement = _read_minutes
+    if interval != BASE:
+        params["step"] = step
+        statement = _read_rollup
+    rows = (await conn.execute(statement, params)).all()
+    if not rows[0][0]:
+        key = {"symbol": symbol}
+        # One writer per symbol: no duplicated work and no lock-order deadlocks. Session-level,
+        # since reads run in autocommit; released in `finally`, or by the connection's end.
+        await conn.execute(_lock, key)
+        try:
+            await _finalise(conn, symbol, interval, lo, final)
+            if interval != BASE:
+                await _finalise(conn, symbol, BASE, final, minutes_final)
+        finally:
+            await conn.execute(_unlock, key)
+        rows = (await conn.execute(statement, params)).all()
+    return [CandleRow(*row[1:]) for row in rows if row[1] is not None]
