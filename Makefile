@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
+STAMP_NODE := node_modules/.installed
 
-.PHONY: run test lint typecheck migrate clean
+.PHONY: run test lint lint-spec contract-check typecheck migrate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,11 @@ $(STAMP_TEST): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@ $(STAMP_RUN)
 
+# The pinned npm tools (package-lock.json): Spectral, openapi-typescript, tsc, playwright-core.
+$(STAMP_NODE): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
 ## Serve the API on http://127.0.0.1:8000 with live ingestion (embedded PostgreSQL unless DATABASE_URL is set).
 run: $(STAMP_RUN)
 	$(BIN)/mdp serve
@@ -28,15 +34,29 @@ migrate: $(STAMP_RUN)
 	$(BIN)/mdp migrate
 
 ## Lint, type-check and run the whole suite against a real PostgreSQL.
-test: $(STAMP_TEST) lint typecheck
+test: $(STAMP_TEST) $(STAMP_NODE) lint typecheck contract-check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP_TEST)
+lint: $(STAMP_TEST) lint-spec
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP_TEST)
 	$(BIN)/mypy
 
+## The contract: Spectral (spectral:oas plus the rules in .spectral.yaml) and openapi-spec-validator.
+lint-spec: $(STAMP_TEST) $(STAMP_NODE)
+	npx --no-install spectral lint --fail-severity=warn openapi/openapi.yaml
+	$(BIN)/openapi-spec-validator openapi/openapi.yaml
+
+## Fail on a breaking change against openapi/released/v<major>.yaml unless the major was bumped.
+contract-check: $(STAMP_TEST)
+	$(BIN)/python tools/contract_check.py
+
+## Benchmark the service against the floor app with wrk (bench/README.md); BENCH_ARGS="--duration 5".
+.PHONY: bench
+bench: $(STAMP_TEST)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info node_modules

@@ -1,0 +1,1 @@
+"""Developer tooling for the contract: the breaking-change gate and its helpers."""
