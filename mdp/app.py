@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 from connexion import AsyncApp
+from connexion.apps.asynchronous import AsyncApi, AsyncOperation
 from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 
@@ -20,6 +23,25 @@ from mdp.validation import CollectingParameterValidator
 __all__ = ["create_app"]
 
 
+class _Operation(AsyncOperation):  # type: ignore[misc]
+    """Connexion's AsyncOperation wraps the handler in its parameter and response decorators
+    on every request (signature inspection included); they depend only on the operation, so
+    build them once, as Connexion's Flask app does."""
+
+    @functools.cached_property
+    def fn(self) -> Callable[..., Any]:
+        wrapped: Callable[..., Any] = AsyncOperation.fn.fget(self)
+        return wrapped
+
+
+class _Api(AsyncApi):  # type: ignore[misc]
+    def make_operation(self, operation: Any) -> _Operation:
+        built: _Operation = _Operation.from_operation(
+            operation, pythonic_params=self.pythonic_params, jsonifier=self.jsonifier
+        )
+        return built
+
+
 def create_app(settings: Settings | None = None, *, validate_responses: bool = False) -> AsyncApp:
     """Build the ASGI app. `validate_responses` checks every response against the contract:
     for tests, since it costs tens of microseconds per list item."""
@@ -33,6 +55,8 @@ def create_app(settings: Settings | None = None, *, validate_responses: bool = F
         ),
         jsonifier=jsonifier,
     )
+    # The ASGI app that serves the operations builds them with our cached-decorator class.
+    app._middleware_app.api_cls = _Api
     app.add_api(
         load_contract().path,
         resolver=JsonResolver(),
