@@ -122,8 +122,8 @@ def static_files(directory: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def running_service(database_url: str, extra_env: Mapping[str, str]) -> Iterator[str]:
-    """`mdp serve` with live ingestion and `extra_env`, like tests/contract/conftest.py's
-    live_server; yields its base URL once a trade of AAPL exists."""
+    """`mdp serve` with live ingestion and `extra_env`; yields its base URL once a trade of
+    AAPL exists."""
     port = free_port()
     env = {
         **os.environ,
