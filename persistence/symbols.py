@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import NamedTuple, cast
 
-from sqlalchemy import Table, exists, select
+from sqlalchemy import Integer, String, Table, bindparam, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -30,19 +30,38 @@ async def ensure_symbols(conn: AsyncConnection, symbols: Iterable[tuple[str, str
         await conn.execute(insert(_symbols).values(values).on_conflict_do_nothing())
 
 
+# Built once (hot read paths). Byte order ("C"), whatever the database's collation: pages
+# must not depend on the server.
+_first_page = text(
+    """
+    SELECT symbol, name, created_at FROM symbols
+    ORDER BY symbol COLLATE "C"
+    LIMIT :limit
+    """
+).bindparams(bindparam("limit", type_=Integer))
+_next_page = text(
+    """
+    SELECT symbol, name, created_at FROM symbols
+    WHERE symbol COLLATE "C" > :after
+    ORDER BY symbol COLLATE "C"
+    LIMIT :limit
+    """
+).bindparams(bindparam("after", type_=String), bindparam("limit", type_=Integer))
+_exists = text("SELECT EXISTS (SELECT 1 FROM symbols WHERE symbol = :symbol)").bindparams(
+    bindparam("symbol", type_=String)
+)
+
+
 async def list_symbols(
     conn: AsyncConnection, *, limit: int, after: str | None
 ) -> Sequence[SymbolRow]:
     """Up to `limit` symbols in code order, starting after `after`."""
-    # Byte order, whatever the database's collation: pages must not depend on the server.
-    code = _symbols.c.symbol.collate("C")
-    query = select(_symbols.c.symbol, _symbols.c.name, _symbols.c.created_at)
-    if after is not None:
-        query = query.where(code > after)
-    result = await conn.execute(query.order_by(code).limit(limit))
+    if after is None:
+        result = await conn.execute(_first_page, {"limit": limit})
+    else:
+        result = await conn.execute(_next_page, {"after": after, "limit": limit})
     return [SymbolRow(*row) for row in result]
 
 
 async def symbol_exists(conn: AsyncConnection, symbol: str) -> bool:
-    result = await conn.execute(select(exists().where(_symbols.c.symbol == symbol)))
-    return bool(result.scalar_one())
+    return bool((await conn.execute(_exists, {"symbol": symbol})).scalar_one())
