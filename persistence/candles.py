@@ -44,6 +44,7 @@ INTERVALS: dict[str, timedelta] = {
     "1d": timedelta(days=1),
 }
 BASE = "1m"
+_MINUTES_PER_STATEMENT = timedelta(days=1)
 
 
 def bucket_floor(moment: datetime, step: timedelta) -> datetime:
@@ -329,23 +330,21 @@ async def _finalise(
     """
     for start, end in await _gaps(conn, symbol, interval, lo, hi):
         if interval == BASE:
-            await conn.execute(
-                _persist_minutes, {"symbol": symbol, "interval": interval, "lo": start, "hi": end}
-            )
-        else:
-            # Roll-ups need their minutes first (same bounds: both are bucket-aligned).
-            await _finalise(conn, symbol, BASE, start, end)
-            await conn.execute(
-                _persist_rollup,
-                {
-                    "symbol": symbol,
-                    "interval": interval,
-                    "step": INTERVALS[interval],
-                    "lo": start,
-                    "hi": end,
-                },
-            )
-        await conn.execute(_cover, {"symbol": symbol, "interval": interval, "lo": start, "hi": end})
+            # A day of trades per statement: the first request over a long history stays
+            # within the statement timeout, and what it finished is kept if it is cut short.
+            piece = start
+            while piece < end:
+                upto = min(end, piece + _MINUTES_PER_STATEMENT)
+                params = {"symbol": symbol, "interval": interval, "lo": piece, "hi": upto}
+                await conn.execute(_persist_minutes, params)
+                await conn.execute(_cover, params)
+                piece = upto
+            continue
+        # Roll-ups need their minutes first (same bounds: both are bucket-aligned).
+        await _finalise(conn, symbol, BASE, start, end)
+        params = {"symbol": symbol, "interval": interval, "lo": start, "hi": end}
+        await conn.execute(_persist_rollup, {**params, "step": INTERVALS[interval]})
+        await conn.execute(_cover, params)
 
 
 async def read_candles(

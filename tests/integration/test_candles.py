@@ -429,3 +429,24 @@ async def test_concurrent_reads_of_one_uncomputed_window_succeed_and_agree(
         assert first == second == expected
         async with fresh_engine.connect() as conn:
             assert await _candle_table(conn, "CONC", interval) == expected
+
+
+async def test_final_minutes_over_several_days_are_computed_day_by_day_and_agree(
+    conn: AsyncConnection,
+) -> None:
+    await ensure_symbols(conn, [("DAYS", "Days")])
+    first = datetime(2026, 2, 3, 7, 13, 5, tzinfo=UTC)
+    rng = random.Random(5)
+    trades = [
+        NewTrade("DAYS", rng.randint(9_000, 11_000) * TICK, rng.randint(1, 50), moment)
+        for moment in (first + timedelta(minutes=7 * i) for i in range(3 * 24 * 60 // 7))
+    ]
+    await insert_trades(conn, trades)
+    stored = await _stored(conn, "DAYS")
+    lo, hi = _floor(first, STEPS["1h"]), _ceil(stored[-1].timestamp + MICROSECOND, STEPS["1h"])
+
+    candles = await read_candles(conn, symbol="DAYS", interval="1h", lo=lo, hi=hi, now=LATER)
+
+    assert [tuple(c) for c in candles] == reference(stored, STEPS["1h"], lo, hi)
+    # Computed a day at a time, recorded as one merged range per interval.
+    assert await _coverage(conn, "DAYS") == {"1h": [(lo, hi)], "1m": [(lo, hi)]}
