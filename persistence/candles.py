@@ -385,13 +385,17 @@ async def read_candles(
     if not rows[0][0]:
         key = {"symbol": symbol}
         # One writer per symbol: no duplicated work and no lock-order deadlocks. Session-level,
-        # since reads run in autocommit; released in `finally`, or by the connection's end.
+        # since reads run in autocommit; released below, or by the session's end on failure.
         await conn.execute(_lock, key)
         try:
             await _finalise(conn, symbol, interval, lo, final)
             if interval != BASE:
                 await _finalise(conn, symbol, BASE, final, minutes_final)
-        finally:
-            await conn.execute(_unlock, key)
+        except BaseException:
+            # A failed statement (a timeout, say) leaves the connection unable to unlock, and
+            # an unlock error would hide the real one. Ending the session frees the lock.
+            await conn.invalidate()
+            raise
+        await conn.execute(_unlock, key)
         rows = (await conn.execute(statement, params)).all()
     return [CandleRow(*row[1:]) for row in rows if row[1] is not None]

@@ -11,9 +11,12 @@ from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from persistence.candles import first_trade_at, read_candles
+from persistence.database import create_engine, is_unavailable
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, insert_trades
 
@@ -450,3 +453,47 @@ async def test_final_minutes_over_several_days_are_computed_day_by_day_and_agree
     assert [tuple(c) for c in candles] == reference(stored, STEPS["1h"], lo, hi)
     # Computed a day at a time, recorded as one merged range per interval.
     assert await _coverage(conn, "DAYS") == {"1h": [(lo, hi)], "1m": [(lo, hi)]}
+
+
+async def test_a_timed_out_first_computation_is_unavailable_and_frees_the_symbol_lock(
+    empty_database: URL, fresh_engine: AsyncEngine
+) -> None:
+    async with fresh_engine.begin() as conn:
+        await ensure_symbols(conn, [("SLOW", "Slow")])
+        await insert_trades(
+            conn, [NewTrade("SLOW", Decimal("1.00"), 1, datetime(2026, 2, 3, 10, 0, tzinfo=UTC))]
+        )
+    lo = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
+    reader = create_engine(
+        empty_database,
+        pool_size=1,
+        connect_timeout=5,
+        query_timeout=0.3,
+        application_name="mdp-tests",
+        isolation_level="AUTOCOMMIT",
+    )
+    try:
+        async with fresh_engine.connect() as blocker:
+            # Readers may read candles, nobody may write them: the first computation hangs.
+            await blocker.execute(text("LOCK TABLE candles IN EXCLUSIVE MODE"))
+            async with reader.connect() as conn:
+                with pytest.raises((DBAPIError, TimeoutError)) as raised:
+                    await read_candles(
+                        conn, symbol="SLOW", interval="1m", lo=lo, hi=lo + STEPS["1h"], now=LATER
+                    )
+            await blocker.rollback()
+        assert is_unavailable(raised.value)
+
+        async with fresh_engine.connect() as conn:
+            free = await conn.execute(
+                text("SELECT pg_try_advisory_lock(hashtext('mdp.candles'), hashtext('SLOW'))")
+            )
+            assert free.scalar_one() is True
+            await conn.execute(text("SELECT pg_advisory_unlock_all()"))
+        async with reader.connect() as conn:
+            (candle,) = await read_candles(
+                conn, symbol="SLOW", interval="1m", lo=lo, hi=lo + STEPS["1h"], now=LATER
+            )
+        assert candle.trade_count == 1
+    finally:
+        await reader.dispose()
