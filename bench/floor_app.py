@@ -1,0 +1,380 @@
+"""The benchmark's "floor": the service's read endpoints on bare Starlette, asyncpg and orjson.
+
+No request validation, no ORM, no middleware stack, no persistence of candles: the same SQL as
+`persistence/` (copied as text), so every service figure can be read as a ratio to what the
+database and the HTTP stack alone allow. Candles are the seed's original model: one set-based
+aggregation over the window's trades per request.
+
+    BENCH_DATABASE_URL=postgresql://… uvicorn bench.floor_app:app --loop uvloop --http httptools
+
+Not part of the service: nothing imports it but the benchmark.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+VISIBILITY_DEADLINE = timedelta(seconds=2)
+INTERVALS = {
+    "1m": timedelta(minutes=1),
+    "5m": timedelta(minutes=5),
+    "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1),
+    "4h": timedelta(hours=4),
+    "1d": timedelta(days=1),
+}
+
+# The SQL below is what persistence/ sends (SQLAlchemy's compiled text for the asyncpg dialect).
+LATEST_TRADE = """
+SELECT trades.id, trades.symbol, CAST(trades.price AS FLOAT) AS price, trades.volume,
+       trades.timestamp
+FROM trades
+WHERE trades.symbol = $1::VARCHAR ORDER BY trades.timestamp DESC, trades.id DESC
+ LIMIT $2::INTEGER
+"""
+
+SYMBOLS_PAGE = """
+SELECT symbols.symbol, symbols.name, symbols.created_at
+FROM symbols ORDER BY symbols.symbol COLLATE "C"
+ LIMIT $1::INTEGER
+"""
+
+SYMBOLS_PAGE_AFTER = """
+SELECT symbols.symbol, symbols.name, symbols.created_at
+FROM symbols
+WHERE (symbols.symbol COLLATE "C") > $1::VARCHAR ORDER BY symbols.symbol COLLATE "C"
+ LIMIT $2::INTEGER
+"""
+
+SYMBOL_EXISTS = """
+SELECT EXISTS (SELECT * FROM symbols WHERE symbols.symbol = $1::VARCHAR) AS anon_1
+"""
+
+_TRADES_SELECT = """
+SELECT trades.id, trades.symbol, CAST(trades.price AS FLOAT) AS price, trades.volume,
+       trades.timestamp
+FROM trades
+WHERE trades.symbol = $1::VARCHAR"""
+
+
+def trades_sql(*, start: bool, end: bool, cursor: bool, descending: bool) -> str:
+    """The statement persistence.trades.list_trades compiles to for this combination."""
+    sql, n = _TRADES_SELECT, 2
+    if start:
+        sql, n = sql + f" AND trades.timestamp >= ${n}::TIMESTAMP WITH TIME ZONE", n + 1
+    if end:
+        sql, n = sql + f" AND trades.timestamp < ${n}::TIMESTAMP WITH TIME ZONE", n + 1
+    if cursor:
+        op = "<" if descending else ">"
+        sql += (
+            f" AND (trades.timestamp, trades.id) {op} "
+            f"(${n}::TIMESTAMP WITH TIME ZONE, ${n + 1}::INTEGER)"
+        )
+        n += 2
+    order = "trades.timestamp DESC, trades.id DESC" if descending else "trades.timestamp, trades.id"
+    return f"{sql} ORDER BY {order} \n LIMIT ${n}::INTEGER"
+
+
+TRADES_PAGE = {
+    (start, end, cursor, descending): trades_sql(
+        start=start, end=end, cursor=cursor, descending=descending
+    )
+    for start in (False, True)
+    for end in (False, True)
+    for cursor in (False, True)
+    for descending in (False, True)
+}
+
+# The seed's candles (before the incremental model), as a plain read: aggregate the window's
+# trades into epoch-aligned buckets, nothing persisted.
+CANDLES = """
+SELECT bucket, (array_agg(price ORDER BY timestamp, id))[1]::float8,
+       max(price)::float8, min(price)::float8,
+       (array_agg(price ORDER BY timestamp DESC, id DESC))[1]::float8,
+       sum(volume)::bigint, round(sum(price * volume) / sum(volume), 6)::float8,
+       count(*)::integer
+FROM (
+    SELECT date_bin($2::INTERVAL, timestamp, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket,
+           timestamp, id, price, volume
+    FROM trades
+    WHERE symbol = $1::VARCHAR AND timestamp >= $3::TIMESTAMPTZ AND timestamp < $4::TIMESTAMPTZ
+) AS t
+GROUP BY bucket
+ORDER BY bucket
+"""
+
+HEALTH = "SELECT 1"
+
+
+class Counters:
+    """What /metrics reports: in memory, nothing queried."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.count = 0
+        self.total_ms = 0.0
+        self.max_ms = 0.0
+
+
+class CountRequests:
+    """The one middleware: counts requests and their latency, as the service's telemetry does."""
+
+    def __init__(self, app: ASGIApp, counters: Counters) -> None:
+        self.app = app
+        self.counters = counters
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if scope["type"] == "http":
+                elapsed = (time.perf_counter() - started) * 1000
+                counters = self.counters
+                counters.count += 1
+                counters.total_ms += elapsed
+                counters.max_ms = max(counters.max_ms, elapsed)
+
+
+COUNTERS = Counters()
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body, option=_OPTIONS), status, media_type="application/json")
+
+
+def _problem(status: int, detail: str) -> Response:
+    return Response(
+        orjson.dumps({"status": status, "detail": detail}),
+        status,
+        media_type="application/problem+json",
+    )
+
+
+def _pool(request: Request) -> asyncpg.Pool:
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.upper()).astimezone(UTC) if value else None
+
+
+def _floor(moment: datetime, step: timedelta) -> datetime:
+    return moment - (moment - EPOCH) % step
+
+
+def _ceil(moment: datetime, step: timedelta) -> datetime:
+    floor = _floor(moment, step)
+    return floor if floor == moment else floor + step
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def _cursor(kind: str, filters: list[Any], position: list[Any]) -> str:
+    fingerprint = hashlib.blake2b(orjson.dumps([kind, *filters]), digest_size=8).hexdigest()
+    payload = orjson.dumps([1, fingerprint, *position])
+    return base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+
+
+def _position(token: str) -> list[Any]:
+    payload: list[Any] = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    return payload[2:]
+
+
+async def latest_price(request: Request) -> Response:
+    code = request.query_params["symbol"].upper()
+    async with _pool(request).acquire() as conn:
+        row = await conn.fetchrow(LATEST_TRADE, code, 1)
+    if row is None:
+        return _problem(404, f"no trades for {code}")
+    return _json(
+        {"symbol": row[1], "price": row[2], "volume": row[3], "timestamp": row[4]},
+    )
+
+
+async def symbols(request: Request) -> Response:
+    params = request.query_params
+    limit = int(params.get("limit", 100))
+    cursor = params.get("cursor")
+    async with _pool(request).acquire() as conn:
+        if cursor:
+            rows = await conn.fetch(SYMBOLS_PAGE_AFTER, _position(cursor)[0], limit + 1)
+        else:
+            rows = await conn.fetch(SYMBOLS_PAGE, limit + 1)
+    page = rows[:limit]
+    return _json(
+        {
+            "symbols": [{"symbol": r[0], "name": r[1], "created_at": r[2]} for r in page],
+            "count": len(page),
+            "next_cursor": _cursor("symbols", [], [page[-1][0]]) if len(rows) > limit else None,
+        }
+    )
+
+
+async def trades(request: Request) -> Response:
+    params = request.query_params
+    code = params["symbol"].upper()
+    start, end = params.get("start"), params.get("end")
+    start_at = _time(start)
+    end_at = _time(end)
+    limit = int(params.get("limit", 100))
+    order = params.get("order", "desc")
+    descending = order == "desc"
+    cursor = params.get("cursor")
+    args: list[Any] = [code]
+    args += [moment for moment in (start_at, end_at) if moment is not None]
+    if cursor:
+        micros, trade_id = _position(cursor)
+        args += [EPOCH + timedelta(microseconds=micros), trade_id]
+    args.append(limit + 1)
+    sql = TRADES_PAGE[start_at is not None, end_at is not None, bool(cursor), descending]
+    async with _pool(request).acquire() as conn:
+        rows = await conn.fetch(sql, *args)
+        if not rows and not await conn.fetchval(SYMBOL_EXISTS, code):
+            return _problem(404, f"unknown symbol {code}")
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        filters = [code, start, end, order]
+        next_cursor = _cursor("trades", filters, [_micros(page[-1][4]), page[-1][0]])
+    return _json(
+        {
+            "symbol": code,
+            "start": start_at,
+            "end": end_at,
+            "order": order,
+            "count": len(page),
+            "trades": [
+                {"id": r[0], "symbol": r[1], "price": r[2], "volume": r[3], "timestamp": r[4]}
+                for r in page
+            ],
+            "next_cursor": next_cursor,
+        }
+    )
+
+
+async def candles(request: Request) -> Response:
+    params = request.query_params
+    code = params["symbol"].upper()
+    interval = params.get("interval", "1m")
+    step = INTERVALS[interval]
+    limit = int(params.get("limit", 500))
+    now = datetime.now(UTC)
+    start_at = _time(params.get("start"))
+    end_at = _time(params.get("end")) or _floor(now, step) + step
+    if start_at is None:
+        start_at = _ceil(end_at, step) - limit * step
+    lo = _ceil(start_at, step)
+    hi = _ceil(end_at, step)
+    # Bounded by `limit`, as the service's pages are.
+    page_hi = min(hi, lo + limit * step)
+    async with _pool(request).acquire() as conn:
+        rows = await conn.fetch(CANDLES, code, step, lo, page_hi)
+    final = _floor(now - VISIBILITY_DEADLINE, step)
+    next_cursor = _cursor("candles", [code, interval], [_micros(page_hi)]) if page_hi < hi else None
+    return _json(
+        {
+            "symbol": code,
+            "interval": interval,
+            "start": start_at,
+            "end": end_at,
+            "count": len(rows),
+            "candles": [
+                {
+                    "timestamp": r[0],
+                    "open": r[1],
+                    "high": r[2],
+                    "low": r[3],
+                    "close": r[4],
+                    "volume": r[5],
+                    "vwap": r[6],
+                    "trade_count": r[7],
+                    "closed": r[0] < final,
+                }
+                for r in rows
+            ],
+            "next_cursor": next_cursor,
+        }
+    )
+
+
+async def health(request: Request) -> Response:
+    started = time.perf_counter()
+    async with _pool(request).acquire() as conn:
+        await conn.fetchval(HEALTH)
+    latency = round((time.perf_counter() - started) * 1000, 3)
+    return _json({"status": "pass", "checks": {"database": {"latency_ms": latency}}})
+
+
+async def metrics(request: Request) -> Response:
+    counters = COUNTERS
+    return _json(
+        {
+            "uptime_seconds": round(time.monotonic() - counters.started, 3),
+            "requests": {
+                "count": counters.count,
+                "average_ms": round(counters.total_ms / counters.count, 3)
+                if counters.count
+                else 0.0,
+                "max_ms": round(counters.max_ms, 3),
+            },
+        }
+    )
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    pool = await asyncpg.create_pool(
+        os.environ["BENCH_DATABASE_URL"],
+        min_size=int(os.environ.get("DB_POOL_SIZE", "10")),
+        max_size=int(os.environ.get("DB_POOL_SIZE", "10")),
+        # The service's session settings, so the planner sees the same thing.
+        server_settings={
+            "application_name": "mdp-bench-floor",
+            "jit": "off",
+            "max_parallel_workers_per_gather": "0",
+        },
+    )
+    app.state.pool = pool
+    try:
+        yield
+    finally:
+        await pool.close()
+
+
+def create_app() -> ASGIApp:
+    starlette = Starlette(
+        routes=[
+            Route("/price/latest", latest_price),
+            Route("/symbols", symbols),
+            Route("/trades", trades),
+            Route("/candles", candles),
+            Route("/health", health),
+            Route("/metrics", metrics),
+        ],
+        lifespan=lifespan,
+    )
+    return CountRequests(starlette, COUNTERS)
+
+
+app = create_app()

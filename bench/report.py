@@ -1,0 +1,167 @@
+"""The targets of issue 3, and the Markdown report of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Target:
+    ratio: float  # service req/s ≥ ratio × floor req/s
+    text: str
+
+
+TARGETS = {
+    "price_latest": Target(0.7, "≥ 0.7 × floor"),
+    "trades_1h": Target(0.7, "≥ 0.7 × floor"),
+    "candles_1m_1h": Target(2.0, "≥ 2 × floor"),
+    "candles_1m_24h": Target(5.0, "≥ 5 × floor"),
+}
+HEARTBEAT_FACTOR = 1.5  # heartbeat age under saturation ≤ 1.5 × ingestion interval
+RSS_GROWTH = 0.20  # RSS growth over the run ≤ 20 %
+
+
+def _fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def _verdict(row: dict[str, Any]) -> tuple[str, str]:
+    spec = TARGETS.get(row["name"])
+    if spec is None:
+        return "–", "–"
+    ratio = row["ratio"]
+    if ratio is None:
+        return spec.text, "?"
+    if ratio >= spec.ratio:
+        return spec.text, "yes"
+    short = spec.ratio - ratio
+    needed = spec.ratio / ratio - 1 if ratio else float("inf")
+    return spec.text, f"**no**: short by {short:.2f}× (service needs +{needed:.0%} req/s)"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    cfg = result["config"]
+    db = result["database"]
+    lines = [
+        f"# Benchmark {result['timestamp']}",
+        "",
+        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB RAM, "
+        f"Linux {m['kernel']}, Python {m['python']}, {result['postgres']}; load average at "
+        f"start {m['load_average']}. Shared with other work: figures are noisy (±20 % between "
+        "runs is common); compare ratios, not absolute req/s.",
+        "",
+        f"Service at {result['git']}; database `{db['name']}`: {db['trades']:,} trades "
+        f"({len(db['symbols'])} symbols × {cfg['trades_per_second']:g} trade/s × "
+        f"{cfg['days']:g} days{', reused' if db['reused'] else ''}). wrk: {cfg['connections']} "
+        f"connections, 2 threads, {cfg['duration']:g} s per run"
+        + (f", median of {cfg['repeat']} runs" if cfg["repeat"] > 1 else "")
+        + "; service and floor measured one after the other, ingestion running every 1 s.",
+        "",
+        "| endpoint | service req/s | p50 ms | p99 ms | floor req/s | ratio | target | met? |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for row in result["endpoints"]:
+        s, f = row["service"], row["floor"]
+        target, met = _verdict(row)
+        errors = s["non_2xx"] + s["socket_errors"]
+        floor_errors = f["non_2xx"] + f["socket_errors"]
+        lines.append(
+            f"| `{row['path']}` | {s['requests_per_second']:,.0f}"
+            + (f" ({errors} errors)" if errors else "")
+            + f" | {_fmt_ms(s['p50_ms'])} | {_fmt_ms(s['p99_ms'])} "
+            f"| {f['requests_per_second']:,.1f}"
+            + (f" ({floor_errors} errors)" if floor_errors else "")
+            + f" | {row['ratio']:.2f}× | {target} | {met} |"
+        )
+    lines += [
+        "",
+        "Floor latencies (ms, p50 / p99): "
+        + ", ".join(
+            f"{row['name']} {_fmt_ms(row['floor']['p50_ms'])} / {_fmt_ms(row['floor']['p99_ms'])}"
+            for row in result["endpoints"]
+        )
+        + ".",
+        "",
+        "## Candles, single requests",
+        "",
+        "| window | candles | service cold ms | service warm ms (median of 5) | floor ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in result["candles_single"]:
+        lines.append(
+            f"| `{row['path']}` | {row['candles']} | {_fmt_ms(row['service_cold_ms'])} "
+            f"| {_fmt_ms(row['service_warm_ms'])} | {_fmt_ms(row['floor_ms'])} |"
+        )
+    agree = result["candles_agree"]
+    lines += [
+        "",
+        f"Closed candles equal to the floor's (computed from trades): "
+        f"{'yes' if agree['agree'] else 'NO'} ({agree['compared']} compared).",
+        "",
+        "## Backfill, heartbeat, memory",
+        "",
+        "| what | value | target | met? |",
+        "|---|---:|---|---|",
+    ]
+    copy = result["copy"]
+    b_rps = copy["backfill_rows_per_second"]
+    ratio = copy["backfill_to_raw"]
+    lines.append(
+        f"| `mdp backfill` rows/s ({copy['backfill_rows']:,} rows, empty database, median of 3) "
+        f"| {b_rps:,.0f} | ≥ 200,000 | {'yes' if b_rps and b_rps >= 200_000 else '**no**'} |"
+        if b_rps
+        else "| `mdp backfill` rows/s | – | ≥ 200,000 | ? |"
+    )
+    lines.append(
+        f"| raw COPY rows/s ({copy['rows']:,} rows, same table shape, median of 3) "
+        f"| {copy['raw_copy_rows_per_second']:,.0f} | | |"
+    )
+    if ratio is not None:
+        lines.append(
+            f"| backfill ÷ raw COPY | {ratio:.2f} | ≥ 0.5 | {'yes' if ratio >= 0.5 else '**no**'} |"
+        )
+    build = db["backfill"]
+    if build["rows_per_second"]:
+        lines.append(
+            f"| bench database build rows/s ({build['rows']:,} rows) "
+            f"| {build['rows_per_second']:,.0f} | | |"
+        )
+    hb = result["heartbeat"]
+    worst = hb["max_age_s"]
+    hb_met = worst is not None and worst <= hb["limit_s"]
+    lines.append(
+        f"| worst ingestion heartbeat age under wrk (s) | {_fmt_ms(worst)} "
+        f"| ≤ {hb['limit_s']:g} | {'yes' if hb_met else '**no**'} |"
+    )
+    rss = result["rss_mib"]
+    growth = rss["growth"]
+    lines.append(
+        f"| service RSS MiB: ready / after warm-up / end | {rss['ready']} / {rss['start']} / "
+        f"{rss['end']} ({growth:+.1%}) | ≤ +20 % | {'yes' if growth <= RSS_GROWTH else '**no**'} |"
+    )
+    profiles = result.get("profile")
+    if profiles:
+        lines += [
+            "",
+            "## Where the service's CPU goes (py-spy, self time by package, under wrk)",
+            "",
+            "| endpoint | top packages | hottest frames (self) |",
+            "|---|---|---|",
+        ]
+        for name, summary in profiles.items():
+            packages = ", ".join(f"{p} {v}%" for p, v in summary["self_by_package"][:6])
+            frames = ", ".join(f"`{p}` {v}%" for p, v in summary["self_by_frame"][:4])
+            lines.append(f"| {name} | {packages} | {frames} |")
+    lines += [
+        "",
+        "Ratio = service req/s ÷ floor req/s. The floor (`bench/floor_app.py`) is plain "
+        "Starlette + asyncpg + orjson with the service's SQL and no validation; its candles "
+        "are aggregated from trades on every request (the seed's model), so candle ratios "
+        "above 1 are what the incremental candles buy.",
+        "",
+    ]
+    return "\n".join(lines)

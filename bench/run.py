@@ -1,0 +1,416 @@
+"""`make bench`: the service against the floor app under wrk, on a database built by `mdp backfill`.
+
+    .venv/bin/python -m bench.run           # 5 symbols x 1 trade/s x 7 days, 10 s per run
+    .venv/bin/python -m bench.run --duration 5 --repeat 3 --database-url postgresql://…/db
+
+Writes bench/results/<timestamp>.json and bench/results/latest.md. Everything it starts (the
+embedded PostgreSQL, the service, the floor app, wrk) is stopped when it ends, Ctrl-C included.
+Load goes to 127.0.0.1 only, and every run is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python bench/run.py`: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import asyncpg  # noqa: E402
+import psutil  # noqa: E402
+
+from bench.clients import Client, HeartbeatPoller  # noqa: E402
+from bench.dataset import build_database, copy_comparison, execute  # noqa: E402
+from bench.profiling import profile  # noqa: E402
+from bench.report import HEARTBEAT_FACTOR, TARGETS, markdown  # noqa: E402
+from bench.support import (  # noqa: E402
+    BENCH,
+    HOST,
+    ROOT,
+    WORK,
+    EmbeddedServer,
+    Processes,
+    Server,
+    as_asyncpg_dsn,
+    free_port,
+    git_revision,
+    log,
+    machine,
+    terminate_on_sigterm,
+    wait_http,
+)
+from bench.wrk import ensure_wrk, run_wrk  # noqa: E402
+
+RESULTS = BENCH / "results"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def endpoints(now: datetime, symbol: str) -> list[tuple[str, str]]:
+    def ago(delta: timedelta) -> str:
+        return _iso(now - delta)
+
+    hour, day, week = timedelta(hours=1), timedelta(days=1), timedelta(days=7)
+    return [
+        ("price_latest", f"/price/latest?symbol={symbol}"),
+        ("symbols", "/symbols"),
+        ("trades_1h", f"/trades?symbol={symbol}&start={ago(hour)}&limit=100"),
+        ("candles_1m_1h", f"/candles?symbol={symbol}&interval=1m&start={ago(hour)}"),
+        ("candles_1m_24h", f"/candles?symbol={symbol}&interval=1m&start={ago(day)}&limit=5000"),
+        ("candles_1h_7d", f"/candles?symbol={symbol}&interval=1h&start={ago(week)}"),
+        ("health", "/health"),
+        ("metrics", "/metrics"),
+    ]
+
+
+# --- servers -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Servers:
+    service_port: int
+    floor_port: int
+    service: subprocess.Popen[bytes]
+    floor: subprocess.Popen[bytes]
+
+    def port(self, target: str) -> int:
+        return self.service_port if target == "service" else self.floor_port
+
+
+def start_servers(processes: Processes, database: dict[str, Any], logs: Path) -> Servers:
+    service_port, floor_port = free_port(), free_port()
+    base_env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    service_env = {
+        **base_env,
+        "DATABASE_URL": database["dsn"],
+        "HOST": HOST,
+        "PORT": str(service_port),
+        "LOG_LEVEL": "WARNING",
+        "INGESTION_ENABLED": "true",
+        "INGESTION_INTERVAL_SECONDS": "1",
+        "SYMBOLS": ",".join(database["symbols"]),
+    }
+    service = processes.start(
+        "service", [sys.executable, "-m", "mdp.cli", "serve"], service_env, logs / "service.log"
+    )
+    floor_env = {**base_env, "BENCH_DATABASE_URL": as_asyncpg_dsn(database["dsn"])}
+    floor = processes.start(
+        "floor",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.floor_app:app",
+            "--host",
+            HOST,
+            "--port",
+            str(floor_port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        floor_env,
+        logs / "floor.log",
+    )
+    wait_http(f"http://{HOST}:{service_port}/health", service)
+    wait_http(f"http://{HOST}:{floor_port}/health", floor)
+    # Ingestion running: a batch written since start-up.
+    client = Client(service_port)
+    deadline = time.monotonic() + 30
+    while client.json("/status/ingestion").get("state") != "running":
+        if time.monotonic() > deadline:
+            raise RuntimeError("ingestion did not start within 30 s")
+        time.sleep(0.5)
+    client.close()
+    return Servers(service_port, floor_port, service, floor)
+
+
+def rss_mib(process: subprocess.Popen[bytes]) -> float:
+    return round(psutil.Process(process.pid).memory_info().rss / 2**20, 1)
+
+
+# --- measurements ------------------------------------------------------------------------------
+
+
+def candle_latencies(
+    servers: Servers, dsn: str, paths: dict[str, str], warm: int = 5
+) -> list[dict[str, Any]]:
+    """Cold (first request after the candle tables are emptied) and warm (median of the next
+    `warm`) single-request times; the floor has no cache, so only its median is given."""
+    service, floor = Client(servers.service_port), Client(servers.floor_port)
+    results = []
+    try:
+        for name, path in paths.items():
+            asyncio.run(execute(dsn, "TRUNCATE candles, candle_coverage"))
+            cold, status, body = service.get(path)
+            if status != 200:
+                raise RuntimeError(f"service {path}: {status} {body[:200]!r}")
+            warm_times = [service.get(path)[0] for _ in range(warm)]
+            floor_times = [floor.get(path)[0] for _ in range(warm)]
+            results.append(
+                {
+                    "name": name,
+                    "path": path,
+                    "candles": json.loads(body)["count"],
+                    "service_cold_ms": round(cold, 2),
+                    "service_warm_ms": round(statistics.median(warm_times), 2),
+                    "floor_ms": round(statistics.median(floor_times), 2),
+                }
+            )
+            log(
+                f"{name}: cold {cold:.1f} ms, warm {results[-1]['service_warm_ms']} ms, "
+                f"floor {results[-1]['floor_ms']} ms"
+            )
+    finally:
+        service.close()
+        floor.close()
+    return results
+
+
+def candles_agree(servers: Servers, path: str) -> dict[str, Any]:
+    """The service's closed candles equal the floor's (same window, computed from trades)."""
+    service = Client(servers.service_port).json(path)["candles"]
+    floor = Client(servers.floor_port).json(path)["candles"]
+    closed = {c["timestamp"]: c for c in service if c["closed"]}
+    compared = [c for c in floor if c["closed"] and c["timestamp"] in closed]
+    fields = ("open", "high", "low", "close", "volume", "vwap", "trade_count")
+    differ = [
+        c["timestamp"] for c in compared if any(c[f] != closed[c["timestamp"]][f] for f in fields)
+    ]
+    return {"path": path, "compared": len(compared), "differ": differ[:5], "agree": not differ}
+
+
+async def _wait_idle(dsn: str, limit: float = 30) -> float:
+    """Until no request query is still running (wrk stops its clients, not the servers'
+    queries: a saturated floor leaves aggregations running for seconds); the seconds waited."""
+    conn = await asyncpg.connect(dsn)
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < limit:
+            busy = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND pid <> pg_backend_pid() AND application_name IN ('mdp-api', 'mdp-bench-floor')"
+            )
+            if not busy:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    return time.monotonic() - started
+
+
+def measure(
+    servers: Servers,
+    paths: list[tuple[str, str]],
+    args: argparse.Namespace,
+    poller: HeartbeatPoller,
+    dsn: str,
+) -> list[dict[str, Any]]:
+    results = []
+    for name, path in paths:
+        row: dict[str, Any] = {"name": name, "path": path}
+        for target in ("service", "floor"):
+            url = f"http://{HOST}:{servers.port(target)}{path}"
+            runs = []
+            for attempt in range(args.repeat):
+                waited = asyncio.run(_wait_idle(dsn))
+                if waited > 1:
+                    log(f"waited {waited:.1f} s for the previous run's queries to finish")
+                poller.phase = f"{target}:{name}"
+                runs.append(run_wrk(url, seconds=args.duration, connections=args.connections))
+                poller.phase = "idle"
+                log(
+                    f"{target:7} {name:15} {runs[-1]['requests_per_second']:9.1f} req/s  "
+                    f"p50 {runs[-1]['p50_ms']} ms  p99 {runs[-1]['p99_ms']} ms"
+                    + (f"  (run {attempt + 1}/{args.repeat})" if args.repeat > 1 else "")
+                )
+            runs.sort(key=lambda run: run["requests_per_second"])
+            row[target] = {**runs[len(runs) // 2], "runs": len(runs)}
+        floor_rps = row["floor"]["requests_per_second"]
+        ratio = row["service"]["requests_per_second"] / floor_rps if floor_rps else None
+        row["ratio"] = round(ratio, 3) if ratio is not None else None
+        target_spec = TARGETS.get(name)
+        if target_spec is not None and ratio is not None:
+            row["target"] = target_spec.ratio
+            row["met"] = ratio >= target_spec.ratio
+        row["heartbeat_max_s"] = poller.worst(f"service:{name}")
+        results.append(row)
+    return results
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument("--days", type=float, default=7.0, help="history to backfill (7)")
+    parser.add_argument("--symbols", type=int, default=5, help="symbols (5)")
+    parser.add_argument("--trades-per-second", type=float, default=1.0, help="per symbol (1)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (10)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
+    parser.add_argument("--repeat", type=int, default=1, help="wrk runs per figure (median)")
+    parser.add_argument("--copy-rows", type=int, default=300_000, help="rows for COPY speed")
+    parser.add_argument(
+        "--max-gap-minutes",
+        type=float,
+        default=10.0,
+        help="rebuild a reused bench database whose newest trade is older than this (10)",
+    )
+    parser.add_argument(
+        "--database-url", help="use this database (built there) instead of the embedded server"
+    )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="where to write the report (bench/results)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="afterwards, py-spy the service under wrk per endpoint (not part of the figures)",
+    )
+    args = parser.parse_args(argv)
+    if not 1 <= args.symbols <= 100:
+        parser.error("--symbols must be between 1 and 100")
+    if args.days <= 0 or args.trades_per_second <= 0 or args.duration <= 0:
+        parser.error("--days, --trades-per-second and --duration must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ensure_wrk()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    logs = WORK / "logs" / stamp
+    processes = Processes()
+    embedded = None if args.database_url else EmbeddedServer()
+    poller: HeartbeatPoller | None = None
+    with terminate_on_sigterm():
+        try:
+            if embedded is not None:
+                log("starting the bench PostgreSQL in .mdp/bench/postgres")
+                server = embedded.start()
+            else:
+                server = Server(as_asyncpg_dsn(args.database_url))
+            database = build_database(server, args, own_server=embedded is not None)
+            copy = copy_comparison(server, embedded is not None, database, args.copy_rows)
+            postgres = asyncio.run(_version(database["dsn"]))
+            log("starting the service and the floor app")
+            servers = start_servers(processes, database, logs)
+            rss_ready = rss_mib(servers.service)
+            now = datetime.now(UTC)
+            symbol = database["symbols"][0]
+            paths = endpoints(now, symbol)
+            by_name = dict(paths)
+            agree = candles_agree(servers, by_name["candles_1m_1h"])
+            single = candle_latencies(
+                servers,
+                database["dsn"],
+                {k: by_name[k] for k in ("candles_1m_1h", "candles_1m_24h", "candles_1h_7d")},
+            )
+            log("warm-up: 2 s of wrk per endpoint on both")
+            for _, path in paths:
+                for target in ("service", "floor"):
+                    run_wrk(
+                        f"http://{HOST}:{servers.port(target)}{path}",
+                        seconds=2,
+                        connections=args.connections,
+                    )
+            rss_start = rss_mib(servers.service)
+            poller = HeartbeatPoller(servers.service_port)
+            poller.start()
+            rows = measure(servers, paths, args, poller, database["dsn"])
+            poller.stop()
+            rss_end = rss_mib(servers.service)
+            result = {
+                "timestamp": stamp,
+                "git": git_revision(),
+                "machine": machine(),
+                "postgres": postgres,
+                "config": {
+                    "days": args.days,
+                    "symbols": args.symbols,
+                    "trades_per_second": args.trades_per_second,
+                    "duration": args.duration,
+                    "connections": args.connections,
+                    "repeat": args.repeat,
+                    "wrk_threads": 2,
+                },
+                "database": {k: v for k, v in database.items() if k != "dsn"},
+                "copy": copy,
+                "candles_agree": agree,
+                "candles_single": single,
+                "endpoints": rows,
+                "heartbeat": {
+                    "interval_s": 1.0,
+                    "limit_s": HEARTBEAT_FACTOR * 1.0,
+                    "max_age_s": poller.worst("service:"),
+                    "max_age_during_floor_runs_s": poller.worst("floor:"),
+                    "samples": len(poller.samples),
+                    "poll_failures": poller.failures,
+                },
+                "rss_mib": {
+                    "ready": rss_ready,
+                    "start": rss_start,
+                    "end": rss_end,
+                    "growth": round(rss_end / rss_start - 1, 4),
+                    "floor_end": rss_mib(servers.floor),
+                },
+            }
+            if args.profile:
+                log("profiling the service with py-spy (figures above are unaffected)")
+                result["profile"] = profile(
+                    servers.service.pid,
+                    servers.service_port,
+                    paths,
+                    seconds=args.duration,
+                    connections=args.connections,
+                    out=WORK / "profiles" / stamp,
+                )
+            args.results.mkdir(parents=True, exist_ok=True)
+            (args.results / f"{stamp}.json").write_text(json.dumps(result, indent=2, default=str))
+            table = markdown(result)
+            (args.results / "latest.md").write_text(table)
+            print()
+            print(table)
+            log(f"wrote {args.results}/{stamp}.json and latest.md")
+            return 0
+        except KeyboardInterrupt:
+            log("interrupted: stopping everything this run started")
+            return 130
+        finally:
+            if poller is not None:
+                poller.stop()
+            processes.stop_all()
+            if embedded is not None:
+                embedded.stop()
+
+
+async def _version(dsn: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+    finally:
+        await conn.close()
+    return f"PostgreSQL {version}"
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.exit(main())
