@@ -141,6 +141,3 @@ class Database:
         except Exception as exc:
             return Probe(False, None, describe_error(exc))
         return Probe(True, round((time.perf_counter() - started) * 1000, 3), None)
-
-    async def dispose(self) -> None:
-        await self.engine.dispose()
