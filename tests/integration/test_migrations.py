@@ -51,6 +51,10 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("trade_count", "integer", None, "NO"),
         ("notional", "numeric", (None, None), "NO"),
     ],
+    "ingestion_state": [
+        ("id", "smallint", None, "NO"),
+        ("last_batch_at", "timestamp with time zone", None, "NO"),
+    ],
     "candle_coverage": [
         ("symbol", "character varying", 16, "NO"),
         ("interval", "character varying", 4, "NO"),
@@ -124,6 +128,13 @@ async def _schema(engine: AsyncEngine) -> dict[str, Any]:
         return schema
 
 
+def _assert_head_schema(schema: dict[str, Any]) -> None:
+    """Every table at head, each with exactly the expected columns."""
+    assert schema["tables"] == ["alembic_version", *sorted(EXPECTED_COLUMNS)]
+    for table, expected in EXPECTED_COLUMNS.items():
+        assert schema[f"{table}.columns"] == expected, table
+
+
 async def _versions(conn: Any) -> list[str]:
     return list((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
 
@@ -138,16 +149,7 @@ async def test_upgrade_on_empty_database_creates_tables_with_expected_columns(
     finally:
         await engine.dispose()
 
-    assert schema["tables"] == [
-        "alembic_version",
-        "candle_coverage",
-        "candles",
-        "ingestion_state",
-        "symbols",
-        "trades",
-    ]
-    for table, expected in EXPECTED_COLUMNS.items():
-        assert schema[f"{table}.columns"] == expected, table
+    _assert_head_schema(schema)
 
 
 async def test_upgrade_creates_trades_index_on_symbol_timestamp_id_covering_price_volume(
@@ -287,16 +289,7 @@ async def test_concurrent_upgrades_in_one_process_both_succeed_with_one_head(
             await drop_database(server_url, url)
 
         assert schema["versions"] == [HEAD]
-        assert schema["tables"] == [
-            "alembic_version",
-            "candle_coverage",
-            "candles",
-            "ingestion_state",
-            "symbols",
-            "trades",
-        ]
-        for table, expected in EXPECTED_COLUMNS.items():
-            assert schema[f"{table}.columns"] == expected, table
+        _assert_head_schema(schema)
 
 
 def _migration_lock_key() -> int:
