@@ -6,7 +6,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 STAMP_NODE := node_modules/.installed
 
-.PHONY: run test lint lint-spec contract-check typecheck migrate clean
+.PHONY: run test lint lint-spec contract-check typecheck migrate clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,12 @@ run: $(STAMP_RUN)
 migrate: $(STAMP_RUN)
 	$(BIN)/mdp migrate
 
+## Debian packages the tests run as real processes (Chromium, PgBouncer); installs what is missing.
+system-deps:
+	bash tools/system-deps.sh
+
 ## Lint, type-check and run the whole suite against a real PostgreSQL.
-test: $(STAMP_TEST) $(STAMP_NODE) lint typecheck contract-check
+test: $(STAMP_TEST) $(STAMP_NODE) system-deps lint typecheck contract-check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP_TEST) lint-spec

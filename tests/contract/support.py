@@ -161,5 +161,5 @@ def running_service(database_url: str, extra_env: Mapping[str, str]) -> Iterator
 def require_executable(path: str) -> str:
     found = shutil.which(path)
     if found is None:
-        pytest.fail(f"{path} is missing (.ci/run installs Debian's chromium and Node.js is needed)")
+        pytest.fail(f"{path} is missing (make test installs it through tools/system-deps.sh)")
     return found
