@@ -8,17 +8,23 @@ from typing import Any, cast
 from handlers import cursors
 from handlers.context import app_state
 from handlers.params import parse_window, symbol_code
+from mdp.caching import cache_control
 from persistence import candles, symbols, trades
 from persistence.errors import NoTrades, SymbolNotFound
+from persistence.trades import VISIBILITY_DEADLINE
 
 __all__ = ["get_latest_price", "list_candles", "list_symbols", "list_trades"]
+
+
+# A data answer: the body, its status, and the caching headers its finality allows.
+Answer = tuple[dict[str, Any], int, dict[str, str]]
 
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
-async def list_symbols(limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+async def list_symbols(limit: int = 100, cursor: str | None = None) -> Answer:
     after = None
     if cursor is not None:
         (code,) = cursors.decode(cursor, "symbols", (), (str,))
@@ -26,7 +32,7 @@ async def list_symbols(limit: int = 100, cursor: str | None = None) -> dict[str,
     async with app_state().db.connect() as conn:
         rows = await symbols.list_symbols(conn, limit=limit + 1, after=after)
     page = rows[:limit]
-    return {
+    body = {
         "symbols": [
             {"symbol": code, "name": name, "created_at": created} for code, name, created in page
         ],
@@ -35,9 +41,11 @@ async def list_symbols(limit: int = 100, cursor: str | None = None) -> dict[str,
             cursors.encode("symbols", (), (page[-1].symbol,)) if len(rows) > limit else None
         ),
     }
+    # New symbols can be registered at any time.
+    return body, 200, cache_control(final=False)
 
 
-async def get_latest_price(symbol: str) -> dict[str, Any]:
+async def get_latest_price(symbol: str) -> Answer:
     code = symbol_code(symbol)
     async with app_state().db.connect() as conn:
         trade = await trades.latest_trade(conn, code)
@@ -45,12 +53,13 @@ async def get_latest_price(symbol: str) -> dict[str, Any]:
             if await symbols.symbol_exists(conn, code):
                 raise NoTrades(code)
             raise SymbolNotFound(code)
-    return {
+    body = {
         "symbol": trade.symbol,
         "price": trade.price,
         "volume": trade.volume,
         "timestamp": trade.timestamp,
     }
+    return body, 200, cache_control(final=False)
 
 
 async def list_trades(
@@ -60,8 +69,10 @@ async def list_trades(
     limit: int = 100,
     order: str = "desc",
     cursor: str | None = None,
-) -> dict[str, Any]:
+) -> Answer:
     code = symbol_code(symbol)
+    # Taken before the query: every trade older than this was visible to it.
+    horizon = datetime.now(UTC) - VISIBILITY_DEADLINE
     start_at, end_at = parse_window(start, end)
     filters = (code, _iso(start_at), _iso(end_at), order)
     after = None
@@ -84,7 +95,7 @@ async def list_trades(
     next_cursor = None
     if len(rows) > limit:
         next_cursor = cursors.encode("trades", filters, (page[-1].timestamp, page[-1].id))
-    return {
+    body = {
         "symbol": code,
         "start": start_at,
         "end": end_at,
@@ -97,6 +108,9 @@ async def list_trades(
         ],
         "next_cursor": next_cursor,
     }
+    # A window that ended before the horizon holds every trade it will ever hold, so each page
+    # of its walk (and the cursor to the next) is the same bytes for ever.
+    return body, 200, cache_control(final=end_at is not None and end_at <= horizon)
 
 
 async def list_candles(
@@ -106,7 +120,7 @@ async def list_candles(
     end: str | None = None,
     limit: int = 500,
     cursor: str | None = None,
-) -> dict[str, Any]:
+) -> Answer:
     code = symbol_code(symbol)
     step = candles.INTERVALS[interval]
     now = datetime.now(UTC)
@@ -124,7 +138,7 @@ async def list_candles(
             # The `limit` most recent buckets before `end`.
             start_at = candles.bucket_ceil(end_at, step) - limit * step
         lo = candles.bucket_ceil(start_at, step)
-    hi = candles.bucket_ceil(end_at, step)
+    hi = page_hi = candles.bucket_ceil(end_at, step)
     rows: list[candles.CandleRow] = []
     next_cursor = None
     async with app_state().db.connect() as conn:
@@ -144,7 +158,7 @@ async def list_candles(
         elif not await symbols.symbol_exists(conn, code):
             raise SymbolNotFound(code)
     final = candles.final_before(now, step)
-    return {
+    body = {
         "symbol": code,
         "interval": interval,
         "start": start_at,
@@ -166,3 +180,5 @@ async def list_candles(
         ],
         "next_cursor": next_cursor,
     }
+    # Final when every bucket the page covered was: then no trade can join it or start it.
+    return body, 200, cache_control(final=page_hi <= final)

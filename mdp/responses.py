@@ -8,10 +8,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
+from connexion.context import scope
 from connexion.jsonifier import Jsonifier
 from connexion.resolver import Resolver
 from starlette.responses import Response
 
+from mdp.caching import conditional
 from mdp.telemetry import current_request_id
 
 __all__ = ["JsonResolver", "dumps", "jsonifier"]
@@ -49,6 +51,7 @@ def _respond(result: Any) -> Response:
             headers=headers,
             media_type="application/json",
         )
+    response = conditional(response, scope["headers"])
     # The contract requires X-Request-ID on every response, and response validation runs
     # inside the telemetry middleware that adds it: stamp it here so validation sees it.
     request_id = current_request_id()

@@ -1,0 +1,59 @@
+"""HTTP caching of data answers: ETag, Cache-Control and If-None-Match (RFC 9110, RFC 9111)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+
+from starlette.responses import Response
+
+__all__ = ["IMMUTABLE", "REVALIDATE", "cache_control", "conditional", "none_match"]
+
+# An answer that can never change again: caches (a CDN in front of Cloud Run) keep it a year
+# and browsers do not even revalidate it on reload.
+IMMUTABLE = "public, max-age=31536000, immutable"
+# Anything else may be stored, but must be revalidated with its ETag before every reuse.
+REVALIDATE = "no-cache"
+
+# An entity-tag: optional weakness marker, then a quoted opaque tag (RFC 9110 §8.8.3). A comma
+# may sit inside the quotes, so a list is scanned tag by tag, never split on commas.
+_ENTITY_TAG = re.compile(r'(?:W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
+
+
+def cache_control(*, final: bool) -> dict[str, str]:
+    """The headers a data handler returns: whether its answer is final decides how it caches."""
+    return {"Cache-Control": IMMUTABLE if final else REVALIDATE}
+
+
+def _entity_tag(body: bytes) -> str:
+    # Strong: two answers with the same tag are the same bytes.
+    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+def none_match(if_none_match: str, etag: str) -> bool:
+    """Whether an If-None-Match value matches `etag`: `*`, or any listed tag by the weak
+    comparison RFC 9110 §13.1.2 prescribes (`W/"x"` matches `"x"`)."""
+    if if_none_match.strip() == "*":
+        return True
+    opaque = etag.removeprefix("W/")[1:-1]
+    return any(match == opaque for match in _ENTITY_TAG.findall(if_none_match))
+
+
+def conditional(response: Response, headers: Iterable[tuple[bytes, bytes]]) -> Response:
+    """Tag a cacheable 200 (one that carries Cache-Control) and answer 304 when the request's
+    If-None-Match already holds that tag; any other response passes unchanged."""
+    if response.status_code != 200 or "cache-control" not in response.headers:
+        return response
+    etag = _entity_tag(bytes(response.body))
+    response.headers["ETag"] = etag
+    # Several If-None-Match fields form one list (RFC 9110 §5.3).
+    received = ", ".join(
+        value.decode("latin-1") for name, value in headers if name == b"if-none-match"
+    )
+    if not received or not none_match(received, etag):
+        return response
+    # RFC 9110 §15.4.5: a 304 repeats the validators and caching headers a 200 would carry.
+    return Response(
+        status_code=304, headers={"ETag": etag, "Cache-Control": response.headers["cache-control"]}
+    )
