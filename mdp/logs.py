@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -46,6 +46,9 @@ class JsonFormatter(logging.Formatter):
                 "status": http["status"],
                 "latency": f"{http['latency_ms'] / 1000:.6f}s",
             }
+        audit = getattr(record, "audit", None)
+        if audit is not None:
+            entry["audit"] = audit
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
@@ -59,12 +62,18 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(
-    level: str, *, project: str | None = None, json_lines: bool | None = None
+    level: str,
+    *,
+    project: str | None = None,
+    json_lines: bool | None = None,
+    stream: TextIO | None = None,
 ) -> None:
-    """Route the service's, uvicorn's and the libraries' logs through one stdout handler."""
+    """Route the service's, uvicorn's and the libraries' logs through one handler, on stdout
+    unless `stream` says otherwise."""
+    stream = stream or sys.stdout
     if json_lines is None:
-        json_lines = not sys.stdout.isatty()
-    handler = logging.StreamHandler(sys.stdout)
+        json_lines = not stream.isatty()
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         JsonFormatter(project)
         if json_lines

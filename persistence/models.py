@@ -21,10 +21,20 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import TSTZMULTIRANGE
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, TSTZMULTIRANGE
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "Candle", "CandleCoverage", "IngestionState", "Symbol", "Trade", "metadata"]
+__all__ = [
+    "ApiKey",
+    "ApiKeyChanges",
+    "Base",
+    "Candle",
+    "CandleCoverage",
+    "IngestionState",
+    "Symbol",
+    "Trade",
+    "metadata",
+]
 
 # Predictable constraint names, so migrations can refer to them.
 metadata = MetaData(
@@ -124,5 +134,44 @@ class IngestionState(Base):
 
     id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     last_batch_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+class ApiKey(Base):
+    """An API key: only the SHA-256 of the key is stored; the key itself is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    key_hash: Mapped[bytes] = mapped_column(BYTEA)
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    # A token bucket of `rate_limit` requests refilled over `rate_window_seconds`.
+    rate_limit: Mapped[int] = mapped_column(Integer)
+    rate_window_seconds: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (
+        CheckConstraint("length(key_hash) = 32", name="key_hash_sha256"),
+        CheckConstraint(
+            "cardinality(scopes) > 0 AND scopes <@ ARRAY['read', 'stream', 'export', 'ops']",
+            name="known_scopes",
+        ),
+        CheckConstraint("rate_limit > 0", name="rate_limit_positive"),
+        CheckConstraint("rate_window_seconds IN (1, 60, 3600)", name="rate_window"),
+        CheckConstraint("length(name) BETWEEN 1 AND 100", name="name_length"),
+    )
+
+
+class ApiKeyChanges(Base):
+    """One row: bumped by a trigger on every change to `api_keys` that instances must see."""
+
+    __tablename__ = "api_key_changes"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)

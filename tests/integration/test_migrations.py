@@ -60,6 +60,21 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("interval", "character varying", 4, "NO"),
         ("covered", "tstzmultirange", None, "NO"),
     ],
+    "api_keys": [
+        ("id", "character varying", 16, "NO"),
+        ("name", "text", None, "NO"),
+        ("key_hash", "bytea", None, "NO"),
+        ("scopes", "ARRAY", None, "NO"),
+        ("rate_limit", "integer", None, "NO"),
+        ("rate_window_seconds", "integer", None, "NO"),
+        ("created_at", "timestamp with time zone", None, "NO"),
+        ("revoked_at", "timestamp with time zone", None, "YES"),
+        ("last_used_at", "timestamp with time zone", None, "YES"),
+    ],
+    "api_key_changes": [
+        ("id", "smallint", None, "NO"),
+        ("version", "bigint", None, "NO"),
+    ],
 }
 
 _COLUMNS = text(
@@ -202,6 +217,14 @@ async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: 
 
     kinds = {(table, name): kind for table, name, kind, _ in schema["constraints"]}
     assert kinds == {
+        ("api_key_changes", "ck_api_key_changes_single_row"): "c",
+        ("api_key_changes", "pk_api_key_changes"): "p",
+        ("api_keys", "ck_api_keys_key_hash_sha256"): "c",
+        ("api_keys", "ck_api_keys_known_scopes"): "c",
+        ("api_keys", "ck_api_keys_name_length"): "c",
+        ("api_keys", "ck_api_keys_rate_limit_positive"): "c",
+        ("api_keys", "ck_api_keys_rate_window"): "c",
+        ("api_keys", "pk_api_keys"): "p",
         ("candle_coverage", "fk_candle_coverage_symbol_symbols"): "f",
         ("candle_coverage", "pk_candle_coverage"): "p",
         ("candles", "ck_candles_interval"): "c",
