@@ -109,9 +109,21 @@ class PrometheusMetrics:
             registry=self.registry,
         )
 
+        # Children bound once per (operation, method, status): `labels()` takes a lock and
+        # builds its key on every call, which showed up in every request's profile.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
     def observe(self, operation: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(operation, method, str(status)).inc()
-        self.latency.labels(operation).observe(seconds)
+        key = (operation, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(operation, method, str(status)),
+                self.latency.labels(operation),
+            )
+        counter, histogram = children
+        counter.inc()
+        histogram.observe(seconds)
 
     def watch(self, status: IngestionStatus, engines: dict[str, AsyncEngine]) -> Callable[[], None]:
         """Expose this lifespan's ingestion and pools; returns the function that stops it."""
