@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from mdp.problems import RequestValidationFailed, ValidationIssue
 from persistence.errors import InvalidTimeRange
 
 __all__ = ["EARLIEST", "LATEST", "parse_time", "parse_window", "symbol_code"]
@@ -24,8 +23,9 @@ def parse_time(value: str, name: str) -> datetime:
     """An RFC 3339 timestamp with an offset, as UTC.
 
     The contract's `format: date-time` has already been checked; this turns it into a
-    datetime. RFC 3339 allows lowercase `t`/`z`, which Python 3.11 does not, and some valid
-    RFC 3339 values (leap seconds, year 0000) have no datetime: those get a clear 400.
+    datetime. RFC 3339 allows lowercase `t`/`z`, which Python 3.11 does not. A value the schema
+    admits but that names no supported instant (a year past 9999 once in UTC, anything outside
+    1900-9000) is a time range the service does not serve: `invalid_time_range`.
     """
     try:
         moment = datetime.fromisoformat(value.upper())
@@ -33,22 +33,16 @@ def parse_time(value: str, name: str) -> datetime:
             raise ValueError("missing offset")
         moment = moment.astimezone(UTC)
     except (ValueError, OverflowError):
-        raise _invalid(
-            name,
-            f"{value!r} is not a supported RFC 3339 timestamp with an offset "
-            "(e.g. 2026-01-02T03:04:05Z)",
+        raise InvalidTimeRange(
+            f"{name} {value!r} is not a supported RFC 3339 timestamp with an offset "
+            "(e.g. 2026-01-02T03:04:05Z)."
         ) from None
     if not EARLIEST <= moment < LATEST:
-        raise _invalid(
-            name,
-            f"{value!r} is outside the supported range "
-            "1900-01-01T00:00:00Z (inclusive) to 9000-01-01T00:00:00Z (exclusive)",
+        raise InvalidTimeRange(
+            f"{name} {value!r} is outside the supported range "
+            "1900-01-01T00:00:00Z (inclusive) to 9000-01-01T00:00:00Z (exclusive)."
         )
     return moment
-
-
-def _invalid(name: str, message: str) -> RequestValidationFailed:
-    return RequestValidationFailed([ValidationIssue("query", name, message)])
 
 
 def parse_window(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:

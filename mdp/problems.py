@@ -17,7 +17,13 @@ from starlette.exceptions import HTTPException
 from mdp.telemetry import current_request_id
 from persistence.errors import DomainError
 
-__all__ = ["ValidationIssue", "RequestValidationFailed", "install_error_handlers", "problem"]
+__all__ = [
+    "NotAcceptable",
+    "RequestValidationFailed",
+    "ValidationIssue",
+    "install_error_handlers",
+    "problem",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +49,14 @@ PROBLEM_TYPES: Mapping[str, ProblemType] = {
     "no_trades": ProblemType(404, "No trades"),
     "internal_error": ProblemType(500, "Internal server error"),
     "database_unavailable": ProblemType(503, "Database unavailable"),
+    "not_acceptable": ProblemType(406, "Not acceptable"),
 }
-_CODE_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 500: "internal_error"}
+_CODE_BY_STATUS = {
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    500: "internal_error",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +67,12 @@ class ValidationIssue:
 
     def as_dict(self) -> dict[str, str]:
         return {"in": self.location, "name": self.name, "message": self.message}
+
+
+class NotAcceptable(DomainError):
+    """The request's `Accept` header admits none of the operation's media types."""
+
+    code = "not_acceptable"
 
 
 class RequestValidationFailed(Exception):

@@ -1,58 +1,105 @@
-"""Parameter validation that reports every offending parameter, with compiled schemas."""
+"""One operation's parameters and media types from the contract, compiled once per operation."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
 
 from connexion.utils import is_null, is_nullable
-from connexion.validators import ParameterValidator
-from jsonschema import Draft4Validator, FormatChecker
+from jsonschema import Draft4Validator
 
-from mdp.problems import RequestValidationFailed, ValidationIssue
+from mdp.problems import NotAcceptable, RequestValidationFailed, ValidationIssue
 
-__all__ = ["CollectingParameterValidator"]
-
-
-def _date_time(value: object) -> bool:
-    if not Draft4Validator.FORMAT_CHECKER.conforms(value, "date-time"):
-        return False
-    if isinstance(value, str):
-        datetime.fromisoformat(value.upper()).astimezone(UTC)
-    return True
+__all__ = ["OperationParameters", "accepts"]
 
 
-# RFC 3339 syntax is not enough: the value must also exist as a UTC datetime (no year 0000,
-# nothing past 9999 once converted), so it is reported together with every other bad parameter.
-_FORMATS = FormatChecker(formats=())
-_FORMATS.checkers = dict(Draft4Validator.FORMAT_CHECKER.checkers)
-_FORMATS.checks("date-time", raises=(ValueError, OverflowError))(_date_time)
-
-# Connexion builds a validator per request; the compiled schemas are cached per operation,
-# keyed by its parameter list (kept alive in the entry, so the id cannot be reused).
-_compiled_by_operation: dict[int, tuple[list[Any], dict[int, Draft4Validator]]] = {}
+# RFC 3339 date-times as rfc3339-validator checks them (Connexion's checker does not run here).
+_FORMATS = Draft4Validator.FORMAT_CHECKER
 
 
-def _compiled(parameters: list[Any]) -> dict[int, Draft4Validator]:
-    entry = _compiled_by_operation.get(id(parameters))
-    if entry is None or entry[0] is not parameters:
-        compiled = {
-            id(param): Draft4Validator(param.get("schema", param), format_checker=_FORMATS)
-            for param in parameters
+class UriParser(Protocol):
+    """What Connexion's URI parser does for us: style, explode and type coercion per the spec."""
+
+    def resolve_query(self, query_data: dict[str, list[str]]) -> dict[str, Any]: ...
+
+    def resolve_path(self, path_data: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def _media_type(value: str) -> tuple[str, float]:
+    media, *params = (part.strip() for part in value.split(";"))
+    quality = 1.0
+    for param in params:
+        name, _, number = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                quality = float(number)
+            except ValueError:
+                quality = 0.0
+    return media.lower(), quality
+
+
+def accepts(accept: str, produces: Iterable[str]) -> bool:
+    """Whether an `Accept` header admits at least one of `produces` (RFC 9110 §12.5.1)."""
+    offered = [_media_type(media)[0] for media in produces]
+    for item in accept.split(","):
+        media, quality = _media_type(item)
+        if quality <= 0 or not media:
+            continue
+        kind, _, subtype = media.partition("/")
+        for offer in offered:
+            offer_kind, _, offer_subtype = offer.partition("/")
+            if kind == "*" or (kind == offer_kind and subtype in ("*", offer_subtype)):
+                return True
+    return False
+
+
+class OperationParameters:
+    """Checks a request's query, path and header parameters against the operation's contract
+    and returns the query and path values, coerced, for the handler's arguments.
+
+    Every offending parameter is reported (Connexion stops at the first), in plain words, and
+    the JSON schemas are compiled once here instead of per request.
+    """
+
+    # Each distinct Accept value is judged once; clients send few distinct ones.
+    _ACCEPT_CACHE_SIZE = 64
+
+    def __init__(
+        self,
+        parameters: Iterable[Mapping[str, Any]],
+        *,
+        uri_parser: UriParser,
+        produces: Iterable[str],
+        strict: bool,
+        allowed_extra_query: Iterable[str] = (),
+    ) -> None:
+        self.uri_parser = uri_parser
+        self.strict = strict
+        self.by_location: dict[str, list[Mapping[str, Any]]] = {}
+        self.compiled: dict[int, Draft4Validator] = {}
+        for param in parameters:
+            self.by_location.setdefault(param["in"], []).append(param)
+            self.compiled[id(param)] = Draft4Validator(
+                param.get("schema", param), format_checker=_FORMATS
+            )
+        query = self.by_location.get("query", [])
+        self.known_query = {p["name"] for p in query} | set(allowed_extra_query)
+        # Only an exploded array may repeat (`ids=1&ids=2`); any other repeat is ambiguous.
+        self.repeatable = {
+            p["name"]
+            for p in query
+            if p.get("schema", {}).get("type") == "array" and p.get("explode", True)
         }
-        entry = _compiled_by_operation[id(parameters)] = (parameters, compiled)
-    return entry[1]
+        self.headers = {p["name"].lower().encode(): p for p in self.by_location.get("header", [])}
+        # The contract's defaults, which the handler gets for absent parameters (as Connexion).
+        self.defaults = {
+            p["name"]: p["schema"]["default"] for p in query if "default" in p.get("schema", {})
+        }
+        self.produces = tuple(produces)
+        self._accepted: dict[bytes, bool] = {}
 
-
-class CollectingParameterValidator(ParameterValidator):  # type: ignore[misc]
-    """Connexion's validator stops at the first error and pastes the JSON schema into the
-    message; this one lists every parameter that is wrong, in `errors`, in plain words."""
-
-    def __init__(self, parameters: list[Any], *args: Any, **kwargs: Any) -> None:
-        super().__init__(parameters, *args, **kwargs)
-        self._compiled = _compiled(parameters)
-
-    def _check(self, location: str, param: dict[str, Any], value: Any) -> ValidationIssue | None:
+    def _check(self, location: str, param: Mapping[str, Any], value: Any) -> ValidationIssue | None:
         name = param["name"]
         if value is None:
             if param.get("required"):
@@ -60,32 +107,56 @@ class CollectingParameterValidator(ParameterValidator):  # type: ignore[misc]
             return None
         if is_nullable(param) and is_null(value):
             return None
-        error = next(iter(self._compiled[id(param)].iter_errors(value)), None)
+        error = next(iter(self.compiled[id(param)].iter_errors(value)), None)
         return ValidationIssue(location, name, error.message) if error is not None else None
 
-    def validate_request(self, request: Any) -> None:
+    def _check_accept(self, accept: bytes | None) -> None:
+        if accept is None or not self.produces:
+            return
+        verdict = self._accepted.get(accept)
+        if verdict is None:
+            verdict = accepts(accept.decode("latin-1"), self.produces)
+            if len(self._accepted) >= self._ACCEPT_CACHE_SIZE:
+                self._accepted.clear()
+            self._accepted[accept] = verdict
+        if not verdict:
+            offered = ", ".join(self.produces)
+            raise NotAcceptable(f"Accept {accept.decode('latin-1')!r} admits none of: {offered}.")
+
+    def check(self, scope: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The request's (query, path) values, coerced; RequestValidationFailed naming every
+        offending parameter otherwise, NotAcceptable when no response type is acceptable."""
+        accept = None
+        header_values: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            if key == b"accept":
+                accept = value if accept is None else accept + b"," + value
+            elif key in self.headers:
+                header_values.setdefault(self.headers[key]["name"], value.decode("latin-1"))
+        raw: dict[str, list[str]] = {}
+        # As Starlette parses it (`request.query_params`), but keeping every repeated value.
+        for name, value in parse_qsl(scope["query_string"].decode("latin-1"), True):
+            raw.setdefault(name, []).append(value)
         issues: list[ValidationIssue] = []
-        if self.strict_validation:
-            unknown = self.validate_query_parameter_list(
-                request, security_params=self.security_query_params
-            )
+        if self.strict:
             issues.extend(
                 ValidationIssue("query", name, "unknown query parameter")
-                for name in sorted(unknown)
+                for name in sorted(raw.keys() - self.known_query)
             )
-        query = request.query_params
-        path = request.path_params
-        for param in self.parameters.get("query", []):
-            issue = self._check("query", param, query.get(param["name"]))
-            if issue:
-                issues.append(issue)
-        for param in self.parameters.get("path", []):
-            issue = self._check("path", param, path.get(param["name"].replace("-", "_")))
-            if issue:
-                issues.append(issue)
-        for param in self.parameters.get("header", []):
-            issue = self._check("header", param, request.headers.get(param["name"]))
-            if issue:
-                issues.append(issue)
+        issues.extend(
+            ValidationIssue("query", name, f"given {len(values)} times; give it once")
+            for name, values in raw.items()
+            if len(values) > 1 and name in self.known_query and name not in self.repeatable
+        )
+        query = {**self.defaults, **self.uri_parser.resolve_query(raw)}
+        path = self.uri_parser.resolve_path(dict(scope.get("path_params") or {}))
+        for location, values in (("query", query), ("path", path), ("header", header_values)):
+            for param in self.by_location.get(location, ()):
+                name = param["name"].replace("-", "_") if location == "path" else param["name"]
+                issue = self._check(location, param, values.get(name))
+                if issue is not None:
+                    issues.append(issue)
         if issues:
             raise RequestValidationFailed(issues)
+        self._check_accept(accept)
+        return query, path

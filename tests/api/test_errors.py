@@ -49,6 +49,7 @@ CAUSES: dict[str, tuple[int, Request]] = {
     "method_not_allowed": (405, lambda c: c.post("/symbols")),
     "symbol_not_found": (404, lambda c: c.get("/price/latest", params={"symbol": "ZZZZ"})),
     "no_trades": (404, lambda c: c.get("/price/latest", params={"symbol": "AAPL"})),
+    "not_acceptable": (406, lambda c: c.get("/symbols", headers={"Accept": "application/xml"})),
 }
 
 

@@ -30,7 +30,7 @@ def test_metrics_answer_json_without_an_accept_header(client: TestClient) -> Non
 
 @pytest.mark.parametrize(
     "accept",
-    ["application/json", "application/json, text/plain;q=0.5", "image/png", "*/*"],
+    ["application/json", "application/json, text/plain;q=0.5", "image/png, */*;q=0.1", "*/*"],
 )
 def test_metrics_prefer_json_unless_a_metrics_format_wins(client: TestClient, accept: str) -> None:
     response = client.get("/metrics", headers={"Accept": accept})

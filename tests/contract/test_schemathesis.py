@@ -1,12 +1,64 @@
-"""Schemathesis against the live server: every operation, every check, valid and invalid data."""
+"""Schemathesis against the live server: every operation, every check, valid and invalid data,
+and the stateful phase that follows the contract's links from page to page."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import hypothesis
 import schemathesis
 
 schema = schemathesis.pytest.from_fixture("api_schema")
+
+# What a request that fits the schema may still be refused for: the contract cannot express
+# "start before end", "within the supported years" or "a cursor this service issued".
+REFUSALS_OF_VALID_REQUESTS = {"invalid_cursor", "invalid_time_range"}
+
+
+@schemathesis.check
+def valid_requests_are_refused_only_for_what_the_schema_cannot_say(
+    ctx: Any, response: Any, case: schemathesis.Case
+) -> bool | None:
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive or response.status_code != 400:
+        return None
+    code = response.json().get("code")
+    if code not in REFUSALS_OF_VALID_REQUESTS:
+        raise AssertionError(
+            f"A request that fits the schema was refused with 400 {code!r}; only "
+            f"{sorted(REFUSALS_OF_VALID_REQUESTS)} may refuse one."
+        )
+    return True
 
 
 @schema.parametrize()
 def test_every_operation_conforms_to_the_contract(case: schemathesis.Case) -> None:
     case.call_and_validate()
+
+
+def test_the_stateful_phase_walks_pages_through_the_next_cursor_links(
+    api_schema: schemathesis.BaseSchema,
+) -> None:
+    followed: list[str] = []
+
+    class Pages(api_schema.as_state_machine()):  # type: ignore[misc]
+        def before_call(self, case: schemathesis.Case) -> None:
+            # Pages of two, so the live server's five symbols span several pages.
+            if case.operation.path == "/symbols" and case.query is not None:
+                case.query["limit"] = 2
+
+        def after_call(self, response: Any, case: schemathesis.Case) -> None:
+            if response.status_code == 200 and (case.query or {}).get("cursor"):
+                followed.append(case.operation.path)
+
+    Pages.run(
+        settings=hypothesis.settings(
+            max_examples=30,
+            stateful_step_count=6,
+            derandomize=True,
+            deadline=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+    )
+
+    assert "/symbols" in followed

@@ -1,0 +1,183 @@
+"""Every adaptation of Connexion's internals, in one place: per-operation work done once.
+
+Connexion 3.3 rebuilds per request what depends only on the operation: the URI parser and the
+parameter validator (request validation middleware), and `decorate()` with its
+`inspect.signature` plus a `ConnexionRequest` whose query it parses again (the operation). Its
+Swagger UI middleware also runs a router on every request. Connexion still routes every
+request, applies security and validates parameters against the contract; these classes only
+build the per-operation parts once. `tests/unit/mdp/test_connexion_adaptations.py` fails when an
+upgrade renames or stops calling what is overridden here.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from connexion import AsyncApp
+from connexion.apps.asynchronous import AsyncApi, AsyncOperation
+from connexion.decorators.parameter import CONTEXT_NAME, sanitized, unwrap_decorators
+from connexion.middleware.request_validation import (
+    RequestValidationAPI,
+    RequestValidationMiddleware,
+    RequestValidationOperation,
+)
+from connexion.middleware.swagger_ui import SwaggerUIMiddleware
+from connexion.operations import AbstractOperation
+from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
+
+from mdp.validation import OperationParameters
+
+__all__ = ["adapt"]
+
+# Where validation leaves the parsed (query, path) values for the operation to bind.
+ARGUMENTS = "mdp_arguments"
+# Where Connexion's security middleware leaves what its handlers found (user, token_info).
+_SECURITY_CONTEXT = "connexion_context"
+
+
+def _success_media_types(operation: AbstractOperation) -> list[str]:
+    types: list[str] = []
+    for status, response in operation.responses.items():
+        if str(status).startswith("2"):
+            types.extend(response.get("content", {}))
+    return types
+
+
+class _ValidationOperation(RequestValidationOperation):  # type: ignore[misc]
+    """Validates with an `OperationParameters` built once, not a validator and URI parser per
+    request, and hands the parsed values on so the operation does not parse them again."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        operation = self._operation
+        if operation.is_request_body_defined:
+            # Nothing in the contract has a body; validating one is Connexion's stock path.
+            raise NotImplementedError(f"{operation.operation_id}: request bodies")
+        self.parameters = OperationParameters(
+            operation.parameters,
+            uri_parser=operation.uri_parser_class(
+                operation.parameters, operation.body_definition()
+            ),
+            produces=_success_media_types(operation),
+            strict=self.strict_validation,
+            allowed_extra_query=self.security_query_params,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["extensions"][ARGUMENTS] = self.parameters.check(scope)
+        await self.next_app(scope, receive, send)
+
+
+class _ValidationAPI(RequestValidationAPI):  # type: ignore[misc]
+    def make_operation(self, operation: AbstractOperation) -> _ValidationOperation:
+        return _ValidationOperation(
+            self.next_app,
+            operation=operation,
+            strict_validation=self.strict_validation,
+            validator_map=self.validator_map,
+        )
+
+
+class _ValidationMiddleware(RequestValidationMiddleware):  # type: ignore[misc]
+    api_cls = _ValidationAPI
+
+
+class _Operation(AsyncOperation):  # type: ignore[misc]
+    """Calls the handler with the arguments validation parsed. Its signature is inspected
+    once; the handler returns a Starlette response (see mdp.responses) that is sent as it is,
+    streaming or not, headers included."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(fn, *args, **kwargs)
+        handler = unwrap_decorators(fn)
+        if not inspect.iscoroutinefunction(handler):
+            raise TypeError(f"{self.operation_id}: handlers must be coroutine functions")
+        signature = inspect.signature(handler).parameters.values()
+        self.accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature)
+        self.arguments = {
+            p.name for p in signature if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
+
+    def bind(self, scope: Scope) -> dict[str, Any]:
+        query, path = scope["extensions"][ARGUMENTS]
+        kwargs = {
+            name: value
+            for name, value in _sanitized_items(query, path)
+            if self.accepts_any or name in self.arguments
+        }
+        context = scope["extensions"].get(_SECURITY_CONTEXT)
+        if context:
+            kwargs.update(
+                (key, value)
+                for key, value in context.items()
+                if self.accepts_any or key in self.arguments
+            )
+            if CONTEXT_NAME in self.arguments:
+                kwargs[CONTEXT_NAME] = context
+        return kwargs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self._fn(**self.bind(scope))
+        await response(scope, receive, send)
+
+
+# Parameter names as Connexion turns them into argument names; there are few distinct ones.
+_sanitize = functools.lru_cache(maxsize=512)(sanitized)
+
+
+def _sanitized_items(*mappings: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for mapping in mappings:
+        for name, value in mapping.items():
+            yield _sanitize(name), value
+
+
+class _Api(AsyncApi):  # type: ignore[misc]
+    def make_operation(self, operation: AbstractOperation) -> _Operation:
+        built: _Operation = _Operation.from_operation(
+            operation, pythonic_params=self.pythonic_params, jsonifier=self.jsonifier
+        )
+        return built
+
+
+class _SwaggerUIMiddleware(SwaggerUIMiddleware):  # type: ignore[misc]
+    """Runs its router only for the paths it serves (`/docs…`), not for every request."""
+
+    prefixes: tuple[str, ...] = ()
+
+    def add_api(self, *args: Any, **kwargs: Any) -> None:
+        super().add_api(*args, **kwargs)
+        self.prefixes = tuple(
+            mount.path + route.path
+            for mount in self.router.routes
+            if isinstance(mount, Mount)
+            for route in mount.routes
+            if isinstance(route, Route | Mount)
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith(self.prefixes):
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+_REPLACEMENTS = {
+    RequestValidationMiddleware: _ValidationMiddleware,
+    SwaggerUIMiddleware: _SwaggerUIMiddleware,
+}
+
+
+def adapt(app: AsyncApp) -> None:
+    """Install the adaptations on an app before its first request."""
+    middlewares = app.middleware.middlewares
+    for index, middleware in enumerate(middlewares):
+        if middleware in _REPLACEMENTS:
+            middlewares[index] = _REPLACEMENTS[middleware]
+    missing = set(_REPLACEMENTS.values()) - set(middlewares)
+    if missing:
+        raise RuntimeError(f"Connexion's middleware stack changed: {missing} not installed")
+    app._middleware_app.api_cls = _Api
