@@ -9,11 +9,11 @@ from handlers import cursors
 from handlers.context import app_state
 from handlers.params import parse_window, symbol_code
 from mdp.caching import cache_control
-from persistence import candles, symbols, trades
-from persistence.errors import NoTrades, SymbolNotFound
+from persistence import candles, live, symbols, trades
+from persistence.errors import NoTrades, SymbolNotFound, SymbolsNotFound
 from persistence.trades import VISIBILITY_DEADLINE
 
-__all__ = ["get_latest_price", "list_candles", "list_symbols", "list_trades"]
+__all__ = ["get_latest_price", "get_latest_prices", "list_candles", "list_symbols", "list_trades"]
 
 
 # A data answer: the body, its status, and the caching headers its finality allows.
@@ -45,19 +45,48 @@ async def list_symbols(limit: int = 100, cursor: str | None = None) -> Answer:
     return body, 200, cache_control(final=False)
 
 
-async def get_latest_price(symbol: str) -> Answer:
-    code = symbol_code(symbol)
-    async with app_state().db.connect() as conn:
-        trade = await trades.latest_trade(conn, code)
-        if trade is None:
-            if await symbols.symbol_exists(conn, code):
-                raise NoTrades(code)
-            raise SymbolNotFound(code)
-    body = {
+def _price(trade: trades.TradeRow) -> dict[str, Any]:
+    return {
         "symbol": trade.symbol,
         "price": trade.price,
         "volume": trade.volume,
         "timestamp": trade.timestamp,
+    }
+
+
+async def get_latest_price(symbol: str) -> Answer:
+    code = symbol_code(symbol)
+    state = app_state()
+    # From memory while the live feed is heard; from the database otherwise.
+    trade = state.live.latest(code)
+    if trade is None:
+        async with state.db.connect() as conn:
+            stored = await trades.latest_trade(conn, code)
+            if stored is None and not await symbols.symbol_exists(conn, code):
+                raise SymbolNotFound(code)
+        trade = state.live.newest(code, stored)
+        if trade is None:
+            raise NoTrades(code)
+    return _price(trade), 200, cache_control(final=False)
+
+
+async def get_latest_prices(symbols: list[str]) -> Answer:
+    codes = list(dict.fromkeys(symbol_code(symbol) for symbol in symbols))
+    state = app_state()
+    found = {code: state.live.latest(code) for code in codes}
+    missing = [code for code, trade in found.items() if trade is None]
+    if missing:
+        async with state.db.driver() as conn:
+            stored = await live.latest_trades(conn, missing)
+        unknown = [code for code in missing if code not in stored]
+        if unknown:
+            raise SymbolsNotFound(unknown)
+        found.update({code: state.live.newest(code, stored[code]) for code in missing})
+    prices = [_price(trade) for trade in found.values() if trade is not None]
+    body = {
+        "prices": prices,
+        "count": len(prices),
+        "without_trades": [code for code, trade in found.items() if trade is None],
     }
     return body, 200, cache_control(final=False)
 

@@ -19,6 +19,7 @@ _LINKS = {
     "metrics": "/metrics",
     "symbols": "/symbols",
     "latest_price": "/price/latest",
+    "latest_prices": "/prices/latest",
     "trades": "/trades",
     "candles": "/candles",
     "docs": "/docs",

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
+from types import FrameType
 from typing import Any
 
 from sqlalchemy.engine import URL
@@ -16,7 +19,9 @@ from ingestion.generator import TradeGenerator
 from ingestion.leader import LeaderLock
 from ingestion.loop import Ingestor
 from ingestion.status import IngestionStatus
+from mdp.broadcaster import Broadcaster
 from mdp.embedded import EmbeddedPostgres
+from mdp.listener import Listener
 from mdp.metrics import PrometheusMetrics
 from mdp.settings import Settings
 from mdp.spec import load_contract
@@ -34,6 +39,8 @@ logger = logging.getLogger(__name__)
 _RETRY_FIRST_SECONDS = 0.5
 _RETRY_MAX_SECONDS = 5.0
 _STOP_GRACE_SECONDS = 2.0
+# A quiet listener connection is checked (and caught up) this often.
+_LISTENER_CHECK_SECONDS = 5.0
 
 
 def _engines(settings: Settings, url: URL) -> tuple[AsyncEngine, AsyncEngine]:
@@ -81,38 +88,85 @@ async def _bootstrap(settings: Settings, db: Database, writes: AsyncEngine) -> N
         return
 
 
-async def _run(
-    settings: Settings,
-    db: Database,
-    writes: AsyncEngine,
-    status: IngestionStatus,
-    stop: asyncio.Event,
+def _dedicated_connection(
+    settings: Settings, writes: AsyncEngine, application_name: str
+) -> dict[str, Any]:
+    """asyncpg.connect() arguments for a connection of its own, never a pooled one (a pool
+    resets sessions: advisory locks and LISTEN would go behind our back)."""
+    _, connect_kwargs = writes.dialect.create_connect_args(writes.url)
+    return {
+        **connect_kwargs,
+        "timeout": settings.db_connect_timeout_seconds,
+        "server_settings": {
+            "application_name": application_name,
+            # Over TCP, notice a vanished peer in seconds, not the OS's two hours.
+            "tcp_keepalives_idle": "5",
+            "tcp_keepalives_interval": "1",
+            "tcp_keepalives_count": "3",
+        },
+    }
+
+
+async def _ingest(
+    settings: Settings, writes: AsyncEngine, status: IngestionStatus, stop: asyncio.Event
 ) -> None:
-    await _bootstrap(settings, db, writes)
-    if not settings.ingestion_enabled:
-        return
     generator = TradeGenerator(
         {s.symbol: Decimal(str(s.start_price)) for s in settings.symbols},
         seed=settings.ingestion_seed,
         max_trades_per_symbol=settings.ingestion_max_trades_per_symbol,
     )
-    _, connect_kwargs = writes.dialect.create_connect_args(writes.url)
     leader = LeaderLock(
-        {
-            **connect_kwargs,
-            "timeout": settings.db_connect_timeout_seconds,
-            "server_settings": {
-                "application_name": "mdp-leader",
-                # Over TCP, notice a vanished leader in seconds, not the OS's two hours.
-                "tcp_keepalives_idle": "5",
-                "tcp_keepalives_interval": "1",
-                "tcp_keepalives_count": "3",
-            },
-        },
+        _dedicated_connection(settings, writes, "mdp-leader"),
         timeout=max(settings.ingestion_interval_seconds, 1.0),
     )
     logger.info("ingestion started: every %gs", settings.ingestion_interval_seconds)
     await Ingestor(writes, generator, status, leader).run(stop)
+
+
+async def _run(
+    settings: Settings,
+    db: Database,
+    writes: AsyncEngine,
+    status: IngestionStatus,
+    live: Broadcaster,
+    stop: asyncio.Event,
+) -> None:
+    await _bootstrap(settings, db, writes)
+    listener = Listener(
+        _dedicated_connection(settings, writes, "mdp-listener"),
+        live,
+        timeout=settings.db_connect_timeout_seconds,
+        check_every=_LISTENER_CHECK_SECONDS,
+    )
+    tasks = [listener.run(stop)]
+    if settings.ingestion_enabled:
+        tasks.append(_ingest(settings, writes, status, stop))
+    await asyncio.gather(*tasks)
+
+
+def _end_streams_on_signals(live: Broadcaster) -> Callable[[], None]:
+    """Streams never finish by themselves, and uvicorn waits for open responses before it
+    shuts the app down: on SIGTERM/SIGINT end them at once, then let uvicorn's handler run.
+    Returns the function that puts the previous handlers back."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # e.g. a test client's portal thread: no signals arrive there
+    loop = asyncio.get_running_loop()
+
+    def handler(sig: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(live.close)
+        chained = previous[signal.Signals(sig)]
+        if callable(chained):
+            chained(sig, frame)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, chained in previous.items():
+            signal.signal(sig, chained)
+
+    return restore
 
 
 @contextlib.asynccontextmanager
@@ -135,15 +189,21 @@ async def lifespan(
         interval_seconds=settings.ingestion_interval_seconds,
         symbols=tuple(s.symbol for s in settings.symbols),
     )
+    live = Broadcaster(
+        max_streams=settings.stream_max_clients, queue_size=settings.stream_queue_batches
+    )
     stop = asyncio.Event()
     background = asyncio.create_task(
-        _run(settings, db, writes, status, stop), name="mdp-background"
+        _run(settings, db, writes, status, live, stop), name="mdp-background"
     )
-    state = AppState(settings, load_contract(), db, status, metrics, prometheus)
+    state = AppState(settings, load_contract(), db, status, metrics, prometheus, live)
     unwatch = prometheus.watch(status, {"api": reads, "ingestion": writes})
+    restore_signals = _end_streams_on_signals(live)
     try:
         yield {"app": state}
     finally:
+        restore_signals()
+        live.close()
         # Let the batch under way commit or roll back whole and the leader lock go, within
         # Cloud Run's 10 s grace (uvicorn already spent up to 7 s draining requests).
         stop.set()

@@ -115,6 +115,14 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
+def _replay_seconds(env: Mapping[str, str], default: float) -> float:
+    value = _float(env, "STREAM_REPLAY_SECONDS", default, minimum=0)
+    if value > 3600:
+        # Live batches are kept for an hour: a longer replay could not be exact.
+        raise SettingsError(f"STREAM_REPLAY_SECONDS must be at most 3600, got {value:g}")
+    return value
+
+
 def _symbols(raw: str | None) -> tuple[SymbolSpec, ...]:
     if raw is None or raw.strip() == "":
         return DEFAULT_SYMBOLS
@@ -154,6 +162,14 @@ class Settings:
     ingestion_seed: int | None = None
     ingestion_max_trades_per_symbol: int = 3
     symbols: tuple[SymbolSpec, ...] = DEFAULT_SYMBOLS
+    # Server-Sent Event streams: at most this many per instance (503 beyond), each with a
+    # queue of this many batches (a client further behind is sent `overflow` and closed).
+    stream_max_clients: int = 2000
+    stream_queue_batches: int = 100
+    stream_heartbeat_seconds: float = 15.0
+    # How far back a Last-Event-ID may resume (older gets a `reset` event); at most 1 hour,
+    # the time live batches are kept.
+    stream_replay_seconds: float = 300.0
     # Names the Cloud Trace resource in JSON logs, so Cloud Logging groups a request's lines.
     gcp_project: str | None = None
     redoc_script_url: str = "https://cdn.jsdelivr.net/npm/redoc@2.5.0/bundles/redoc.standalone.js"
@@ -208,6 +224,20 @@ class Settings:
                 maximum=1000,
             ),
             symbols=_symbols(env.get("SYMBOLS")),
+            stream_max_clients=_int(
+                env, "STREAM_MAX_CLIENTS", defaults.stream_max_clients, minimum=0, maximum=100_000
+            ),
+            stream_queue_batches=_int(
+                env,
+                "STREAM_QUEUE_BATCHES",
+                defaults.stream_queue_batches,
+                minimum=1,
+                maximum=100_000,
+            ),
+            stream_heartbeat_seconds=_float(
+                env, "STREAM_HEARTBEAT_SECONDS", defaults.stream_heartbeat_seconds, minimum=0.1
+            ),
+            stream_replay_seconds=_replay_seconds(env, defaults.stream_replay_seconds),
             gcp_project=env.get("GOOGLE_CLOUD_PROJECT", "").strip() or None,
             redoc_script_url=env.get("REDOC_SCRIPT_URL", "").strip() or defaults.redoc_script_url,
             # An explicitly empty integrity turns the check off (for a self-hosted script).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ingestion.status import IngestionStatus
+from mdp.broadcaster import Broadcaster
 from mdp.metrics import PrometheusMetrics
 from mdp.settings import Settings
 from mdp.spec import Contract
@@ -22,3 +23,4 @@ class AppState:
     ingestion: IngestionStatus
     metrics: RequestMetrics
     prometheus: PrometheusMetrics
+    live: Broadcaster

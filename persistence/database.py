@@ -131,6 +131,14 @@ class Database:
                 ) from exc
             raise
 
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[asyncpg.Connection]:
+        """Like `connect`, but the pooled connection's asyncpg connection itself, for the
+        queries written for asyncpg (shared with the dedicated live-feed connection)."""
+        async with self.connect() as conn:
+            raw = await conn.get_raw_connection()
+            yield raw.driver_connection
+
     async def probe(self) -> Probe:
         """Round-trip `SELECT 1`; never raises, never waits longer than `probe_timeout`."""
         started = time.perf_counter()

@@ -11,6 +11,7 @@ __all__ = [
     "InvalidTimeRange",
     "NoTrades",
     "SymbolNotFound",
+    "SymbolsNotFound",
 ]
 
 
@@ -30,6 +31,18 @@ class SymbolNotFound(DomainError):
     def __init__(self, symbol: str) -> None:
         super().__init__(f"Symbol {symbol!r} is not known to this service.")
         self.symbol = symbol
+
+
+class SymbolsNotFound(DomainError):
+    """Several symbols asked for at once, some unknown: the detail names every one."""
+
+    code = "symbol_not_found"
+
+    def __init__(self, symbols: list[str]) -> None:
+        names = ", ".join(repr(symbol) for symbol in symbols)
+        noun = "Symbol" if len(symbols) == 1 else "Symbols"
+        super().__init__(f"{noun} {names} not known to this service.")
+        self.symbols = symbols
 
 
 class NoTrades(DomainError):

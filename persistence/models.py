@@ -31,6 +31,7 @@ __all__ = [
     "Candle",
     "CandleCoverage",
     "IngestionState",
+    "LiveBatch",
     "Symbol",
     "Trade",
     "metadata",
@@ -175,3 +176,15 @@ class ApiKeyChanges(Base):
     version: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+
+class LiveBatch(Base):
+    """A batch the ingestion leader wrote live: trades stamped `stamped` with ids in range."""
+
+    __tablename__ = "live_batches"
+
+    stamped: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    first_id: Mapped[int] = mapped_column(BigInteger)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (CheckConstraint("first_id <= last_id", name="id_range"),)

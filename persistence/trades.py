@@ -26,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from persistence.models import Trade
 
 __all__ = [
+    "LIVE_CHANNEL",
+    "LIVE_RETENTION",
     "VISIBILITY_DEADLINE",
     "NewTrade",
     "TradeRow",
@@ -40,6 +42,12 @@ __all__ = [
 # A trade becomes visible at most this long after its timestamp: writers abandon a batch that
 # could not commit in time, so a reader may treat every bucket that ended longer ago as final.
 VISIBILITY_DEADLINE = timedelta(seconds=2)
+
+# Every instance LISTENs here; a live batch announces itself in its own transaction, so only
+# committed batches are ever heard.
+LIVE_CHANNEL = "mdp_live_batches"
+# How long live batches stay replayable by streams; the leader prunes older ones as it writes.
+LIVE_RETENTION = timedelta(hours=1)
 
 _trades = cast(Table, Trade.__table__)
 _c = _trades.c
@@ -156,7 +164,9 @@ _insert_batch = text(
 
 # A live batch: written only if the writer still holds the leader lock (fencing a leader that
 # lost it) and the batch is newer than the last one written (a retried or raced batch can never
-# be stored twice). One statement: the claim and the rows commit together or not at all.
+# be stored twice). One statement: the claim, the rows, the batch's record in `live_batches`
+# (what streams replay from) and its NOTIFY commit together or not at all. The payload is the
+# stamp and id range, a few dozen bytes whatever the number of symbols (NOTIFY allows 8,000).
 _insert_live_batch = text(
     """
     WITH claim AS (
@@ -170,13 +180,29 @@ _insert_live_batch = text(
                 AND objsubid = 1
           ))
         RETURNING 1
+    ),
+    inserted AS (
+        INSERT INTO trades (symbol, price, volume, timestamp)
+        SELECT * FROM unnest(
+            CAST(:symbols AS varchar[]), CAST(:prices AS numeric[]),
+            CAST(:volumes AS bigint[]), CAST(:timestamps AS timestamptz[])
+        )
+        WHERE EXISTS (SELECT 1 FROM claim)
+        RETURNING id
+    ),
+    span AS (SELECT count(*) AS size, min(id) AS first_id, max(id) AS last_id FROM inserted),
+    pruned AS (
+        DELETE FROM live_batches
+        WHERE stamped < :horizon AND EXISTS (SELECT 1 FROM claim)
+    ),
+    recorded AS (
+        INSERT INTO live_batches (stamped, first_id, last_id)
+        SELECT :stamped, first_id, last_id FROM span WHERE size > 0
     )
-    INSERT INTO trades (symbol, price, volume, timestamp)
-    SELECT * FROM unnest(
-        CAST(:symbols AS varchar[]), CAST(:prices AS numeric[]),
-        CAST(:volumes AS bigint[]), CAST(:timestamps AS timestamptz[])
-    )
-    WHERE EXISTS (SELECT 1 FROM claim)
+    SELECT size, CASE WHEN size > 0 THEN pg_notify(
+        :channel, concat_ws(' ', :stamp_text, first_id, last_id)
+    ) END
+    FROM span
     """
 ).bindparams(
     bindparam("symbols", type_=ARRAY(String)),
@@ -184,8 +210,11 @@ _insert_live_batch = text(
     bindparam("volumes", type_=ARRAY(BigInteger)),
     bindparam("timestamps", type_=ARRAY(DateTime(timezone=True))),
     bindparam("stamped", type_=DateTime(timezone=True)),
+    bindparam("horizon", type_=DateTime(timezone=True)),
     bindparam("leader_pid", type_=Integer),
     bindparam("lock_key", type_=BigInteger),
+    bindparam("channel", type_=String),
+    bindparam("stamp_text", type_=String),
 )
 
 
@@ -197,12 +226,16 @@ async def insert_live_batch(
     leader_pid: int | None,
     lock_key: int,
 ) -> int:
-    """Insert a live batch stamped `stamped` if the writer may; returns the rows stored (0 when
-    the batch was refused: not the leader any more, or not newer than the last batch).
-    `leader_pid` None skips the lock check (a single writer without election)."""
+    """Insert and publish a live batch stamped `stamped` (every trade carries that timestamp)
+    if the writer may; returns the rows stored (0 when the batch was refused: not the leader
+    any more, or not newer than the last batch). `leader_pid` None skips the lock check (a
+    single writer without election). Listeners hear of it when the caller commits."""
     if not trades:
         return 0
     symbols, prices, volumes, timestamps = zip(*trades, strict=True)
+    if any(moment != stamped for moment in timestamps):
+        # Streams find a batch's trades by its stamp: one timestamp per batch, always.
+        raise ValueError("every trade of a live batch must carry the batch's stamp")
     result = await conn.execute(
         _insert_live_batch,
         {
@@ -211,11 +244,15 @@ async def insert_live_batch(
             "volumes": list(volumes),
             "timestamps": list(timestamps),
             "stamped": stamped,
+            "horizon": stamped - LIVE_RETENTION,
             "leader_pid": leader_pid,
             "lock_key": lock_key,
+            "channel": LIVE_CHANNEL,
+            "stamp_text": stamped.isoformat(),
         },
     )
-    return result.rowcount
+    size: int = result.scalar_one()
+    return size
 
 
 async def insert_trades(conn: AsyncConnection, trades: Iterable[NewTrade]) -> int:

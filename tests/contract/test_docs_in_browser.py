@@ -86,8 +86,10 @@ def browser_report(docs_database: URL, screenshots: Path) -> Iterator[dict[str, 
 
 
 def _expected_operations() -> list[tuple[str, str, dict[str, Any]]]:
-    found = list(operations(load_spec()))
-    assert len(found) == 11
+    spec = load_spec()
+    found = list(operations(spec))
+    # One GET per path: counted from the spec, so adding an operation needs no edit here.
+    assert len(found) == len(spec["paths"])
     return found
 
 

@@ -55,6 +55,11 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("id", "smallint", None, "NO"),
         ("last_batch_at", "timestamp with time zone", None, "NO"),
     ],
+    "live_batches": [
+        ("stamped", "timestamp with time zone", None, "NO"),
+        ("first_id", "bigint", None, "NO"),
+        ("last_id", "bigint", None, "NO"),
+    ],
     "candle_coverage": [
         ("symbol", "character varying", 16, "NO"),
         ("interval", "character varying", 4, "NO"),
@@ -232,6 +237,8 @@ async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: 
         ("candles", "pk_candles"): "p",
         ("ingestion_state", "ck_ingestion_state_single_row"): "c",
         ("ingestion_state", "pk_ingestion_state"): "p",
+        ("live_batches", "ck_live_batches_id_range"): "c",
+        ("live_batches", "pk_live_batches"): "p",
         ("symbols", "ck_symbols_symbol_upper"): "c",
         ("symbols", "pk_symbols"): "p",
         ("trades", "ck_trades_price_positive"): "c",

@@ -1,0 +1,158 @@
+"""Live trades in memory: the newest per symbol, fanned out to every stream's bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from persistence.trades import TradeRow
+
+__all__ = ["Broadcaster", "Ended", "Reset", "StreamsAtCapacity", "Subscription"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """This instance missed live batches it cannot replay: the stream resumes at `resumes_at`."""
+
+    resumes_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The stream ends: `overflow` (the client fell behind) or `shutdown` (the instance stops)."""
+
+    reason: str
+
+
+# What a subscription's queue carries: one batch's trades for its symbols, a reset, or the end.
+Item = tuple[TradeRow, ...] | Reset | Ended
+
+
+class StreamsAtCapacity(RuntimeError):
+    """This instance already serves as many streams as its setting allows."""
+
+
+def _key(trade: TradeRow) -> tuple[datetime, int]:
+    return trade.timestamp, trade.id
+
+
+class Subscription:
+    """One stream's view of the live feed: its symbols and a bounded queue of batches."""
+
+    def __init__(self, symbols: frozenset[str], size: int) -> None:
+        self.symbols = symbols
+        self._queue: asyncio.Queue[Item] = asyncio.Queue(size)
+        self.ended: Ended | None = None
+
+    def offer(self, item: Item) -> None:
+        """Never blocks the publisher: a client too slow to keep up is ended instead."""
+        if self.ended is not None:
+            return
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.end(Ended("overflow"))
+
+    def end(self, ended: Ended) -> None:
+        if self.ended is not None:
+            return
+        self.ended = ended
+        # Drop what it could not read (freeing the memory now) and leave only the end.
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(ended)
+
+    async def next(self, timeout: float) -> Item | None:
+        """The next item, or None after `timeout` seconds without one (time for a heartbeat)."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+
+class Broadcaster:
+    """What this instance knows of the live feed, shared by every request and stream.
+
+    `listening` is true while the listener is connected and caught up: only then is memory
+    current. A price answered from memory never goes backwards: the newest trade per symbol
+    only moves forward by (timestamp, id).
+    """
+
+    def __init__(self, *, max_streams: int, queue_size: int) -> None:
+        self.max_streams = max_streams
+        self.queue_size = queue_size
+        self.listening = False
+        # The last live trade heard: (batch stamp, trade id). None until the first sync.
+        self.position: tuple[datetime, int] | None = None
+        self._latest: dict[str, TradeRow] = {}
+        self._subscriptions: set[Subscription] = set()
+        self._closed = False
+
+    def latest(self, symbol: str) -> TradeRow | None:
+        """The newest trade of `symbol` if memory is current and holds one, else None."""
+        return self._latest.get(symbol) if self.listening else None
+
+    def newest(self, symbol: str, stored: TradeRow | None) -> TradeRow | None:
+        """The newer of what the database said and what this instance already answered."""
+        known = self._latest.get(symbol)
+        if known is None or (stored is not None and _key(stored) >= _key(known)):
+            return stored
+        return known
+
+    def remember(self, trades: Mapping[str, TradeRow | None]) -> None:
+        """Take newest trades read from the database (a resynchronisation)."""
+        self._merge(trade for trade in trades.values() if trade is not None)
+
+    def _merge(self, trades: Iterable[TradeRow]) -> None:
+        for trade in trades:
+            known = self._latest.get(trade.symbol)
+            if known is None or _key(trade) > _key(known):
+                self._latest[trade.symbol] = trade
+
+    def publish(self, trades: Sequence[TradeRow]) -> None:
+        """Live trades in stream order, one or more whole batches: remember and fan out."""
+        if not trades:
+            return
+        self._merge(trades)
+        self.position = _key(trades[-1])
+        by_symbol: dict[str, list[TradeRow]] = {}
+        for trade in trades:
+            by_symbol.setdefault(trade.symbol, []).append(trade)
+        for subscription in tuple(self._subscriptions):
+            wanted = [t for s in subscription.symbols & by_symbol.keys() for t in by_symbol[s]]
+            if wanted:
+                wanted.sort(key=_key)
+                subscription.offer(tuple(wanted))
+
+    def reset(self, resumes_at: datetime) -> None:
+        """Batches were missed beyond replay: every stream says where it resumes."""
+        logger.warning("live feed had a gap beyond replay; streams resume at %s", resumes_at)
+        for subscription in tuple(self._subscriptions):
+            subscription.offer(Reset(resumes_at))
+
+    def subscribe(self, symbols: Iterable[str]) -> Subscription:
+        if self._closed:
+            raise StreamsAtCapacity("this instance is shutting down")
+        if len(self._subscriptions) >= self.max_streams:
+            raise StreamsAtCapacity(f"this instance already serves {self.max_streams} streams")
+        subscription = Subscription(frozenset(symbols), self.queue_size)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._subscriptions)
+
+    def close(self) -> None:
+        """Shutting down: end every stream now and accept no new ones."""
+        self._closed = True
+        for subscription in tuple(self._subscriptions):
+            subscription.end(Ended("shutdown"))

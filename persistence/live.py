@@ -1,0 +1,113 @@
+"""Live batches: publishing them (NOTIFY), and reading back the trades they carried.
+
+A live batch is exactly the trades whose timestamp is the batch's stamp and whose id lies in
+the batch's [first_id, last_id] (backfill may take ids in that range concurrently, but never
+with that timestamp: it writes only before the oldest stored trade, or 2 s short of now).
+Streams resume from `live_batches`, so backfilled history can never reach a live client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+import asyncpg
+
+from persistence.trades import LIVE_CHANNEL, LIVE_RETENTION, TradeRow
+
+__all__ = [
+    "LIVE_CHANNEL",
+    "LIVE_RETENTION",
+    "START",
+    "BatchNotice",
+    "latest_trades",
+    "newest_position",
+    "oldest_live_batch",
+    "parse_notice",
+    "trades_after",
+]
+
+# The position before every live batch (when none has been written yet).
+START = datetime(1, 1, 1, tzinfo=UTC)
+
+_COLUMNS = "t.id, t.symbol, t.price::float8, t.volume, t.timestamp"
+
+# Trades of the live batches after a position (stamp, id), in stream order. The position's
+# own batch is included from the trade after `id`, so a resume is exact mid-batch.
+_AFTER = f"""
+    SELECT {_COLUMNS}
+    FROM live_batches b
+    JOIN trades t ON t.id BETWEEN b.first_id AND b.last_id AND t.timestamp = b.stamped
+    WHERE b.stamped >= $1 AND (t.timestamp, t.id) > ($1, $2)
+      AND ($3::varchar[] IS NULL OR t.symbol = ANY($3::varchar[]))
+    ORDER BY t.timestamp, t.id
+    LIMIT $4
+"""
+
+# Each known symbol with its newest trade (NULLs without trades): one index probe per symbol.
+_LATEST = f"""
+    SELECT s.symbol, {_COLUMNS}
+    FROM symbols s
+    LEFT JOIN LATERAL (
+        SELECT * FROM trades WHERE trades.symbol = s.symbol
+        ORDER BY trades.timestamp DESC, trades.id DESC LIMIT 1
+    ) t ON true
+    WHERE $1::varchar[] IS NULL OR s.symbol = ANY($1::varchar[])
+"""
+
+
+class BatchNotice(NamedTuple):
+    """What a NOTIFY says: the batch's stamp and its id range (a few dozen bytes)."""
+
+    stamped: datetime
+    first_id: int
+    last_id: int
+
+
+def parse_notice(payload: str) -> BatchNotice | None:
+    """The notice in a payload written by `insert_live_batch`; None when it is not one."""
+    try:
+        stamp, first_id, last_id = payload.split(" ")
+        return BatchNotice(datetime.fromisoformat(stamp), int(first_id), int(last_id))
+    except ValueError:
+        return None
+
+
+def _trade(row: asyncpg.Record, offset: int = 0) -> TradeRow:
+    return TradeRow(*(row[offset + i] for i in range(5)))
+
+
+async def trades_after(
+    conn: asyncpg.Connection,
+    after: tuple[datetime, int],
+    *,
+    symbols: Sequence[str] | None = None,
+    limit: int,
+) -> list[TradeRow]:
+    """Live trades after `after` = (stamp, id) in (timestamp, id) order, at most `limit`."""
+    rows = await conn.fetch(_AFTER, after[0], after[1], symbols, limit)
+    return [_trade(row) for row in rows]
+
+
+async def oldest_live_batch(conn: asyncpg.Connection) -> datetime | None:
+    """The stamp of the oldest batch still replayable (None when there is none)."""
+    stamp: datetime | None = await conn.fetchval("SELECT min(stamped) FROM live_batches")
+    return stamp
+
+
+async def newest_position(conn: asyncpg.Connection) -> tuple[datetime, int]:
+    """The position after the newest live batch: (its stamp, its last id), or START."""
+    row = await conn.fetchrow(
+        "SELECT stamped, last_id FROM live_batches ORDER BY stamped DESC LIMIT 1"
+    )
+    return (row[0], row[1]) if row is not None else (START, 0)
+
+
+async def latest_trades(
+    conn: asyncpg.Connection, symbols: Sequence[str] | None = None
+) -> dict[str, TradeRow | None]:
+    """Every known symbol among `symbols` (all when None) with its newest trade, or None when
+    it has none yet; unknown symbols are absent."""
+    rows = await conn.fetch(_LATEST, symbols)
+    return {row[0]: (_trade(row, 1) if row[1] is not None else None) for row in rows}

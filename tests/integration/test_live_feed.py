@@ -1,0 +1,214 @@
+"""The live feed against real PostgreSQL: NOTIFY on commit, listening, catching up, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mdp.broadcaster import Broadcaster, Reset, Subscription
+from mdp.listener import Listener
+from persistence import live
+from persistence.symbols import ensure_symbols
+from persistence.trades import LIVE_CHANNEL, NewTrade, TradeRow, insert_live_batch, insert_trades
+from tests.integration.support import eventually
+
+SYMBOLS = ("AAA", "BBB")
+
+
+def _dsn(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+async def feed_engine(fresh_engine: AsyncEngine) -> AsyncEngine:
+    async with fresh_engine.begin() as conn:
+        await ensure_symbols(conn, [(code, code) for code in SYMBOLS])
+    return fresh_engine
+
+
+async def _write_batch(engine: AsyncEngine, stamped: datetime, price: str = "10.5") -> int:
+    batch = [NewTrade(code, Decimal(price), 3, stamped) for code in SYMBOLS]
+    async with engine.begin() as conn:
+        return await insert_live_batch(conn, batch, stamped=stamped, leader_pid=None, lock_key=0)
+
+
+def _stamps(count: int) -> list[datetime]:
+    now = datetime.now(UTC)
+    return [now + timedelta(milliseconds=i) for i in range(count)]
+
+
+@contextlib.asynccontextmanager
+async def _listening(url: URL, broadcaster: Broadcaster) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    listener = Listener(
+        {"dsn": _dsn(url), "server_settings": {"application_name": "mdp-listener-test"}},
+        broadcaster,
+        timeout=5,
+        check_every=5,
+        retry_first=0.05,
+    )
+    task = asyncio.create_task(listener.run(stop))
+    try:
+        await eventually(lambda: broadcaster.listening, what="the listener to sync")
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def _notices(url: URL) -> AsyncIterator[asyncio.Queue[str]]:
+    """Every payload NOTIFY sends on the live channel, heard by a plain connection."""
+    conn = await asyncpg.connect(_dsn(url))
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    await conn.add_listener(LIVE_CHANNEL, lambda *args: heard.put_nowait(args[-1]))
+    try:
+        yield heard
+    finally:
+        await conn.close()
+
+
+async def _drain(subscription: Subscription) -> list[TradeRow | Reset]:
+    items: list[TradeRow | Reset] = []
+    while (item := await subscription.next(0.01)) is not None:
+        if isinstance(item, tuple):
+            items.extend(item)
+        elif isinstance(item, Reset):
+            items.append(item)
+    return items
+
+
+async def test_a_committed_batch_is_announced_with_its_stamp_and_ids(
+    feed_engine: AsyncEngine, empty_database: URL
+) -> None:
+    async with _notices(empty_database) as heard:
+        stamped, later = _stamps(2)
+        assert await _write_batch(feed_engine, stamped) == 2
+        # Refused (not newer than the last batch): announces nothing, takes no ids.
+        assert await _write_batch(feed_engine, stamped - timedelta(seconds=1)) == 0
+        assert await _write_batch(feed_engine, later) == 2
+        notices = [live.parse_notice(await asyncio.wait_for(heard.get(), 5)) for _ in "12"]
+        assert notices == [live.BatchNotice(stamped, 1, 2), live.BatchNotice(later, 3, 4)]
+
+
+async def test_a_rolled_back_batch_is_never_announced(
+    feed_engine: AsyncEngine, empty_database: URL
+) -> None:
+    async with _notices(empty_database) as heard:
+        first, second = _stamps(2)
+        async with feed_engine.connect() as write:
+            transaction = await write.begin()
+            batch = [NewTrade("AAA", Decimal("1"), 1, first)]
+            await insert_live_batch(write, batch, stamped=first, leader_pid=None, lock_key=0)
+            await transaction.rollback()
+        await _write_batch(feed_engine, second)
+        notice = live.parse_notice(await asyncio.wait_for(heard.get(), 5))
+        assert notice is not None and notice.stamped == second
+
+
+async def test_a_live_batch_must_carry_one_timestamp(feed_engine: AsyncEngine) -> None:
+    stamped = datetime.now(UTC)
+    batch = [NewTrade("AAA", Decimal("1"), 1, stamped - timedelta(seconds=1))]
+    async with feed_engine.begin() as conn:
+        with pytest.raises(ValueError, match="stamp"):
+            await insert_live_batch(conn, batch, stamped=stamped, leader_pid=None, lock_key=0)
+
+
+async def test_listener_publishes_every_batch_once_in_order(
+    feed_engine: AsyncEngine, empty_database: URL
+) -> None:
+    broadcaster = Broadcaster(max_streams=10, queue_size=100)
+    async with _listening(empty_database, broadcaster):
+        subscription = broadcaster.subscribe(SYMBOLS)
+        stamps = _stamps(5)
+        for i, stamped in enumerate(stamps):
+            await _write_batch(feed_engine, stamped, price=f"{10 + i}")
+        await eventually(
+            lambda: broadcaster.position is not None and broadcaster.position[0] == stamps[-1],
+            what="the last batch",
+        )
+        received = await _drain(subscription)
+    trades = [t for t in received if isinstance(t, TradeRow)]
+    assert [(t.timestamp, t.symbol) for t in trades] == [(s, c) for s in stamps for c in SYMBOLS]
+    assert [t.id for t in trades] == sorted(t.id for t in trades)
+    assert broadcaster.latest("AAA") is None  # not listening any more: memory is not current
+    newest = broadcaster.newest("AAA", None)
+    assert newest is not None and newest.price == 14 and newest.timestamp == stamps[-1]
+
+
+async def test_listener_catches_up_after_losing_its_connection(
+    feed_engine: AsyncEngine, empty_database: URL
+) -> None:
+    broadcaster = Broadcaster(max_streams=10, queue_size=100)
+    async with _listening(empty_database, broadcaster):
+        subscription = broadcaster.subscribe(["AAA"])
+        stamps = _stamps(6)
+        await _write_batch(feed_engine, stamps[0])
+        async with feed_engine.connect() as conn:
+            terminated = await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'mdp-listener-test'"
+                )
+            )
+            assert terminated.scalars().all() == [True]
+        # Written while the listener is away: heard of by nobody, caught up on reconnect.
+        for stamped in stamps[1:]:
+            await _write_batch(feed_engine, stamped)
+        await eventually(
+            lambda: broadcaster.position is not None and broadcaster.position[0] == stamps[-1],
+            what="the catch-up",
+        )
+        received = await _drain(subscription)
+    assert [t.timestamp for t in received if isinstance(t, TradeRow)] == stamps
+
+
+async def test_listener_resets_streams_after_a_gap_longer_than_replay(
+    feed_engine: AsyncEngine, empty_database: URL
+) -> None:
+    first, second, third = _stamps(3)
+    for stamped in (first, second, third):
+        await _write_batch(feed_engine, stamped)
+    async with feed_engine.begin() as conn:
+        # What the leader's pruning does to batches older than the retention.
+        await conn.execute(text("DELETE FROM live_batches WHERE stamped <= :s"), {"s": second})
+    broadcaster = Broadcaster(max_streams=10, queue_size=100)
+    broadcaster.position = (first, 2)  # heard the first batch, then lost the feed for long
+    subscription = broadcaster.subscribe(["AAA"])
+    async with _listening(empty_database, broadcaster):
+        received = await _drain(subscription)
+    assert received == [Reset(third)]
+    assert broadcaster.position == (third, 6)
+    assert broadcaster.newest("AAA", None) is not None
+
+
+async def test_backfilled_trades_are_never_replayed_as_live(
+    feed_engine: AsyncEngine, empty_database: URL
+) -> None:
+    first, second = _stamps(2)
+    await _write_batch(feed_engine, first)
+    async with feed_engine.begin() as conn:
+        # Backfill: new ids, old timestamps, no live batch.
+        await insert_trades(
+            conn, [NewTrade("AAA", Decimal("9"), 1, first - timedelta(hours=1)) for _ in range(3)]
+        )
+    await _write_batch(feed_engine, second)
+    conn = await asyncpg.connect(_dsn(empty_database))
+    try:
+        replayed = await live.trades_after(conn, (live.START, 0), limit=100)
+        after_first = await live.trades_after(conn, (first, 1), symbols=["BBB"], limit=100)
+    finally:
+        await conn.close()
+    assert [(t.timestamp, t.symbol) for t in replayed] == [
+        (s, c) for s in (first, second) for c in SYMBOLS
+    ]
+    assert [(t.timestamp, t.symbol) for t in after_first] == [(first, "BBB"), (second, "BBB")]

@@ -1,0 +1,79 @@
+"""The broadcaster: monotone memory, bounded queues, capacity and shutdown."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from mdp.broadcaster import Broadcaster, Ended, Reset, StreamsAtCapacity
+from persistence.trades import TradeRow
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def _trade(trade_id: int, symbol: str = "AAA", seconds: int = 0, price: float = 1.0) -> TradeRow:
+    return TradeRow(trade_id, symbol, price, 1, T0 + timedelta(seconds=seconds))
+
+
+def test_memory_answers_only_while_listening() -> None:
+    broadcaster = Broadcaster(max_streams=1, queue_size=1)
+    broadcaster.publish([_trade(1)])
+
+    assert broadcaster.latest("AAA") is None
+    broadcaster.listening = True
+    assert broadcaster.latest("AAA") == _trade(1)
+
+
+def test_a_price_never_goes_backwards() -> None:
+    broadcaster = Broadcaster(max_streams=1, queue_size=1)
+    broadcaster.publish([_trade(5, seconds=10, price=2.0)])
+    broadcaster.remember({"AAA": _trade(9, seconds=9, price=3.0)})  # newer id, older time
+    broadcaster.listening = True
+
+    assert broadcaster.latest("AAA") == _trade(5, seconds=10, price=2.0)
+    # A database answer older than what memory holds is not answered either.
+    assert broadcaster.newest("AAA", _trade(4, seconds=10)) == _trade(5, seconds=10, price=2.0)
+    assert broadcaster.newest("AAA", _trade(6, seconds=10)) == _trade(6, seconds=10)
+    assert broadcaster.newest("BBB", None) is None
+
+
+async def test_each_stream_gets_only_its_symbols_in_order() -> None:
+    broadcaster = Broadcaster(max_streams=2, queue_size=4)
+    both = broadcaster.subscribe(["AAA", "BBB"])
+    one = broadcaster.subscribe(["BBB"])
+
+    broadcaster.publish([_trade(1, "AAA"), _trade(2, "BBB"), _trade(3, "AAA")])
+
+    assert await both.next(0.1) == (_trade(1, "AAA"), _trade(2, "BBB"), _trade(3, "AAA"))
+    assert await one.next(0.1) == (_trade(2, "BBB"),)
+    assert await one.next(0.01) is None
+
+
+async def test_a_slow_stream_overflows_without_holding_back_the_others() -> None:
+    broadcaster = Broadcaster(max_streams=2, queue_size=2)
+    slow = broadcaster.subscribe(["AAA"])
+    fast = broadcaster.subscribe(["AAA"])
+
+    for trade_id in range(1, 4):
+        broadcaster.publish([_trade(trade_id, seconds=trade_id)])
+        assert await fast.next(0.1) == (_trade(trade_id, seconds=trade_id),)
+
+    assert await slow.next(0.1) == Ended("overflow")
+    assert fast.ended is None
+
+
+async def test_streams_beyond_the_cap_are_refused_and_shutdown_ends_all() -> None:
+    broadcaster = Broadcaster(max_streams=1, queue_size=1)
+    first = broadcaster.subscribe(["AAA"])
+    with pytest.raises(StreamsAtCapacity):
+        broadcaster.subscribe(["AAA"])
+    broadcaster.reset(T0)
+    assert await first.next(0.1) == Reset(T0)
+
+    broadcaster.close()
+
+    assert await first.next(0.1) == Ended("shutdown")
+    broadcaster.unsubscribe(first)
+    with pytest.raises(StreamsAtCapacity):
+        broadcaster.subscribe(["AAA"])
