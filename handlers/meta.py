@@ -61,6 +61,8 @@ async def get_health() -> Any:
                 "status": "pass" if database_ok else "fail",
                 "latency_ms": probe.latency_ms,
                 "detail": detail,
+                "standby": probe.standby,
+                "replay_lag_seconds": _rounded(probe.replay_lag_seconds),
             },
             "ingestion": {
                 "status": "warn" if stale else "pass",

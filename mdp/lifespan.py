@@ -48,12 +48,14 @@ def _engines(settings: Settings, url: URL) -> tuple[AsyncEngine, AsyncEngine]:
         "connect_timeout": settings.db_connect_timeout_seconds,
         "query_timeout": settings.db_query_timeout_seconds,
     }
-    # Reads are single statements: autocommit spares a BEGIN/ROLLBACK round trip each.
+    # Reads are single statements: autocommit spares a BEGIN/ROLLBACK round trip each. They may
+    # go to a read replica or through a pooler; everything else needs the primary, directly.
     reads = create_engine(
-        url,
+        settings.database_read_url or url,
         pool_size=settings.db_pool_size,
         application_name="mdp-api",
         isolation_level="AUTOCOMMIT",
+        pooled=settings.database_read_pooler == "transaction",
         **common,
     )
     # Ingestion has a connection of its own, so read load can never starve it.

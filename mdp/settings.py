@@ -44,36 +44,40 @@ DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = (
 # Symbols named in SYMBOLS that are not defaults start their walk here.
 DEFAULT_START_PRICE = 100.00
 
+# How reads reach the database: directly, or through a pooler in transaction mode.
+READ_POOLERS = ("none", "transaction")
+
 _SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
 
 
-def normalise_database_url(raw: str) -> URL:
-    """Turn the URL forms users paste (postgres://, sslmode=, Cloud SQL socket) into asyncpg's."""
+def normalise_database_url(raw: str, name: str = "DATABASE_URL") -> URL:
+    """Turn the URL forms users paste (postgres://, sslmode=, Cloud SQL socket) into asyncpg's;
+    errors name the variable `name`."""
     try:
         url = make_url(raw.strip())
     except (ArgumentError, ValueError) as exc:
         # SQLAlchemy raises a bare ValueError for e.g. a non-numeric port.
-        raise SettingsError(f"DATABASE_URL is not a valid database URL: {exc}") from None
+        raise SettingsError(f"{name} is not a valid database URL: {exc}") from None
     if url.port is not None and not 1 <= url.port <= 65535:
-        raise SettingsError(f"DATABASE_URL has an invalid port {url.port}")
+        raise SettingsError(f"{name} has an invalid port {url.port}")
     if url.drivername not in {"postgres", "postgresql", "postgresql+asyncpg"}:
         raise SettingsError(
-            f"DATABASE_URL must be a postgresql:// URL (asyncpg driver), got {url.drivername!r}"
+            f"{name} must be a postgresql:// URL (asyncpg driver), got {url.drivername!r}"
         )
     if not url.database:
-        raise SettingsError("DATABASE_URL must name a database (…/dbname)")
+        raise SettingsError(f"{name} must name a database (…/dbname)")
     query = dict(url.query)
     # libpq spells TLS as sslmode; asyncpg takes the same words as `ssl`.
     sslmode = query.pop("sslmode", None)
     if sslmode is not None:
         if sslmode not in _SSL_MODES:
-            raise SettingsError(f"DATABASE_URL has an unknown sslmode {sslmode!r}")
+            raise SettingsError(f"{name} has an unknown sslmode {sslmode!r}")
         query["ssl"] = sslmode
     host = query.get("host")
     if isinstance(host, tuple):
-        raise SettingsError("DATABASE_URL names more than one host")
+        raise SettingsError(f"{name} names more than one host")
     if url.host is None and host is None:
-        raise SettingsError("DATABASE_URL needs a host, or ?host=/socket/dir for a Unix socket")
+        raise SettingsError(f"{name} needs a host, or ?host=/socket/dir for a Unix socket")
     return url.set(drivername="postgresql+asyncpg", query=query)
 
 
@@ -146,6 +150,24 @@ def _symbols(raw: str | None) -> tuple[SymbolSpec, ...]:
     return tuple(specs.values())
 
 
+def _read_database(env: Mapping[str, str], raw_url: str) -> tuple[URL | None, str]:
+    raw = env.get("DATABASE_READ_URL", "").strip()
+    pooler = env.get("DATABASE_READ_POOLER", "").strip().lower() or "none"
+    if pooler not in READ_POOLERS:
+        raise SettingsError(
+            f"DATABASE_READ_POOLER must be one of {', '.join(READ_POOLERS)}, got {pooler!r}"
+        )
+    if raw and not raw_url:
+        # The embedded server has no replica; a read URL beside it would split the data.
+        raise SettingsError("DATABASE_READ_URL needs DATABASE_URL (the primary) to be set too")
+    if pooler != "none" and not raw:
+        # Leadership and migrations hold session state: they cannot go through the pooler.
+        raise SettingsError(
+            "DATABASE_READ_POOLER needs DATABASE_READ_URL: only reads may go through a pooler"
+        )
+    return (normalise_database_url(raw, "DATABASE_READ_URL") if raw else None), pooler
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -153,6 +175,11 @@ class Settings:
     log_level: str = "INFO"
     # None means: start the embedded PostgreSQL under data_dir.
     database_url: URL | None = None
+    # Every read goes here when set (a read replica, or a pooler); the rest stays on database_url.
+    database_read_url: URL | None = None
+    # "transaction": database_read_url is a transaction-mode pooler (PgBouncer, Cloud SQL managed
+    # connection pooling), so reads use no server-side prepared statement across transactions.
+    database_read_pooler: str = "none"
     data_dir: Path = field(default_factory=lambda: Path.cwd() / ".mdp")
     db_pool_size: int = 10
     db_connect_timeout_seconds: float = 5.0
@@ -196,6 +223,7 @@ class Settings:
             raise SettingsError(
                 f"INGESTION_SEED must be a whole number, got {seed_raw!r}"
             ) from None
+        read_url, pooler = _read_database(env, raw_url)
         data_dir = env.get("MDP_DATA_DIR", "").strip()
         integrity = env.get("REDOC_SCRIPT_INTEGRITY")
         return cls(
@@ -203,6 +231,8 @@ class Settings:
             port=_int(env, "PORT", defaults.port, minimum=1, maximum=65535),
             log_level=level,
             database_url=normalise_database_url(raw_url) if raw_url else None,
+            database_read_url=read_url,
+            database_read_pooler=pooler,
             data_dir=Path(data_dir).expanduser().resolve() if data_dir else Path.cwd() / ".mdp",
             db_pool_size=_int(env, "DB_POOL_SIZE", defaults.db_pool_size, minimum=1, maximum=200),
             db_connect_timeout_seconds=_float(

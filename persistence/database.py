@@ -72,26 +72,42 @@ def create_engine(
     connect_timeout: float,
     query_timeout: float,
     application_name: str,
+    pooled: bool = False,
     **options: Any,
 ) -> AsyncEngine:
+    """An engine with the service's session settings. `pooled`: `url` is a transaction-mode
+    pooler, which hands each transaction to any server connection (see `_POOLED`)."""
+    session = {
+        "statement_timeout": str(int(query_timeout * 1000)),
+        # Short index scans dominate; JIT and parallel plans only add latency here.
+        "jit": "off",
+        "max_parallel_workers_per_gather": "0",
+    }
+    connect_args: dict[str, Any] = {
+        "timeout": connect_timeout,
+        "command_timeout": query_timeout,
+        # A pooler refuses other startup parameters, and a SET would not outlive the
+        # transaction: behind one, the database role carries these (docs/deploy.md).
+        "server_settings": {"application_name": application_name} | ({} if pooled else session),
+    }
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=connect_timeout,
-        connect_args={
-            "timeout": connect_timeout,
-            "command_timeout": query_timeout,
-            "server_settings": {
-                "application_name": application_name,
-                "statement_timeout": str(int(query_timeout * 1000)),
-                # Short index scans dominate; JIT and parallel plans only add latency here.
-                "jit": "off",
-                "max_parallel_workers_per_gather": "0",
-            },
-        },
+        connect_args=connect_args | (_POOLED if pooled else {}),
         **options,
     )
+
+
+# A named prepared statement lives in one server connection, which a transaction-mode pooler
+# may not hand back for the next statement. So no statement caches, and unnamed statements
+# only: asyncpg then sends Parse again with every Bind, in the same round trip.
+_POOLED: dict[str, Any] = {
+    "statement_cache_size": 0,
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": lambda: "",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +115,22 @@ class Probe:
     ok: bool
     latency_ms: float | None
     detail: str | None
+    # Whether the database answering reads is a standby, and how far its replay is behind.
+    standby: bool | None = None
+    replay_lag_seconds: float | None = None
+
+
+# On a standby: zero once it replayed all it received, else the age of the last transaction
+# it replayed (the primary's commit time). NULL on a primary.
+_PROBE = text(
+    """
+    SELECT pg_is_in_recovery(),
+           CASE WHEN NOT pg_is_in_recovery() THEN NULL
+                WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
+                ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
+           END
+    """
+)
 
 
 class Database:
@@ -140,12 +172,14 @@ class Database:
             yield raw.driver_connection
 
     async def probe(self) -> Probe:
-        """Round-trip `SELECT 1`; never raises, never waits longer than `probe_timeout`."""
+        """One round trip that also reads the replay lag; never raises, never waits longer
+        than `probe_timeout`."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.probe_timeout):
                 async with self.engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
+                    standby, lag = (await conn.execute(_PROBE)).one()
         except Exception as exc:
             return Probe(False, None, describe_error(exc))
-        return Probe(True, round((time.perf_counter() - started) * 1000, 3), None)
+        latency = round((time.perf_counter() - started) * 1000, 3)
+        return Probe(True, latency, None, standby, None if lag is None else max(0.0, lag))

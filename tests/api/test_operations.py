@@ -126,6 +126,9 @@ def test_health_passes_with_ingestion_disabled(client: TestClient):
     assert database["status"] == "pass"
     assert database["latency_ms"] >= 0
     assert database["detail"] is None
+    # Reads go to the primary here: no replay to lag behind.
+    assert database["standby"] is False
+    assert database["replay_lag_seconds"] is None
     assert body["checks"]["ingestion"] == {
         "status": "pass",
         "state": "disabled",

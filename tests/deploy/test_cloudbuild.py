@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,12 +16,13 @@ from tests.deploy import CLOUDBUILD, load_stages
 IMAGE = "${_REGION}-docker.pkg.dev/$PROJECT_ID/${_REPOSITORY}/${_SERVICE}:$COMMIT_SHA"
 USER_SUBSTITUTION = re.compile(r"\$\{(_[A-Z0-9_]+)\}|\$(_[A-Z0-9_]+)")
 BUILTIN_SUBSTITUTION = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}|\$([A-Z][A-Z0-9_]*)")
+FLAGS_FILE = "/workspace/deploy-flags.yaml"
 BUILTINS = {"PROJECT_ID", "PROJECT_NUMBER", "BUILD_ID", "LOCATION", "COMMIT_SHA", "SHORT_SHA"}
 DEPLOY_FLAGS = (
     "--image",
     "--region",
     "--add-cloudsql-instances",
-    "--set-secrets",
+    "--flags-file",
     "--service-account",
     "--no-cpu-throttling",
     "--min-instances",
@@ -106,8 +109,9 @@ def test_steps_build_push_migrate_then_deploy(steps: list[dict[str, Any]]) -> No
     push = _index(steps, ["push"], docker=True)
     migrate_job = _index(steps, ["run", "jobs", "deploy"])
     migrate = _index(steps, ["run", "jobs", "execute"])
+    budget = _budget_index(steps)
     deploy = _index(steps, ["run", "deploy"])
-    assert build < push < migrate_job < migrate < deploy
+    assert build < push < migrate_job < migrate < budget < deploy
     # No step may start early: each waits for the one before (no waitFor: ['-']).
     assert all(step.get("waitFor") in (None, []) for step in steps)
 
@@ -117,7 +121,9 @@ def test_deploy_step_sets_every_cloud_run_flag(steps: list[dict[str, Any]]) -> N
     for flag in DEPLOY_FLAGS:
         assert any(a == flag or a.startswith(flag + "=") for a in args), f"deploy lacks {flag}"
     assert _one(args, "--add-cloudsql-instances") == "${_INSTANCE_CONNECTION_NAME}"
-    assert _one(args, "--set-secrets") == "DATABASE_URL=${_DATABASE_URL_SECRET}:latest"
+    # --max-instances and --set-secrets come from the budget step's file.
+    assert _one(args, "--flags-file") == FLAGS_FILE
+    assert not flag_values(args, "--max-instances") and not flag_values(args, "--set-secrets")
     assert _one(args, "--service-account") == "${_SERVICE_ACCOUNT}"
     assert _one(args, "--region") == "${_REGION}"
     assert _one(args, "--min-instances") == "1"
@@ -125,6 +131,9 @@ def test_deploy_step_sets_every_cloud_run_flag(steps: list[dict[str, Any]]) -> N
     assert "--cpu-throttling" not in args
     env = dict(item.split("=", 1) for item in _one(args, "--set-env-vars").split(","))
     assert set(env) >= {"LOG_LEVEL", "INGESTION_INTERVAL_SECONDS"}
+    # The pool size the budget was computed for is the one the service uses.
+    assert env["DB_POOL_SIZE"] == "${_DB_POOL_SIZE}"
+    assert env["DATABASE_READ_POOLER"] == "${_DATABASE_READ_POOLER}"
     assert re.fullmatch(r"\d+s", _one(args, "--timeout"))
 
 
@@ -162,7 +171,7 @@ def test_migration_job_runs_mdp_migrate_like_the_service(steps: list[dict[str, A
     assert [_one(job, "--command"), _one(job, "--args")] == ["mdp", "migrate"]
     # Same database, same credentials, same identity as the service it migrates for.
     assert _one(job, "--set-cloudsql-instances") == _one(deploy, "--add-cloudsql-instances")
-    assert _one(job, "--set-secrets") == _one(deploy, "--set-secrets")
+    assert _one(job, "--set-secrets") == "DATABASE_URL=${_DATABASE_URL_SECRET}:latest"
     assert _one(job, "--service-account") == _one(deploy, "--service-account")
     assert _one(job, "--max-retries") == "0"
 
@@ -193,7 +202,11 @@ def test_substitutions_used_are_declared_and_declared_are_used(config: dict[str,
     }
     assert set(declared) <= used_outside, f"declared but unused: {set(declared) - used_outside}"
     assert builtins <= BUILTINS, f"not built-in substitutions: {builtins - BUILTINS}"
-    assert all(isinstance(value, str) and value for value in declared.values())
+    # Only the optional read replica's secret may default to nothing.
+    assert all(
+        isinstance(value, str) and (value or name == "_DATABASE_READ_URL_SECRET")
+        for name, value in declared.items()
+    )
 
 
 def test_defaults_that_refer_to_substitutions_enable_dynamic_substitutions(
@@ -204,3 +217,74 @@ def test_defaults_that_refer_to_substitutions_enable_dynamic_substitutions(
     assert options["logging"] == "CLOUD_LOGGING_ONLY"
     if refers:
         assert options.get("dynamicSubstitutions") is True
+
+
+def _budget_index(steps: list[dict[str, Any]]) -> int:
+    for index, step in enumerate(steps):
+        if step.get("id") == "budget":
+            return index
+    raise AssertionError("no budget step")
+
+
+def _run_budget(
+    config: dict[str, Any], tmp_path: Path, **overrides: str
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """The budget step's script as Cloud Build would run it: substitutions applied (`$$` is a
+    literal `$`), writing into `tmp_path` instead of /workspace."""
+    step = config["steps"][_budget_index(config["steps"])]
+    assert step["entrypoint"] == "bash" and step["args"][0] == "-c"
+    values = {**config["substitutions"], **overrides}
+    script = step["args"][1].replace("$$", "\0")
+    script = USER_SUBSTITUTION.sub(lambda m: values[m.group(1) or m.group(2)], script)
+    script = script.replace("\0", "$").replace("/workspace", str(tmp_path))
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
+    flags = tmp_path / "deploy-flags.yaml"
+    return result, flags.read_text(encoding="utf-8") if flags.exists() else ""
+
+
+@pytest.mark.parametrize(
+    ("overrides", "instances", "secrets"),
+    [
+        # 90 connections to share, 12 per instance.
+        ({}, 7, "DATABASE_URL=mdp-database-url:latest"),
+        ({"_DB_MAX_CONNECTIONS": "500", "_DB_POOL_SIZE": "5"}, 70, None),
+        # A replica takes the reads: 2 per instance on the primary, 10 on the replica.
+        (
+            {"_DATABASE_READ_URL_SECRET": "mdp-read-url", "_DB_READ_MAX_CONNECTIONS": "200"},
+            19,
+            "DATABASE_URL=mdp-database-url:latest,DATABASE_READ_URL=mdp-read-url:latest",
+        ),
+        # Behind a pooler with 1000 client connections, the primary's 2 each bound it.
+        (
+            {"_DATABASE_READ_URL_SECRET": "mdp-read-url", "_DB_READ_MAX_CONNECTIONS": "1000"},
+            45,
+            None,
+        ),
+    ],
+    ids=["defaults", "bigger-primary", "replica", "pooler"],
+)
+def test_max_instances_follow_the_connection_budget(
+    config: dict[str, Any],
+    tmp_path: Path,
+    overrides: dict[str, str],
+    instances: int,
+    secrets: str | None,
+) -> None:
+    overrides = {"_DATABASE_URL_SECRET": "mdp-database-url", **overrides}
+    result, flags = _run_budget(config, tmp_path, **overrides)
+
+    assert result.returncode == 0, result.stderr
+    written = yaml.safe_load(flags)
+    assert written["--max-instances"] == str(instances)
+    if secrets is not None:
+        assert written["--set-secrets"] == secrets
+
+
+def test_a_budget_without_room_for_one_instance_fails_the_build(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    result, flags = _run_budget(config, tmp_path, _DB_MAX_CONNECTIONS="20", _DB_POOL_SIZE="10")
+
+    assert result.returncode != 0
+    assert "lower _DB_POOL_SIZE" in result.stderr
+    assert flags == ""

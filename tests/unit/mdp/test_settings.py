@@ -258,3 +258,74 @@ def test_symbols_custom_name_overrides_the_known_one() -> None:
 def test_symbols_named_twice_appear_once() -> None:
     settings = Settings.from_env({"SYMBOLS": "TSLA,tsla:Tesla Motors"})
     assert settings.symbols == (SymbolSpec("TSLA", "Tesla Motors", 240.00),)
+
+
+PRIMARY = "postgresql://mdp:secret@primary.internal/market"
+
+
+def test_read_url_takes_the_same_forms_as_database_url() -> None:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": PRIMARY,
+            "DATABASE_READ_URL": f"postgres://mdp:secret@/market?host={CLOUD_SQL_SOCKET}-replica",
+        }
+    )
+
+    assert settings.database_read_url is not None
+    assert settings.database_read_url.drivername == "postgresql+asyncpg"
+    assert dict(settings.database_read_url.query) == {"host": f"{CLOUD_SQL_SOCKET}-replica"}
+    assert settings.database_read_pooler == "none"
+
+
+def test_read_url_defaults_to_none_and_reads_go_to_the_one_database() -> None:
+    settings = Settings.from_env({"DATABASE_URL": PRIMARY})
+
+    assert settings.database_read_url is None
+    assert settings.database_read_pooler == "none"
+
+
+def test_read_pooler_transaction_is_read() -> None:
+    settings = Settings.from_env(
+        {
+            "DATABASE_URL": PRIMARY,
+            "DATABASE_READ_URL": "postgresql://mdp:secret@pooler.internal:6432/market",
+            "DATABASE_READ_POOLER": " Transaction ",
+        }
+    )
+
+    assert settings.database_read_pooler == "transaction"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"DATABASE_URL": PRIMARY, "DATABASE_READ_URL": "mysql://mdp@replica/market"},
+            r"DATABASE_READ_URL must be a postgresql:// URL",
+        ),
+        (
+            {"DATABASE_URL": PRIMARY, "DATABASE_READ_URL": "postgresql://mdp@replica"},
+            r"DATABASE_READ_URL must name a database",
+        ),
+        (
+            {"DATABASE_READ_URL": "postgresql://mdp@replica/market"},
+            r"DATABASE_READ_URL needs DATABASE_URL",
+        ),
+        (
+            {"DATABASE_URL": PRIMARY, "DATABASE_READ_POOLER": "transaction"},
+            r"DATABASE_READ_POOLER needs DATABASE_READ_URL",
+        ),
+        (
+            {
+                "DATABASE_URL": PRIMARY,
+                "DATABASE_READ_URL": "postgresql://mdp@replica/market",
+                "DATABASE_READ_POOLER": "statement",
+            },
+            r"DATABASE_READ_POOLER must be one of none, transaction, got 'statement'",
+        ),
+    ],
+    ids=["driver", "no-database", "no-primary", "pooler-without-read-url", "unknown-pooler"],
+)
+def test_read_database_errors_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
