@@ -46,6 +46,9 @@ def test_the_stateful_phase_walks_pages_through_the_next_cursor_links(
             # Pages of two, so the live server's five symbols span several pages.
             if case.operation.path == "/symbols" and case.query is not None:
                 case.query["limit"] = 2
+            # A 304 (say for `If-None-Match: *`) has no body, hence no link to follow.
+            if case.headers is not None:
+                case.headers.pop("If-None-Match", None)
 
         def after_call(self, response: Any, case: schemathesis.Case) -> None:
             if response.status_code == 200 and (case.query or {}).get("cursor"):
