@@ -245,19 +245,19 @@ def _run_budget(
 @pytest.mark.parametrize(
     ("overrides", "instances", "secrets"),
     [
-        # 90 connections to share, 12 per instance.
-        ({}, 7, "DATABASE_URL=mdp-database-url:latest"),
-        ({"_DB_MAX_CONNECTIONS": "500", "_DB_POOL_SIZE": "5"}, 70, None),
-        # A replica takes the reads: 2 per instance on the primary, 10 on the replica.
+        # 90 connections to share, 13 per instance.
+        ({}, 6, "DATABASE_URL=mdp-database-url:latest"),
+        ({"_DB_MAX_CONNECTIONS": "500", "_DB_POOL_SIZE": "5"}, 61, None),
+        # A replica takes the reads: 3 per instance on the primary, 10 on the replica.
         (
             {"_DATABASE_READ_URL_SECRET": "mdp-read-url", "_DB_READ_MAX_CONNECTIONS": "200"},
             19,
             "DATABASE_URL=mdp-database-url:latest,DATABASE_READ_URL=mdp-read-url:latest",
         ),
-        # Behind a pooler with 1000 client connections, the primary's 2 each bound it.
+        # Behind a pooler with 1000 client connections, the primary's 3 each bound it.
         (
             {"_DATABASE_READ_URL_SECRET": "mdp-read-url", "_DB_READ_MAX_CONNECTIONS": "1000"},
-            45,
+            30,
             None,
         ),
     ],
@@ -283,7 +283,7 @@ def test_max_instances_follow_the_connection_budget(
 def test_a_budget_without_room_for_one_instance_fails_the_build(
     config: dict[str, Any], tmp_path: Path
 ) -> None:
-    result, flags = _run_budget(config, tmp_path, _DB_MAX_CONNECTIONS="20", _DB_POOL_SIZE="10")
+    result, flags = _run_budget(config, tmp_path, _DB_MAX_CONNECTIONS="22", _DB_POOL_SIZE="10")
 
     assert result.returncode != 0
     assert "lower _DB_POOL_SIZE" in result.stderr
