@@ -27,6 +27,7 @@ from mdp.settings import Settings
 from mdp.spec import load_contract
 from mdp.state import AppState
 from mdp.telemetry import RequestMetrics
+from persistence.admission import Admission
 from persistence.database import Database, create_engine, describe_error, is_unavailable
 from persistence.migrate import upgrade
 from persistence.symbols import ensure_symbols
@@ -185,7 +186,18 @@ async def lifespan(
             embedded.pgdata,
         )
     reads, writes = _engines(settings, url)
-    db = Database(reads, probe_timeout=min(2.0, settings.db_connect_timeout_seconds))
+    admission = Admission(
+        settings.db_pool_size,
+        max_waiting=settings.db_max_waiting,
+        # Refuse what could not be served within half the wait a client would otherwise get.
+        max_wait=settings.db_connect_timeout_seconds / 2,
+        timeout=settings.db_connect_timeout_seconds,
+    )
+    db = Database(
+        reads,
+        probe_timeout=min(2.0, settings.db_connect_timeout_seconds),
+        admission=admission,
+    )
     status = IngestionStatus(
         enabled=settings.ingestion_enabled,
         interval_seconds=settings.ingestion_interval_seconds,

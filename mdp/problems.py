@@ -50,6 +50,7 @@ PROBLEM_TYPES: Mapping[str, ProblemType] = {
     "internal_error": ProblemType(500, "Internal server error"),
     "database_unavailable": ProblemType(503, "Database unavailable"),
     "not_acceptable": ProblemType(406, "Not acceptable"),
+    "overloaded": ProblemType(503, "Overloaded"),
 }
 _CODE_BY_STATUS = {
     404: "not_found",

@@ -182,6 +182,8 @@ class Settings:
     database_read_pooler: str = "none"
     data_dir: Path = field(default_factory=lambda: Path.cwd() / ".mdp")
     db_pool_size: int = 10
+    # Requests that may queue for a read connection before new ones are refused (503).
+    db_max_waiting: int = 100
     db_connect_timeout_seconds: float = 5.0
     db_query_timeout_seconds: float = 10.0
     ingestion_enabled: bool = True
@@ -235,6 +237,9 @@ class Settings:
             database_read_pooler=pooler,
             data_dir=Path(data_dir).expanduser().resolve() if data_dir else Path.cwd() / ".mdp",
             db_pool_size=_int(env, "DB_POOL_SIZE", defaults.db_pool_size, minimum=1, maximum=200),
+            db_max_waiting=_int(
+                env, "DB_MAX_WAITING", defaults.db_max_waiting, minimum=0, maximum=10_000
+            ),
             db_connect_timeout_seconds=_float(
                 env, "DB_CONNECT_TIMEOUT_SECONDS", defaults.db_connect_timeout_seconds, minimum=0.1
             ),

@@ -16,9 +16,17 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from persistence.admission import Admission
 from persistence.errors import DatabaseUnavailable
 
-__all__ = ["Database", "Probe", "create_engine", "is_unavailable", "describe_error"]
+__all__ = [
+    "Database",
+    "Probe",
+    "create_engine",
+    "describe_error",
+    "driver_connection",
+    "is_unavailable",
+]
 
 # Errors that mean "the server is not there right now", as opposed to a bug in a query.
 _UNAVAILABLE = (
@@ -133,13 +141,21 @@ _PROBE = text(
 )
 
 
-class Database:
-    """The read side's engine plus readiness: not ready until migrations and seeding finished."""
+# /health and /metrics share one probe per instance at most this often, however many ask.
+PROBE_INTERVAL_SECONDS = 1.0
 
-    def __init__(self, engine: AsyncEngine, *, probe_timeout: float) -> None:
+
+class Database:
+    """The read side's engine plus readiness (not ready until migrations and seeding
+    finished), admission in arrival order, and the shared database probe."""
+
+    def __init__(self, engine: AsyncEngine, *, probe_timeout: float, admission: Admission) -> None:
         self.engine = engine
         self.probe_timeout = probe_timeout
+        self.admission = admission
         self._ready = asyncio.Event()
+        self._probe: tuple[float, Probe] | None = None
+        self._probing: asyncio.Future[Probe] | None = None
 
     @property
     def ready(self) -> bool:
@@ -150,36 +166,72 @@ class Database:
 
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
-        """An autocommit connection for reads; unreachable-database errors become domain errors."""
+        """An autocommit connection for reads, once admitted; unreachable-database errors
+        become domain errors."""
         if not self.ready:
             raise DatabaseUnavailable("The database is not ready yet.")
         try:
-            async with self.engine.connect() as conn:
+            async with self.admission.slot(), self.engine.connect() as conn:
+                if self._probe is not None and not self._probe[1].ok:
+                    # Connected: a failure probed a moment ago is news no more.
+                    self._probe = None
                 yield conn
+        except DatabaseUnavailable:
+            raise
         except Exception as exc:
             if is_unavailable(exc):
-                raise DatabaseUnavailable(
-                    f"The database is unavailable ({describe_error(exc)})."
-                ) from exc
+                raise self._unavailable(exc) from exc
             raise
 
     @asynccontextmanager
     async def driver(self) -> AsyncIterator[asyncpg.Connection]:
-        """Like `connect`, but the pooled connection's asyncpg connection itself, for the
-        queries written for asyncpg (shared with the dedicated live-feed connection)."""
+        """Like `connect`, but the pooled connection's asyncpg connection itself: hot reads
+        skip SQLAlchemy's execution layer (the live feed shares these asyncpg queries). Plain
+        `fetch` calls only, so a transaction-mode pooler works too."""
         async with self.connect() as conn:
-            raw = await conn.get_raw_connection()
-            yield raw.driver_connection
+            driver = await driver_connection(conn)
+            try:
+                yield driver
+            except Exception as exc:
+                # SQLAlchemy did not see this error: tell its pool to drop a broken connection.
+                if driver.is_closed() or is_unavailable(exc):
+                    await conn.invalidate()
+                    raise self._unavailable(exc) from exc
+                raise
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        # The next /health must see it, not a probe cached a moment ago.
+        self._probe = None
+        return DatabaseUnavailable(f"The database is unavailable ({describe_error(exc)}).")
 
     async def probe(self) -> Probe:
-        """One round trip that also reads the replay lag; never raises, never waits longer
-        than `probe_timeout`."""
+        """One round trip that also reads the replay lag, at most once a second and shared
+        by every caller meanwhile; never raises, never waits longer than `probe_timeout`."""
+        cached = self._probe
+        if cached is not None and time.monotonic() - cached[0] < PROBE_INTERVAL_SECONDS:
+            return cached[1]
+        if self._probing is None:
+            self._probing = asyncio.ensure_future(self._round_trip())
+        # Shielded: a client that goes away must not cancel the probe others wait for.
+        return await asyncio.shield(self._probing)
+
+    async def _round_trip(self) -> Probe:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.probe_timeout):
-                async with self.engine.connect() as conn:
+                async with self.admission.slot(), self.engine.connect() as conn:
                     standby, lag = (await conn.execute(_PROBE)).one()
+            latency = round((time.perf_counter() - started) * 1000, 3)
+            probe = Probe(True, latency, None, standby, None if lag is None else max(0.0, lag))
         except Exception as exc:
-            return Probe(False, None, describe_error(exc))
-        latency = round((time.perf_counter() - started) * 1000, 3)
-        return Probe(True, latency, None, standby, None if lag is None else max(0.0, lag))
+            probe = Probe(False, None, describe_error(exc))
+        finally:
+            self._probing = None
+        self._probe = (time.monotonic(), probe)
+        return probe
+
+
+async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under a SQLAlchemy connection."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection

@@ -10,6 +10,7 @@ __all__ = [
     "InvalidCursor",
     "InvalidTimeRange",
     "NoTrades",
+    "Overloaded",
     "SymbolNotFound",
     "SymbolsNotFound",
 ]
@@ -65,3 +66,10 @@ class DatabaseUnavailable(DomainError):
     """The database cannot be reached (or is not migrated yet); clients should retry."""
 
     code = "database_unavailable"
+
+
+class Overloaded(DomainError):
+    """More requests wait for the database than this instance can serve in time: refused
+    before any work, so clients retry elsewhere or later instead of timing out here."""
+
+    code = "overloaded"

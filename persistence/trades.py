@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import NamedTuple, cast
 
+import asyncpg
 from sqlalchemy import (
     BigInteger,
     DateTime,
@@ -15,7 +16,6 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
-    TextClause,
     bindparam,
     select,
     text,
@@ -29,6 +29,7 @@ __all__ = [
     "LIVE_CHANNEL",
     "LIVE_RETENTION",
     "VISIBILITY_DEADLINE",
+    "LATEST",
     "NewTrade",
     "TradeRow",
     "insert_live_batch",
@@ -37,6 +38,7 @@ __all__ = [
     "oldest_trade",
     "latest_trade",
     "list_trades",
+    "page_sql",
 ]
 
 # A trade becomes visible at most this long after its timestamp: writers abandon a batch that
@@ -69,63 +71,49 @@ class NewTrade(NamedTuple):
     timestamp: datetime
 
 
-_TS = DateTime(timezone=True)
-_COLUMNS = "id, symbol, price::float8, volume, timestamp"
+_COLUMNS = "id, symbol, price::float8 AS price, volume, timestamp"
 
-# Hot read paths: statements built once, not per request (building and cache-keying a
-# select() per request was a tenth of a request's CPU time).
-_latest = text(
-    f"""
-    SELECT {_COLUMNS} FROM trades
-    WHERE symbol = :symbol
-    ORDER BY timestamp DESC, id DESC
-    LIMIT 1
-    """
-).bindparams(bindparam("symbol", type_=String))
+# Hot reads, sent by the driver itself (see Database.driver).
+LATEST = f"""
+SELECT {_COLUMNS} FROM trades
+WHERE symbol = $1
+ORDER BY timestamp DESC, id DESC
+LIMIT 1
+"""
 
 
 @functools.cache
-def _page(*, start: bool, end: bool, after: bool, descending: bool) -> TextClause:
-    """One of the 16 shapes of a keyset page, built on first use."""
-    conditions = ["symbol = :symbol"]
+def page_sql(*, start: bool, end: bool, after: bool, descending: bool) -> str:
+    """One of the 16 shapes of a keyset page. Its arguments, in order: symbol, then start,
+    end, after's (timestamp, id) when present, then limit."""
+    conditions = ["symbol = $1"]
+    number = 2
     if start:
-        conditions.append("timestamp >= :start")
+        conditions.append(f"timestamp >= ${number}")
+        number += 1
     if end:
-        conditions.append("timestamp < :end")
+        conditions.append(f"timestamp < ${number}")
+        number += 1
     if after:
-        conditions.append(f"(timestamp, id) {'<' if descending else '>'} (:after_ts, :after_id)")
+        operator = "<" if descending else ">"
+        conditions.append(f"(timestamp, id) {operator} (${number}, ${number + 1})")
+        number += 2
     direction = "DESC" if descending else "ASC"
-    statement = text(
-        f"""
-        SELECT {_COLUMNS} FROM trades
-        WHERE {" AND ".join(conditions)}
-        ORDER BY timestamp {direction}, id {direction}
-        LIMIT :limit
-        """
-    )
-    return statement.bindparams(
-        *(
-            bindparam(name, type_=kind)
-            for name, kind in (
-                ("symbol", String()),
-                ("start", _TS),
-                ("end", _TS),
-                ("after_ts", _TS),
-                ("after_id", BigInteger()),
-                ("limit", Integer()),
-            )
-            if f":{name}" in statement.text
-        )
-    )
+    return f"""
+SELECT {_COLUMNS} FROM trades
+WHERE {" AND ".join(conditions)}
+ORDER BY timestamp {direction}, id {direction}
+LIMIT ${number}
+"""
 
 
-async def latest_trade(conn: AsyncConnection, symbol: str) -> TradeRow | None:
-    row = (await conn.execute(_latest, {"symbol": symbol})).first()
+async def latest_trade(conn: asyncpg.Connection, symbol: str) -> TradeRow | None:
+    row = await conn.fetchrow(LATEST, symbol)
     return TradeRow(*row) if row is not None else None
 
 
 async def list_trades(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     *,
     symbol: str,
     start: datetime | None,
@@ -133,16 +121,19 @@ async def list_trades(
     descending: bool,
     after: tuple[datetime, int] | None,
     limit: int,
-) -> Sequence[TradeRow]:
-    """A page of trades ordered by (timestamp, id), continuing strictly after `after`."""
-    statement = _page(
+) -> list[asyncpg.Record]:
+    """A page of (id, symbol, price, volume, timestamp) records ordered by (timestamp, id),
+    continuing strictly after `after`."""
+    sql = page_sql(
         start=start is not None, end=end is not None, after=after is not None, descending=descending
     )
-    params: dict[str, object] = {"symbol": symbol, "start": start, "end": end, "limit": limit}
+    arguments: list[object] = [symbol]
+    arguments.extend(moment for moment in (start, end) if moment is not None)
     if after is not None:
-        params["after_ts"], params["after_id"] = after
-    result = await conn.execute(statement, params)
-    return [TradeRow(*row) for row in result]
+        arguments.extend(after)
+    arguments.append(limit)
+    rows: list[asyncpg.Record] = await conn.fetch(sql, *arguments)
+    return rows
 
 
 # One statement, one round trip, whatever the batch size: arrays unnested into rows.

@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from persistence.admission import Admission
 from persistence.database import Database, create_engine, describe_error, is_unavailable
 from persistence.errors import DatabaseUnavailable
 from persistence.trades import NewTrade, insert_trades
@@ -49,6 +50,13 @@ async def silent_server() -> AsyncIterator[URL]:
     await server.wait_closed()
 
 
+def _database(engine: AsyncEngine, *, probe_timeout: float) -> Database:
+    admission = Admission(
+        engine.pool.size(), max_waiting=100, max_wait=probe_timeout, timeout=probe_timeout
+    )
+    return Database(engine, probe_timeout=probe_timeout, admission=admission)
+
+
 def _hung_engine(url: URL, connect_timeout: float) -> AsyncEngine:
     return create_engine(
         url, pool_size=1, connect_timeout=connect_timeout, query_timeout=30, application_name="t"
@@ -56,7 +64,7 @@ def _hung_engine(url: URL, connect_timeout: float) -> AsyncEngine:
 
 
 async def test_connect_raises_database_unavailable_before_ready(engine: AsyncEngine) -> None:
-    database = Database(engine, probe_timeout=2)
+    database = _database(engine, probe_timeout=2)
 
     with pytest.raises(DatabaseUnavailable) as raised:
         async with database.connect():
@@ -67,7 +75,7 @@ async def test_connect_raises_database_unavailable_before_ready(engine: AsyncEng
 
 
 async def test_connect_gives_a_working_connection_once_ready(engine: AsyncEngine) -> None:
-    database = Database(engine, probe_timeout=2)
+    database = _database(engine, probe_timeout=2)
     database.mark_ready()
 
     async with database.connect() as conn:
@@ -77,7 +85,7 @@ async def test_connect_gives_a_working_connection_once_ready(engine: AsyncEngine
 
 
 async def test_probe_reports_ok_with_latency_on_live_database(engine: AsyncEngine) -> None:
-    probe = await Database(engine, probe_timeout=2).probe()
+    probe = await _database(engine, probe_timeout=2).probe()
 
     assert probe.ok is True
     assert probe.latency_ms is not None and probe.latency_ms >= 0
@@ -87,7 +95,7 @@ async def test_probe_reports_ok_with_latency_on_live_database(engine: AsyncEngin
 async def test_probe_reports_failure_without_raising_when_nothing_listens(
     dead_engine: AsyncEngine,
 ) -> None:
-    probe = await Database(dead_engine, probe_timeout=2).probe()
+    probe = await _database(dead_engine, probe_timeout=2).probe()
 
     assert probe.ok is False
     assert probe.latency_ms is None
@@ -101,7 +109,7 @@ async def test_probe_gives_up_after_probe_timeout_when_server_never_answers(
     engine = _hung_engine(silent_server, connect_timeout=20)
     started = time.monotonic()
     try:
-        probe = await Database(engine, probe_timeout=0.2).probe()
+        probe = await _database(engine, probe_timeout=0.2).probe()
     finally:
         await engine.dispose()
     elapsed = time.monotonic() - started
@@ -115,7 +123,7 @@ async def test_probe_that_times_out_says_timeout_error(silent_server: URL) -> No
     # /health shows this detail: a hung server must read as a timeout, not a cancellation.
     engine = _hung_engine(silent_server, connect_timeout=20)
     try:
-        probe = await Database(engine, probe_timeout=0.2).probe()
+        probe = await _database(engine, probe_timeout=0.2).probe()
     finally:
         await engine.dispose()
 
@@ -125,7 +133,7 @@ async def test_probe_that_times_out_says_timeout_error(silent_server: URL) -> No
 async def test_connect_raises_database_unavailable_when_nothing_listens(
     dead_engine: AsyncEngine,
 ) -> None:
-    database = Database(dead_engine, probe_timeout=2)
+    database = _database(dead_engine, probe_timeout=2)
     database.mark_ready()
 
     with pytest.raises(DatabaseUnavailable) as raised:
@@ -141,7 +149,7 @@ async def test_connect_raises_database_unavailable_when_handshake_times_out(
     silent_server: URL,
 ) -> None:
     engine = _hung_engine(silent_server, connect_timeout=0.2)
-    database = Database(engine, probe_timeout=2)
+    database = _database(engine, probe_timeout=2)
     database.mark_ready()
     try:
         with pytest.raises(DatabaseUnavailable):
@@ -155,7 +163,7 @@ async def test_connect_raises_database_unavailable_when_server_kills_the_session
     database_url: URL,
 ) -> None:
     engine = make_engine(database_url)
-    database = Database(engine, probe_timeout=2)
+    database = _database(engine, probe_timeout=2)
     database.mark_ready()
     try:
         with pytest.raises(DatabaseUnavailable):
@@ -169,7 +177,7 @@ async def test_connect_raises_database_unavailable_when_server_kills_the_session
 
 
 async def test_connect_lets_query_errors_through_unchanged(engine: AsyncEngine) -> None:
-    database = Database(engine, probe_timeout=2)
+    database = _database(engine, probe_timeout=2)
     database.mark_ready()
 
     with pytest.raises(ProgrammingError):
@@ -210,3 +218,29 @@ async def test_constraint_violation_is_not_unavailable_and_described_without_sql
     assert CLASS_NAME.fullmatch(description)
     assert description == "CheckViolationError"
     assert "INSERT" not in str(description)
+
+
+async def test_probes_asked_together_or_within_a_second_share_one_round_trip(
+    engine: AsyncEngine,
+) -> None:
+    database = _database(engine, probe_timeout=2)
+
+    together = await asyncio.gather(*(database.probe() for _ in range(5)))
+    moments_later = await database.probe()
+
+    assert together[0].ok
+    assert all(probe is together[0] for probe in [*together, moments_later])
+
+
+async def test_a_failed_connection_drops_the_probe_cached_before_it(
+    dead_engine: AsyncEngine,
+) -> None:
+    database = _database(dead_engine, probe_timeout=2)
+    database.mark_ready()
+    first = await database.probe()
+
+    with pytest.raises(DatabaseUnavailable):
+        async with database.connect():
+            pytest.fail("connected to a port where nothing listens")
+
+    assert await database.probe() is not first

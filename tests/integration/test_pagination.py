@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.database import driver_connection
 from persistence.symbols import ensure_symbols
-from persistence.trades import NewTrade, TradeRow, insert_trades, list_trades
+from persistence.trades import NewTrade, insert_trades, list_trades
 from tests.integration.support import eventually
 
 SYMBOL = "PAGE"
@@ -82,15 +84,15 @@ async def _walk(
     start: datetime,
     end: datetime | None,
     descending: bool,
-) -> tuple[list[TradeRow], int]:
+) -> tuple[list[asyncpg.Record], int]:
     """Every page, each read in its own transaction after the appender committed more rows."""
-    rows: list[TradeRow] = []
+    rows: list[asyncpg.Record] = []
     after: tuple[datetime, int] | None = None
     pages = 0
     while True:
         async with engine.connect() as conn:
             page = await list_trades(
-                conn,
+                await driver_connection(conn),
                 symbol=SYMBOL,
                 start=start,
                 end=end,
@@ -102,7 +104,7 @@ async def _walk(
             return rows, pages
         pages += 1
         rows.extend(page)
-        after = (page[-1].timestamp, page[-1].id)
+        after = (page[-1]["timestamp"], page[-1]["id"])
         await appender.wait_for_more()
 
 
@@ -121,12 +123,12 @@ async def test_ascending_walk_with_end_fixed_at_first_page_returns_each_row_once
 
     rows, pages = await _walk(fresh_engine, appender, start=start, end=end, descending=False)
 
-    keys = [(row.timestamp, row.id) for row in rows]
+    keys = [(row["timestamp"], row["id"]) for row in rows]
     expected = [key for key in existing if start <= key[0] < end]
     old_ids = {key[1] for key in existing}
     assert keys == sorted(set(keys)), "pages repeated or reordered rows"
     assert [key for key in keys if key[1] in old_ids] == expected
-    assert all(start <= row.timestamp < end for row in rows)
+    assert all(start <= row["timestamp"] < end for row in rows)
     assert pages >= len(expected) // LIMIT
 
 
@@ -137,7 +139,7 @@ async def test_descending_walk_returns_each_existing_row_once_while_newer_rows_a
 
     rows, pages = await _walk(fresh_engine, appender, start=start, end=None, descending=True)
 
-    keys = [(row.timestamp, row.id) for row in rows]
+    keys = [(row["timestamp"], row["id"]) for row in rows]
     old_ids = {key[1] for key in existing}
     expected = [key for key in reversed(existing) if key[0] >= start]
     assert keys == sorted(set(keys), reverse=True), "pages repeated or reordered rows"

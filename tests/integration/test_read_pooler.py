@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.database import driver_connection
 from persistence.symbols import ensure_symbols, list_symbols
 from persistence.trades import NewTrade, insert_trades, latest_trade, list_trades
 from tests.conftest import make_engine
@@ -57,24 +58,26 @@ async def test_reads_survive_moving_to_another_server_connection(
             [NewTrade("POOL", Decimal("10.5"), i + 1, T0 + timedelta(seconds=i)) for i in range(3)],
         )
     async with pooled_engine.connect() as conn:
+        # The hot reads go through the driver connection itself (Database.driver).
+        driver = await driver_connection(conn)
         first = await list_trades(
-            conn, symbol="POOL", start=None, end=None, descending=True, after=None, limit=10
+            driver, symbol="POOL", start=None, end=None, descending=True, after=None, limit=10
         )
         holder = await _hold_a_server(pooler)
         try:
             # The same statements again, now on the other server connection.
             again = await list_trades(
-                conn, symbol="POOL", start=None, end=None, descending=True, after=None, limit=10
+                driver, symbol="POOL", start=None, end=None, descending=True, after=None, limit=10
             )
-            latest = await latest_trade(conn, "POOL")
-            symbols = await list_symbols(conn, limit=10, after=None)
+            latest = await latest_trade(driver, "POOL")
+            symbols = await list_symbols(driver, limit=10, after=None)
         finally:
             await holder.close()
 
-    assert [row.volume for row in first] == [3, 2, 1]
+    assert [row["volume"] for row in first] == [3, 2, 1]
     assert again == first
     assert latest == first[0]
-    assert [row.symbol for row in symbols] == ["POOL"]
+    assert [row["symbol"] for row in symbols] == ["POOL"]
 
 
 async def test_cached_prepared_statements_break_on_the_same_moves(pooler: URL) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from persistence.database import driver_connection
 from persistence.symbols import ensure_symbols, list_symbols, symbol_exists
 
 
@@ -52,16 +53,16 @@ async def test_list_symbols_pages_in_code_order_after_cursor(conn: AsyncConnecti
     pages = []
     after = None
     while True:
-        page = await list_symbols(conn, limit=2, after=after)
+        page = await list_symbols(await driver_connection(conn), limit=2, after=after)
         if not page:
             break
-        pages.append([row.symbol for row in page])
-        after = page[-1].symbol
+        pages.append([row["symbol"] for row in page])
+        after = page[-1]["symbol"]
 
     assert pages == [["A1", "AAPL"], ["BRK", "GOOG"], ["MSFT", "TSLA"]]
-    first = (await list_symbols(conn, limit=1, after=None))[0]
-    assert (first.symbol, first.name) == ("A1", "A one")
-    assert first.created_at.tzinfo is not None
+    first = (await list_symbols(await driver_connection(conn), limit=1, after=None))[0]
+    assert (first["symbol"], first["name"]) == ("A1", "A one")
+    assert first["created_at"].tzinfo is not None
 
 
 async def test_list_symbols_after_a_code_that_does_not_exist_starts_at_the_next_one(
@@ -70,9 +71,9 @@ async def test_list_symbols_after_a_code_that_does_not_exist_starts_at_the_next_
     await conn.execute(text("DELETE FROM symbols"))
     await ensure_symbols(conn, [("AAPL", "Apple"), ("GOOG", "Alphabet"), ("MSFT", "Microsoft")])
 
-    page = await list_symbols(conn, limit=10, after="B")
+    page = await list_symbols(await driver_connection(conn), limit=10, after="B")
 
-    assert [row.symbol for row in page] == ["GOOG", "MSFT"]
+    assert [row["symbol"] for row in page] == ["GOOG", "MSFT"]
 
 
 async def test_list_symbols_walk_returns_punctuated_codes_exactly_once(
@@ -86,9 +87,9 @@ async def test_list_symbols_walk_returns_punctuated_codes_exactly_once(
 
     seen: list[str] = []
     after = None
-    while page := await list_symbols(conn, limit=3, after=after):
-        seen.extend(row.symbol for row in page)
-        after = page[-1].symbol
+    while page := await list_symbols(await driver_connection(conn), limit=3, after=after):
+        seen.extend(row["symbol"] for row in page)
+        after = page[-1]["symbol"]
 
     assert sorted(seen) == sorted(codes)
     assert len(seen) == len(set(seen))
@@ -97,7 +98,7 @@ async def test_list_symbols_walk_returns_punctuated_codes_exactly_once(
 async def test_symbol_exists_only_for_stored_codes(conn: AsyncConnection) -> None:
     await ensure_symbols(conn, [("EXST", "Exists")])
 
-    assert await symbol_exists(conn, "EXST") is True
-    assert await symbol_exists(conn, "NOPE") is False
+    assert await symbol_exists(await driver_connection(conn), "EXST") is True
+    assert await symbol_exists(await driver_connection(conn), "NOPE") is False
     # Codes are stored upper case; callers normalise before asking.
-    assert await symbol_exists(conn, "exst") is False
+    assert await symbol_exists(await driver_connection(conn), "exst") is False

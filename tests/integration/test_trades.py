@@ -13,8 +13,9 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from persistence.database import driver_connection
 from persistence.symbols import ensure_symbols
-from persistence.trades import NewTrade, TradeRow, insert_trades, latest_trade, list_trades
+from persistence.trades import NewTrade, insert_trades, latest_trade, list_trades
 
 T0 = datetime(2026, 1, 5, 14, 30, 0, 123456, tzinfo=UTC)
 
@@ -43,10 +44,14 @@ async def test_latest_trade_is_newest_by_timestamp_not_by_id(conn: AsyncConnecti
     await insert_trades(conn, [_trade("LTS", 60, "12.34", 7)])
     await insert_trades(conn, [_trade("LTS", 0, "11.00"), _trade("LTS", 30, "11.50")])
 
-    latest = await latest_trade(conn, "LTS")
+    latest = await latest_trade(await driver_connection(conn), "LTS")
 
     assert latest is not None
-    assert (latest.price, latest.volume, latest.timestamp) == (12.34, 7, T0 + timedelta(seconds=60))
+    assert (latest.price, latest.volume, latest.timestamp) == (
+        12.34,
+        7,
+        T0 + timedelta(seconds=60),
+    )
 
 
 async def test_latest_trade_breaks_timestamp_ties_by_highest_id(conn: AsyncConnection) -> None:
@@ -58,7 +63,7 @@ async def test_latest_trade_breaks_timestamp_ties_by_highest_id(conn: AsyncConne
         id_ for id_, ts in await _stored(conn, "LTT") if ts == T0 + timedelta(seconds=10)
     )
 
-    latest = await latest_trade(conn, "LTT")
+    latest = await latest_trade(await driver_connection(conn), "LTT")
 
     assert latest is not None
     assert latest.id == newest_id
@@ -70,7 +75,7 @@ async def test_latest_trade_is_none_for_symbol_without_trades(conn: AsyncConnect
     await ensure_symbols(conn, [("BUSY", "Trades")])
     await insert_trades(conn, [_trade("BUSY", 0)])
 
-    assert await latest_trade(conn, "EMPTY") is None
+    assert await latest_trade(await driver_connection(conn), "EMPTY") is None
 
 
 @pytest.fixture
@@ -90,14 +95,20 @@ async def test_list_trades_window_includes_start_and_excludes_end(
     start, end = T0 + timedelta(seconds=10), T0 + timedelta(seconds=45)
 
     page = await list_trades(
-        conn, symbol="WIN", start=start, end=end, descending=descending, after=None, limit=100
+        await driver_connection(conn),
+        symbol="WIN",
+        start=start,
+        end=end,
+        descending=descending,
+        after=None,
+        limit=100,
     )
 
     expected = [(i, ts) for i, ts in window_trades if start <= ts < end]
     if descending:
         expected.reverse()
-    assert [(row.id, row.timestamp) for row in page] == expected
-    assert {row.symbol for row in page} == {"WIN"}
+    assert [(row["id"], row["timestamp"]) for row in page] == expected
+    assert {row["symbol"] for row in page} == {"WIN"}
     assert min(ts for _, ts in expected) == start
 
 
@@ -109,17 +120,23 @@ async def test_list_trades_keyset_walk_returns_every_row_once_in_order(
     descending: bool,
     limit: int,
 ) -> None:
-    walked: list[TradeRow] = []
+    walked: list[asyncpg.Record] = []
     after = None
     while page := await list_trades(
-        conn, symbol="WIN", start=None, end=None, descending=descending, after=after, limit=limit
+        await driver_connection(conn),
+        symbol="WIN",
+        start=None,
+        end=None,
+        descending=descending,
+        after=after,
+        limit=limit,
     ):
         assert len(page) <= limit
         walked.extend(page)
-        after = (page[-1].timestamp, page[-1].id)
+        after = (page[-1]["timestamp"], page[-1]["id"])
 
     expected = list(reversed(window_trades)) if descending else window_trades
-    assert [(row.id, row.timestamp) for row in walked] == expected
+    assert [(row["id"], row["timestamp"]) for row in walked] == expected
 
 
 @pytest.mark.parametrize("descending", [False, True], ids=["asc", "desc"])
@@ -131,7 +148,7 @@ async def test_list_trades_after_continues_strictly_past_the_key_inside_a_tie(
     middle = tie[1]
 
     page = await list_trades(
-        conn,
+        await driver_connection(conn),
         symbol="WIN",
         start=None,
         end=None,
@@ -141,7 +158,7 @@ async def test_list_trades_after_continues_strictly_past_the_key_inside_a_tie(
     )
 
     ordered = list(reversed(window_trades)) if descending else window_trades
-    assert [(row.id, row.timestamp) for row in page] == ordered[ordered.index(middle) + 1 :]
+    assert [(row["id"], row["timestamp"]) for row in page] == ordered[ordered.index(middle) + 1 :]
 
 
 @pytest.mark.parametrize(
@@ -163,13 +180,19 @@ async def test_trade_prices_come_back_as_the_float_of_the_stored_decimal(
     await ensure_symbols(conn, [("PRX", "Prices")])
     await insert_trades(conn, [NewTrade("PRX", Decimal(stored), 1, T0)])
 
-    latest = await latest_trade(conn, "PRX")
+    latest = await latest_trade(await driver_connection(conn), "PRX")
     (listed,) = await list_trades(
-        conn, symbol="PRX", start=None, end=None, descending=True, after=None, limit=10
+        await driver_connection(conn),
+        symbol="PRX",
+        start=None,
+        end=None,
+        descending=True,
+        after=None,
+        limit=10,
     )
 
     assert latest is not None
-    for price in (latest.price, listed.price):
+    for price in (latest.price, listed["price"]):
         assert type(price) is float
         assert price == float(Decimal(stored))
         assert repr(price) == shown
@@ -182,7 +205,7 @@ async def test_trade_timestamps_keep_microseconds_and_come_back_in_utc(
     offset = datetime(2026, 1, 5, 16, 30, 0, 654321, tzinfo=timezone(timedelta(hours=2)))
     await insert_trades(conn, [NewTrade("UTC", Decimal("1.00"), 1, offset)])
 
-    latest = await latest_trade(conn, "UTC")
+    latest = await latest_trade(await driver_connection(conn), "UTC")
 
     assert latest is not None
     assert latest.timestamp == offset

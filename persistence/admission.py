@@ -1,0 +1,92 @@
+"""First-come, first-served admission to the read pool, with early refusal when overloaded."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from persistence.errors import DatabaseUnavailable, Overloaded
+
+__all__ = ["Admission"]
+
+# How much one new hold time moves the running estimate (an exponential moving average).
+_SMOOTHING = 0.1
+
+
+class Admission:
+    """`slots` holders at a time (one per pooled connection); the others wait in arrival order.
+
+    SQLAlchemy's pool lets a newcomer take a connection that was just returned while earlier
+    waiters are still waking up, so under load some requests wait far longer than others. Here
+    a released slot goes straight to the longest waiter. A request that would wait longer than
+    `max_wait` seconds (estimated from the queue and recent hold times), or would find
+    `max_waiting` requests ahead of it, is refused at once with `Overloaded`, before any work
+    is done for it.
+    """
+
+    def __init__(self, slots: int, *, max_waiting: int, max_wait: float, timeout: float) -> None:
+        self.slots = slots
+        self.timeout = timeout
+        self.max_waiting = max_waiting
+        self.max_wait = max_wait
+        self.free = slots
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Seconds a slot is typically held; starts at a guess a few answers correct.
+        self.hold_seconds = 0.005
+
+    def expected_wait(self) -> float:
+        """Seconds a newcomer would wait behind the current queue."""
+        return (len(self.waiters) + 1) * self.hold_seconds / self.slots
+
+    def _refuse_now(self) -> bool:
+        return len(self.waiters) >= self.max_waiting or self.expected_wait() > self.max_wait
+
+    def _release(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+    async def _wait(self, timeout: float) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                # Handed a slot just as we gave up: pass it on, never lose it.
+                self._release()
+            else:
+                self.waiters.remove(waiter)
+            raise
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the block; waits at most `timeout` seconds in the queue (a
+        slot held that long means the database hangs, not that the instance is busy)."""
+        if self.free and not self.waiters:
+            self.free -= 1
+        elif self._refuse_now():
+            raise Overloaded(
+                f"{len(self.waiters)} requests are already waiting for a database connection."
+            )
+        else:
+            try:
+                await self._wait(self.timeout)
+            except TimeoutError:
+                raise DatabaseUnavailable(
+                    f"No database connection became free within {self.timeout:g} s."
+                ) from None
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            held = time.monotonic() - started
+            self.hold_seconds += _SMOOTHING * (held - self.hold_seconds)
+            self._release()
