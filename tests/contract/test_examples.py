@@ -148,7 +148,11 @@ def _example_requests(spec: Spec) -> Iterator[tuple[str, str, dict[str, Any], di
                 if "example" not in param or (variant == "required" and not param.get("required")):
                     continue
                 target = query if param["in"] == "query" else headers
-                target[param["name"]] = param["example"]
+                value = param["example"]
+                if isinstance(value, list) and param.get("explode") is False:
+                    # OpenAPI's form style without explode: one comma-separated value.
+                    value = ",".join(map(str, value))
+                target[param["name"]] = value
             yield method, path, query, headers
 
 
