@@ -20,6 +20,8 @@ _LINKS = {
     "symbols": "/symbols",
     "latest_price": "/price/latest",
     "latest_prices": "/prices/latest",
+    "stream_trades": "/stream/trades",
+    "stream_candles": "/stream/candles",
     "trades": "/trades",
     "candles": "/candles",
     "docs": "/docs",

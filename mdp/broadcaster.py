@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from persistence.errors import DomainError
 from persistence.trades import TradeRow
 
 __all__ = ["Broadcaster", "Ended", "Reset", "StreamsAtCapacity", "Subscription"]
@@ -17,9 +18,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Reset:
-    """This instance missed live batches it cannot replay: the stream resumes at `resumes_at`."""
+    """Live batches were missed beyond replay: the stream resumes after `position`
+    (a batch stamp and the last trade id of that batch)."""
 
-    resumes_at: datetime
+    position: tuple[datetime, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +35,10 @@ class Ended:
 Item = tuple[TradeRow, ...] | Reset | Ended
 
 
-class StreamsAtCapacity(RuntimeError):
-    """This instance already serves as many streams as its setting allows."""
+class StreamsAtCapacity(DomainError):
+    """This instance already serves as many streams as its setting allows (or is stopping)."""
+
+    code = "streams_at_capacity"
 
 
 def _key(trade: TradeRow) -> tuple[datetime, int]:
@@ -129,17 +133,20 @@ class Broadcaster:
                 wanted.sort(key=_key)
                 subscription.offer(tuple(wanted))
 
-    def reset(self, resumes_at: datetime) -> None:
+    def reset(self, position: tuple[datetime, int]) -> None:
         """Batches were missed beyond replay: every stream says where it resumes."""
-        logger.warning("live feed had a gap beyond replay; streams resume at %s", resumes_at)
+        logger.warning("live feed had a gap beyond replay; streams resume at %s", position[0])
+        self.position = position
         for subscription in tuple(self._subscriptions):
-            subscription.offer(Reset(resumes_at))
+            subscription.offer(Reset(position))
 
     def subscribe(self, symbols: Iterable[str]) -> Subscription:
         if self._closed:
-            raise StreamsAtCapacity("this instance is shutting down")
+            raise StreamsAtCapacity("This instance is shutting down; retry (on another one).")
         if len(self._subscriptions) >= self.max_streams:
-            raise StreamsAtCapacity(f"this instance already serves {self.max_streams} streams")
+            raise StreamsAtCapacity(
+                f"This instance already serves {self.max_streams} streams; retry later."
+            )
         subscription = Subscription(frozenset(symbols), self.queue_size)
         self._subscriptions.add(subscription)
         return subscription

@@ -122,9 +122,10 @@ class Listener:
                 # Position first: a batch committing in between is then published, not lost.
                 newest = await newest_position(conn)
                 broadcaster.remember(await latest_trades(conn))
-                if broadcaster.position is not None:
-                    broadcaster.reset(newest[0])
-                broadcaster.position = newest
+                if broadcaster.position is None:
+                    broadcaster.position = newest
+                else:
+                    broadcaster.reset(newest)
                 return
             while True:
                 trades = await trades_after(conn, position, limit=_PAGE)

@@ -49,6 +49,7 @@ PROBLEM_TYPES: Mapping[str, ProblemType] = {
     "no_trades": ProblemType(404, "No trades"),
     "internal_error": ProblemType(500, "Internal server error"),
     "database_unavailable": ProblemType(503, "Database unavailable"),
+    "streams_at_capacity": ProblemType(503, "Streams at capacity"),
     "not_acceptable": ProblemType(406, "Not acceptable"),
     "overloaded": ProblemType(503, "Overloaded"),
 }

@@ -41,8 +41,8 @@ class SymbolsNotFound(DomainError):
 
     def __init__(self, symbols: list[str]) -> None:
         names = ", ".join(repr(symbol) for symbol in symbols)
-        noun = "Symbol" if len(symbols) == 1 else "Symbols"
-        super().__init__(f"{noun} {names} not known to this service.")
+        verb = "Symbol {} is" if len(symbols) == 1 else "Symbols {} are"
+        super().__init__(f"{verb.format(names)} not known to this service.")
         self.symbols = symbols
 
 

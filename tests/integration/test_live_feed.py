@@ -186,7 +186,7 @@ async def test_listener_resets_streams_after_a_gap_longer_than_replay(
     subscription = broadcaster.subscribe(["AAA"])
     async with _listening(empty_database, broadcaster):
         received = await _drain(subscription)
-    assert received == [Reset(third)]
+    assert received == [Reset((third, 6))]
     assert broadcaster.position == (third, 6)
     assert broadcaster.newest("AAA", None) is not None
 

@@ -68,8 +68,9 @@ async def test_streams_beyond_the_cap_are_refused_and_shutdown_ends_all() -> Non
     first = broadcaster.subscribe(["AAA"])
     with pytest.raises(StreamsAtCapacity):
         broadcaster.subscribe(["AAA"])
-    broadcaster.reset(T0)
-    assert await first.next(0.1) == Reset(T0)
+    broadcaster.reset((T0, 7))
+    assert await first.next(0.1) == Reset((T0, 7))
+    assert broadcaster.position == (T0, 7)
 
     broadcaster.close()
 

@@ -1,0 +1,203 @@
+"""Server-Sent Event streams from a real `mdp serve` process with live ingestion."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import URL
+
+from handlers.streams import encode_id
+from tests.conftest import create_database, drop_database
+from tests.contract.support import running_service
+from tests.e2e.sse import read_events
+
+
+def stream(
+    base: str, path: str, params: dict[str, Any], headers: dict[str, str] | None = None
+) -> contextlib.AbstractContextManager[httpx.Response]:
+    return httpx.stream("GET", f"{base}{path}", params=params, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="module")
+async def stream_database(server_url: URL) -> AsyncIterator[URL]:
+    url = await create_database(server_url)
+    yield url
+    await drop_database(server_url, url)
+
+
+@pytest.fixture(scope="module")
+def service(stream_database: URL) -> Iterator[str]:
+    env = {"STREAM_HEARTBEAT_SECONDS": "0.3", "STREAM_MAX_CLIENTS": "3"}
+    with running_service(stream_database.render_as_string(hide_password=False), env) as base:
+        yield base
+
+
+async def _fetch(url: URL, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+def _trade(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "symbol": row["symbol"],
+        "price": float(row["price"]),
+        "volume": row["volume"],
+        "timestamp": row["timestamp"].isoformat().replace("+00:00", "Z"),
+    }
+
+
+_AFTER = """
+    SELECT * FROM trades WHERE symbol = ANY($1) AND (timestamp, id) > ($2, $3)
+    ORDER BY timestamp, id LIMIT $4
+"""
+
+
+async def test_trade_stream_carries_every_live_trade_of_its_symbols_in_order(
+    service: str, stream_database: URL
+) -> None:
+    with stream(service, "/stream/trades", {"symbols": "aapl,MSFT,aapl", "limit": 12}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = list(read_events(r))
+    assert [e.kind for e in events] == ["trade"] * 12
+    first = events[0].data
+    stored = await _fetch(
+        stream_database,
+        _AFTER,
+        ["AAPL", "MSFT"],
+        datetime.fromisoformat(first["timestamp"]),
+        first["id"] - 1,
+        12,
+    )
+    assert [e.data for e in events] == [_trade(row) for row in stored]
+    assert [e.id for e in events] == [encode_id(row["timestamp"], row["id"]) for row in stored]
+
+
+async def test_trade_stream_resumes_exactly_after_last_event_id_without_backfill(
+    service: str, stream_database: URL
+) -> None:
+    with stream(service, "/stream/trades", {"symbols": "AAPL,TSLA", "limit": 3}) as r:
+        seen = list(read_events(r))
+    last = seen[-1]
+    # Backfill while the client is away: old timestamps, new ids, never live.
+    await _fetch(
+        stream_database,
+        "INSERT INTO trades (symbol, price, volume, timestamp) VALUES ('AAPL', 1, 1, $1)",
+        datetime.now(UTC) - timedelta(days=1),
+    )
+    time.sleep(0.5)  # away for a few batches (the server ingests every 0.2 s)
+    headers = {"Last-Event-ID": last.id or ""}
+    with stream(service, "/stream/trades", {"symbols": "AAPL,TSLA", "limit": 20}, headers) as r:
+        resumed = list(read_events(r))
+    stored = await _fetch(
+        stream_database,
+        _AFTER,
+        ["AAPL", "TSLA"],
+        datetime.fromisoformat(last.data["timestamp"]),
+        last.data["id"],
+        20,
+    )
+    assert [e.data for e in resumed] == [_trade(row) for row in stored]
+
+
+def test_a_stale_last_event_id_gets_a_reset_and_then_live_trades(service: str) -> None:
+    old = encode_id(datetime.now(UTC) - timedelta(hours=2), 1)
+    with stream(
+        service, "/stream/trades", {"symbols": "AAPL", "limit": 2}, {"Last-Event-ID": old}
+    ) as r:
+        events = list(read_events(r))
+    assert [e.kind for e in events] == ["reset", "trade", "trade"]
+    assert events[0].data["reason"] == "too_old"
+    assert events[0].data["resumes_after"] < events[1].data["timestamp"]
+
+
+@pytest.mark.parametrize("never", ["0", "not-an-id", "fffffffffffffff-1", "future"])
+def test_a_last_event_id_never_issued_gets_a_reset(service: str, never: str) -> None:
+    if never == "future":
+        never = encode_id(datetime.now(UTC) + timedelta(days=1), 1)
+    params = {"symbols": "AAPL", "limit": 1}
+    with stream(service, "/stream/trades", params, {"Last-Event-ID": never}) as r:
+        events = list(read_events(r))
+    assert [(e.kind, e.data.get("reason")) for e in events] == [
+        ("reset", "not_issued"),
+        ("trade", None),
+    ]
+
+
+async def test_a_quiet_stream_sends_heartbeats_and_ends_after_its_duration(
+    service: str, stream_database: URL
+) -> None:
+    await _fetch(stream_database, "INSERT INTO symbols (symbol, name) VALUES ('QUIET', 'Quiet')")
+    comments: list[str] = []
+    started = time.monotonic()
+    with stream(service, "/stream/trades", {"symbols": "quiet", "duration": 1}) as r:
+        events = list(read_events(r, comments=comments))
+    assert events == []
+    assert ": heartbeat" in comments
+    assert 0.9 <= time.monotonic() - started < 10
+
+
+def test_unknown_symbols_are_named_before_the_stream_starts(service: str) -> None:
+    response = httpx.get(f"{service}/stream/trades", params={"symbols": "AAPL,NOPE1,NOPE2"})
+    assert response.status_code == 404
+    assert "'NOPE1'" in response.json()["detail"] and "'NOPE2'" in response.json()["detail"]
+
+
+def test_streams_beyond_the_cap_get_503_and_a_closed_one_frees_its_place(service: str) -> None:
+    with contextlib.ExitStack() as stack:
+        opened = [
+            stack.enter_context(stream(service, "/stream/trades", {"symbols": "AAPL"}))
+            for _ in range(3)
+        ]
+        assert [r.status_code for r in opened] == [200] * 3
+        refused = httpx.get(f"{service}/stream/trades", params={"symbols": "AAPL", "limit": 1})
+        assert refused.status_code == 503
+        assert refused.json()["code"] == "streams_at_capacity"
+        assert int(refused.headers["retry-after"]) >= 1
+        opened[0].close()  # the client goes away: its place is freed
+        deadline = time.monotonic() + 10
+        while True:
+            again = httpx.get(f"{service}/stream/trades", params={"symbols": "AAPL", "limit": 1})
+            if again.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert again.status_code == 200
+
+
+async def test_candle_stream_sends_the_open_candle_and_resumed_ones_final(
+    service: str, stream_database: URL
+) -> None:
+    minute = datetime.now(UTC).replace(second=0, microsecond=0)
+    past = minute - timedelta(minutes=3)
+    await _fetch(
+        stream_database,
+        "INSERT INTO trades (symbol, price, volume, timestamp) VALUES ('GOOGL', 140.5, 7, $1)",
+        past + timedelta(seconds=1),
+    )
+    params = {"symbol": "googl", "interval": "1m", "limit": 3}
+    with stream(service, "/stream/candles", params, {"Last-Event-ID": encode_id(past, 0)}) as r:
+        events = list(read_events(r))
+    assert [e.kind for e in events] == ["candle"] * 3
+    first = events[0].data
+    assert first["timestamp"] == past.isoformat().replace("+00:00", "Z")
+    assert (first["open"], first["volume"], first["trade_count"], first["closed"]) == (
+        140.5,
+        7,
+        1,
+        True,
+    )
+    assert events[0].id == encode_id(past, 1)
+    # Then the open candle (maybe after the one that just closed), changing batch by batch.
+    assert events[-1].data["closed"] is False
+    assert events[-1].data["timestamp"] >= minute.isoformat().replace("+00:00", "Z")
