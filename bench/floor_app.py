@@ -1,9 +1,9 @@
 """The benchmark's "floor": the service's read endpoints on bare Starlette, asyncpg and orjson.
 
 No request validation, no ORM, no middleware stack, no persistence of candles: the same SQL as
-`persistence/` (copied as text), so every service figure can be read as a ratio to what the
-database and the HTTP stack alone allow. Candles are the seed's original model: one set-based
-aggregation over the window's trades per request.
+the service, imported from `persistence/`, so every service figure can be read as a ratio to
+what the database and the HTTP stack alone allow. Candles are the seed's original model: one
+set-based aggregation over the window's trades per request.
 
     BENCH_DATABASE_URL=postgresql://… uvicorn bench.floor_app:app --loop uvloop --http httptools
 
@@ -29,6 +29,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from persistence import symbols, trades
+
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 VISIBILITY_DEADLINE = timedelta(seconds=2)
@@ -41,66 +43,12 @@ INTERVALS = {
     "1d": timedelta(days=1),
 }
 
-# The SQL below is what persistence/ sends (SQLAlchemy's compiled text for the asyncpg dialect).
-LATEST_TRADE = """
-SELECT trades.id, trades.symbol, CAST(trades.price AS FLOAT) AS price, trades.volume,
-       trades.timestamp
-FROM trades
-WHERE trades.symbol = $1::VARCHAR ORDER BY trades.timestamp DESC, trades.id DESC
- LIMIT $2::INTEGER
-"""
-
-SYMBOLS_PAGE = """
-SELECT symbols.symbol, symbols.name, symbols.created_at
-FROM symbols ORDER BY symbols.symbol COLLATE "C"
- LIMIT $1::INTEGER
-"""
-
-SYMBOLS_PAGE_AFTER = """
-SELECT symbols.symbol, symbols.name, symbols.created_at
-FROM symbols
-WHERE (symbols.symbol COLLATE "C") > $1::VARCHAR ORDER BY symbols.symbol COLLATE "C"
- LIMIT $2::INTEGER
-"""
-
-SYMBOL_EXISTS = """
-SELECT EXISTS (SELECT * FROM symbols WHERE symbols.symbol = $1::VARCHAR) AS anon_1
-"""
-
-_TRADES_SELECT = """
-SELECT trades.id, trades.symbol, CAST(trades.price AS FLOAT) AS price, trades.volume,
-       trades.timestamp
-FROM trades
-WHERE trades.symbol = $1::VARCHAR"""
-
-
-def trades_sql(*, start: bool, end: bool, cursor: bool, descending: bool) -> str:
-    """The statement persistence.trades.list_trades compiles to for this combination."""
-    sql, n = _TRADES_SELECT, 2
-    if start:
-        sql, n = sql + f" AND trades.timestamp >= ${n}::TIMESTAMP WITH TIME ZONE", n + 1
-    if end:
-        sql, n = sql + f" AND trades.timestamp < ${n}::TIMESTAMP WITH TIME ZONE", n + 1
-    if cursor:
-        op = "<" if descending else ">"
-        sql += (
-            f" AND (trades.timestamp, trades.id) {op} "
-            f"(${n}::TIMESTAMP WITH TIME ZONE, ${n + 1}::INTEGER)"
-        )
-        n += 2
-    order = "trades.timestamp DESC, trades.id DESC" if descending else "trades.timestamp, trades.id"
-    return f"{sql} ORDER BY {order} \n LIMIT ${n}::INTEGER"
-
-
-TRADES_PAGE = {
-    (start, end, cursor, descending): trades_sql(
-        start=start, end=end, cursor=cursor, descending=descending
-    )
-    for start in (False, True)
-    for end in (False, True)
-    for cursor in (False, True)
-    for descending in (False, True)
-}
+# The service's own statements, imported (never copied) from persistence/: what the hot reads
+# send through the driver connection.
+LATEST_TRADE = trades.LATEST
+SYMBOLS_PAGE = symbols.FIRST_PAGE
+SYMBOLS_PAGE_AFTER = symbols.NEXT_PAGE
+SYMBOL_EXISTS = symbols.EXISTS
 
 # The seed's candles (before the incremental model), as a plain read: aggregate the window's
 # trades into epoch-aligned buckets, nothing persisted.
@@ -204,7 +152,7 @@ def _position(token: str) -> list[Any]:
 async def latest_price(request: Request) -> Response:
     code = request.query_params["symbol"].upper()
     async with _pool(request).acquire() as conn:
-        row = await conn.fetchrow(LATEST_TRADE, code, 1)
+        row = await conn.fetchrow(LATEST_TRADE, code)
     if row is None:
         return _problem(404, f"no trades for {code}")
     return _json(
@@ -247,7 +195,12 @@ async def trades(request: Request) -> Response:
         micros, trade_id = _position(cursor)
         args += [EPOCH + timedelta(microseconds=micros), trade_id]
     args.append(limit + 1)
-    sql = TRADES_PAGE[start_at is not None, end_at is not None, bool(cursor), descending]
+    sql = trades.page_sql(
+        start=start_at is not None,
+        end=end_at is not None,
+        after=bool(cursor),
+        descending=descending,
+    )
     async with _pool(request).acquire() as conn:
         rows = await conn.fetch(sql, *args)
         if not rows and not await conn.fetchval(SYMBOL_EXISTS, code):

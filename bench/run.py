@@ -32,7 +32,7 @@ import psutil  # noqa: E402
 from bench.clients import Client, HeartbeatPoller  # noqa: E402
 from bench.dataset import build_database, copy_comparison, execute  # noqa: E402
 from bench.profiling import profile  # noqa: E402
-from bench.report import HEARTBEAT_FACTOR, TARGETS, markdown  # noqa: E402
+from bench.report import HEARTBEAT_FACTOR, markdown, verdicts  # noqa: E402
 from bench.support import (  # noqa: E402
     BENCH,
     HOST,
@@ -46,6 +46,7 @@ from bench.support import (  # noqa: E402
     git_revision,
     log,
     machine,
+    recreate_database,
     terminate_on_sigterm,
     wait_http,
 )
@@ -82,16 +83,37 @@ def endpoints(now: datetime, symbol: str) -> list[tuple[str, str]]:
 class Servers:
     service_port: int
     floor_port: int
+    reader_port: int
     service: subprocess.Popen[bytes]
     floor: subprocess.Popen[bytes]
 
-    def port(self, target: str) -> int:
-        return self.service_port if target == "service" else self.floor_port
+    def port(self, target: str, endpoint: str = "") -> int:
+        if target == "floor":
+            return self.floor_port
+        # The service answers latest prices from its live feed's memory; the goal is about
+        # answering them from the database, which is what the reader does.
+        return self.reader_port if endpoint in FROM_THE_DATABASE else self.service_port
 
 
-def start_servers(processes: Processes, database: dict[str, Any], logs: Path) -> Servers:
-    service_port, floor_port = free_port(), free_port()
-    base_env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+# Measured on the reader: a service whose reads go to the bench database and whose live feed
+# listens to a database without trades, so nothing is answered from memory.
+FROM_THE_DATABASE = {"price_latest"}
+
+
+def _uvicorn(app: str, port: int) -> list[str]:
+    return [
+        *(sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(port)),
+        *("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"),
+    ]
+
+
+def start_servers(
+    processes: Processes, server: Server, database: dict[str, Any], logs: Path
+) -> Servers:
+    service_port, floor_port, reader_port = free_port(), free_port(), free_port()
+    base_env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DATABASE_READ_URL")
+    }
     service_env = {
         **base_env,
         "DATABASE_URL": database["dsn"],
@@ -102,33 +124,23 @@ def start_servers(processes: Processes, database: dict[str, Any], logs: Path) ->
         "INGESTION_INTERVAL_SECONDS": "1",
         "SYMBOLS": ",".join(database["symbols"]),
     }
-    service = processes.start(
-        "service", [sys.executable, "-m", "mdp.cli", "serve"], service_env, logs / "service.log"
-    )
+    serve = [sys.executable, "-m", "mdp.cli", "serve"]
+    service = processes.start("service", serve, service_env, logs / "service.log")
+    home = asyncio.run(recreate_database(server, "mdp_bench_reader_home"))
+    reader_env = {
+        **service_env,
+        "DATABASE_URL": home,
+        "DATABASE_READ_URL": database["dsn"],
+        "PORT": str(reader_port),
+        "INGESTION_ENABLED": "false",
+    }
+    reader = processes.start("reader", serve, reader_env, logs / "reader.log")
     floor_env = {**base_env, "BENCH_DATABASE_URL": as_asyncpg_dsn(database["dsn"])}
     floor = processes.start(
-        "floor",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.floor_app:app",
-            "--host",
-            HOST,
-            "--port",
-            str(floor_port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-        floor_env,
-        logs / "floor.log",
+        "floor", _uvicorn("bench.floor_app:app", floor_port), floor_env, logs / "floor.log"
     )
     wait_http(f"http://{HOST}:{service_port}/health", service)
+    wait_http(f"http://{HOST}:{reader_port}/health", reader)
     wait_http(f"http://{HOST}:{floor_port}/health", floor)
     # Ingestion running: a batch written since start-up.
     client = Client(service_port)
@@ -138,7 +150,7 @@ def start_servers(processes: Processes, database: dict[str, Any], logs: Path) ->
             raise RuntimeError("ingestion did not start within 30 s")
         time.sleep(0.5)
     client.close()
-    return Servers(service_port, floor_port, service, floor)
+    return Servers(service_port, floor_port, reader_port, service, floor)
 
 
 def rss_mib(process: subprocess.Popen[bytes]) -> float:
@@ -215,6 +227,11 @@ async def _wait_idle(dsn: str, limit: float = 30) -> float:
     return time.monotonic() - started
 
 
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    runs = sorted(runs, key=lambda run: run["requests_per_second"])
+    return {**runs[len(runs) // 2], "runs": len(runs)}
+
+
 def measure(
     servers: Servers,
     paths: list[tuple[str, str]],
@@ -222,35 +239,32 @@ def measure(
     poller: HeartbeatPoller,
     dsn: str,
 ) -> list[dict[str, Any]]:
+    """Each endpoint at each connection count: service and floor runs alternate, the median
+    run of each is reported."""
     results = []
-    for name, path in paths:
-        row: dict[str, Any] = {"name": name, "path": path}
-        for target in ("service", "floor"):
-            url = f"http://{HOST}:{servers.port(target)}{path}"
-            runs = []
+    for connections in args.connections:
+        for name, path in paths:
+            runs: dict[str, list[dict[str, Any]]] = {"service": [], "floor": []}
             for attempt in range(args.repeat):
-                waited = asyncio.run(_wait_idle(dsn))
-                if waited > 1:
-                    log(f"waited {waited:.1f} s for the previous run's queries to finish")
-                poller.phase = f"{target}:{name}"
-                runs.append(run_wrk(url, seconds=args.duration, connections=args.connections))
-                poller.phase = "idle"
-                log(
-                    f"{target:7} {name:15} {runs[-1]['requests_per_second']:9.1f} req/s  "
-                    f"p50 {runs[-1]['p50_ms']} ms  p99 {runs[-1]['p99_ms']} ms"
-                    + (f"  (run {attempt + 1}/{args.repeat})" if args.repeat > 1 else "")
-                )
-            runs.sort(key=lambda run: run["requests_per_second"])
-            row[target] = {**runs[len(runs) // 2], "runs": len(runs)}
-        floor_rps = row["floor"]["requests_per_second"]
-        ratio = row["service"]["requests_per_second"] / floor_rps if floor_rps else None
-        row["ratio"] = round(ratio, 3) if ratio is not None else None
-        target_spec = TARGETS.get(name)
-        if target_spec is not None and ratio is not None:
-            row["target"] = target_spec.ratio
-            row["met"] = ratio >= target_spec.ratio
-        row["heartbeat_max_s"] = poller.worst(f"service:{name}")
-        results.append(row)
+                for target in runs:
+                    waited = asyncio.run(_wait_idle(dsn))
+                    if waited > 1:
+                        log(f"waited {waited:.1f} s for the previous run's queries to finish")
+                    poller.phase = f"{target}:{name}"
+                    url = f"http://{HOST}:{servers.port(target, name)}{path}"
+                    run = run_wrk(url, seconds=args.duration, connections=connections)
+                    runs[target].append(run)
+                    poller.phase = "idle"
+                    log(
+                        f"{target:7} {name:15} c={connections:<3} "
+                        f"{run['requests_per_second']:9.1f} req/s  p50 {run['p50_ms']} ms  "
+                        f"p99 {run['p99_ms']} ms  (run {attempt + 1}/{args.repeat})"
+                    )
+            row: dict[str, Any] = {"name": name, "path": path, "connections": connections}
+            row["service"], row["floor"] = _median(runs["service"]), _median(runs["floor"])
+            row.update(verdicts(name, row["service"], row["floor"]))
+            row["heartbeat_max_s"] = poller.worst(f"service:{name}")
+            results.append(row)
     return results
 
 
@@ -265,8 +279,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--symbols", type=int, default=5, help="symbols (5)")
     parser.add_argument("--trades-per-second", type=float, default=1.0, help="per symbol (1)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (10)")
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
-    parser.add_argument("--repeat", type=int, default=1, help="wrk runs per figure (median)")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        nargs="+",
+        default=[32, 80],
+        help="wrk connections, one series per value (32 80)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="alternating wrk runs per figure (median of 3)"
+    )
     parser.add_argument("--copy-rows", type=int, default=300_000, help="rows for COPY speed")
     parser.add_argument(
         "--max-gap-minutes",
@@ -312,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             copy = copy_comparison(server, embedded is not None, database, args.copy_rows)
             postgres = asyncio.run(_version(database["dsn"]))
             log("starting the service and the floor app")
-            servers = start_servers(processes, database, logs)
+            servers = start_servers(processes, server, database, logs)
             rss_ready = rss_mib(servers.service)
             now = datetime.now(UTC)
             symbol = database["symbols"][0]
@@ -325,12 +347,12 @@ def main(argv: list[str] | None = None) -> int:
                 {k: by_name[k] for k in ("candles_1m_1h", "candles_1m_24h", "candles_1h_7d")},
             )
             log("warm-up: 2 s of wrk per endpoint on both")
-            for _, path in paths:
+            for name, path in paths:
                 for target in ("service", "floor"):
                     run_wrk(
-                        f"http://{HOST}:{servers.port(target)}{path}",
+                        f"http://{HOST}:{servers.port(target, name)}{path}",
                         seconds=2,
-                        connections=args.connections,
+                        connections=max(args.connections),
                     )
             rss_start = rss_mib(servers.service)
             poller = HeartbeatPoller(servers.service_port)
@@ -380,16 +402,13 @@ def main(argv: list[str] | None = None) -> int:
                     servers.service_port,
                     paths,
                     seconds=args.duration,
-                    connections=args.connections,
+                    connections=max(args.connections),
                     out=WORK / "profiles" / stamp,
                 )
-            args.results.mkdir(parents=True, exist_ok=True)
-            (args.results / f"{stamp}.json").write_text(json.dumps(result, indent=2, default=str))
-            table = markdown(result)
-            (args.results / "latest.md").write_text(table)
+            written = write_results(args.results, result)
             print()
-            print(table)
-            log(f"wrote {args.results}/{stamp}.json and latest.md")
+            print((args.results / "latest.md").read_text())
+            log(f"wrote {written} and latest.md")
             return 0
         except KeyboardInterrupt:
             log("interrupted: stopping everything this run started")
@@ -400,6 +419,17 @@ def main(argv: list[str] | None = None) -> int:
             processes.stop_all()
             if embedded is not None:
                 embedded.stop()
+
+
+def write_results(directory: Path, result: dict[str, Any]) -> Path:
+    """`<commit>.json` and `latest.md`; results of other commits are removed, never left stale."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.json"):
+        stale.unlink()
+    written = directory / f"{result['git']}.json"
+    written.write_text(json.dumps(result, indent=2, default=str))
+    (directory / "latest.md").write_text(markdown(result))
+    return written
 
 
 async def _version(dsn: str) -> str:
