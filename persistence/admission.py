@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,12 @@ from contextlib import asynccontextmanager
 from persistence.errors import DatabaseUnavailable, Overloaded
 
 __all__ = ["Admission"]
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
 
 # How much one new hold time moves the running estimate (an exponential moving average).
 _SMOOTHING = 0.1
@@ -53,18 +60,24 @@ class Admission:
         self.free += 1
 
     async def _wait(self, timeout: float) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self.waiters.append(waiter)
+        # A timer, not asyncio.timeout(): most requests under load wait here, so it is hot.
+        expiry = loop.call_later(timeout, _expire, waiter)
         try:
-            async with asyncio.timeout(timeout):
-                await waiter
+            await waiter
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 # Handed a slot just as we gave up: pass it on, never lose it.
                 self._release()
             else:
-                self.waiters.remove(waiter)
+                # Unless a release already skipped it as done.
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
             raise
+        finally:
+            expiry.cancel()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

@@ -114,3 +114,19 @@ async def test_a_waiter_cancelled_as_it_is_handed_the_slot_passes_it_on() -> Non
 
     assert order == ["c"]
     assert admission.free == 1 and not admission.waiters
+
+
+async def test_a_waiter_that_timed_out_before_a_release_skipped_it_leaves_no_trace() -> None:
+    admission = _admission(slots=1)
+    held = admission.slot()
+    await held.__aenter__()
+    late = asyncio.create_task(_hold(admission, "late", [], asyncio.Event()))
+    await _settle()
+
+    # Its timer fires and, before it runs again, the holder leaves: the release skips it.
+    admission.waiters[0].set_exception(TimeoutError())
+    await held.__aexit__(None, None, None)
+    with pytest.raises(DatabaseUnavailable):
+        await late
+
+    assert admission.free == 1 and not admission.waiters
