@@ -33,8 +33,9 @@ _CATCH_UP_PAUSE = 0.05
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 # What a proxy must not do to a stream: buffer it (nginx honours this header).
 _HEADERS = {"X-Accel-Buffering": "no"}
-# The first bytes of every stream: a comment, so clients see it open before any event.
-_OPENED = b": stream open\n\n"
+# The first bytes of every stream, so clients see it open before any event: a quick
+# reconnection (1 s, not a browser's default 3 s) after the stream ends, and a comment.
+_OPENED = b"retry: 1000\n: stream open\n\n"
 _HEARTBEAT = b": heartbeat\n\n"
 
 

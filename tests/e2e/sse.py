@@ -29,6 +29,8 @@ def read_events(response: httpx.Response, *, comments: list[str] | None = None) 
         elif line:
             name, _, value = line.partition(": ")
             fields[name] = value
-        elif fields:
+        elif "data" in fields:
             yield Event(fields["event"], fields.get("id"), json.loads(fields["data"]))
             fields = {}
+        else:
+            fields = {}  # a block without data (e.g. `retry:`) dispatches nothing

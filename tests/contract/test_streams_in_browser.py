@@ -1,0 +1,56 @@
+"""A browser's own EventSource receives live trades from /stream/trades in headless Chromium,
+and resumes by itself with Last-Event-ID when the server ends a stream, without a gap."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import URL
+
+from tests.conftest import create_database, drop_database
+from tests.contract.support import REPOSITORY, require_executable, run_tool, running_service
+
+pytestmark = pytest.mark.slow
+
+CHECK_EVENT_SOURCE = REPOSITORY / "tools" / "browser" / "check_event_source.mjs"
+EVENTS = 8
+
+
+@pytest.fixture(scope="module")
+async def browser_database(server_url: URL) -> AsyncIterator[URL]:
+    url = await create_database(server_url)
+    yield url
+    await drop_database(server_url, url)
+
+
+async def test_event_source_receives_live_trades_across_reconnects(browser_database: URL) -> None:
+    node = require_executable("node")
+    require_executable("/usr/bin/chromium")
+    with running_service(browser_database.render_as_string(hide_password=False), {}) as base:
+        result = run_tool([node, CHECK_EVENT_SOURCE, base, str(EVENTS)], timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    trades = [trade["data"] for trade in report["trades"]]
+
+    assert len(trades) == EVENTS
+    # Three events per connection: the browser reconnected twice on its own.
+    assert report["opened"] >= 3
+    assert report["consoleErrors"] == []
+    conn = await asyncpg.connect(
+        browser_database.set(drivername="postgresql").render_as_string(False)
+    )
+    try:
+        stored = await conn.fetch(
+            "SELECT id FROM trades WHERE symbol IN ('AAPL', 'MSFT') "
+            "AND (timestamp, id) >= ($1, $2) ORDER BY timestamp, id LIMIT $3",
+            datetime.fromisoformat(trades[0]["timestamp"]),
+            trades[0]["id"],
+            EVENTS,
+        )
+    finally:
+        await conn.close()
+    assert [t["id"] for t in trades] == [row["id"] for row in stored]
