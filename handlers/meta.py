@@ -24,6 +24,7 @@ _LINKS = {
     "stream_candles": "/stream/candles",
     "trades": "/trades",
     "candles": "/candles",
+    "export_trades": "/export/trades",
     "docs": "/docs",
     "redoc": "/redoc",
     "openapi_json": "/openapi.json",

@@ -8,7 +8,7 @@ from connexion import AsyncApp
 from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 
-from mdp.connexion_adaptations import adapt
+from mdp.connexion_adaptations import RESPONSE_VALIDATORS, adapt
 from mdp.lifespan import lifespan
 from mdp.metrics import PrometheusMetrics
 from mdp.problems import install_error_handlers
@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None, *, validate_responses: bool = F
         resolver=JsonResolver(),
         strict_validation=True,
         validate_responses=validate_responses,
+        validator_map={"response": RESPONSE_VALIDATORS},
         # The contract is served verbatim by handlers.docs; Swagger UI points at it.
         swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui_path="/docs"),
     )

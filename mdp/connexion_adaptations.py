@@ -18,6 +18,7 @@ from typing import Any
 
 from connexion import AsyncApp
 from connexion.apps.asynchronous import AsyncApi, AsyncOperation
+from connexion.datastructures import MediaTypeDict
 from connexion.decorators.parameter import CONTEXT_NAME, sanitized, unwrap_decorators
 from connexion.middleware.request_validation import (
     RequestValidationAPI,
@@ -26,12 +27,14 @@ from connexion.middleware.request_validation import (
 )
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.operations import AbstractOperation
+from connexion.validators import VALIDATOR_MAP
+from connexion.validators.abstract import AbstractResponseBodyValidator
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from mdp.validation import OperationParameters
 
-__all__ = ["adapt"]
+__all__ = ["RESPONSE_VALIDATORS", "adapt"]
 
 # Where validation leaves the parsed (query, path) values for the operation to bind.
 ARGUMENTS = "mdp_arguments"
@@ -163,6 +166,20 @@ class _SwaggerUIMiddleware(SwaggerUIMiddleware):  # type: ignore[misc]
             await self.app(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+class _StreamedFileValidator(AbstractResponseBodyValidator):  # type: ignore[misc]
+    """Export files pass response validation unchecked: Connexion would buffer the whole
+    (maybe compressed) file and parse NDJSON as one JSON document. Tests read them back."""
+
+    def wrap_send(self, send: Send) -> Send:
+        return send
+
+
+# Connexion picks a response body validator by media type, and `*/*json` matches NDJSON too.
+RESPONSE_VALIDATORS = MediaTypeDict(
+    {**VALIDATOR_MAP["response"], "application/x-ndjson": _StreamedFileValidator}
+)
 
 
 _REPLACEMENTS = {

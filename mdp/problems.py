@@ -43,6 +43,7 @@ PROBLEM_TYPES: Mapping[str, ProblemType] = {
     "validation_failed": ProblemType(400, "Validation failed"),
     "invalid_time_range": ProblemType(400, "Invalid time range"),
     "invalid_cursor": ProblemType(400, "Invalid cursor"),
+    "export_too_large": ProblemType(400, "Export too large"),
     "not_found": ProblemType(404, "Not found"),
     "method_not_allowed": ProblemType(405, "Method not allowed"),
     "symbol_not_found": ProblemType(404, "Symbol not found"),

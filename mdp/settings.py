@@ -199,6 +199,10 @@ class Settings:
     # How far back a Last-Event-ID may resume (older gets a `reset` event); at most 1 hour,
     # the time live batches are kept.
     stream_replay_seconds: float = 300.0
+    # Bulk exports: larger windows are refused up front; a longer export is cut off.
+    export_max_rows: int = 50_000_000
+    export_max_days: int = 366
+    export_timeout_seconds: float = 3600.0
     # Names the Cloud Trace resource in JSON logs, so Cloud Logging groups a request's lines.
     gcp_project: str | None = None
     redoc_script_url: str = "https://cdn.jsdelivr.net/npm/redoc@2.5.0/bundles/redoc.standalone.js"
@@ -273,6 +277,15 @@ class Settings:
                 env, "STREAM_HEARTBEAT_SECONDS", defaults.stream_heartbeat_seconds, minimum=0.1
             ),
             stream_replay_seconds=_replay_seconds(env, defaults.stream_replay_seconds),
+            export_max_rows=_int(
+                env, "EXPORT_MAX_ROWS", defaults.export_max_rows, minimum=1, maximum=10**12
+            ),
+            export_max_days=_int(
+                env, "EXPORT_MAX_DAYS", defaults.export_max_days, minimum=1, maximum=100_000
+            ),
+            export_timeout_seconds=_float(
+                env, "EXPORT_TIMEOUT_SECONDS", defaults.export_timeout_seconds, minimum=1.0
+            ),
             gcp_project=env.get("GOOGLE_CLOUD_PROJECT", "").strip() or None,
             redoc_script_url=env.get("REDOC_SCRIPT_URL", "").strip() or defaults.redoc_script_url,
             # An explicitly empty integrity turns the check off (for a self-hosted script).

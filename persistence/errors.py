@@ -7,6 +7,7 @@ from typing import ClassVar
 __all__ = [
     "DatabaseUnavailable",
     "DomainError",
+    "ExportTooLarge",
     "InvalidCursor",
     "InvalidTimeRange",
     "NoTrades",
@@ -73,3 +74,9 @@ class Overloaded(DomainError):
     before any work, so clients retry elsewhere or later instead of timing out here."""
 
     code = "overloaded"
+
+
+class ExportTooLarge(DomainError):
+    """An export window over the configured maximum of rows or days; refused before streaming."""
+
+    code = "export_too_large"

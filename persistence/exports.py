@@ -1,0 +1,117 @@
+"""Bulk exports: one read-only snapshot per export, rows streamed by PostgreSQL's COPY."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+__all__ = [
+    "RowShape",
+    "TRADE_COLUMNS",
+    "begin_snapshot",
+    "copy_out",
+    "count_trades",
+    "existing_symbols",
+    "trades_query",
+]
+
+# Output shapes of one export query. `text`: CSV columns as the JSON operations write them
+# (shortest exact price, RFC 3339 UTC with microseconds); `json`: one JSON object per line;
+# `typed`: PostgreSQL's own text forms, exact and cheapest, for parsing into Arrow.
+RowShape = str
+TRADE_COLUMNS = ("id", "symbol", "price", "volume", "timestamp")
+_RFC3339 = "to_char(t.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+_TRADE_TEXT = f"t.id, t.symbol, trim_scale(t.price) AS price, t.volume, {_RFC3339} AS timestamp"
+# What each shape selects from the merged rows `t`.
+_TRADE_SELECT = {
+    "text": f"SELECT {_TRADE_TEXT} FROM",
+    # The object is built per merged row (LATERAL), so the merge's order is the output order.
+    "json": "SELECT row_to_json(r) FROM",
+    "typed": "SELECT t.id, t.symbol, t.price, t.volume, t.timestamp FROM",
+}
+_LATERAL = {"json": f" CROSS JOIN LATERAL (SELECT {_TRADE_TEXT}) AS r"}
+
+Sink = Callable[[bytes], Awaitable[None]]
+
+
+@functools.cache
+def trades_query(symbol_count: int, shape: RowShape) -> str:
+    """The trades of `symbol_count` symbols ($3…) in [$1, $2), by (timestamp, symbol, id).
+
+    One ordered index range per symbol, merged: PostgreSQL streams the first row at once and
+    never sorts the whole window (a single `symbol = ANY(…)` scan would sort it all first).
+    """
+    ranges = " UNION ALL ".join(
+        f"(SELECT id, symbol, price, volume, timestamp FROM trades WHERE symbol = ${n + 3} "
+        "AND timestamp >= $1 AND timestamp < $2 ORDER BY timestamp, id)"
+        for n in range(symbol_count)
+    )
+    return (
+        f"{_TRADE_SELECT[shape]} ({ranges}) AS t{_LATERAL.get(shape, '')} "
+        "ORDER BY t.timestamp, t.symbol, t.id"
+    )
+
+
+async def begin_snapshot(conn: AsyncConnection, *, timeout_seconds: float) -> None:
+    """Start the export's transaction: REPEATABLE READ, read-only, UTC, its own time limit.
+
+    Every statement of the export (checks, count, COPY) then sees one snapshot, whatever
+    ingestion commits meanwhile.
+    """
+    await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    await conn.execute(
+        text(
+            "SELECT set_config('statement_timeout', :timeout, true), "
+            "set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, YMD', true)"
+        ),
+        {"timeout": str(int(timeout_seconds * 1000))},
+    )
+
+
+async def existing_symbols(conn: AsyncConnection, codes: Sequence[str]) -> set[str]:
+    rows = await conn.execute(
+        text("SELECT symbol FROM symbols WHERE symbol = ANY(CAST(:codes AS varchar[]))"),
+        {"codes": list(codes)},
+    )
+    return {row[0] for row in rows}
+
+
+async def count_trades(
+    conn: AsyncConnection, codes: Sequence[str], start: datetime, end: datetime, *, cap: int
+) -> int:
+    """The trades in the window, counted up to `cap`: the cost is bounded by the cap."""
+    count = await conn.scalar(
+        text(
+            "SELECT count(*) FROM (SELECT 1 FROM trades "
+            "WHERE symbol = ANY(CAST(:codes AS varchar[])) "
+            "AND timestamp >= :start AND timestamp < :end LIMIT :cap) AS capped"
+        ),
+        {"codes": list(codes), "start": start, "end": end, "cap": cap},
+    )
+    return int(count or 0)
+
+
+async def copy_out(
+    conn: AsyncConnection,
+    query: str,
+    args: Sequence[Any],
+    sink: Sink,
+    *,
+    csv: bool,
+    header: bool,
+    timeout_seconds: float,
+) -> None:
+    """COPY the rows of `query` to `sink`, chunk by chunk, inside the export's transaction.
+
+    asyncpg stops reading the socket while `sink` awaits, so a slow client holds PostgreSQL
+    back instead of filling memory; an error in `sink` (a client gone) cancels the query.
+    """
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    options: dict[str, Any] = {"format": "csv", "header": header} if csv else {"format": "text"}
+    await driver.copy_from_query(query, *args, output=sink, timeout=timeout_seconds, **options)
