@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from mdp.problems import NotAcceptable
+from mdp.validation import media_range
 
 __all__ = [
     "FORMATS",
@@ -60,21 +61,8 @@ _BY_MEDIA_TYPE = {fmt.media_type: fmt for fmt in FORMATS.values()}
 
 def _weighted(header: str) -> list[tuple[str, float]]:
     """`a/b;q=0.5, c/d` as [(value, q)], highest q first, in header order among equals."""
-    items: list[tuple[str, float]] = []
-    for part in header.split(","):
-        value, *params = (piece.strip() for piece in part.split(";"))
-        if not value:
-            continue
-        q = 1.0
-        for param in params:
-            key, _, number = param.partition("=")
-            if key.strip().lower() == "q":
-                try:
-                    q = float(number)
-                except ValueError:
-                    q = 0.0
-        items.append((value.lower(), q))
-    return sorted(items, key=lambda item: -item[1])
+    items = [media_range(part) for part in header.split(",")]
+    return sorted((item for item in items if item[0]), key=lambda item: -item[1])
 
 
 def choose_format(requested: str | None, accept: str | None) -> ExportFormat:

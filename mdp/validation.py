@@ -11,7 +11,7 @@ from jsonschema import Draft4Validator
 
 from mdp.problems import NotAcceptable, RequestValidationFailed, ValidationIssue
 
-__all__ = ["OperationParameters", "accepts"]
+__all__ = ["OperationParameters", "accepts", "media_range"]
 
 
 # RFC 3339 date-times as rfc3339-validator checks them (Connexion's checker does not run here).
@@ -26,7 +26,8 @@ class UriParser(Protocol):
     def resolve_path(self, path_data: dict[str, Any]) -> dict[str, Any]: ...
 
 
-def _media_type(value: str) -> tuple[str, float]:
+def media_range(value: str) -> tuple[str, float]:
+    """One item of an Accept-like header (`text/csv;q=0.5`): its value, lower case, and q."""
     media, *params = (part.strip() for part in value.split(";"))
     quality = 1.0
     for param in params:
@@ -41,9 +42,9 @@ def _media_type(value: str) -> tuple[str, float]:
 
 def accepts(accept: str, produces: Iterable[str]) -> bool:
     """Whether an `Accept` header admits at least one of `produces` (RFC 9110 §12.5.1)."""
-    offered = [_media_type(media)[0] for media in produces]
+    offered = [media_range(media)[0] for media in produces]
     for item in accept.split(","):
-        media, quality = _media_type(item)
+        media, quality = media_range(item)
         if quality <= 0 or not media:
             continue
         kind, _, subtype = media.partition("/")
