@@ -100,7 +100,7 @@ async def export_trades(
     # The connection outlives this function: the response streams from it and releases it.
     stack = contextlib.AsyncExitStack()
     try:
-        conn = await stack.enter_async_context(app_state().db.connect())
+        conn = await stack.enter_async_context(app_state().db.connect(long=True))
         rows = await _checked(conn, codes, start_at, end_at)
     except BaseException as exc:
         # Into the connection's context, which turns an unreachable database into a 503.

@@ -80,9 +80,10 @@ class Admission:
             expiry.cancel()
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, *, measured: bool = True) -> AsyncIterator[None]:
         """Hold one slot for the block; waits at most `timeout` seconds in the queue (a
-        slot held that long means the database hangs, not that the instance is busy)."""
+        slot held that long means the database hangs, not that the instance is busy).
+        `measured=False` keeps a long hold (a bulk export) out of the hold-time estimate."""
         if self.free and not self.waiters:
             self.free -= 1
         elif self._refuse_now():
@@ -100,6 +101,7 @@ class Admission:
         try:
             yield
         finally:
-            held = time.monotonic() - started
-            self.hold_seconds += _SMOOTHING * (held - self.hold_seconds)
+            if measured:
+                held = time.monotonic() - started
+                self.hold_seconds += _SMOOTHING * (held - self.hold_seconds)
             self._release()

@@ -165,13 +165,14 @@ class Database:
         self._ready.set()
 
     @asynccontextmanager
-    async def connect(self) -> AsyncIterator[AsyncConnection]:
+    async def connect(self, *, long: bool = False) -> AsyncIterator[AsyncConnection]:
         """An autocommit connection for reads, once admitted; unreachable-database errors
-        become domain errors."""
+        become domain errors. `long` for a connection held for minutes (an export), whose
+        hold time must not count as a typical request's."""
         if not self.ready:
             raise DatabaseUnavailable("The database is not ready yet.")
         try:
-            async with self.admission.slot(), self.engine.connect() as conn:
+            async with self.admission.slot(measured=not long), self.engine.connect() as conn:
                 if self._probe is not None and not self._probe[1].ok:
                     # Connected: a failure probed a moment ago is news no more.
                     self._probe = None
