@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -79,6 +80,8 @@ def _event(kind: str, data: Any, event_id: str | None = None) -> bytes:
     )
 
 
+# Every stream of a symbol sends the same bytes for a trade: encode each trade once.
+@functools.lru_cache(maxsize=4096)
 def _trade_event(trade: TradeRow) -> bytes:
     data = {
         "id": trade.id,
@@ -97,6 +100,10 @@ def _reset_event(position: tuple[datetime, int], reason: str) -> bytes:
 
 async def _known(state: AppState, symbols: Sequence[str]) -> list[str]:
     codes = list(dict.fromkeys(symbol_code(symbol) for symbol in symbols))
+    if all(state.live.latest(code) is not None for code in codes):
+        # Known from the live feed: a crowd of clients reconnecting at once (say after an
+        # instance restart) then costs the database nothing.
+        return codes
     async with state.db.driver() as conn:
         stored = await live.latest_trades(conn, codes)
     unknown = [code for code in codes if code not in stored]
@@ -220,13 +227,17 @@ async def stream_trades(
                     yield _event("overflow", {"detail": "The client fell behind the stream."})
                 return
             else:
+                # One write per batch, not per trade: each goes through every middleware.
+                chunk = []
                 for trade in item:
                     if position is None or (trade.timestamp, trade.id) > position:
                         position = (trade.timestamp, trade.id)
                         bounds.count()
-                        yield _trade_event(trade)
+                        chunk.append(_trade_event(trade))
                         if bounds.done:
-                            return
+                            break
+                if chunk:
+                    yield b"".join(chunk)
 
     return _respond(state, subscription, events())
 

@@ -73,8 +73,12 @@ class Subscription:
 
     async def next(self, timeout: float) -> Item | None:
         """The next item, or None after `timeout` seconds without one (time for a heartbeat)."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
+            # A timeout scope, not wait_for: no task per call (a thousand streams wake at once).
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()
         except TimeoutError:
             return None
 
