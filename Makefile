@@ -62,5 +62,10 @@ contract-check: $(STAMP_TEST)
 bench: $(STAMP_TEST)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+## Bulk exports against PostgreSQL's COPY, and peak memory exporting 10M rows (bench/README.md).
+.PHONY: bench-exports
+bench-exports: $(STAMP_TEST)
+	$(BIN)/python -m bench.exports $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info node_modules
