@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -85,7 +85,7 @@ class TelemetryMiddleware:
                 match = _TRACE_ID.match(value)
                 trace = match.group(1).decode().lower() if match else None
         if not _VALID_REQUEST_ID.match(request_id):
-            request_id = uuid.uuid4().hex.encode()
+            request_id = os.urandom(16).hex().encode()
         token = _request_id.set(request_id.decode())
         trace_token = _trace.set(trace)
         # Connexion's router works on a shallow copy of the scope but records the operation in

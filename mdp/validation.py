@@ -98,6 +98,15 @@ class OperationParameters:
             p["name"]: p["schema"]["default"] for p in query if "default" in p.get("schema", {})
         }
         self.produces = tuple(produces)
+        # Per location, each parameter with the key its value is found under.
+        self.checked = {
+            location: [
+                (p["name"].replace("-", "_") if location == "path" else p["name"], p)
+                for p in params
+            ]
+            for location, params in self.by_location.items()
+        }
+        self.checks_path = "path" in self.by_location
         self._accepted: dict[bytes, bool] = {}
 
     def _check(self, location: str, param: Mapping[str, Any], value: Any) -> ValidationIssue | None:
@@ -134,26 +143,29 @@ class OperationParameters:
                 accept = value if accept is None else accept + b"," + value
             elif key in self.headers:
                 header_values.setdefault(self.headers[key]["name"], value.decode("latin-1"))
-        raw: dict[str, list[str]] = {}
-        # As Starlette parses it (`request.query_params`), but keeping every repeated value.
-        for name, value in parse_qsl(scope["query_string"].decode("latin-1"), True):
-            raw.setdefault(name, []).append(value)
         issues: list[ValidationIssue] = []
-        if self.strict:
+        query = dict(self.defaults)
+        if scope["query_string"]:
+            raw: dict[str, list[str]] = {}
+            # As Starlette parses it (`request.query_params`), keeping every repeated value.
+            for name, value in parse_qsl(scope["query_string"].decode("latin-1"), True):
+                raw.setdefault(name, []).append(value)
+            if self.strict:
+                issues.extend(
+                    ValidationIssue("query", name, "unknown query parameter")
+                    for name in sorted(raw.keys() - self.known_query)
+                )
             issues.extend(
-                ValidationIssue("query", name, "unknown query parameter")
-                for name in sorted(raw.keys() - self.known_query)
+                ValidationIssue("query", name, f"given {len(values)} times; give it once")
+                for name, values in raw.items()
+                if len(values) > 1 and name in self.known_query and name not in self.repeatable
             )
-        issues.extend(
-            ValidationIssue("query", name, f"given {len(values)} times; give it once")
-            for name, values in raw.items()
-            if len(values) > 1 and name in self.known_query and name not in self.repeatable
-        )
-        query = {**self.defaults, **self.uri_parser.resolve_query(raw)}
-        path = self.uri_parser.resolve_path(dict(scope.get("path_params") or {}))
+            query.update(self.uri_parser.resolve_query(raw))
+        path: dict[str, Any] = {}
+        if self.checks_path:
+            path = self.uri_parser.resolve_path(dict(scope.get("path_params") or {}))
         for location, values in (("query", query), ("path", path), ("header", header_values)):
-            for param in self.by_location.get(location, ()):
-                name = param["name"].replace("-", "_") if location == "path" else param["name"]
+            for name, param in self.checked.get(location, ()):
                 issue = self._check(location, param, values.get(name))
                 if issue is not None:
                     issues.append(issue)
