@@ -29,7 +29,8 @@ class Admission:
     SQLAlchemy's pool lets a newcomer take a connection that was just returned while earlier
     waiters are still waking up, so under load some requests wait far longer than others. Here
     a released slot goes straight to the longest waiter. A request that would wait longer than
-    `max_wait` seconds (estimated from the queue and recent hold times), or would find
+    `max_wait` seconds (estimated from the queue, recent hold times and how long the longest
+    waiter has waited), or would find
     `max_waiting` requests ahead of it, is refused at once with `Overloaded`, before any work
     is done for it.
     """
@@ -40,20 +41,25 @@ class Admission:
         self.max_waiting = max_waiting
         self.max_wait = max_wait
         self.free = slots
-        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Each waiter with the time it arrived.
+        self.waiters: collections.deque[tuple[asyncio.Future[None], float]] = collections.deque()
         # Seconds a slot is typically held; starts at a guess a few answers correct.
         self.hold_seconds = 0.005
 
     def expected_wait(self) -> float:
-        """Seconds a newcomer would wait behind the current queue."""
-        return (len(self.waiters) + 1) * self.hold_seconds / self.slots
+        """Seconds a newcomer would wait behind the current queue: at least as long as the
+        longest waiter has already waited (when holders are slow, the queue barely moves)."""
+        estimate = (len(self.waiters) + 1) * self.hold_seconds / self.slots
+        if self.waiters:
+            estimate = max(estimate, time.monotonic() - self.waiters[0][1])
+        return estimate
 
     def _refuse_now(self) -> bool:
         return len(self.waiters) >= self.max_waiting or self.expected_wait() > self.max_wait
 
     def _release(self) -> None:
         while self.waiters:
-            waiter = self.waiters.popleft()
+            waiter, _ = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
@@ -62,7 +68,8 @@ class Admission:
     async def _wait(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        self.waiters.append(waiter)
+        entry = (waiter, time.monotonic())
+        self.waiters.append(entry)
         # A timer, not asyncio.timeout(): most requests under load wait here, so it is hot.
         expiry = loop.call_later(timeout, _expire, waiter)
         try:
@@ -74,7 +81,7 @@ class Admission:
             else:
                 # Unless a release already skipped it as done.
                 with contextlib.suppress(ValueError):
-                    self.waiters.remove(waiter)
+                    self.waiters.remove(entry)
             raise
         finally:
             expiry.cancel()

@@ -80,6 +80,24 @@ async def test_a_newcomer_whose_wait_would_be_too_long_is_refused_at_once() -> N
     await asyncio.gather(*holders)
 
 
+async def test_a_newcomer_is_refused_once_the_longest_waiter_waited_max_wait() -> None:
+    admission = _admission(slots=1, max_wait=0.5)
+    release = asyncio.Event()
+    holders = [asyncio.create_task(_hold(admission, n, [], release)) for n in "ab"]
+    await _settle()
+    # Holders said to be quick, but b has been waiting for a second: the queue does not move.
+    admission.hold_seconds = 0.001
+    future, _ = admission.waiters[0]
+    admission.waiters[0] = (future, time.monotonic() - 1.0)
+
+    assert admission.expected_wait() >= 1.0
+    with pytest.raises(Overloaded):
+        async with admission.slot():
+            pytest.fail("admitted behind a queue that has not moved for max_wait")
+    release.set()
+    await asyncio.gather(*holders)
+
+
 async def test_a_wait_longer_than_the_timeout_is_database_unavailable() -> None:
     admission = Admission(1, max_waiting=10, max_wait=60, timeout=0.05)
     release = asyncio.Event()
@@ -124,7 +142,7 @@ async def test_a_waiter_that_timed_out_before_a_release_skipped_it_leaves_no_tra
     await _settle()
 
     # Its timer fires and, before it runs again, the holder leaves: the release skips it.
-    admission.waiters[0].set_exception(TimeoutError())
+    admission.waiters[0][0].set_exception(TimeoutError())
     await held.__aexit__(None, None, None)
     with pytest.raises(DatabaseUnavailable):
         await late
