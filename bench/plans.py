@@ -43,8 +43,10 @@ from bench.support import (  # noqa: E402
     symbol_codes,
     terminate_on_sigterm,
 )
+from mdp.database import open_engine  # noqa: E402
+from mdp.settings import Settings  # noqa: E402
 from persistence import candles, symbols, trades  # noqa: E402
-from persistence.database import create_engine, driver_connection  # noqa: E402
+from persistence.database import driver_connection  # noqa: E402
 
 PLANS = BENCH / "plans"
 SIZES = {"1m": 2.3, "30m": 70.0}  # days of 5 symbols x 1 trade/s
@@ -412,13 +414,11 @@ async def plan_size(
         anchor = await conn.fetchval("SELECT max(timestamp) FROM trades WHERE symbol = $1", SYMBOL)
     finally:
         await conn.close()
-    engine = create_engine(
+    # The service's own read engine, with room for the slowest cold plan.
+    engine = open_engine(
+        Settings(db_pool_size=1, db_query_timeout_seconds=600),
         make_url(dsn).set(drivername="postgresql+asyncpg"),
-        pool_size=1,
-        connect_timeout=5,
-        query_timeout=600,
-        application_name="mdp-bench-plans",
-        isolation_level="AUTOCOMMIT",
+        "api",
     )
     try:
         statements = await capture(engine, anchor)

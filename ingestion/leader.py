@@ -13,8 +13,9 @@ import logging
 from datetime import UTC, datetime
 
 import asyncpg
+from sqlalchemy.engine import URL
 
-from persistence.database import describe_error
+from persistence.database import dedicated_connection, describe_error
 
 __all__ = ["LEADER_LOCK_KEY", "LeaderLock"]
 
@@ -27,8 +28,10 @@ LEADER_LOCK_KEY = 7_262_023_002
 class LeaderLock:
     """Holds (or tries to take) the ingestion leadership on a dedicated connection."""
 
-    def __init__(self, connect_kwargs: dict[str, object], *, timeout: float) -> None:
-        self._connect_kwargs = connect_kwargs
+    def __init__(self, url: URL, *, connect_timeout: float, timeout: float) -> None:
+        self._connect_kwargs = dedicated_connection(
+            url, connect_timeout=connect_timeout, application_name="mdp-leader"
+        )
         self._timeout = timeout
         self._conn: asyncpg.Connection | None = None
         self.leader_since: datetime | None = None

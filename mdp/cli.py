@@ -12,11 +12,15 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from importlib.util import find_spec
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tqdm import tqdm
 
 from mdp.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from mdp.database import Use
 
 __all__ = ["main"]
 
@@ -42,36 +46,22 @@ def _serve(settings: Settings) -> None:
 
 
 @asynccontextmanager
-async def _engine(settings: Settings, application_name: str) -> AsyncIterator[AsyncEngine]:
-    """An engine on DATABASE_URL (or the embedded server, started and stopped around it)."""
-    from mdp.embedded import EmbeddedPostgres
-    from persistence.database import create_engine
+async def _engine(settings: Settings, use: Use) -> AsyncIterator[AsyncEngine]:
+    """An engine for `use` on DATABASE_URL, or on the embedded server started around it."""
+    from mdp.database import database_server, open_engine
 
-    embedded = None
-    url = settings.database_url
-    if url is None:
-        embedded = EmbeddedPostgres(settings.data_dir / "postgres")
-        url = await asyncio.to_thread(embedded.start)
-    engine = create_engine(
-        url,
-        pool_size=1,
-        connect_timeout=settings.db_connect_timeout_seconds,
-        # Migrations and bulk loads run long: not the request path's statement timeout.
-        query_timeout=24 * 3600,
-        application_name=application_name,
-    )
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+    async with database_server(settings) as url:
+        engine = open_engine(settings, url, use)
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
 
 
 async def _migrate(settings: Settings) -> None:
     from persistence.migrate import upgrade
 
-    async with _engine(settings, "mdp-migrate") as engine:
+    async with _engine(settings, "migrate") as engine:
         await upgrade(engine)
     logger.info("database schema is at head")
 
@@ -88,7 +78,7 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> None:
     if unknown:
         raise SystemExit(f"mdp backfill: not in SYMBOLS: {', '.join(unknown)}")
     chosen = [specs[code] for code in wanted] if wanted else list(specs.values())
-    async with _engine(settings, "mdp-backfill") as engine:
+    async with _engine(settings, "backfill") as engine:
         await upgrade(engine)
         async with engine.begin() as conn:
             await ensure_symbols(conn, ((s.symbol, s.name) for s in chosen))
@@ -144,7 +134,7 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from mdp import keys_cli
     from persistence.migrate import upgrade
 
-    async with _engine(settings, "mdp-keys") as engine:
+    async with _engine(settings, "keys") as engine:
         await upgrade(engine)
         return await keys_cli.run(engine, args)
 

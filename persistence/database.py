@@ -23,6 +23,7 @@ __all__ = [
     "Database",
     "Probe",
     "create_engine",
+    "dedicated_connection",
     "describe_error",
     "driver_connection",
     "is_unavailable",
@@ -116,6 +117,25 @@ _POOLED: dict[str, Any] = {
     "prepared_statement_cache_size": 0,
     "prepared_statement_name_func": lambda: "",
 }
+
+
+def dedicated_connection(
+    url: URL, *, connect_timeout: float, application_name: str
+) -> dict[str, Any]:
+    """asyncpg.connect() arguments for a connection of its own, never a pooled one (a pool
+    resets sessions: advisory locks and LISTEN would go behind our back)."""
+    _, arguments = url.get_dialect()().create_connect_args(url)
+    return {
+        **arguments,
+        "timeout": connect_timeout,
+        "server_settings": {
+            "application_name": application_name,
+            # Over TCP, notice a vanished peer in seconds, not the OS's two hours.
+            "tcp_keepalives_idle": "5",
+            "tcp_keepalives_interval": "1",
+            "tcp_keepalives_count": "3",
+        },
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,74 @@
+"""The one way to open the database: its server (DATABASE_URL or the embedded one) and engines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Literal
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mdp.embedded import EmbeddedPostgres
+from mdp.settings import Settings
+from persistence.database import create_engine
+
+__all__ = ["Use", "database_server", "open_engine"]
+
+logger = logging.getLogger(__name__)
+
+Use = Literal["api", "ingestion", "migrate", "backfill", "keys", "tests"]
+
+# The CLI's commands migrate and load in bulk: not the request path's statement timeout.
+_LONG_STATEMENT_SECONDS = 24 * 3600
+
+
+@asynccontextmanager
+async def database_server(settings: Settings) -> AsyncIterator[URL]:
+    """DATABASE_URL, or the embedded PostgreSQL under the data directory, started here and
+    stopped on the way out (not left to atexit, which uvicorn skips on SIGTERM)."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    embedded = EmbeddedPostgres(settings.data_dir / "postgres")
+    url = await asyncio.to_thread(embedded.start)
+    logger.info(
+        "DATABASE_URL not set: using the embedded PostgreSQL in %s (data kept across restarts)",
+        embedded.pgdata,
+    )
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(embedded.stop)
+        logger.info("embedded PostgreSQL stopped")
+
+
+def open_engine(settings: Settings, url: URL, use: Use) -> AsyncEngine:
+    """An engine on `url` (reads: on DATABASE_READ_URL when set) sized and timed for `use`;
+    it shows as `mdp-<use>` on the server."""
+    if use == "api":
+        # Reads are single statements: autocommit spares a BEGIN/ROLLBACK round trip each. They
+        # may go to a read replica or through a pooler; everything else needs the primary,
+        # directly.
+        return create_engine(
+            settings.database_read_url or url,
+            pool_size=settings.db_pool_size,
+            connect_timeout=settings.db_connect_timeout_seconds,
+            query_timeout=settings.db_query_timeout_seconds,
+            application_name="mdp-api",
+            isolation_level="AUTOCOMMIT",
+            pooled=settings.database_read_pooler == "transaction",
+        )
+    long_running = use in ("migrate", "backfill", "keys")
+    query_timeout = _LONG_STATEMENT_SECONDS if long_running else settings.db_query_timeout_seconds
+    return create_engine(
+        url,
+        # Ingestion has a connection of its own, so read load can never starve it; tests
+        # sometimes hold one connection while a second one checks.
+        pool_size=2 if use == "tests" else 1,
+        connect_timeout=settings.db_connect_timeout_seconds,
+        query_timeout=query_timeout,
+        application_name=f"mdp-{use}",
+    )
