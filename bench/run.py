@@ -42,7 +42,6 @@ from bench.support import (  # noqa: E402
     Processes,
     Server,
     as_asyncpg_dsn,
-    free_port,
     git_revision,
     log,
     machine,
@@ -51,6 +50,7 @@ from bench.support import (  # noqa: E402
     wait_http,
 )
 from bench.wrk import ensure_wrk, run_wrk  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 RESULTS = BENCH / "results"
 

@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +24,9 @@ from pathlib import Path
 
 import httpx2 as httpx
 import psutil
+
+# The test suite's one way to launch `mdp serve` on a free port and wait for it.
+from tests.support import serve
 
 
 def _paths() -> list[str]:
@@ -53,12 +52,6 @@ class Window:
 
     def error(self, what: str) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -145,31 +138,25 @@ def main() -> int:
             parser.error("--url must be a loopback address")
         return asyncio.run(soak(args.url, None, args.minutes, args.workers, args.report_seconds))
 
-    port = _free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="mdp-soak-"))
-    env = {**os.environ, "PORT": str(port), "LOG_LEVEL": "WARNING", "MDP_DATA_DIR": str(data_dir)}
-    server = subprocess.Popen([sys.executable, "-m", "mdp.cli", "serve"], env=env)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
+        with serve(None, {"MDP_DATA_DIR": str(data_dir)}, ready=None) as service:
             try:
-                if httpx.get(f"{base}/symbols", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                print("soak: the server did not start", file=sys.stderr)
+                service.wait_ready("/symbols")
+            except AssertionError as exc:
+                print(f"soak: the server did not start: {exc}", file=sys.stderr)
                 return 2
-            time.sleep(0.5)
-        time.sleep(3)  # a few batches, so every endpoint has data
-        return asyncio.run(soak(base, server.pid, args.minutes, args.workers, args.report_seconds))
+            time.sleep(3)  # a few batches, so every endpoint has data
+            return asyncio.run(
+                soak(
+                    service.base,
+                    service.process.pid,
+                    args.minutes,
+                    args.workers,
+                    args.report_seconds,
+                )
+            )
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

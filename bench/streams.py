@@ -36,7 +36,6 @@ from bench.support import (  # noqa: E402
     Processes,
     Server,
     as_asyncpg_dsn,
-    free_port,
     git_revision,
     log,
     machine,
@@ -45,6 +44,7 @@ from bench.support import (  # noqa: E402
     wait_http,
 )
 from persistence.trades import LIVE_CHANNEL  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 RESULTS = BENCH / "results"
 

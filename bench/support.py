@@ -8,7 +8,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+
+from mdp.embedded import EmbeddedPostgres
+
+# The test suite's polling loop: one for the whole tree.
+from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -64,49 +68,14 @@ class EmbeddedServer:
     the end of every run)."""
 
     def __init__(self, pgdata: Path = WORK / "postgres") -> None:
-        self.pgdata = pgdata
-        self._embedded: Any = None
+        self._embedded = EmbeddedPostgres(pgdata)
 
     def start(self) -> Server:
-        from mdp.embedded import EmbeddedPostgres
-
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        self._forget_dead_handles()
-        self._embedded = EmbeddedPostgres(self.pgdata)
         url = self._embedded.start()
         return Server(url.set(drivername="postgresql").render_as_string(hide_password=False))
 
-    def _forget_dead_handles(self) -> None:
-        # The library stops the server only when the last process holding a handle lets go; a
-        # run killed with SIGKILL leaves its pid behind, and the server would never stop again.
-        handles = self.pgdata / ".handle_pids.json"
-        if handles.exists():
-            alive = [pid for pid in json.loads(handles.read_text()) if _alive(pid)]
-            handles.write_text(json.dumps(alive))
-
     def stop(self) -> None:
-        if self._embedded is None:
-            return
-        try:
-            self._embedded.stop()
-        finally:
-            self._embedded = None
-        pidfile = self.pgdata / "postmaster.pid"
-        if pidfile.exists():
-            pid = int(pidfile.read_text().split()[0])
-            if _alive(pid):
-                # Another live handle kept it running: that is its owner's to stop.
-                log(f"embedded PostgreSQL (pid {pid}) left running: another process uses it")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        self._embedded.stop()
 
 
 async def recreate_database(server: Server, name: str) -> str:
@@ -203,12 +172,6 @@ def _show_progress(line: str) -> None:
         log(message)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Processes:
     """Child processes in their own sessions (Ctrl-C reaches only us), stopped in reverse order
     by `stop_all` — which the scripts call in `finally`."""
@@ -248,19 +211,17 @@ class Processes:
 
 def wait_http(url: str, process: subprocess.Popen[bytes], *, timeout: float = 90) -> None:
     """Until `url` answers 200, or fail if the process dies or time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def answered() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"process for {url} exited with {process.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
+                return bool(response.status == 200)
         except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
-        time.sleep(0.3)
+            return False
+
+    wait_until(answered, what=f"{url} answering 200", timeout=timeout, every=0.3)
 
 
 @contextmanager

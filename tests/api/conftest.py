@@ -9,15 +9,14 @@ from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
 from tests.api.support import SyncDatabase, app_settings, running_app
-from tests.conftest import create_database, drop_database
+from tests.support import DatabaseFactory
 
 
 @pytest.fixture(scope="session")
-async def api_database_url(server_url: URL) -> AsyncIterator[URL]:
+async def api_database_url(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
     """An empty database of the API tests' own: the app's lifespan migrates it at start-up."""
-    url = await create_database(server_url)
-    yield url
-    await drop_database(server_url, url)
+    async with database_factory.fresh(migrated=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +42,7 @@ def market(_api_db: SyncDatabase) -> SyncDatabase:
 
 
 @pytest.fixture
-async def fresh_database_url(server_url: URL) -> AsyncIterator[URL]:
+async def fresh_database_url(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
     """A new empty database for a test that runs an app of its own (e.g. with ingestion on)."""
-    url = await create_database(server_url)
-    yield url
-    await drop_database(server_url, url)
+    async with database_factory.fresh(migrated=False) as url:
+        yield url

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import httpx2 as httpx
@@ -19,28 +18,19 @@ from starlette.testclient import TestClient
 
 from mdp.app import create_app
 from mdp.settings import DEFAULT_SYMBOLS, Settings, SymbolSpec
+from tests.support import dsn, wait_until
 
 __all__ = [
     "SyncDatabase",
     "TradeRecord",
     "assert_problem",
     "decimal_json",
-    "dsn",
     "iso",
     "past_midnight",
     "running_app",
-    "wait_for",
 ]
 
-T = TypeVar("T")
-
-# Generous enough for a loaded CI machine; every wait polls and returns as soon as it can.
-READY_TIMEOUT = 30.0
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-
-
-def dsn(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def iso(moment: datetime) -> str:
@@ -57,24 +47,6 @@ def past_midnight(days: int = 3) -> datetime:
 def decimal_json(response: httpx.Response) -> Any:
     """The body with every JSON number that has a fraction parsed as an exact Decimal."""
     return json.loads(response.text, parse_float=Decimal)
-
-
-def wait_for(
-    probe: Callable[[], T],
-    accept: Callable[[T], bool],
-    *,
-    timeout: float = READY_TIMEOUT,
-    what: str = "condition",
-) -> T:
-    """Call `probe` until `accept` holds for its result; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if accept(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s; last: {value!r}")
-        time.sleep(0.02)
 
 
 def _check_invariants(response: httpx.Response) -> None:
@@ -107,7 +79,7 @@ def running_app(settings: Settings, *, wait_ready: bool = True) -> Iterator[Test
     with app.test_client() as client:
         client.event_hooks = {"request": [], "response": [_check_invariants]}
         if wait_ready:
-            wait_for(lambda: client.get("/symbols"), _is_ready, what="app start-up")
+            wait_until(lambda: client.get("/symbols"), _is_ready, what="app start-up")
         yield client
 
 

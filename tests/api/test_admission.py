@@ -8,7 +8,8 @@ import time
 import httpx2 as httpx
 from sqlalchemy.engine import URL
 
-from tests.api.support import SyncDatabase, app_settings, assert_problem, running_app, wait_for
+from tests.api.support import SyncDatabase, app_settings, assert_problem, running_app
+from tests.support import wait_until
 
 WAITING_ON_THE_LOCK = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
@@ -30,7 +31,7 @@ def test_a_request_that_would_queue_past_the_limit_is_refused_at_once_with_retry
                 target=lambda: answered.append(client.get("/trades", params={"symbol": "AAPL"}))
             )
             holder.start()
-            wait_for(lambda: market.fetchval(WAITING_ON_THE_LOCK), bool, what="query blocked")
+            wait_until(lambda: market.fetchval(WAITING_ON_THE_LOCK), bool, what="query blocked")
 
             started = time.monotonic()
             refused = client.get("/price/latest", params={"symbol": "AAPL"})

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.api.support import app_settings, assert_problem, running_app, wait_for
+from tests.api.support import app_settings, assert_problem, running_app
+from tests.support import wait_until
 
 
 class FreezableProxy:
@@ -115,7 +116,7 @@ def test_a_hanging_database_gets_bounded_503s_and_the_service_recovers(
 
         proxy.frozen.clear()
         for path, params in DATA_REQUESTS:
-            wait_for(
+            wait_until(
                 lambda path=path, params=params: client.get(path, params=params),
                 # 200, or 404 no_trades (ingestion is off here): answered, not unavailable.
                 lambda response: response.status_code in (200, 404),

@@ -22,8 +22,8 @@ from starlette.testclient import TestClient
 
 from mdp.embedded import EmbeddedPostgres
 from mdp.settings import DEFAULT_SYMBOLS
-from tests.api.support import app_settings, assert_problem, running_app, wait_for
-from tests.conftest import create_database
+from tests.api.support import app_settings, assert_problem, running_app
+from tests.support import DatabaseFactory, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -67,9 +67,11 @@ class Server:
         return url
 
     def new_database(self) -> URL:
+        """An empty database on this server (start-up migrates it), left to die with it."""
+        # A loop of its own: these tests are synchronous, beside the session's loop.
         loop = asyncio.new_event_loop()
         try:
-            url: URL = loop.run_until_complete(create_database(self.url))
+            url: URL = loop.run_until_complete(DatabaseFactory(self.url).create(migrated=False))
         finally:
             loop.close()
         return url
@@ -85,7 +87,7 @@ def server() -> Iterator[Server]:
         yield instance
         if instance.running:
             instance.stop()
-        wait_for(
+        wait_until(
             lambda: postgres_processes(instance.pgdata),
             lambda processes: not processes,
             timeout=15,
@@ -136,7 +138,7 @@ def test_outage_answers_503_and_recovers_without_restarting_the_app(running_serv
     database = running_server.new_database()
     settings = app_settings(database, ingestion_enabled=True, ingestion_interval_seconds=0.1)
     with running_app(settings) as client:
-        before = wait_for(
+        before = wait_until(
             lambda: client.get("/price/latest", params={"symbol": "AAPL"}), is_ok, what="a trade"
         ).json()
         url = running_server.url
@@ -150,7 +152,7 @@ def test_outage_answers_503_and_recovers_without_restarting_the_app(running_serv
         assert metrics.status_code == 200
         assert metrics.json()["database"] == {"status": "down", "latency_ms": None}
         assert timed_get(client, "/").status_code == 200
-        failing = wait_for(
+        failing = wait_until(
             lambda: client.get("/status/ingestion").json(),
             lambda body: body["consecutive_failures"] >= 1,
             what="an ingestion failure",
@@ -161,10 +163,12 @@ def test_outage_answers_503_and_recovers_without_restarting_the_app(running_serv
 
         assert restarted == url, "the server came back on another address"
         for path, params in DATA_REQUESTS:
-            wait_for(functools.partial(client.get, path, params=params), is_ok, what=f"{path} back")
-        health = wait_for(lambda: client.get("/health"), is_ok, what="health recovered")
+            wait_until(
+                functools.partial(client.get, path, params=params), is_ok, what=f"{path} back"
+            )
+        health = wait_until(lambda: client.get("/health"), is_ok, what="health recovered")
         assert health.json()["status"] in {"pass", "warn"}
-        recovered = wait_for(
+        recovered = wait_until(
             lambda: client.get("/status/ingestion").json(),
             lambda body: body["state"] == "running" and body["consecutive_failures"] == 0,
             what="ingestion recovered",
@@ -191,7 +195,7 @@ def test_app_started_while_the_database_is_down_finishes_start_up_when_it_appear
 
         running_server.start()
 
-        symbols = wait_for(lambda: client.get("/symbols"), is_ok, what="start-up finished")
+        symbols = wait_until(lambda: client.get("/symbols"), is_ok, what="start-up finished")
         assert [row["symbol"] for row in symbols.json()["symbols"]] == sorted(
             spec.symbol for spec in DEFAULT_SYMBOLS
         )

@@ -14,9 +14,8 @@ from starlette.testclient import TestClient
 
 from mdp.settings import DEFAULT_SYMBOLS
 from mdp.spec import load_contract
-from persistence.migrate import upgrade
-from tests.api.support import app_settings, running_app, wait_for
-from tests.conftest import create_database, drop_database, make_engine
+from tests.api.support import app_settings, running_app
+from tests.support import DatabaseFactory, MakeDatabase, open_test_engine, wait_until
 
 INTERVAL = 0.1
 SYMBOLS = [spec.symbol for spec in DEFAULT_SYMBOLS]
@@ -29,10 +28,9 @@ def recent(stamp: str, *, within: timedelta = timedelta(minutes=5)) -> bool:
 
 
 @pytest.fixture(scope="module")
-async def ingesting_database_url(server_url: URL) -> AsyncIterator[URL]:
-    url = await create_database(server_url)
-    yield url
-    await drop_database(server_url, url)
+async def ingesting_database_url(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
+    async with database_factory.fresh(migrated=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +44,11 @@ def ingesting(ingesting_database_url: URL) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-async def rejecting_database_url(server_url: URL) -> AsyncIterator[URL]:
+async def rejecting_database_url(make_database: MakeDatabase) -> URL:
     """A migrated database whose trades table refuses every insert: ingestion cannot succeed."""
-    url = await create_database(server_url)
-    engine = make_engine(url)
+    url = await make_database()
+    engine = open_test_engine(url)
     try:
-        await upgrade(engine)
         async with engine.begin() as conn:
             await conn.execute(
                 text(
@@ -67,8 +64,7 @@ async def rejecting_database_url(server_url: URL) -> AsyncIterator[URL]:
             )
     finally:
         await engine.dispose()
-    yield url
-    await drop_database(server_url, url)
+    return url
 
 
 def status(client: TestClient) -> dict[str, Any]:
@@ -137,7 +133,7 @@ def test_health_passes_with_ingestion_disabled(client: TestClient):
 
 
 def test_health_passes_with_ingestion_running(ingesting: TestClient):
-    body = wait_for(
+    body = wait_until(
         lambda: ingesting.get("/health").json(),
         lambda b: b["checks"]["ingestion"]["state"] == "running",
         what="ingestion running",
@@ -154,7 +150,7 @@ def test_health_warns_when_ingestion_is_stale(rejecting_database_url: URL):
         rejecting_database_url, ingestion_enabled=True, ingestion_interval_seconds=INTERVAL
     )
     with running_app(settings) as client:
-        response = wait_for(
+        response = wait_until(
             lambda: client.get("/health"),
             lambda r: r.json()["status"] == "warn",
             what="health warn",
@@ -198,7 +194,7 @@ def test_ingestion_status_is_disabled_when_ingestion_is_off(client: TestClient):
 
 
 def test_ingestion_status_becomes_running(ingesting: TestClient):
-    body = wait_for(lambda: status(ingesting), lambda b: b["state"] == "running", what="running")
+    body = wait_until(lambda: status(ingesting), lambda b: b["state"] == "running", what="running")
 
     assert body["enabled"] is True
     assert body["interval_seconds"] == pytest.approx(INTERVAL)
@@ -212,9 +208,9 @@ def test_ingestion_status_becomes_running(ingesting: TestClient):
 
 
 def test_ingestion_status_totals_grow(ingesting: TestClient):
-    first = wait_for(lambda: status(ingesting), lambda b: b["batches_total"] >= 1, what="a batch")
+    first = wait_until(lambda: status(ingesting), lambda b: b["batches_total"] >= 1, what="a batch")
 
-    later = wait_for(
+    later = wait_until(
         lambda: status(ingesting),
         lambda b: b["batches_total"] >= first["batches_total"] + 2,
         what="two more batches",
@@ -228,7 +224,7 @@ def test_ingestion_status_totals_grow(ingesting: TestClient):
 
 
 def test_ingested_trades_are_served(ingesting: TestClient):
-    wait_for(lambda: status(ingesting), lambda b: b["batches_total"] >= 1, what="a batch")
+    wait_until(lambda: status(ingesting), lambda b: b["batches_total"] >= 1, what="a batch")
 
     for symbol in SYMBOLS:
         response = ingesting.get("/price/latest", params={"symbol": symbol})
@@ -271,7 +267,7 @@ def test_metrics_report_start_time_and_database_up(client: TestClient):
 
 
 def test_metrics_report_the_ingestion_heartbeat(ingesting: TestClient):
-    body = wait_for(
+    body = wait_until(
         lambda: ingesting.get("/metrics").json(),
         lambda b: b["ingestion"]["state"] == "running",
         what="running",

@@ -13,13 +13,12 @@ from tests.api.support import (
     SyncDatabase,
     app_settings,
     assert_problem,
-    dsn,
     error_names,
     iso,
     past_midnight,
     running_app,
-    wait_for,
 )
+from tests.support import dsn, wait_until
 
 
 def test_latest_prices_come_in_the_order_asked_with_duplicates_folded(
@@ -80,7 +79,7 @@ async def test_latest_price_is_answered_from_memory_while_the_feed_is_heard(
         fresh_database_url, ingestion_enabled=True, ingestion_interval_seconds=0.1
     )
     with running_app(settings) as app:
-        wait_for(
+        wait_until(
             lambda: app.get("/price/latest", params={"symbol": "AAPL"}).status_code,
             lambda status: status == 200,
             what="a live price",

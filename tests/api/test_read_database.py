@@ -9,30 +9,21 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.engine import URL
 
-from persistence.migrate import upgrade
-from tests.api.support import SyncDatabase, app_settings, iso, running_app, wait_for
-from tests.conftest import make_engine
-from tests.servers import ReplicatedPair, pgbouncer, replicated_pair
+from tests.api.support import SyncDatabase, app_settings, iso, running_app
+from tests.support import migrate, wait_until
+from tests.support.servers import ReplicatedPair, pgbouncer, replicated_pair
 
 pytestmark = pytest.mark.slow
-
-
-async def _migrate(url: URL) -> None:
-    engine = make_engine(url)
-    try:
-        await upgrade(engine)
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[ReplicatedPair]:
     """A primary at head and its standby, once the standby has replayed the schema."""
     with replicated_pair() as servers:
-        asyncio.run(_migrate(servers.primary))
+        asyncio.run(migrate(servers.primary))
         standby = SyncDatabase(servers.standby)
         try:
-            wait_for(
+            wait_until(
                 lambda: standby.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL"),
                 bool,
                 what="the schema on the standby",
@@ -72,7 +63,7 @@ def test_reads_served_by_the_replica_see_the_primary_writes(
         moment = datetime.now(UTC) - timedelta(minutes=5)
         written = primary.add_trades("AAPL", [(moment, "123.45", 7)])
 
-        trades = wait_for(
+        trades = wait_until(
             lambda: client.get("/trades", params={"symbol": "AAPL", "start": iso(moment)}).json(),
             lambda body: body["count"] == 1,
             what="the replicated trade",
@@ -98,14 +89,14 @@ def test_health_reports_the_lag_of_a_paused_replica(
         try:
             primary.add_trades("AAPL", [(datetime.now(UTC), "1", 1)])
             # The primary moved on; the paused standby received it but cannot replay it.
-            lagging = wait_for(
+            lagging = wait_until(
                 lambda: client.get("/health").json()["checks"]["database"],
                 lambda database: (database["replay_lag_seconds"] or 0) > 0,
                 what="a replay lag",
             )
         finally:
             standby.execute("SELECT pg_wal_replay_resume()")
-        caught_up = wait_for(
+        caught_up = wait_until(
             lambda: client.get("/health").json()["checks"]["database"],
             lambda database: database["replay_lag_seconds"] == 0,
             what="the standby catching up",
@@ -127,7 +118,7 @@ def test_reads_through_a_transaction_pooler_while_leadership_stays_direct(
             ingestion_interval_seconds=0.2,
         )
         with running_app(settings) as client:
-            status = wait_for(
+            status = wait_until(
                 lambda: client.get("/status/ingestion").json(),
                 lambda body: body["role"] == "leader" and body["batches_total"] >= 2,
                 what="leadership and ingestion",

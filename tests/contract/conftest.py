@@ -8,22 +8,20 @@ import pytest
 import schemathesis
 from sqlalchemy.engine import URL
 
-from tests.conftest import create_database, drop_database
-from tests.contract.support import running_service
+from tests.support import DatabaseFactory, serve_live
 
 
 @pytest.fixture(scope="session")
-async def contract_database(server_url: URL) -> AsyncIterator[URL]:
-    url = await create_database(server_url)
-    yield url
-    await drop_database(server_url, url)
+async def contract_database(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
+    async with database_factory.fresh(migrated=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def live_server(contract_database: URL) -> Iterator[str]:
     """Base URL of a real uvicorn process with live ingestion, stopped with SIGTERM."""
-    with running_service(contract_database.render_as_string(hide_password=False), {}) as base:
-        yield base
+    with serve_live(contract_database) as service:
+        yield service.base
 
 
 @pytest.fixture(scope="session")

@@ -5,33 +5,25 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
 __all__ = [
     "REPOSITORY",
     "SPEC_PATH",
-    "free_port",
     "load_spec",
     "node_tool",
     "operations",
     "require_executable",
     "resolve",
     "run_tool",
-    "running_service",
     "static_files",
 ]
 
@@ -88,12 +80,6 @@ def run_tool(
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class _CorsHandler(http.server.SimpleHTTPRequestHandler):
     # The ReDoc page loads its script with `integrity` and `crossorigin="anonymous"`, which
     # makes it a CORS request: without this header Chromium refuses the script.
@@ -118,44 +104,6 @@ def static_files(directory: Path) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-
-
-@contextlib.contextmanager
-def running_service(database_url: str, extra_env: Mapping[str, str]) -> Iterator[str]:
-    """`mdp serve` with live ingestion and `extra_env`; yields its base URL once a trade of
-    AAPL exists."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "INGESTION_INTERVAL_SECONDS": "0.2",
-        "INGESTION_SEED": "11",
-        "LOG_LEVEL": "WARNING",
-        **extra_env,
-    }
-    process = subprocess.Popen([sys.executable, "-m", "mdp.cli", "serve"], env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/price/latest?symbol=AAPL", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not serve a price within 60 s")
-            time.sleep(0.2)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
 
 
 def require_executable(path: str) -> str:

@@ -16,16 +16,15 @@ import pytest
 from sqlalchemy.engine import URL
 
 from mdp.settings import Settings
-from tests.conftest import create_database, drop_database
 from tests.contract.support import (
     REPOSITORY,
     load_spec,
     operations,
     require_executable,
     run_tool,
-    running_service,
     static_files,
 )
+from tests.support import DatabaseFactory, serve_live
 
 pytestmark = pytest.mark.slow
 
@@ -52,10 +51,9 @@ def test_pinned_redoc_integrity_matches_the_npm_bundle() -> None:
 
 
 @pytest.fixture(scope="module")
-async def docs_database(server_url: URL) -> AsyncIterator[URL]:
-    url = await create_database(server_url)
-    yield url
-    await drop_database(server_url, url)
+async def docs_database(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
+    async with database_factory.fresh(migrated=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +76,8 @@ def browser_report(docs_database: URL, screenshots: Path) -> Iterator[dict[str, 
             "REDOC_SCRIPT_URL": f"{bundles}/redoc.standalone.js",
             "REDOC_SCRIPT_INTEGRITY": _sri(REDOC_SCRIPT),
         }
-        database = docs_database.render_as_string(hide_password=False)
-        with running_service(database, env) as base:
-            result = run_tool([node, CHECK_DOCS, base, screenshots], timeout=180)
+        with serve_live(docs_database, env) as service:
+            result = run_tool([node, CHECK_DOCS, service.base, screenshots], timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     yield json.loads(result.stdout)
 

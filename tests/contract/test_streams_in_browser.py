@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.conftest import create_database, drop_database
-from tests.contract.support import REPOSITORY, require_executable, run_tool, running_service
+from tests.contract.support import REPOSITORY, require_executable, run_tool
+from tests.support import DatabaseFactory, dsn, serve_live
 
 pytestmark = pytest.mark.slow
 
@@ -21,17 +21,16 @@ EVENTS = 8
 
 
 @pytest.fixture(scope="module")
-async def browser_database(server_url: URL) -> AsyncIterator[URL]:
-    url = await create_database(server_url)
-    yield url
-    await drop_database(server_url, url)
+async def browser_database(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
+    async with database_factory.fresh(migrated=False) as url:
+        yield url
 
 
 async def test_event_source_receives_live_trades_across_reconnects(browser_database: URL) -> None:
     node = require_executable("node")
     require_executable("/usr/bin/chromium")
-    with running_service(browser_database.render_as_string(hide_password=False), {}) as base:
-        result = run_tool([node, CHECK_EVENT_SOURCE, base, str(EVENTS)], timeout=120)
+    with serve_live(browser_database) as service:
+        result = run_tool([node, CHECK_EVENT_SOURCE, service.base, str(EVENTS)], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     trades = [trade["data"] for trade in report["trades"]]
@@ -40,9 +39,7 @@ async def test_event_source_receives_live_trades_across_reconnects(browser_datab
     # Three events per connection: the browser reconnected twice on its own.
     assert report["opened"] >= 3
     assert report["consoleErrors"] == []
-    conn = await asyncpg.connect(
-        browser_database.set(drivername="postgresql").render_as_string(False)
-    )
+    conn = await asyncpg.connect(dsn(browser_database))
     try:
         stored = await conn.fetch(
             "SELECT id FROM trades WHERE symbol IN ('AAPL', 'MSFT') "

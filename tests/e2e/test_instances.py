@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,77 +14,24 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.conftest import create_database, drop_database
 from tests.e2e.sse import read_events
+from tests.support import MakeDatabase, Service, dsn, serve, wait_until
 
 INTERVAL = 0.5
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def status(instance: Service) -> dict[str, Any] | None:
+    response = instance.get("/status/ingestion")
+    return response.json() if response is not None and response.status_code == 200 else None
 
 
-class Instance:
-    """One `mdp serve` process."""
-
-    def __init__(self, database: URL) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "DATABASE_URL": database.render_as_string(hide_password=False),
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "INGESTION_INTERVAL_SECONDS": str(INTERVAL),
-            "LOG_LEVEL": "WARNING",
-        }
-        # A file, not a pipe: nobody reads while it runs, and a full pipe would block it.
-        self.stderr = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mdp.cli", "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self.stderr,
-        )
-
-    def status(self) -> dict[str, Any] | None:
-        try:
-            response = httpx.get(f"{self.base}/status/ingestion", timeout=2)
-        except httpx.TransportError:
-            return None
-        return response.json() if response.status_code == 200 else None
-
-    def stderr_text(self) -> str:
-        self.stderr.seek(0)
-        return self.stderr.read().decode(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=10)
-        self.stderr.close()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:.0f}s")
-        time.sleep(0.1)
-
-
-def leaders(instances: list[Instance]) -> list[Instance]:
-    return [i for i in instances if (i.status() or {}).get("role") == "leader"]
+def leaders(instances: list[Service]) -> list[Service]:
+    return [i for i in instances if (status(i) or {}).get("role") == "leader"]
 
 
 async def batch_times(database: URL) -> list[datetime]:
     """The distinct batch timestamps written so far, in order (a batch has one timestamp)."""
-    conn = await asyncpg.connect(database.set(drivername="postgresql").render_as_string(False))
+    conn = await asyncpg.connect(dsn(database))
     try:
         rows = await conn.fetch("SELECT DISTINCT timestamp FROM trades ORDER BY 1")
         duplicates = await conn.fetchval(
@@ -102,40 +45,44 @@ async def batch_times(database: URL) -> list[datetime]:
 
 
 @pytest.fixture
-async def database(server_url: URL) -> AsyncIterator[URL]:
-    url = await create_database(server_url)
-    yield url
-    await drop_database(server_url, url)
+async def database(make_database: MakeDatabase) -> URL:
+    """Empty: the instances migrate it as they start, concurrently."""
+    return await make_database(migrated=False)
 
 
 @pytest.fixture
-def start(database: URL) -> Iterator[Callable[[int], list[Instance]]]:
-    started: list[Instance] = []
+def start(database: URL) -> Iterator[Callable[[int], list[Service]]]:
+    started: list[Service] = []
+    with contextlib.ExitStack() as stack:
 
-    def launch(count: int) -> list[Instance]:
-        batch = [Instance(database) for _ in range(count)]
-        started.extend(batch)
-        for instance in batch:
-            wait_for("an instance answering", instance.status)
-        return batch
+        def launch(count: int) -> list[Service]:
+            env = {"INGESTION_INTERVAL_SECONDS": str(INTERVAL)}
+            # All launched before any is awaited: they start (and migrate) side by side.
+            batch = [stack.enter_context(serve(database, env, ready=None)) for _ in range(count)]
+            started.extend(batch)
+            for instance in batch:
+                instance.wait_ready("/status/ingestion")
+            return batch
 
-    yield launch
-    for instance in started:
-        instance.stop()
+        yield launch
+        # Killed, not stopped: what is left of a test needs no graceful shutdown.
+        for instance in started:
+            if instance.process.poll() is None:
+                instance.process.kill()
 
 
 @pytest.mark.parametrize("count", [2, 3])
 async def test_only_one_of_several_instances_ingests(
-    database: URL, start: Callable[[int], list[Instance]], count: int
+    database: URL, start: Callable[[int], list[Service]], count: int
 ) -> None:
     instances = start(count)
-    wait_for("one leader", lambda: len(leaders(instances)) == 1)
+    wait_until(lambda: len(leaders(instances)) == 1, what="one leader", every=0.1)
     before = len(await batch_times(database))
     time.sleep(12 * INTERVAL)
 
     times = await batch_times(database)
     (leader,) = leaders(instances)
-    standbys = [i.status() for i in instances if i is not leader]
+    standbys = [status(i) for i in instances if i is not leader]
     assert all(s is not None and s["role"] == "standby" for s in standbys)
     assert all(s is not None and s["state"] == "standby" for s in standbys)
     # One ingester's cadence: about one batch per interval, not `count` of them.
@@ -146,33 +93,35 @@ async def test_only_one_of_several_instances_ingests(
 
 
 async def test_a_standby_takes_over_within_two_intervals_when_the_leader_is_killed(
-    database: URL, start: Callable[[int], list[Instance]]
+    database: URL, start: Callable[[int], list[Service]]
 ) -> None:
     instances = start(3)
-    (leader,) = wait_for("one leader", lambda: leaders(instances) or None)
+    (leader,) = wait_until(lambda: leaders(instances), what="one leader", every=0.1)
     time.sleep(3 * INTERVAL)
     leader.process.send_signal(signal.SIGKILL)
     leader.process.wait(timeout=10)
     killed_at = time.monotonic()
     survivors = [i for i in instances if i is not leader]
 
-    (successor,) = wait_for("a new leader", lambda: leaders(survivors) or None, timeout=10)
+    (successor,) = wait_until(
+        lambda: leaders(survivors), what="a new leader", timeout=10, every=0.1
+    )
     took_over = time.monotonic() - killed_at
     time.sleep(4 * INTERVAL)
 
     times = await batch_times(database)
     assert took_over <= 2 * INTERVAL + 1.0  # one retry interval, plus process scheduling
-    assert (successor.status() or {})["batches_total"] >= 2
+    assert (status(successor) or {})["batches_total"] >= 2
     # No gap in the data longer than the hand-over itself.
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert max(gaps) <= timedelta(seconds=2 * INTERVAL + 1.5)
 
 
 async def test_sigterm_exits_within_grace_and_hands_leadership_over(
-    database: URL, start: Callable[[int], list[Instance]]
+    database: URL, start: Callable[[int], list[Service]]
 ) -> None:
     instances = start(2)
-    (leader,) = wait_for("one leader", lambda: leaders(instances) or None)
+    (leader,) = wait_until(lambda: leaders(instances), what="one leader", every=0.1)
     (standby,) = [i for i in instances if i is not leader]
     time.sleep(3 * INTERVAL)
 
@@ -180,13 +129,13 @@ async def test_sigterm_exits_within_grace_and_hands_leadership_over(
     stopped_at = time.monotonic()
     leader.process.wait(timeout=10)
     exited_after = time.monotonic() - stopped_at
-    wait_for("the standby leading", lambda: leaders([standby]) or None, timeout=5)
+    wait_until(lambda: leaders([standby]), what="the standby leading", timeout=5, every=0.1)
 
-    stderr = leader.stderr_text()
+    stderr = leader.output()
     assert exited_after < 8
     assert "Traceback" not in stderr
     # Every batch is whole: each timestamp has one trade count per symbol range (1..3).
-    conn = await asyncpg.connect(database.set(drivername="postgresql").render_as_string(False))
+    conn = await asyncpg.connect(dsn(database))
     try:
         per_batch = await conn.fetch(
             "SELECT timestamp, count(DISTINCT symbol) FROM trades GROUP BY 1 ORDER BY 1"
@@ -196,19 +145,19 @@ async def test_sigterm_exits_within_grace_and_hands_leadership_over(
     assert per_batch and all(symbols == 5 for _, symbols in per_batch)
 
 
-def _stream_trades(instance: Instance, params: dict[str, Any]) -> Any:
+def _stream_trades(instance: Service, params: dict[str, Any]) -> Any:
     return httpx.stream("GET", f"{instance.base}/stream/trades", params=params, timeout=30)
 
 
 async def test_a_stream_on_a_standby_carries_every_trade_across_a_failover(
-    database: URL, start: Callable[[int], list[Instance]]
+    database: URL, start: Callable[[int], list[Service]]
 ) -> None:
     instances = start(2)
-    (leader,) = wait_for("one leader", lambda: leaders(instances) or None)
+    (leader,) = wait_until(lambda: leaders(instances), what="one leader", every=0.1)
     (watcher,) = [i for i in instances if i is not leader]
     received: list[dict[str, Any]] = []
     killed_at: datetime | None = None
-    wait_for("a first batch", lambda: (leader.status() or {}).get("batches_total"))
+    wait_until(lambda: (status(leader) or {}).get("batches_total"), what="a first batch", every=0.1)
     with _stream_trades(watcher, {"symbols": "AAPL,MSFT", "duration": 6 * INTERVAL + 3}) as r:
         assert r.status_code == 200
         for event in read_events(r):
@@ -221,7 +170,7 @@ async def test_a_stream_on_a_standby_carries_every_trade_across_a_failover(
     assert datetime.fromisoformat(received[-1]["timestamp"]) > killed_at + timedelta(
         seconds=2 * INTERVAL
     )
-    conn = await asyncpg.connect(database.set(drivername="postgresql").render_as_string(False))
+    conn = await asyncpg.connect(dsn(database))
     try:
         stored = await conn.fetch(
             "SELECT id FROM trades WHERE symbol IN ('AAPL', 'MSFT') AND id BETWEEN $1 AND $2 "
@@ -236,10 +185,12 @@ async def test_a_stream_on_a_standby_carries_every_trade_across_a_failover(
 
 
 def test_sigterm_ends_open_streams_within_the_grace(
-    start: Callable[[int], list[Instance]],
+    start: Callable[[int], list[Service]],
 ) -> None:
     (instance,) = start(1)
-    wait_for("a first batch", lambda: (instance.status() or {}).get("batches_total"))
+    wait_until(
+        lambda: (status(instance) or {}).get("batches_total"), what="a first batch", every=0.1
+    )
     with _stream_trades(instance, {"symbols": "AAPL"}) as r:
         assert r.status_code == 200
         events = read_events(r)
@@ -251,4 +202,4 @@ def test_sigterm_ends_open_streams_within_the_grace(
     assert all(e.kind == "trade" for e in remaining)
     assert ended_after < 3
     instance.process.wait(timeout=10)
-    assert "Traceback" not in instance.stderr_text()
+    assert "Traceback" not in instance.output()

@@ -14,9 +14,8 @@ import pytest
 from sqlalchemy.engine import URL
 
 from handlers.streams import encode_id
-from tests.conftest import create_database, drop_database
-from tests.contract.support import running_service
 from tests.e2e.sse import read_events
+from tests.support import DatabaseFactory, dsn, serve_live, wait_until
 
 
 def stream(
@@ -26,21 +25,20 @@ def stream(
 
 
 @pytest.fixture(scope="module")
-async def stream_database(server_url: URL) -> AsyncIterator[URL]:
-    url = await create_database(server_url)
-    yield url
-    await drop_database(server_url, url)
+async def stream_database(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
+    async with database_factory.fresh(migrated=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def service(stream_database: URL) -> Iterator[str]:
     env = {"STREAM_HEARTBEAT_SECONDS": "0.3", "STREAM_MAX_CLIENTS": "3"}
-    with running_service(stream_database.render_as_string(hide_password=False), env) as base:
-        yield base
+    with serve_live(stream_database, env) as live:
+        yield live.base
 
 
 async def _fetch(url: URL, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+    conn = await asyncpg.connect(dsn(url))
     try:
         return list(await conn.fetch(sql, *args))
     finally:
@@ -166,12 +164,13 @@ def test_streams_beyond_the_cap_get_503_and_a_closed_one_frees_its_place(service
         assert refused.json()["code"] == "streams_at_capacity"
         assert int(refused.headers["retry-after"]) >= 1
         opened[0].close()  # the client goes away: its place is freed
-        deadline = time.monotonic() + 10
-        while True:
-            again = httpx.get(f"{service}/stream/trades", params={"symbols": "AAPL", "limit": 1})
-            if again.status_code == 200 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        again = wait_until(
+            lambda: httpx.get(f"{service}/stream/trades", params={"symbols": "AAPL", "limit": 1}),
+            lambda response: response.status_code == 200,
+            what="a stream admitted again",
+            timeout=10,
+            every=0.05,
+        )
         assert again.status_code == 200
 
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -19,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mdp.apikeys import RateLimit, create_key, key_id_of, revoke
 from persistence.api_keys import key_version, record_last_used
-from tests.conftest import create_database, drop_database, make_engine
+from tests.support import MakeDatabase, open_test_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,11 +30,9 @@ class Outcome(NamedTuple):
 
 
 @pytest.fixture
-async def keys_database(server_url: URL) -> AsyncIterator[URL]:
+async def keys_database(make_database: MakeDatabase) -> URL:
     """A brand-new database: `mdp keys` brings the schema to head itself."""
-    url = await create_database(server_url)
-    yield url
-    await drop_database(server_url, url)
+    return await make_database(migrated=False)
 
 
 async def mdp_keys(url: URL, *args: str) -> Outcome:
@@ -79,7 +76,7 @@ async def test_create_prints_the_key_alone_once_and_stores_only_its_hash(
     assert record["event"] == "key_created"
     assert record["key_id"] == key_id
     assert record["key_name"] == "analytics-ml"
-    engine = make_engine(keys_database)
+    engine = open_test_engine(keys_database)
     try:
         async with engine.connect() as conn:
             row = (await conn.execute(text("SELECT * FROM api_keys"))).mappings().one()

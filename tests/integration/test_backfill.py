@@ -20,11 +20,9 @@ from ingestion.generator import TradeGenerator
 from ingestion.loop import Ingestor
 from ingestion.status import IngestionStatus
 from persistence.candles import CandleRow, lock_candles, read_candles
-from persistence.migrate import upgrade
 from persistence.symbols import ensure_symbols
 from persistence.trades import VISIBILITY_DEADLINE, NewTrade, insert_trades
-from tests.conftest import create_database, drop_database, make_engine
-from tests.integration.support import eventually
+from tests.support import MakeDatabase, open_test_engine, wait_until_async
 
 BASES = {"AAA": Decimal("100.00"), "BBB": Decimal("25.50")}
 # The walk's limits for these bases: ±20 % band, at most 0.2 % of the base per trade.
@@ -125,16 +123,11 @@ async def live_engine(fresh_engine: AsyncEngine) -> AsyncEngine:
 
 
 @pytest.fixture
-async def other_database(server_url: URL) -> AsyncIterator[AsyncEngine]:
+async def other_database(make_database: MakeDatabase) -> AsyncIterator[AsyncEngine]:
     """A second private database at head, for comparing two runs."""
-    url = await create_database(server_url)
-    engine = make_engine(url)
-    try:
-        await upgrade(engine)
-        yield engine
-    finally:
-        await engine.dispose()
-        await drop_database(server_url, url)
+    engine = open_test_engine(await make_database())
+    yield engine
+    await engine.dispose()
 
 
 # --- planning -----------------------------------------------------------------------------
@@ -385,7 +378,7 @@ async def test_backfill_cancelled_during_a_copy_leaves_no_part_of_that_chunk(
     live_engine: AsyncEngine, empty_database: URL, small_chunks: int
 ) -> None:
     plans = await _plan(live_engine)
-    side = make_engine(empty_database)
+    side = open_test_engine(empty_database)
     try:
         async with side.connect() as holder, side.connect() as blocker:
             # Pause the run at BBB's first chunk (candle lock), then make its COPY wait on
@@ -395,13 +388,13 @@ async def test_backfill_cancelled_during_a_copy_leaves_no_part_of_that_chunk(
             task = asyncio.create_task(
                 run_backfill(live_engine, plans, seed=SEED, on_chunk=lambda _: None)
             )
-            await eventually(
+            await wait_until_async(
                 lambda: _lock_waits(holder, "advisory"), what="BBB's chunk to wait for the lock"
             )
             await blocker.begin()
             await blocker.execute(text("LOCK TABLE trades IN SHARE MODE"))
             await holder.commit()
-            await eventually(
+            await wait_until_async(
                 lambda: _lock_waits(holder, "relation"), what="BBB's COPY to wait for the table"
             )
 
@@ -523,12 +516,12 @@ async def test_backfill_beside_live_ingestion_never_overlaps_it(
     async with fresh_engine.begin() as conn:
         await ensure_symbols(conn, [(code, f"{code} Inc.") for code in BASES])
     # The service gives ingestion an engine of its own; so does this test.
-    ingest_engine = make_engine(empty_database)
+    ingest_engine = open_test_engine(empty_database)
     generator = TradeGenerator(BASES, seed=SEED, max_trades_per_symbol=5)
     status = IngestionStatus(enabled=True, interval_seconds=0.02, symbols=tuple(BASES))
     ingestion_task = asyncio.create_task(Ingestor(ingest_engine, generator, status).run())
     try:
-        await eventually(lambda: status.batches_total >= 1, what="the first live batch")
+        await wait_until_async(lambda: status.batches_total >= 1, what="the first live batch")
         plans = await plan_backfill(
             fresh_engine, BASES, days=0.005, trades_per_second=20, now=datetime.now(UTC)
         )
@@ -540,15 +533,17 @@ async def test_backfill_beside_live_ingestion_never_overlaps_it(
             backfill = asyncio.create_task(
                 run_backfill(fresh_engine, plans, seed=SEED, on_chunk=lambda _: None)
             )
-            await eventually(lambda: _lock_waits(holder, "advisory"), what="the paused run")
+            await wait_until_async(lambda: _lock_waits(holder, "advisory"), what="the paused run")
             paused_at = status.batches_total
-            await eventually(
+            await wait_until_async(
                 lambda: status.batches_total >= paused_at + 3, what="live batches meanwhile"
             )
             await holder.commit()
         written = await backfill
         done_at = status.batches_total
-        await eventually(lambda: status.batches_total >= done_at + 2, what="later live batches")
+        await wait_until_async(
+            lambda: status.batches_total >= done_at + 2, what="later live batches"
+        )
     finally:
         ingestion_task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -11,7 +11,7 @@ import signal
 import struct
 import sys
 import termios
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from tests.conftest import create_database, drop_database, make_engine
+from tests.support import MakeDatabase, open_test_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 # 0.01 days at the default one trade per second, less the 2 s a first backfill leaves to
@@ -41,11 +41,9 @@ class Outcome(NamedTuple):
 
 
 @pytest.fixture
-async def cli_database(server_url: URL) -> AsyncIterator[URL]:
+async def cli_database(make_database: MakeDatabase) -> URL:
     """A brand-new database: the command brings the schema to head itself."""
-    url = await create_database(server_url)
-    yield url
-    await drop_database(server_url, url)
+    return await make_database(migrated=False)
 
 
 def _env(url: URL, log_level: str) -> dict[str, str]:
@@ -103,7 +101,7 @@ def _printed(stdout: str) -> list[str]:
 
 
 async def _stamps(url: URL) -> dict[str, list[datetime]]:
-    engine = make_engine(url)
+    engine = open_test_engine(url)
     try:
         async with engine.connect() as conn:
             rows = await conn.execute(
@@ -118,7 +116,7 @@ async def _stamps(url: URL) -> dict[str, list[datetime]]:
 
 
 async def _symbols(url: URL) -> list[str]:
-    engine = make_engine(url)
+    engine = open_test_engine(url)
     try:
         async with engine.connect() as conn:
             result = await conn.execute(text("SELECT symbol FROM symbols ORDER BY symbol"))
@@ -342,7 +340,7 @@ async def test_ctrl_c_leaves_whole_chunks_and_a_rerun_carries_on(cli_database: U
 
 
 async def _largest_step(url: URL, symbol: str) -> Decimal:
-    engine = make_engine(url)
+    engine = open_test_engine(url)
     try:
         async with engine.connect() as conn:
             query = text(

@@ -15,8 +15,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from mdp.database import open_engine
+from mdp.settings import Settings
 from persistence.candles import first_trade_at, read_candles
-from persistence.database import create_engine, is_unavailable
+from persistence.database import is_unavailable
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, insert_trades
 
@@ -464,13 +466,9 @@ async def test_a_timed_out_first_computation_is_unavailable_and_frees_the_symbol
             conn, [NewTrade("SLOW", Decimal("1.00"), 1, datetime(2026, 2, 3, 10, 0, tzinfo=UTC))]
         )
     lo = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
-    reader = create_engine(
-        empty_database,
-        pool_size=1,
-        connect_timeout=5,
-        query_timeout=0.3,
-        application_name="mdp-tests",
-        isolation_level="AUTOCOMMIT",
+    # The service's read engine, with a statement timeout the blocked computation runs into.
+    reader = open_engine(
+        Settings(db_pool_size=1, db_query_timeout_seconds=0.3), empty_database, "api"
     )
     try:
         async with fresh_engine.connect() as blocker:

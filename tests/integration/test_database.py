@@ -19,7 +19,7 @@ from persistence.admission import Admission
 from persistence.database import Database, create_engine, describe_error, is_unavailable
 from persistence.errors import DatabaseUnavailable
 from persistence.trades import NewTrade, insert_trades
-from tests.conftest import make_engine
+from tests.support import open_test_engine
 
 NOTHING_LISTENS = make_url("postgresql+asyncpg://postgres@127.0.0.1:1/x")
 CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -28,7 +28,7 @@ CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 @pytest.fixture
 async def dead_engine() -> AsyncIterator[AsyncEngine]:
     """An engine whose server refuses every connection."""
-    engine = make_engine(NOTHING_LISTENS)
+    engine = open_test_engine(NOTHING_LISTENS)
     yield engine
     await engine.dispose()
 
@@ -162,7 +162,7 @@ async def test_connect_raises_database_unavailable_when_handshake_times_out(
 async def test_connect_raises_database_unavailable_when_server_kills_the_session(
     database_url: URL,
 ) -> None:
-    engine = make_engine(database_url)
+    engine = open_test_engine(database_url)
     database = _database(engine, probe_timeout=2)
     database.mark_ready()
     try:

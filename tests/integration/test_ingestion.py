@@ -20,7 +20,7 @@ from ingestion.status import IngestionStatus
 from ingestion.walk import TICK
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, insert_trades
-from tests.integration.support import eventually
+from tests.support import wait_until_async
 
 BASES = {"AAA": Decimal("100.00"), "BBB": Decimal("25.50")}
 SEED = 1234
@@ -188,13 +188,13 @@ async def test_run_keeps_going_through_failures_and_stops_when_cancelled(
     ingestor, generator, status = _ingestor(ingest_engine)
     task = asyncio.create_task(ingestor.run())
     try:
-        await eventually(lambda: status.batches_total >= 2, what="the first batches")
+        await wait_until_async(lambda: status.batches_total >= 2, what="the first batches")
 
         async with ingest_engine.begin() as conn:
             await conn.execute(text(_BLOCK_INSERTS))
         rows_when_broken = await _count(ingest_engine)
         failures_when_broken = status.failures_total
-        await eventually(
+        await wait_until_async(
             lambda: status.consecutive_failures >= 3, what="failed cycles to be recorded"
         )
 
@@ -208,7 +208,7 @@ async def test_run_keeps_going_through_failures_and_stops_when_cancelled(
         batches_when_fixed = status.batches_total
         async with ingest_engine.begin() as conn:
             await conn.execute(text(_UNBLOCK_INSERTS))
-        await eventually(
+        await wait_until_async(
             lambda: status.batches_total >= batches_when_fixed + 2, what="batches to resume"
         )
 

@@ -19,13 +19,9 @@ from mdp.listener import Listener
 from persistence import live
 from persistence.symbols import ensure_symbols
 from persistence.trades import LIVE_CHANNEL, NewTrade, TradeRow, insert_live_batch, insert_trades
-from tests.integration.support import eventually
+from tests.support import dsn, wait_until_async
 
 SYMBOLS = ("AAA", "BBB")
-
-
-def _dsn(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @pytest.fixture
@@ -50,7 +46,7 @@ def _stamps(count: int) -> list[datetime]:
 async def _listening(url: URL, broadcaster: Broadcaster) -> AsyncIterator[asyncio.Event]:
     stop = asyncio.Event()
     listener = Listener(
-        {"dsn": _dsn(url), "server_settings": {"application_name": "mdp-listener-test"}},
+        {"dsn": dsn(url), "server_settings": {"application_name": "mdp-listener-test"}},
         broadcaster,
         timeout=5,
         check_every=5,
@@ -58,7 +54,7 @@ async def _listening(url: URL, broadcaster: Broadcaster) -> AsyncIterator[asynci
     )
     task = asyncio.create_task(listener.run(stop))
     try:
-        await eventually(lambda: broadcaster.listening, what="the listener to sync")
+        await wait_until_async(lambda: broadcaster.listening, what="the listener to sync")
         yield stop
     finally:
         stop.set()
@@ -68,7 +64,7 @@ async def _listening(url: URL, broadcaster: Broadcaster) -> AsyncIterator[asynci
 @contextlib.asynccontextmanager
 async def _notices(url: URL) -> AsyncIterator[asyncio.Queue[str]]:
     """Every payload NOTIFY sends on the live channel, heard by a plain connection."""
-    conn = await asyncpg.connect(_dsn(url))
+    conn = await asyncpg.connect(dsn(url))
     heard: asyncio.Queue[str] = asyncio.Queue()
     await conn.add_listener(LIVE_CHANNEL, lambda *args: heard.put_nowait(args[-1]))
     try:
@@ -132,7 +128,7 @@ async def test_listener_publishes_every_batch_once_in_order(
         stamps = _stamps(5)
         for i, stamped in enumerate(stamps):
             await _write_batch(feed_engine, stamped, price=f"{10 + i}")
-        await eventually(
+        await wait_until_async(
             lambda: broadcaster.position is not None and broadcaster.position[0] == stamps[-1],
             what="the last batch",
         )
@@ -164,7 +160,7 @@ async def test_listener_catches_up_after_losing_its_connection(
         # Written while the listener is away: heard of by nobody, caught up on reconnect.
         for stamped in stamps[1:]:
             await _write_batch(feed_engine, stamped)
-        await eventually(
+        await wait_until_async(
             lambda: broadcaster.position is not None and broadcaster.position[0] == stamps[-1],
             what="the catch-up",
         )
@@ -202,7 +198,7 @@ async def test_backfilled_trades_are_never_replayed_as_live(
             conn, [NewTrade("AAA", Decimal("9"), 1, first - timedelta(hours=1)) for _ in range(3)]
         )
     await _write_batch(feed_engine, second)
-    conn = await asyncpg.connect(_dsn(empty_database))
+    conn = await asyncpg.connect(dsn(empty_database))
     try:
         replayed = await live.trades_after(conn, (live.START, 0), limit=100)
         after_first = await live.trades_after(conn, (first, 1), symbols=["BBB"], limit=100)

@@ -19,8 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.migrate import alembic_config, upgrade
 from persistence.models import metadata
-from tests.conftest import create_database, drop_database, make_engine
-from tests.integration.support import eventually
+from tests.support import MakeDatabase, open_test_engine, wait_until_async
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
@@ -162,7 +161,7 @@ async def _versions(conn: Any) -> list[str]:
 async def test_upgrade_on_empty_database_creates_tables_with_expected_columns(
     empty_database: URL,
 ) -> None:
-    engine = make_engine(empty_database)
+    engine = open_test_engine(empty_database)
     try:
         await upgrade(engine)
         schema = await _schema(engine)
@@ -175,7 +174,7 @@ async def test_upgrade_on_empty_database_creates_tables_with_expected_columns(
 async def test_upgrade_creates_trades_index_on_symbol_timestamp_id_covering_price_volume(
     empty_database: URL,
 ) -> None:
-    engine = make_engine(empty_database)
+    engine = open_test_engine(empty_database)
     try:
         await upgrade(engine)
         async with engine.connect() as conn:
@@ -191,7 +190,7 @@ async def test_upgrade_creates_trades_index_on_symbol_timestamp_id_covering_pric
 async def test_upgrade_makes_symbol_interval_timestamp_the_candles_primary_key(
     empty_database: URL,
 ) -> None:
-    engine = make_engine(empty_database)
+    engine = open_test_engine(empty_database)
     try:
         await upgrade(engine)
         async with engine.connect() as conn:
@@ -204,7 +203,7 @@ async def test_upgrade_makes_symbol_interval_timestamp_the_candles_primary_key(
 
 
 async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: URL) -> None:
-    engine = make_engine(empty_database)
+    engine = open_test_engine(empty_database)
     try:
         await upgrade(engine)
         schema = await _schema(engine)
@@ -255,7 +254,7 @@ async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: 
 
 
 async def test_upgrade_records_head_revision_in_alembic_version(empty_database: URL) -> None:
-    engine = make_engine(empty_database)
+    engine = open_test_engine(empty_database)
     try:
         await upgrade(engine)
         async with engine.connect() as conn:
@@ -268,7 +267,7 @@ async def test_upgrade_records_head_revision_in_alembic_version(empty_database: 
 
 
 async def test_migrated_schema_matches_the_models(empty_database: URL) -> None:
-    engine = make_engine(empty_database)
+    engine = open_test_engine(empty_database)
 
     def differences(connection: Connection) -> list[Any]:
         return list(compare_metadata(MigrationContext.configure(connection), metadata))
@@ -284,7 +283,7 @@ async def test_migrated_schema_matches_the_models(empty_database: URL) -> None:
 
 
 async def test_second_upgrade_is_a_no_op_and_keeps_data(empty_database: URL) -> None:
-    engine = make_engine(empty_database)
+    engine = open_test_engine(empty_database)
     try:
         await upgrade(engine)
         async with engine.begin() as conn:
@@ -304,19 +303,18 @@ async def test_second_upgrade_is_a_no_op_and_keeps_data(empty_database: URL) -> 
 
 
 async def test_concurrent_upgrades_in_one_process_both_succeed_with_one_head(
-    server_url: URL,
+    make_database: MakeDatabase,
 ) -> None:
     # A few rounds: two upgrades started together must never both create the schema.
     for _ in range(3):
-        url = await create_database(server_url)
-        first, second = make_engine(url), make_engine(url)
+        url = await make_database(migrated=False)
+        first, second = open_test_engine(url), open_test_engine(url)
         try:
             await asyncio.wait_for(asyncio.gather(upgrade(first), upgrade(second)), timeout=15)
             schema = await _schema(first)
         finally:
             await first.dispose()
             await second.dispose()
-            await drop_database(server_url, url)
 
         assert schema["versions"] == [HEAD]
         _assert_head_schema(schema)
@@ -364,7 +362,7 @@ async def test_two_migrate_processes_serialise_on_advisory_lock_and_leave_one_he
         async def both_queued() -> bool:
             return await holder.fetchval(_WAITING_FOR_ADVISORY_LOCK) == 2
 
-        await eventually(both_queued, what="both migrations queued on the lock", deadline=30)
+        await wait_until_async(both_queued, what="both migrations queued on the lock", timeout=30)
         await holder.execute("SELECT pg_advisory_unlock($1)", _migration_lock_key())
         outputs = [await asyncio.wait_for(p.communicate(), timeout=30) for p in processes]
     finally:
@@ -375,7 +373,7 @@ async def test_two_migrate_processes_serialise_on_advisory_lock_and_leave_one_he
         await holder.close()
 
     assert [p.returncode for p in processes] == [0, 0], [out for out, _ in outputs]
-    engine = make_engine(empty_database)
+    engine = open_test_engine(empty_database)
     try:
         schema = await _schema(engine)
     finally:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from persistence.database import driver_connection
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, insert_trades, list_trades
-from tests.integration.support import eventually
+from tests.support import wait_until_async
 
 SYMBOL = "PAGE"
 LIMIT = 7
@@ -45,7 +45,7 @@ class Appender:
     async def wait_for_more(self) -> None:
         """Block until at least one more batch has been committed."""
         seen = self.batches
-        await eventually(lambda: self.batches > seen, what="the appender to commit a batch")
+        await wait_until_async(lambda: self.batches > seen, what="the appender to commit a batch")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -11,15 +12,17 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from mdp.database import open_engine
 from persistence.database import driver_connection
 from persistence.symbols import ensure_symbols, list_symbols
 from persistence.trades import NewTrade, insert_trades, latest_trade, list_trades
-from tests.conftest import make_engine
-from tests.servers import pgbouncer
+from tests.support import TEST_SETTINGS, open_test_engine
+from tests.support.servers import pgbouncer
 
 pytestmark = pytest.mark.slow
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
+POOLED = replace(TEST_SETTINGS, db_pool_size=2, database_read_pooler="transaction")
 
 
 @pytest.fixture
@@ -31,7 +34,8 @@ def pooler(empty_database: URL, fresh_engine: AsyncEngine) -> Iterator[URL]:
 
 @pytest.fixture
 async def pooled_engine(pooler: URL) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(pooler, pooled=True, isolation_level="AUTOCOMMIT")
+    # The service's read engine behind a transaction-mode pooler.
+    engine = open_engine(POOLED, pooler, "api")
     yield engine
     await engine.dispose()
 
@@ -98,7 +102,7 @@ async def test_cached_prepared_statements_break_on_the_same_moves(pooler: URL) -
 
 async def test_a_pooler_refuses_the_session_settings_of_a_direct_connection(pooler: URL) -> None:
     """Why a pooled engine sends only application_name: the rest is the role's to set."""
-    direct = make_engine(pooler)
+    direct = open_test_engine(pooler)
     try:
         with pytest.raises(Exception, match="unsupported startup parameter"):
             async with direct.connect():

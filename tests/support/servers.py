@@ -6,10 +6,8 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +16,8 @@ from pathlib import Path
 from sqlalchemy.engine import URL, make_url
 
 from mdp.settings import normalise_database_url
+from tests.support.polling import wait_until
+from tests.support.processes import free_port
 
 __all__ = ["ReplicatedPair", "pgbouncer", "replicated_pair"]
 
@@ -37,19 +37,12 @@ def _bin(name: str) -> Path:
     return Path(POSTGRES_BIN_PATH) / name
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _run(*args: str | Path | int) -> None:
     subprocess.run([str(a) for a in args], check=True, capture_output=True, user=_SERVER_USER)
 
 
 def _private_dir(prefix: str) -> Path:
-    # Not under pytest's tmp_path, which a concurrent session may reset to 0700 (conftest.py).
+    # Not under pytest's tmp_path, which a concurrent session may reset to 0700 (fixtures.py).
     root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
     if _SERVER_USER is not None:
@@ -61,11 +54,12 @@ def _private_dir(prefix: str) -> Path:
 def _wait_ready(port: int, what: str) -> None:
     """Until something accepts PostgreSQL connections on `port` (a server, or PgBouncer)."""
     probe = [str(_bin("pg_isready")), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
-    deadline = time.monotonic() + _READY_TIMEOUT
-    while subprocess.run(probe, capture_output=True).returncode != 0:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not ready within {_READY_TIMEOUT:.0f}s")
-        time.sleep(0.05)
+    wait_until(
+        lambda: subprocess.run(probe, capture_output=True).returncode == 0,
+        what=f"{what} ready",
+        timeout=_READY_TIMEOUT,
+        every=0.05,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +81,7 @@ def replicated_pair(database: str = "mdp") -> Iterator[ReplicatedPair]:
     `database` exists on the primary, and so, replicated, on the standby."""
     root = _private_dir("mdp-replica-")
     primary, standby = root / "primary", root / "standby"
-    ports = {primary: _free_port(), standby: _free_port()}
+    ports = {primary: free_port(), standby: free_port()}
     started: list[Path] = []
     try:
         _run(_bin("initdb"), "-D", primary, "--auth=trust", "-U", "postgres", "-E", "utf8")
@@ -141,7 +135,7 @@ def pgbouncer(server: URL, *, pool_size: int = 2) -> Iterator[URL]:
     """A PgBouncer in transaction mode in front of `server`'s databases, on a free port; yields
     the URL of `server`'s database through it. `pool_size` server connections per database."""
     root = _private_dir("mdp-pgbouncer-")
-    port = _free_port()
+    port = free_port()
     socket_dir = server.query.get("host")
     host = socket_dir if isinstance(socket_dir, str) else server.host
     (root / "users.txt").write_text(f'"{server.username}" ""\n', encoding="utf-8")
