@@ -14,6 +14,8 @@ class Target:
 
 TARGETS = {
     "price_latest": Target(0.7, "≥ 0.7 × floor"),
+    # Issue 10: from memory, at least 1.5 times the floor's database-backed answer.
+    "price_latest_memory": Target(1.5, "≥ 1.5 × floor"),
     "symbols": Target(0.7, "≥ 0.7 × floor"),
     "trades_1h": Target(0.7, "≥ 0.7 × floor"),
     "candles_1m_1h": Target(2.0, "≥ 2 × floor"),

@@ -66,6 +66,8 @@ def endpoints(now: datetime, symbol: str) -> list[tuple[str, str]]:
     hour, day, week = timedelta(hours=1), timedelta(days=1), timedelta(days=7)
     return [
         ("price_latest", f"/price/latest?symbol={symbol}"),
+        # The same request on the service, which answers it from its live feed's memory.
+        ("price_latest_memory", f"/price/latest?symbol={symbol}"),
         ("symbols", "/symbols"),
         ("trades_1h", f"/trades?symbol={symbol}&start={ago(hour)}&limit=100"),
         ("candles_1m_1h", f"/candles?symbol={symbol}&interval=1m&start={ago(hour)}"),
