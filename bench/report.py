@@ -83,8 +83,12 @@ def _endpoint_tables(result: dict[str, Any]) -> list[str]:
             s, f = row["service"], row["floor"]
             target, met = _verdict(row)
             errors = s["non_2xx"] + s["socket_errors"]
+            # Two rows share /price/latest: the database read (the reader) and the memory one.
+            label = f"`{row['path']}`" + (
+                " (from memory)" if row["name"].endswith("_memory") else ""
+            )
             lines.append(
-                f"| `{row['path']}` | {s['requests_per_second']:,.0f} | {_fmt_ms(s['p50_ms'])} "
+                f"| {label} | {s['requests_per_second']:,.0f} | {_fmt_ms(s['p50_ms'])} "
                 f"| {_fmt_ms(s['p99_ms'])} | {f['requests_per_second']:,.0f} "
                 f"| {_fmt_ms(f['p99_ms'])} | {row['ratio']:.2f}× | {target} | {met} "
                 f"| {_yes(row['p99_within'])} "
