@@ -22,16 +22,14 @@ def symbol_code(symbol: str) -> str:
 def parse_time(value: str, name: str) -> datetime:
     """An RFC 3339 timestamp with an offset, as UTC.
 
-    The contract's `format: date-time` has already been checked; this turns it into a
-    datetime. RFC 3339 allows lowercase `t`/`z`, which Python 3.11 does not. A value the schema
-    admits but that names no supported instant (a year past 9999 once in UTC, anything outside
-    1900-9000) is a time range the service does not serve: `invalid_time_range`.
+    The contract's `format: date-time` has already been checked (an offset is required); this
+    turns it into a datetime. RFC 3339 allows lowercase `t`/`z`, which Python 3.11 does not. A
+    value the schema admits but that names no supported instant (a year past 9999 once in UTC,
+    anything outside 1900-9000) is a time range the service does not serve:
+    `invalid_time_range`.
     """
     try:
-        moment = datetime.fromisoformat(value.upper())
-        if moment.tzinfo is None:
-            raise ValueError("missing offset")
-        moment = moment.astimezone(UTC)
+        moment = datetime.fromisoformat(value.upper()).astimezone(UTC)
     except (ValueError, OverflowError):
         raise InvalidTimeRange(
             f"{name} {value!r} is not a supported RFC 3339 timestamp with an offset "

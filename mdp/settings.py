@@ -210,10 +210,6 @@ class Settings:
         "sha384-4vOjrBu7SuDWXcAw1qFznVLA/sKL+0l4nn+J1HY8w7cpa6twQEYuh4b0Cwuo7CyX"
     )
 
-    @property
-    def stale_after_seconds(self) -> float:
-        return round(3 * self.ingestion_interval_seconds, 6)
-
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env

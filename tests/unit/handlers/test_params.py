@@ -33,18 +33,16 @@ def test_parse_time_returns_the_instant_in_utc(value: str, expected: datetime) -
     assert moment.replace(tzinfo=None) == expected.replace(tzinfo=None)
 
 
+# Only values `format: date-time` admits: validation answers 400 to the rest (no offset, a bare
+# date, not a timestamp) before a handler runs (tests/api/test_trades.py).
 @pytest.mark.parametrize(
     "value",
     [
-        "2026-01-02T03:04:05",
-        "2026-01-02",
         "2026-12-31T23:59:60Z",
         "0000-01-01T00:00:00Z",
         "0001-01-01T00:00:00+01:00",
         "9999-12-31T23:59:59-01:00",
         "2026-02-30T00:00:00Z",
-        "yesterday",
-        "",
     ],
 )
 def test_parse_time_rejects_values_without_a_utc_instant(value: str) -> None:

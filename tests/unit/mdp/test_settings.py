@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -178,12 +176,6 @@ def test_settings_read_every_value_that_is_set() -> None:
 def test_settings_accept_a_fractional_ingestion_interval(raw: str, expected: float) -> None:
     settings = Settings.from_env({"INGESTION_INTERVAL_SECONDS": raw})
     assert settings.ingestion_interval_seconds == expected
-
-
-@pytest.mark.parametrize("raw", ["0.25", "1", "10"])
-def test_stale_after_is_three_intervals(raw: str) -> None:
-    settings = Settings.from_env({"INGESTION_INTERVAL_SECONDS": raw})
-    assert math.isclose(settings.stale_after_seconds, 3 * float(raw))
 
 
 @pytest.mark.parametrize(
