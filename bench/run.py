@@ -264,7 +264,9 @@ def measure(
                     )
             row: dict[str, Any] = {"name": name, "path": path, "connections": connections}
             row["service"], row["floor"] = _median(runs["service"]), _median(runs["floor"])
-            row.update(verdicts(name, row["service"], row["floor"]))
+            # Every run counts here, not only the median one.
+            errors = sum(run["non_2xx"] + run["socket_errors"] for run in runs["service"])
+            row.update(verdicts(name, row["service"], row["floor"], errors))
             row["heartbeat_max_s"] = poller.worst(f"service:{name}")
             results.append(row)
     return results
