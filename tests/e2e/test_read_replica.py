@@ -1,4 +1,4 @@
-"""DATABASE_READ_URL: reads from a real streaming replica, and reads through a real PgBouncer."""
+"""DATABASE_READ_URL on a real physical streaming replica: reads, lag, and finality."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy.engine import URL
 
 from tests.api.support import SyncDatabase, app_settings, iso, running_app
 from tests.support import migrate, wait_until
-from tests.support.servers import ReplicatedPair, pgbouncer, replicated_pair
+from tests.support.servers import ReplicatedPair, replicated_pair
 
 pytestmark = pytest.mark.slow
 
@@ -104,38 +103,3 @@ def test_health_reports_the_lag_of_a_paused_replica(
 
     assert lagging["standby"] is True
     assert caught_up["status"] == "pass"
-
-
-def test_reads_through_a_transaction_pooler_while_leadership_stays_direct(
-    fresh_database_url: URL,
-):
-    with pgbouncer(fresh_database_url, pool_size=2) as pooled:
-        settings = app_settings(
-            fresh_database_url,
-            database_read_url=pooled,
-            database_read_pooler="transaction",
-            ingestion_enabled=True,
-            ingestion_interval_seconds=0.2,
-        )
-        with running_app(settings) as client:
-            status = wait_until(
-                lambda: client.get("/status/ingestion").json(),
-                lambda body: body["role"] == "leader" and body["batches_total"] >= 2,
-                what="leadership and ingestion",
-            )
-            # Every read operation, several times over the pooler's two server connections.
-            for _ in range(3):
-                assert client.get("/symbols").json()["count"] == 5
-                latest = client.get("/price/latest", params={"symbol": "AAPL"})
-                trades = client.get("/trades", params={"symbol": "AAPL", "limit": 5})
-                candles = client.get("/candles", params={"symbol": "AAPL", "limit": 5})
-                assert (latest.status_code, trades.status_code, candles.status_code) == (
-                    200,
-                    200,
-                    200,
-                )
-            health = client.get("/health").json()
-
-    assert status["trades_total"] > 0
-    assert trades.json()["count"] >= 1
-    assert health["checks"]["database"]["standby"] is False
