@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import re
 import sys
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from bench.support import (  # noqa: E402
 )
 from mdp.database import open_engine  # noqa: E402
 from mdp.settings import Settings  # noqa: E402
-from persistence import candles, symbols, trades  # noqa: E402
+from persistence import candles, finality, symbols, trades  # noqa: E402
 from persistence.database import driver_connection  # noqa: E402
 
 PLANS = BENCH / "plans"
@@ -53,8 +52,6 @@ SIZES = {"1m": 2.3, "30m": 70.0}  # days of 5 symbols x 1 trade/s
 SYMBOL = "AAPL"
 # The service's session settings (persistence.database.create_engine).
 SESSION = {"jit": "off", "max_parallel_workers_per_gather": "0"}
-# Per candle window of the size being planned: statements and wall time of its cold request.
-COLD: dict[str, tuple[int, float]] = {}
 
 
 @dataclass
@@ -140,7 +137,6 @@ async def capture(engine: AsyncEngine, anchor: datetime) -> list[Captured]:
             )
         ).one()
         deep = (row[0], row[1])
-        await conn.exec_driver_sql("TRUNCATE candles, candle_coverage")
 
         def one(name: str, call: Callable[[], Awaitable[object]]) -> Awaitable[list[Captured]]:
             return recorder.run(name, call)
@@ -192,67 +188,25 @@ async def capture(engine: AsyncEngine, anchor: datetime) -> list[Captured]:
             ("candles_1d_default", "1d", now - 500 * day, 500),
         ]
         for name, interval, start, limit in windows:
-            step = candles.INTERVALS[interval]
-            lo = candles.bucket_ceil(start, step)
-            hi = candles.bucket_floor(now, step) + step
-            first = await one(
-                f"{name}.first_trade",
-                lambda lo=lo, hi=hi: candles.first_trade_at(conn, SYMBOL, lo, hi),
-            )
-            wanted += first
-            # As the handler does: skip the stretch before the first trade.
-            first_at = await candles.first_trade_at(conn, SYMBOL, lo, hi)
-            lo = candles.bucket_floor(first_at, step) if first_at else lo
-            page_hi = min(hi, lo + limit * step)
+            step = finality.INTERVALS[interval]
+            lo = finality.bucket_ceil(start, step)
+            hi = finality.bucket_floor(now, step) + step
 
-            def read(interval: str = interval, lo: datetime = lo, hi: datetime = page_hi) -> Any:
-                return candles.read_candles(
-                    conn, symbol=SYMBOL, interval=interval, lo=lo, hi=hi, now=now
+            def read(
+                interval: str = interval,
+                step: timedelta = step,
+                lo: datetime = lo,
+                hi: datetime = hi,
+                limit: int = limit,
+            ) -> Any:
+                return candles.read_candle_page(
+                    driver, symbol=SYMBOL, interval=interval, step=step, lo=lo, hi=hi, limit=limit
                 )
 
-            started = time.perf_counter()
-            cold = await one(f"{name}.cold", read)
-            cold_ms = (time.perf_counter() - started) * 1000
-            warm = await one(f"{name}.warm", read)
-            # Steady state: whatever a request sends once the window's final buckets exist
-            # (the coverage check and the final rows plus the live aggregation).
-            for statement in warm:
-                wanted.append(_named(statement, f"{name}.{_candle_read_kind(statement.sql)}"))
-            # Cold: the INSERT … SELECT that computes the missing final buckets, replayed in a
-            # transaction that is rolled back, after deleting in it what the INSERT would make.
-            # Long windows are computed in several statements (a slice of history each): keep
-            # the first of each kind, and count them.
-            kinds: dict[str, list[Captured]] = {}
-            for statement in cold:
-                if "INSERT INTO candles" in statement.sql:
-                    kind = "from_trades" if "FROM trades" in statement.sql else "rollup"
-                    kinds.setdefault(kind, []).append(statement)
-            for kind, statements in kinds.items():
-                setup = (
-                    "TRUNCATE candles, candle_coverage"
-                    if kind == "from_trades"
-                    else "DELETE FROM candles WHERE interval <> '1m'"
-                )
-                first = _named(statements[0], f"{name}.cold_persist_{kind}", setup=setup)
-                first.note = f"the first of {len(statements)} such statements in this request"
-                wanted.append(first)
-            COLD[name] = (len(cold), cold_ms)
-        # The steady state of a long-running service: every final candle of the whole history
-        # computed (as requests would, page by page) and the candle tables analysed, so the
-        # candle reads are planned against a full `candles` table, not a nearly empty one.
-        log(f"computing every 1m and 1h candle of the history ({oldest[0]:%Y-%m-%d} on)")
-        for code in await _symbols(conn):
-            for interval, limit in (("1m", 5000), ("1h", 500)):
-                step = candles.INTERVALS[interval]
-                lo = candles.bucket_floor(oldest[0] - day, step)
-                end = candles.bucket_floor(now, step) + step
-                while lo < end:
-                    hi = min(end, lo + limit * step)
-                    await candles.read_candles(
-                        conn, symbol=code, interval=interval, lo=lo, hi=hi, now=now
-                    )
-                    lo = hi
-        await conn.exec_driver_sql("ANALYZE candles, candle_coverage")
+            # Reads only read: one statement, the same on the first request as on any other.
+            for statement in await one(f"{name}.page", read):
+                wanted.append(_named(statement, f"{name}.page"))
+        await conn.exec_driver_sql("ANALYZE candles")
     # Several INSERTs for one window (roll-ups persist minutes first): keep names unique.
     seen: dict[str, int] = {}
     for item in wanted:
@@ -260,18 +214,6 @@ async def capture(engine: AsyncEngine, anchor: datetime) -> list[Captured]:
         if seen[item.name] > 1:
             item.name = f"{item.name}_{seen[item.name]}"
     return wanted
-
-
-async def _symbols(conn: Any) -> list[str]:
-    driver = await driver_connection(conn)
-    return [row["symbol"] for row in await symbols.list_symbols(driver, limit=1000, after=None)]
-
-
-def _candle_read_kind(sql: str) -> str:
-    coverage, rows = "candle_coverage" in sql, "FROM candles" in sql
-    if coverage and rows:
-        return "read_with_coverage"
-    return "coverage_check" if coverage else "read_final_and_live"
 
 
 def _named(statement: Captured, name: str, *, setup: str | None = None) -> Captured:
@@ -426,19 +368,13 @@ async def plan_size(
         await engine.dispose()
     summaries = await write_plans(dsn, statements, size, f"{size} trades")
     facts = await table_facts(dsn)
-    facts["first (cold) candle requests"] = ", ".join(
-        f"{name} {count} statements in {ms:,.0f} ms" for name, (count, ms) in COLD.items()
-    )
-    COLD.clear()
     log(f"{size}: {len(statements)} plans in bench/plans/{size}/")
     if partitioned:
         await build_partitioned(dsn)
         on_partitions = [
             Captured(item.name, _TRADES.sub("trades_by_week", item.sql), item.params, item.setup)
             for item in statements
-            if "FROM candles" not in item.sql
-            and "candle_coverage" not in item.sql
-            and "trades" in item.sql
+            if "FROM candles" not in item.sql and "trades" in item.sql
         ]
         summaries_by_week = await write_plans(
             dsn, on_partitions, f"{size}-by-week", f"{size} trades, partitioned by week"

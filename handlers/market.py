@@ -9,10 +9,9 @@ from handlers import cursors
 from handlers.context import app_state
 from handlers.params import parse_window, symbol_code
 from mdp.caching import cache_control
-from persistence import candles, live, symbols, trades
-from persistence.database import driver_connection
+from persistence import candles, finality, live, symbols, trades
 from persistence.errors import NoTrades, SymbolNotFound, SymbolsNotFound
-from persistence.trades import VISIBILITY_DEADLINE
+from persistence.finality import VISIBILITY_DEADLINE
 
 __all__ = ["get_latest_price", "get_latest_prices", "list_candles", "list_symbols", "list_trades"]
 
@@ -152,8 +151,7 @@ async def list_candles(
     cursor: str | None = None,
 ) -> Answer:
     code = symbol_code(symbol)
-    step = candles.INTERVALS[interval]
-    now = datetime.now(UTC)
+    step = finality.INTERVALS[interval]
     start_at, end_at = parse_window(start, end)
     filters = (code, interval, _iso(start_at), _iso(end_at))
     if cursor is not None:
@@ -163,37 +161,28 @@ async def list_candles(
     else:
         if end_at is None:
             # Up to and including the bucket that is still open.
-            end_at = candles.bucket_floor(now, step) + step
+            end_at = finality.bucket_floor(datetime.now(UTC), step) + step
         if start_at is None:
             # The `limit` most recent buckets before `end`.
-            start_at = candles.bucket_ceil(end_at, step) - limit * step
-        lo = candles.bucket_ceil(start_at, step)
-    hi = page_hi = candles.bucket_ceil(end_at, step)
-    rows: list[candles.CandleRow] = []
+            start_at = finality.bucket_ceil(end_at, step) - limit * step
+        lo = finality.bucket_ceil(start_at, step)
+    hi = finality.bucket_ceil(end_at, step)
+    state = app_state()
+    async with state.db.driver() as conn:
+        page = await candles.read_candle_page(
+            conn, symbol=code, interval=interval, step=step, lo=lo, hi=hi, limit=limit
+        )
+    if page.from_trades:
+        state.prometheus.candles_from_trades.labels(interval).inc()
     next_cursor = None
-    async with app_state().db.connect() as conn:
-        first = await candles.first_trade_at(conn, code, lo, hi) if lo < hi else None
-        if first is not None:
-            # Skip the stretch without trades, then aggregate at most `limit` buckets: a
-            # request's cost is bounded by its limit, whatever the window.
-            lo = candles.bucket_floor(first, step)
-            page_hi = min(hi, lo + limit * step)
-            rows = list(
-                await candles.read_candles(
-                    conn, symbol=code, interval=interval, lo=lo, hi=page_hi, now=now
-                )
-            )
-            if page_hi < hi:
-                next_cursor = cursors.encode("candles", filters, (page_hi, start_at, end_at))
-        elif not await symbols.symbol_exists(await driver_connection(conn), code):
-            raise SymbolNotFound(code)
-    final = candles.final_before(now, step)
+    if page.until < hi:
+        next_cursor = cursors.encode("candles", filters, (page.until, start_at, end_at))
     body = {
         "symbol": code,
         "interval": interval,
         "start": start_at,
         "end": end_at,
-        "count": len(rows),
+        "count": len(page.candles),
         "candles": [
             {
                 "timestamp": t,
@@ -204,11 +193,11 @@ async def list_candles(
                 "volume": v,
                 "vwap": w,
                 "trade_count": n,
-                "closed": t < final,
+                "closed": closed,
             }
-            for t, o, h, lo_, c, v, w, n in rows
+            for t, o, h, lo_, c, v, w, n, closed in page.candles
         ],
         "next_cursor": next_cursor,
     }
-    # Final when every bucket the page covered was: then no trade can join it or start it.
-    return body, 200, cache_control(final=page_hi <= final)
+    # Final when every bucket the page spans is closed: no trade can join it or start it.
+    return body, 200, cache_control(final=page.closed)

@@ -17,7 +17,7 @@ from handlers.context import app_state, request_header
 from handlers.params import symbol_code
 from mdp.broadcaster import Ended, Reset, Subscription
 from mdp.state import AppState
-from persistence import candles, live
+from persistence import candles, finality, live
 from persistence.errors import DatabaseUnavailable, SymbolsNotFound
 from persistence.trades import TradeRow
 
@@ -242,8 +242,8 @@ async def stream_trades(
     return _respond(state, subscription, events())
 
 
-def _candle_event(row: candles.CandleRow, closed: bool) -> bytes:
-    t, o, h, lo, c, v, w, n = row
+def _candle_event(row: candles.CandleRow) -> bytes:
+    t, o, h, lo, c, v, w, n, closed = row
     data = {
         "timestamp": t,
         "open": o,
@@ -264,33 +264,34 @@ async def stream_candles(
     state = app_state()
     after = _decode_id(request_header("Last-Event-ID"))
     (code,) = await _known(state, [symbol])
-    step = candles.INTERVALS[interval]
+    step = finality.INTERVALS[interval]
     subscription = state.live.subscribe([code])
     bounds = _Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
 
     async def read(lo: datetime) -> tuple[list[candles.CandleRow], datetime]:
-        now = datetime.now(UTC)
-        async with state.db.connect() as conn:
-            rows = await candles.read_candles(
+        hi = finality.bucket_floor(datetime.now(UTC), step) + step
+        async with state.db.driver() as conn:
+            page = await candles.read_candle_page(
                 conn,
                 symbol=code,
                 interval=interval,
+                step=step,
                 lo=lo,
-                hi=candles.bucket_floor(now, step) + step,
-                now=now,
+                hi=hi,
+                limit=max(1, (hi - lo) // step),
             )
-        return list(rows), candles.final_before(now, step)
+        return page.candles, page.final
 
     async def events() -> AsyncIterator[bytes]:
         yield _OPENED
         now = datetime.now(UTC)
         # From the open bucket on; after a Last-Event-ID, from the bucket it named (or the
         # next one, when that one was already sent final).
-        lo = candles.bucket_floor(now, step)
+        lo = finality.bucket_floor(now, step)
         if after is not None:
             bucket, closed = after
             reason = _unreplayable(bucket, state.settings.stream_replay_seconds)
-            if reason is None and candles.bucket_floor(bucket, step) != bucket:
+            if reason is None and finality.bucket_floor(bucket, step) != bucket:
                 reason = "not_issued"
             if reason is not None:
                 # Its id says "the bucket before `lo` was sent final": a reconnect starts at `lo`.
@@ -305,15 +306,14 @@ async def stream_candles(
             if stale:
                 rows, final = await read(lo)
                 for row in rows:
-                    closed = row.timestamp < final
-                    if closed:
+                    if row.closed:
                         shown.pop(row.timestamp, None)
                     elif shown.get(row.timestamp) == row:
                         continue
                     else:
                         shown[row.timestamp] = row
                     bounds.count()
-                    yield _candle_event(row, closed)
+                    yield _candle_event(row)
                     if bounds.done:
                         return
                 # Buckets before `final` never change again: the next read starts after them.
@@ -323,9 +323,11 @@ async def stream_candles(
                 if item.reason == "overflow":
                     yield _event("overflow", {"detail": "The client fell behind the stream."})
                 return
-            # A batch of this symbol (or a reset) changes the open candle; time makes it final.
+            # A batch of this symbol (or a reset) changes the open candle; time makes it final
+            # (the database that answers says when: this only decides when to ask again).
+            horizon = datetime.now(UTC) - finality.VISIBILITY_DEADLINE
             stale = item is not None or (
-                bool(shown) and min(shown) < candles.final_before(datetime.now(UTC), step)
+                bool(shown) and min(shown) < finality.bucket_floor(horizon, step)
             )
             if item is None and not stale and not bounds.done:
                 yield _HEARTBEAT

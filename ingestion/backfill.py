@@ -17,8 +17,9 @@ from decimal import Decimal
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingestion.walk import TICK, BoundedWalk
-from persistence.candles import invalidate_candles, lock_candles
-from persistence.trades import VISIBILITY_DEADLINE, oldest_trade
+from persistence.finality import VISIBILITY_DEADLINE
+from persistence.materialise import lock_candles, rematerialise
+from persistence.trades import oldest_trade
 
 __all__ = ["BackfillPlan", "ChunkWritten", "plan_backfill", "run_backfill"]
 
@@ -102,8 +103,8 @@ async def run_backfill(
 ) -> int:
     """Write every plan with COPY, a chunk per transaction; returns the rows written.
 
-    Each chunk also invalidates the candles it could change (final candles computed before,
-    possibly as "no trades"), under the same per-symbol lock the candle writers take.
+    Each chunk also materialises the candles of every bucket it touches, in its transaction
+    and under the symbol's candle lock: history is readable as candles as soon as it is there.
     """
 
     def all_chunks() -> Iterator[tuple[BackfillPlan, list[Record]]]:
@@ -128,7 +129,7 @@ async def run_backfill(
                 await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
                     "trades", records=chunk, columns=("symbol", "price", "volume", "timestamp")
                 )
-                await invalidate_candles(conn, plan.symbol, oldest, chunk[0][3])
+                await rematerialise(conn, plan.symbol, oldest, chunk[0][3])
             written += len(chunk)
             on_chunk(ChunkWritten(plan.symbol, len(chunk), oldest))
     finally:

@@ -10,9 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingestion.generator import TradeGenerator
 from ingestion.leader import LEADER_LOCK_KEY, LeaderLock
+from ingestion.materialiser import CandleMaterialiser
 from ingestion.status import IngestionStatus
 from persistence.database import describe_error, is_unavailable
-from persistence.trades import VISIBILITY_DEADLINE, insert_live_batch, last_prices
+from persistence.finality import VISIBILITY_DEADLINE
+from persistence.trades import insert_live_batch, last_prices
 
 __all__ = ["Ingestor"]
 
@@ -42,6 +44,8 @@ class Ingestor:
         self.generator = generator
         self.status = status
         self.leader = leader
+        # Candles: a quarter of each cycle at most, so the next batch still starts on time.
+        self.candles = CandleMaterialiser(engine, budget=status.interval_seconds / 4)
         self._resumed = False
 
     async def run_once(self) -> int:
@@ -82,6 +86,18 @@ class Ingestor:
         else:
             logger.exception("ingestion batch failed: %s", error)
 
+    async def _materialise(self) -> None:
+        try:
+            await self.candles.step()
+        except Exception as exc:
+            # Nothing is lost: the watermark did not move, the next cycle tries again.
+            self.status.candle_failures_total += 1
+            if is_unavailable(exc):
+                logger.warning("candle materialisation failed: %s", describe_error(exc))
+            else:
+                logger.exception("candle materialisation failed: %s", describe_error(exc))
+        self.status.candles_until = self.candles.until
+
     async def _elect(self) -> bool:
         if self.leader is None:
             return True
@@ -113,6 +129,8 @@ class Ingestor:
                         await self.run_once()
                     except Exception as exc:
                         self._fail(exc)
+                    else:
+                        await self._materialise()
                 deadline += interval
                 now = loop.time()
                 if deadline < now:

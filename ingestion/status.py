@@ -34,6 +34,9 @@ class IngestionStatus:
     # Only the leader among the instances ingests; None until the first election attempt.
     role: IngestionRole | None = None
     leader_since: datetime | None = None
+    # Candles materialised by this instance (as leader): the watermark it last saw.
+    candles_until: datetime | None = None
+    candle_failures_total: int = 0
 
     @property
     def stale_after_seconds(self) -> float:

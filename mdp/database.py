@@ -51,7 +51,8 @@ def open_engine(settings: Settings, url: URL, use: Use) -> AsyncEngine:
     if use == "api":
         # Reads are single statements: autocommit spares a BEGIN/ROLLBACK round trip each. They
         # may go to a read replica or through a pooler; everything else needs the primary,
-        # directly.
+        # directly. They never write (the write path materialises candles): the server holds
+        # them to it.
         return create_engine(
             settings.database_read_url or url,
             pool_size=settings.db_pool_size,
@@ -60,6 +61,7 @@ def open_engine(settings: Settings, url: URL, use: Use) -> AsyncEngine:
             application_name="mdp-api",
             isolation_level="AUTOCOMMIT",
             pooled=settings.database_read_pooler == "transaction",
+            read_only=True,
         )
     long_running = use in ("migrate", "backfill", "keys")
     query_timeout = _LONG_STATEMENT_SECONDS if long_running else settings.db_query_timeout_seconds

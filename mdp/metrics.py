@@ -72,6 +72,18 @@ class _StateCollector(Collector):
                 "Seconds since the last committed batch.",
                 age,
             )
+        yield CounterMetricFamily(
+            "mdp_candle_materialisation_failures",
+            "Failed candle materialisation steps of this instance (as leader).",
+            status.candle_failures_total,
+        )
+        if status.candles_until is not None:
+            yield GaugeMetricFamily(
+                "mdp_candles_materialised_until_seconds",
+                "Candle watermark this instance last moved or saw (Unix time): final buckets "
+                "before it are materialised.",
+                status.candles_until.timestamp(),
+            )
         yield GaugeMetricFamily(
             "mdp_ingestion_leader",
             "1 when this instance is the ingestion leader.",
@@ -106,6 +118,12 @@ class PrometheusMetrics:
             "Time to answer an HTTP request, by operation.",
             ["operation"],
             buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.candles_from_trades = Counter(
+            "mdp_candle_pages_from_trades",
+            "Candle pages with final buckets not materialised yet, aggregated from trades.",
+            ["interval"],
             registry=self.registry,
         )
 

@@ -82,15 +82,18 @@ def create_engine(
     query_timeout: float,
     application_name: str,
     pooled: bool = False,
+    read_only: bool = False,
     **options: Any,
 ) -> AsyncEngine:
     """An engine with the service's session settings. `pooled`: `url` is a transaction-mode
-    pooler, which hands each transaction to any server connection (see `_POOLED`)."""
+    pooler, which hands each transaction to any server connection (see `_POOLED`).
+    `read_only`: the server refuses every write in its sessions, whatever a statement tries."""
     session = {
         "statement_timeout": str(int(query_timeout * 1000)),
         # Short index scans dominate; JIT and parallel plans only add latency here.
         "jit": "off",
         "max_parallel_workers_per_gather": "0",
+        **({"default_transaction_read_only": "on"} if read_only else {}),
     }
     connect_args: dict[str, Any] = {
         "timeout": connect_timeout,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -21,7 +20,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, TSTZMULTIRANGE
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -29,7 +28,6 @@ __all__ = [
     "ApiKeyChanges",
     "Base",
     "Candle",
-    "CandleCoverage",
     "IngestionState",
     "LiveBatch",
     "Symbol",
@@ -116,25 +114,16 @@ class Candle(Base):
     )
 
 
-class CandleCoverage(Base):
-    """Which bucket-start ranges of final candles were computed, per symbol and interval."""
-
-    __tablename__ = "candle_coverage"
-
-    symbol: Mapped[str] = mapped_column(
-        String(16), ForeignKey("symbols.symbol", ondelete="CASCADE"), primary_key=True
-    )
-    interval: Mapped[str] = mapped_column(String(4), primary_key=True)
-    covered: Mapped[Any] = mapped_column(TSTZMULTIRANGE())
-
-
 class IngestionState(Base):
-    """One row: the newest batch written, so batches are idempotent and only move forward."""
+    """One row: the newest batch written (batches are idempotent and only move forward), and
+    how far candles are materialised."""
 
     __tablename__ = "ingestion_state"
 
     id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     last_batch_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The candle watermark (persistence.finality); NULL until the first writer sets it.
+    candles_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
 

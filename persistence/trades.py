@@ -28,7 +28,6 @@ from persistence.models import Trade
 __all__ = [
     "LIVE_CHANNEL",
     "LIVE_RETENTION",
-    "VISIBILITY_DEADLINE",
     "LATEST",
     "NewTrade",
     "TradeRow",
@@ -40,10 +39,6 @@ __all__ = [
     "list_trades",
     "page_sql",
 ]
-
-# A trade becomes visible at most this long after its timestamp: writers abandon a batch that
-# could not commit in time, so a reader may treat every bucket that ended longer ago as final.
-VISIBILITY_DEADLINE = timedelta(seconds=2)
 
 # Every instance LISTENs here; a live batch announces itself in its own transaction, so only
 # committed batches are ever heard.

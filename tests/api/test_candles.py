@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
+from persistence.materialise import advance_watermark
 from tests.api.support import (
     SyncDatabase,
     TradeRecord,
@@ -19,6 +24,7 @@ from tests.api.support import (
     iso,
     past_midnight,
 )
+from tests.support import open_test_engine
 
 T = TypeVar("T")
 BASE = past_midnight()
@@ -410,3 +416,55 @@ def test_candles_closed_candles_do_not_change_between_requests(
 
     assert first == second
     assert all(candle["closed"] for candle in first["candles"])
+
+
+def _pages_from_trades(client: TestClient, interval: str) -> float:
+    metrics = client.get("/metrics", headers={"Accept": "text/plain"}).text
+    return next(
+        (
+            sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+            if sample.name == "mdp_candle_pages_from_trades_total"
+            and sample.labels == {"interval": interval}
+        ),
+        0.0,
+    )
+
+
+def _materialise(url: URL) -> None:
+    """What the ingestion leader does (these tests run without ingestion)."""
+
+    async def run() -> None:
+        engine = open_test_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO ingestion_state (id, last_batch_at) "
+                        "VALUES (1, '-infinity') ON CONFLICT (id) DO NOTHING"
+                    )
+                )
+                await advance_watermark(conn, span=timedelta(days=10_000))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def test_candles_not_materialised_yet_are_answered_from_trades_and_counted(
+    client: TestClient, aapl: list[TradeRecord], api_database_url: URL
+):
+    params = {"symbol": "AAPL", "interval": "1h", **WINDOW}
+    before = _pages_from_trades(client, "1h")
+
+    unmaterialised = client.get("/candles", params=params)
+
+    assert exact(decimal_json(unmaterialised)["candles"]) == reference(aapl, INTERVALS["1h"])
+    assert _pages_from_trades(client, "1h") == before + 1
+    _materialise(api_database_url)
+
+    materialised = client.get("/candles", params=params)
+
+    assert materialised.json() == unmaterialised.json()
+    assert _pages_from_trades(client, "1h") == before + 1

@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -14,8 +15,10 @@ import pytest
 from sqlalchemy.engine import URL
 
 from handlers.streams import encode_id
+from persistence.materialise import lock_candles, rematerialise
+from persistence.trades import NewTrade, insert_trades
 from tests.e2e.sse import read_events
-from tests.support import DatabaseFactory, dsn, serve_live, wait_until
+from tests.support import DatabaseFactory, dsn, open_test_engine, serve_live, wait_until
 
 
 def stream(
@@ -179,11 +182,17 @@ async def test_candle_stream_sends_the_open_candle_and_resumed_ones_final(
 ) -> None:
     minute = datetime.now(UTC).replace(second=0, microsecond=0)
     past = minute - timedelta(minutes=3)
-    await _fetch(
-        stream_database,
-        "INSERT INTO trades (symbol, price, volume, timestamp) VALUES ('GOOGL', 140.5, 7, $1)",
-        past + timedelta(seconds=1),
-    )
+    # History written as `mdp backfill` writes it: with its candles, in one transaction (the
+    # leader has already materialised that minute, as empty).
+    engine = open_test_engine(stream_database)
+    try:
+        async with engine.begin() as conn:
+            await lock_candles(conn, "GOOGL")
+            moment = past + timedelta(seconds=1)
+            await insert_trades(conn, [NewTrade("GOOGL", Decimal("140.5"), 7, moment)])
+            await rematerialise(conn, "GOOGL", moment, moment)
+    finally:
+        await engine.dispose()
     params = {"symbol": "googl", "interval": "1m", "limit": 3}
     with stream(service, "/stream/candles", params, {"Last-Event-ID": encode_id(past, 0)}) as r:
         events = list(read_events(r))

@@ -19,9 +19,12 @@ from ingestion.backfill import BackfillPlan, ChunkWritten, plan_backfill, run_ba
 from ingestion.generator import TradeGenerator
 from ingestion.loop import Ingestor
 from ingestion.status import IngestionStatus
-from persistence.candles import CandleRow, lock_candles, read_candles
+from persistence.candles import read_candle_page
+from persistence.database import driver_connection
+from persistence.finality import INTERVALS, VISIBILITY_DEADLINE
+from persistence.materialise import advance_watermark, lock_candles
 from persistence.symbols import ensure_symbols
-from persistence.trades import VISIBILITY_DEADLINE, NewTrade, insert_trades
+from persistence.trades import NewTrade, insert_trades
 from tests.support import MakeDatabase, open_test_engine, wait_until_async
 
 BASES = {"AAA": Decimal("100.00"), "BBB": Decimal("25.50")}
@@ -44,8 +47,6 @@ SPACING = timedelta(milliseconds=100)
 ROWS = 8_610
 SMALL_CHUNK = 1_000
 SEED = 42
-# Every bucket a request looks at is final (ended long before this).
-LATER = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 class Row(NamedTuple):
@@ -421,7 +422,10 @@ VWAP_PLACES = Decimal("0.000001")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _reference(rows: Sequence[Row], lo: datetime, hi: datetime, step: timedelta) -> list[CandleRow]:
+Candle = tuple[datetime, float, float, float, float, int, float, int]
+
+
+def _reference(rows: Sequence[Row], lo: datetime, hi: datetime, step: timedelta) -> list[Candle]:
     """Candles of [lo, hi) written out plainly from trades, with exact decimal arithmetic."""
     buckets: dict[datetime, list[Row]] = {}
     for row in rows:
@@ -438,7 +442,7 @@ def _reference(rows: Sequence[Row], lo: datetime, hi: datetime, step: timedelta)
             vwap = (notional / volume).quantize(VWAP_PLACES, rounding=ROUND_HALF_UP)
         prices = [row.price for row in group]
         candles.append(
-            CandleRow(
+            (
                 start,
                 float(prices[0]),
                 float(max(prices)),
@@ -452,59 +456,72 @@ def _reference(rows: Sequence[Row], lo: datetime, hi: datetime, step: timedelta)
     return candles
 
 
-async def _candles(
-    engine: AsyncEngine, interval: str, lo: datetime, hi: datetime
-) -> list[CandleRow]:
-    """A read as the API does it: autocommit, so computed candles and coverage persist."""
-    async with engine.connect() as conn:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
-        rows = await read_candles(conn, symbol="AAA", interval=interval, lo=lo, hi=hi, now=LATER)
-        return list(rows)
-
-
-async def _covered(engine: AsyncEngine, interval: str, lo: datetime, hi: datetime) -> bool:
+async def _stored_candles(engine: AsyncEngine, interval: str) -> list[Candle]:
     query = text(
-        "SELECT coalesce(bool_or(covered @> tstzrange(:lo, :hi)), false) FROM candle_coverage"
-        " WHERE symbol = 'AAA' AND interval = :interval"
+        'SELECT "timestamp", open, high, low, close, volume, vwap, trade_count FROM candles'
+        ' WHERE symbol = \'AAA\' AND "interval" = :interval ORDER BY "timestamp"'
     )
     async with engine.connect() as conn:
-        params = {"lo": lo, "hi": hi, "interval": interval}
-        return bool((await conn.execute(query, params)).scalar_one())
+        rows = await conn.execute(query, {"interval": interval})
+        return [
+            (ts, float(o), float(h), float(lo), float(c), v, float(w), n)
+            for ts, o, h, lo, c, v, w, n in rows
+        ]
 
 
-@pytest.mark.parametrize(
-    ("interval", "step", "buckets_before"),
-    [
-        pytest.param("1m", timedelta(minutes=1), 10, id="1m"),
-        pytest.param("5m", timedelta(minutes=5), 2, id="5m-rolled-up"),
-        pytest.param("1h", timedelta(hours=1), 1, id="1h-rolled-up"),
-    ],
-)
-async def test_backfill_makes_candles_computed_before_it_include_the_new_trades(
-    live_engine: AsyncEngine, interval: str, step: timedelta, buckets_before: int
+@pytest.mark.parametrize("interval", ["1m", "5m", "1h", "1d"])
+async def test_backfill_materialises_the_candles_of_every_chunk(
+    live_engine: AsyncEngine, small_chunks: int, interval: str
 ) -> None:
-    seam = OLDEST_STORED - (OLDEST_STORED - EPOCH) % step  # the bucket of the oldest trade
-    earlier = (seam - buckets_before * step, seam)  # final buckets, before any trade
-    around = (seam, seam + step)
-    # Computed once before the backfill: "no trades" for the earlier window (recorded as
-    # covered, so never looked at again), the live trades alone for the seam's bucket.
-    assert await _candles(live_engine, interval, *earlier) == []
-    assert await _covered(live_engine, interval, *earlier)
-    (live_only,) = await _candles(live_engine, interval, *around)
-    assert live_only.trade_count == len(LIVE_STAMPS) * 3
+    step = INTERVALS[interval]
+    # The leader had materialised everything final, the live trades included: the backfill
+    # writes below the watermark, so whatever it touches must be right when it commits.
+    async with live_engine.begin() as conn:
+        assert await advance_watermark(conn, span=timedelta(days=10_000)) is not None
 
-    await _backfill(live_engine)
+    chunks = await _backfill(live_engine)
 
     rows = await _rows(live_engine, "AAA")
-    after_earlier = await _candles(live_engine, interval, *earlier)
-    (after_around,) = await _candles(live_engine, interval, *around)
-    assert after_earlier == _reference(rows, *earlier, step)
-    assert len(after_earlier) == buckets_before
-    assert [after_around] == _reference(rows, *around, step)
-    assert after_around.trade_count > live_only.trade_count
-    assert after_around.close == live_only.close
-    # The seam's bucket now opens with a backfilled trade.
-    assert after_around.open == float(next(r.price for r in rows if r.timestamp >= seam))
+    lo, hi = rows[0].timestamp - (rows[0].timestamp - EPOCH) % step, OLDEST_STORED + step
+    expected = _reference(rows, lo, hi, step)
+    assert len(chunks) > 2
+    # The seam's bucket holds backfilled and live trades together.
+    assert expected[-1][7] > len(LIVE_STAMPS) * 3
+    assert await _stored_candles(live_engine, interval) == expected
+    async with live_engine.connect() as conn:
+        page = await read_candle_page(
+            await driver_connection(conn),
+            symbol="AAA",
+            interval=interval,
+            step=step,
+            lo=lo,
+            hi=hi,
+            limit=10**6,
+        )
+    assert [tuple(c)[:8] for c in page.candles] == expected
+    assert not page.from_trades
+
+
+async def test_a_first_backfill_sets_the_watermark_below_what_it_wrote(
+    fresh_engine: AsyncEngine, small_chunks: int
+) -> None:
+    async with fresh_engine.begin() as conn:
+        await ensure_symbols(conn, [(code, f"{code} Inc.") for code in BASES])
+
+    await _backfill(fresh_engine)
+
+    async with fresh_engine.connect() as conn:
+        (watermark,) = (await conn.execute(text("SELECT candles_until FROM ingestion_state"))).one()
+    rows = await _rows(fresh_engine)
+    # Set by the first chunk at the oldest trade then: later chunks went further back, and
+    # materialised what they wrote themselves.
+    assert rows[0].timestamp < watermark <= rows[-1].timestamp
+    assert await _stored_candles(fresh_engine, "1h") == _reference(
+        [row for row in rows if row.symbol == "AAA"],
+        datetime(2000, 1, 1, tzinfo=UTC),
+        datetime(2100, 1, 1, tzinfo=UTC),
+        INTERVALS["1h"],
+    )
 
 
 # --- beside live ingestion ------------------------------------------------------------------

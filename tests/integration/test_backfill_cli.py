@@ -26,7 +26,7 @@ from tests.support import MakeDatabase, open_test_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 # 0.01 days at the default one trade per second, less the 2 s a first backfill leaves to
-# live batches that may still be committing (persistence.trades.VISIBILITY_DEADLINE).
+# live batches that may still be committing (persistence.finality.VISIBILITY_DEADLINE).
 ROWS = 864 - 2
 # TSLA's walk (base 240.00) moves at most 0.2 % of the base per trade.
 TSLA_MAX_STEP = Decimal("0.48")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,16 +12,20 @@ from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mdp.database import open_engine
-from mdp.settings import Settings
-from persistence.candles import first_trade_at, read_candles
-from persistence.database import is_unavailable
+from ingestion.generator import TradeGenerator
+from ingestion.loop import Ingestor
+from ingestion.materialiser import CandleMaterialiser
+from ingestion.status import IngestionStatus
+from persistence.candles import read_candle_page
+from persistence.database import driver_connection
+from persistence.errors import SymbolNotFound
+from persistence.finality import horizon
+from persistence.materialise import Advance, advance_watermark
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, insert_trades
+from tests.support import wait_until_async
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
@@ -33,8 +38,8 @@ STEPS = {
     "1d": timedelta(days=1),
 }
 TICK = Decimal("0.01")
-# A request time after every trade in these tests: every bucket is final.
-LATER = datetime(2100, 1, 1, tzinfo=UTC)
+# Long enough for one step to materialise everything these tests store.
+EVERYTHING = timedelta(days=365 * 200)
 VWAP_PLACES = Decimal("0.000001")
 
 
@@ -139,20 +144,33 @@ async def _candle_table(conn: AsyncConnection, symbol: str, interval: str) -> li
     ]
 
 
-async def _coverage(
-    conn: AsyncConnection, symbol: str
-) -> dict[str, list[tuple[datetime, datetime]]]:
-    rows = await conn.execute(
-        text(
-            "SELECT interval, lower(r), upper(r) FROM candle_coverage, unnest(covered) AS r "
-            "WHERE symbol = :s ORDER BY 1, 2"
-        ),
-        {"s": symbol},
+async def read(
+    conn: AsyncConnection, symbol: str, interval: str, lo: datetime, hi: datetime
+) -> tuple[list[Candle], bool]:
+    """Every candle of [lo, hi) as the API reads it, and whether final buckets came from trades."""
+    page = await read_candle_page(
+        await driver_connection(conn),
+        symbol=symbol,
+        interval=interval,
+        step=STEPS[interval],
+        lo=lo,
+        hi=hi,
+        limit=10**6,
     )
-    coverage: dict[str, list[tuple[datetime, datetime]]] = {}
-    for interval, lower, upper in rows:
-        coverage.setdefault(interval, []).append((lower, upper))
-    return coverage
+    assert all(candle.closed for candle in page.candles)
+    return [tuple(candle)[:8] for candle in page.candles], page.from_trades  # type: ignore[misc]
+
+
+async def materialise(conn: AsyncConnection, until: datetime | None = None) -> None:
+    """What the ingestion leader does, in one step: every final minute up to `until`."""
+    assert await advance_watermark(conn, span=EVERYTHING, until=until) is not None
+
+
+async def watermark(conn: AsyncConnection) -> datetime | None:
+    value = await conn.execute(text("SELECT candles_until FROM ingestion_state WHERE id = 1"))
+    moment = value.scalar_one()
+    assert moment is None or isinstance(moment, datetime)
+    return moment
 
 
 def _window(
@@ -167,6 +185,13 @@ def _window(
     return lo, max(hi, lo + step)
 
 
+@pytest.fixture(autouse=True)
+async def _nothing_materialised(conn: AsyncConnection) -> None:
+    """The trades these tests store arrive behind the leader's back, as if restored from a
+    dump: nothing is materialised until a test says so."""
+    await conn.execute(text("UPDATE ingestion_state SET candles_until = NULL"))
+
+
 @pytest.mark.parametrize("seed", range(25))
 async def test_candles_match_reference_for_random_trades(conn: AsyncConnection, seed: int) -> None:
     rng = random.Random(seed)
@@ -178,17 +203,21 @@ async def test_candles_match_reference_for_random_trades(conn: AsyncConnection, 
     assert sorted((t.price, t.volume, t.timestamp) for t in trades) == sorted(
         (t.price, t.volume, t.timestamp) for t in generated
     )
+    windows = {interval: _window(rng, trades, step) for interval, step in STEPS.items()}
 
-    for interval, step in STEPS.items():
-        lo, hi = _window(rng, trades, step)
+    # Not materialised yet: answered from trades. Materialised: read from `candles`.
+    for materialised in (False, True):
+        if materialised:
+            await materialise(conn)
+        for interval, step in STEPS.items():
+            lo, hi = windows[interval]
 
-        candles = await read_candles(
-            conn, symbol=symbol, interval=interval, lo=lo, hi=hi, now=LATER
-        )
+            candles, from_trades = await read(conn, symbol, interval, lo, hi)
 
-        expected = reference(trades, step, lo, hi)
-        assert [tuple(c) for c in candles] == expected, interval
-        assert sum(c.trade_count for c in candles) == sum(lo <= t.timestamp < hi for t in trades)
+            expected = reference(trades, step, lo, hi)
+            assert candles == expected, (interval, materialised)
+            assert sum(c[7] for c in candles) == sum(lo <= t.timestamp < hi for t in trades)
+            assert from_trades is not materialised
 
 
 async def test_candle_buckets_are_epoch_aligned_and_window_bounds_are_start_inclusive(
@@ -208,13 +237,15 @@ async def test_candle_buckets_are_epoch_aligned_and_window_bounds_are_start_incl
         conn, [NewTrade("EDGE", Decimal(10 + i), 1, stamp) for i, stamp in enumerate(stamps)]
     )
 
-    candles = await read_candles(conn, symbol="EDGE", interval="1m", lo=lo, hi=hi, now=LATER)
+    for _ in range(2):
+        candles, _ = await read(conn, "EDGE", "1m", lo, hi)
 
-    # Minute 1 has no trades and is omitted.
-    assert [(c.timestamp, c.open, c.close, c.trade_count) for c in candles] == [
-        (lo, 11.0, 12.0, 2),
-        (lo + timedelta(minutes=2), 13.0, 13.0, 1),
-    ]
+        # Minute 1 has no trades and is omitted.
+        assert [(c[0], c[1], c[4], c[7]) for c in candles] == [
+            (lo, 11.0, 12.0, 2),
+            (lo + timedelta(minutes=2), 13.0, 13.0, 1),
+        ]
+        await materialise(conn)
 
 
 async def test_day_candles_start_at_midnight_utc(conn: AsyncConnection) -> None:
@@ -226,12 +257,11 @@ async def test_day_candles_start_at_midnight_utc(conn: AsyncConnection) -> None:
         conn,
         [NewTrade("DAY", Decimal("1.00"), 1, late), NewTrade("DAY", Decimal("2.00"), 1, early)],
     )
+    await materialise(conn)
 
-    candles = await read_candles(
-        conn, symbol="DAY", interval="1d", lo=early - day, hi=early + day, now=LATER
-    )
+    candles, _ = await read(conn, "DAY", "1d", early - day, early + day)
 
-    assert [(c.timestamp, c.open) for c in candles] == [(early - day, 1.0), (early, 2.0)]
+    assert [(c[0], c[1]) for c in candles] == [(early - day, 1.0), (early, 2.0)]
 
 
 async def test_candle_open_and_close_break_timestamp_ties_by_id(conn: AsyncConnection) -> None:
@@ -240,17 +270,15 @@ async def test_candle_open_and_close_break_timestamp_ties_by_id(conn: AsyncConne
     await insert_trades(conn, [NewTrade("TIE", Decimal("5.00"), 1, moment)])
     await insert_trades(conn, [NewTrade("TIE", Decimal("6.00"), 1, moment)])
     await insert_trades(conn, [NewTrade("TIE", Decimal("4.00"), 1, moment)])
+    minute = moment.replace(second=0, microsecond=0)
 
-    (candle,) = await read_candles(
-        conn,
-        symbol="TIE",
-        interval="1m",
-        lo=moment.replace(second=0, microsecond=0),
-        hi=moment.replace(second=0, microsecond=0) + timedelta(minutes=1),
-        now=LATER,
-    )
+    for _ in range(2):
+        ((_, o, h, low, c, *_),), _ = await read(
+            conn, "TIE", "1m", minute, minute + timedelta(minutes=1)
+        )
 
-    assert (candle.open, candle.high, candle.low, candle.close) == (5.0, 6.0, 4.0, 4.0)
+        assert (o, h, low, c) == (5.0, 6.0, 4.0, 4.0)
+        await materialise(conn)
 
 
 async def test_vwap_rounds_half_away_from_zero_to_six_places(conn: AsyncConnection) -> None:
@@ -265,33 +293,32 @@ async def test_vwap_rounds_half_away_from_zero_to_six_places(conn: AsyncConnecti
         ],
     )
 
-    (candle,) = await read_candles(
-        conn, symbol="HALF", interval="1m", lo=moment, hi=moment + timedelta(minutes=1), now=LATER
-    )
+    for _ in range(2):
+        (candle,), _ = await read(conn, "HALF", "1m", moment, moment + timedelta(minutes=1))
 
-    assert candle.vwap == 100.000313
-    assert candle.volume == 128
+        assert (candle[6], candle[5]) == (100.000313, 128)
+        await materialise(conn)
 
 
-async def test_final_candles_are_persisted_with_minutes_and_coverage(
+async def test_materialising_stores_every_interval_up_to_the_final_horizon(
     conn: AsyncConnection,
 ) -> None:
     rng = random.Random(99)
     await ensure_symbols(conn, [("PERS", "Persisted")])
     await insert_trades(conn, random_trades(rng, "PERS"))
     trades = await _stored(conn, "PERS")
-    lo, hi = _window(rng, trades, STEPS["5m"])
+    last = max(t.timestamp for t in trades)
 
-    candles = await read_candles(conn, symbol="PERS", interval="5m", lo=lo, hi=hi, now=LATER)
+    await materialise(conn)
 
-    assert candles
-    assert await _candle_table(conn, "PERS", "5m") == [tuple(c) for c in candles]
-    # 5m rolls up from 1m: the minutes are persisted too, and both ranges are recorded.
-    assert await _candle_table(conn, "PERS", "1m") == reference(trades, STEPS["1m"], lo, hi)
-    assert await _coverage(conn, "PERS") == {"1m": [(lo, hi)], "5m": [(lo, hi)]}
+    # Everything is final: every interval is stored, and the watermark is the horizon.
+    for interval, step in STEPS.items():
+        lo, hi = _floor(min(t.timestamp for t in trades), step), _ceil(last + MICROSECOND, step)
+        assert await _candle_table(conn, "PERS", interval) == reference(trades, step, lo, hi)
+    assert await watermark(conn) == _floor(await horizon(conn), STEPS["1m"])
 
 
-async def test_final_candles_are_served_from_the_table_without_reading_trades_again(
+async def test_materialised_candles_are_read_without_reading_trades_again(
     conn: AsyncConnection,
 ) -> None:
     await ensure_symbols(conn, [("FIN", "Final")])
@@ -304,194 +331,226 @@ async def test_final_candles_are_served_from_the_table_without_reading_trades_ag
             NewTrade("FIN", Decimal("11.00"), 10, lo + timedelta(minutes=2)),
         ],
     )
-    (before,) = await read_candles(conn, symbol="FIN", interval="1h", lo=lo, hi=hi, now=LATER)
+    await materialise(conn)
+    (before,), _ = await read(conn, "FIN", "1h", lo, hi)
     # A trade the visibility deadline forbids (inside a final bucket) proves where reads come
-    # from: the persisted candle, untouched.
+    # from: the materialised candle, untouched.
     await insert_trades(conn, [NewTrade("FIN", Decimal("99.00"), 5, lo + timedelta(minutes=3))])
 
-    (after,) = await read_candles(conn, symbol="FIN", interval="1h", lo=lo, hi=hi, now=LATER)
+    (after,), from_trades = await read(conn, "FIN", "1h", lo, hi)
 
-    assert tuple(before)[1:] == (10.0, 11.0, 10.0, 11.0, 20, 10.5, 2)
+    assert before[1:] == (10.0, 11.0, 10.0, 11.0, 20, 10.5, 2)
     assert after == before
+    assert not from_trades
 
 
-async def test_open_bucket_is_computed_live_on_each_read_and_not_persisted(
+async def test_the_open_bucket_rolls_up_materialised_minutes_and_the_live_minute(
     conn: AsyncConnection,
 ) -> None:
+    final = await horizon(conn)  # now() - 2 s: fixed for this test's transaction
+    live_minute = _floor(final, STEPS["1m"])
+    last_final_minute = live_minute - STEPS["1m"]
+    interval = next(
+        (i for i in ("1h", "4h", "1d") if _floor(final, STEPS[i]) <= last_final_minute), None
+    )
+    if interval is None:
+        pytest.skip("the UTC day began under two minutes ago: no open bucket has a final minute")
+    bucket = _floor(final, STEPS[interval])
     await ensure_symbols(conn, [("OPEN", "Open")])
-    lo = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
-    hi = lo + timedelta(hours=1)
-    now = lo + timedelta(minutes=30)
     await insert_trades(
         conn,
         [
-            NewTrade("OPEN", Decimal("10.00"), 10, lo + timedelta(minutes=1)),
-            NewTrade("OPEN", Decimal("11.00"), 10, lo + timedelta(minutes=29, seconds=59)),
+            NewTrade("OPEN", Decimal("10.00"), 10, last_final_minute + timedelta(seconds=10)),
+            NewTrade("OPEN", Decimal("11.00"), 10, live_minute),
         ],
     )
-    (before,) = await read_candles(conn, symbol="OPEN", interval="1h", lo=lo, hi=hi, now=now)
+    await materialise(conn)
+    # Behind the deadline's back, into a materialised minute: the read must not see it.
     await insert_trades(
-        conn, [NewTrade("OPEN", Decimal("12.00"), 5, lo + timedelta(minutes=29, seconds=59))]
+        conn, [NewTrade("OPEN", Decimal("99.00"), 1, last_final_minute + timedelta(seconds=20))]
+    )
+    await insert_trades(conn, [NewTrade("OPEN", Decimal("12.00"), 5, final)])
+
+    page = await read_candle_page(
+        await driver_connection(conn),
+        symbol="OPEN",
+        interval=interval,
+        step=STEPS[interval],
+        lo=bucket,
+        hi=bucket + STEPS[interval],
+        limit=1,
     )
 
-    (after,) = await read_candles(conn, symbol="OPEN", interval="1h", lo=lo, hi=hi, now=now)
-
-    assert tuple(before)[1:] == (10.0, 11.0, 10.0, 11.0, 20, 10.5, 2)
-    assert tuple(after)[1:] == (10.0, 12.0, 10.0, 12.0, 25, 10.8, 3)
-    assert await _candle_table(conn, "OPEN", "1h") == []
-    # The minutes that ended before the deadline are final and persisted; the rest are live.
-    assert [c[0] for c in await _candle_table(conn, "OPEN", "1m")] == [lo + timedelta(minutes=1)]
+    (candle,) = page.candles
+    assert tuple(candle) == (bucket, 10.0, 12.0, 10.0, 12.0, 25, 10.8, 3, False)
+    assert not page.from_trades
+    assert await _candle_table(conn, "OPEN", interval) == []
+    assert [c[0] for c in await _candle_table(conn, "OPEN", "1m")] == [last_final_minute]
 
 
 @pytest.mark.parametrize("seed", range(8))
-async def test_candles_match_reference_while_time_passes_over_the_window(
+async def test_candles_match_reference_while_the_watermark_passes_over_the_window(
     conn: AsyncConnection, seed: int
 ) -> None:
-    """Reads at increasing request times mix final, newly final and live buckets: every read,
-    at every interval, equals the reference over the trades that exist."""
+    """Reads as materialisation moves on mix materialised, newly materialised and not yet
+    materialised buckets: every read, at every interval, equals the reference."""
     rng = random.Random(1000 + seed)
     symbol = f"TIME{seed}"
     await ensure_symbols(conn, [(symbol, "Time")])
-    pending = sorted(random_trades(rng, symbol), key=lambda t: t.timestamp)
-    first, last = pending[0].timestamp, pending[-1].timestamp
-    nows = sorted(first + rng.uniform(0, 1.1) * (last - first) for _ in range(4))
+    await insert_trades(conn, random_trades(rng, symbol))
+    trades = await _stored(conn, symbol)
+    first, last = min(t.timestamp for t in trades), max(t.timestamp for t in trades)
+    stops = sorted(first + rng.uniform(0, 1.1) * (last - first) for _ in range(4))
 
-    for now in nows:
-        # As in production, trades only ever arrive up to the present.
-        await insert_trades(conn, [t for t in pending if t.timestamp < now])
-        pending = [t for t in pending if t.timestamp >= now]
-        trades = await _stored(conn, symbol)
+    for stop in stops:
+        assert await advance_watermark(conn, span=EVERYTHING, until=stop) is not None
         for interval, step in STEPS.items():
-            lo, hi = _floor(first, step), _ceil(now, step)
-            candles = await read_candles(
-                conn, symbol=symbol, interval=interval, lo=lo, hi=hi, now=now
-            )
-            expected = reference(trades, step, lo, hi)
-            assert [tuple(c) for c in candles] == expected, (interval, now)
+            lo, hi = _floor(first, step), _ceil(last + MICROSECOND, step)
+            candles, _ = await read(conn, symbol, interval, lo, hi)
+            assert candles == reference(trades, step, lo, hi), (interval, stop)
 
 
-async def test_first_trade_at_finds_first_trade_in_half_open_window(
+async def test_each_step_stores_exactly_the_buckets_that_ended_as_minutes_hours_and_days_roll(
     conn: AsyncConnection,
 ) -> None:
-    await ensure_symbols(conn, [("FTA", "First")])
+    await ensure_symbols(conn, [("ROLL", "Roll-over")])
+    start = datetime(2026, 3, 1, 19, 50, 5, tzinfo=UTC)
+    rng = random.Random(3)
+    await insert_trades(
+        conn,
+        [
+            NewTrade("ROLL", rng.randint(9_000, 11_000) * TICK, rng.randint(1, 50), moment)
+            for moment in (start + timedelta(seconds=20 * i) for i in range(3 * 4 * 65))
+        ],
+    )
+    trades = await _stored(conn, "ROLL")
+    midnight = datetime(2026, 3, 2, tzinfo=UTC)
+    await materialise(conn, until=midnight - timedelta(minutes=3))
+
+    for stop in (midnight + timedelta(minutes=m) for m in (-2, -1, 0, 1)):
+        assert await advance_watermark(conn, span=EVERYTHING, until=stop) is not None
+
+        assert await watermark(conn) == stop
+        for interval, step in STEPS.items():
+            expected = reference(trades, step, _floor(start, step), _floor(stop, step))
+            assert await _candle_table(conn, "ROLL", interval) == expected, (interval, stop)
+    # The day, the 4 h and the hour that ended at midnight are all there.
+    assert (await _candle_table(conn, "ROLL", "1d"))[-1][0] == midnight - STEPS["1d"]
+
+
+async def test_a_page_starts_at_the_first_trade_and_spans_at_most_limit_buckets(
+    conn: AsyncConnection,
+) -> None:
+    await ensure_symbols(conn, [("FTA", "First"), ("NONE", "No trades")])
     lo = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
+    hi = lo + timedelta(hours=1)
     await insert_trades(
         conn,
         [
             NewTrade("FTA", Decimal("1.00"), 1, lo + timedelta(minutes=30)),
             NewTrade("FTA", Decimal("1.00"), 1, lo - MICROSECOND),
             NewTrade("FTA", Decimal("1.00"), 1, lo + timedelta(minutes=10, microseconds=7)),
+            NewTrade("FTA", Decimal("1.00"), 1, lo + timedelta(minutes=50)),
         ],
     )
 
-    assert await first_trade_at(conn, "FTA", lo, lo + timedelta(hours=1)) == lo + timedelta(
-        minutes=10, microseconds=7
-    )
-    assert await first_trade_at(conn, "FTA", lo - MICROSECOND, lo) == lo - MICROSECOND
-    # `hi` is exclusive: a trade exactly at hi is not in the window.
-    assert await first_trade_at(conn, "FTA", lo, lo + timedelta(minutes=10, microseconds=7)) is None
-    assert await first_trade_at(conn, "OTHER", lo, lo + timedelta(hours=1)) is None
-
-
-async def test_concurrent_reads_of_one_uncomputed_window_succeed_and_agree(
-    fresh_engine: AsyncEngine,
-) -> None:
-    rng = random.Random(7)
-    async with fresh_engine.begin() as conn:
-        await ensure_symbols(conn, [("CONC", "Concurrent")])
-        await insert_trades(conn, random_trades(rng, "CONC"))
-
-    for round_ in range(6):
-        async with fresh_engine.begin() as conn:
-            # Start every round uncomputed, so both readers race to compute the same buckets.
-            await conn.execute(text("DELETE FROM candles"))
-            await conn.execute(text("DELETE FROM candle_coverage"))
-            if round_ % 2:
-                more = [
-                    NewTrade("CONC", rng.randint(5_000, 15_000) * TICK, rng.randint(1, 1000), ts)
-                    for ts in rng.sample([t.timestamp for t in await _stored(conn, "CONC")], 50)
-                ]
-                await insert_trades(conn, more)
-            trades = await _stored(conn, "CONC")
-        interval = ("1m", "5m", "1h")[round_ % 3]
-        step = STEPS[interval]
-        lo = _floor(min(t.timestamp for t in trades), step)
-        hi = _ceil(max(t.timestamp for t in trades) + MICROSECOND, step)
-
-        async def read(
-            interval: str = interval, lo: datetime = lo, hi: datetime = hi
-        ) -> list[tuple[object, ...]]:
-            async with fresh_engine.connect() as conn:
-                rows = await read_candles(
-                    conn, symbol="CONC", interval=interval, lo=lo, hi=hi, now=LATER
-                )
-                await conn.commit()
-                return [tuple(row) for row in rows]
-
-        first, second = await asyncio.wait_for(asyncio.gather(read(), read()), timeout=20)
-
-        expected = reference(trades, step, lo, hi)
-        assert first == second == expected
-        async with fresh_engine.connect() as conn:
-            assert await _candle_table(conn, "CONC", interval) == expected
-
-
-async def test_final_minutes_over_several_days_are_computed_day_by_day_and_agree(
-    conn: AsyncConnection,
-) -> None:
-    await ensure_symbols(conn, [("DAYS", "Days")])
-    first = datetime(2026, 2, 3, 7, 13, 5, tzinfo=UTC)
-    rng = random.Random(5)
-    trades = [
-        NewTrade("DAYS", rng.randint(9_000, 11_000) * TICK, rng.randint(1, 50), moment)
-        for moment in (first + timedelta(minutes=7 * i) for i in range(3 * 24 * 60 // 7))
-    ]
-    await insert_trades(conn, trades)
-    stored = await _stored(conn, "DAYS")
-    lo, hi = _floor(first, STEPS["1h"]), _ceil(stored[-1].timestamp + MICROSECOND, STEPS["1h"])
-
-    candles = await read_candles(conn, symbol="DAYS", interval="1h", lo=lo, hi=hi, now=LATER)
-
-    assert [tuple(c) for c in candles] == reference(stored, STEPS["1h"], lo, hi)
-    # Computed a day at a time, recorded as one merged range per interval.
-    assert await _coverage(conn, "DAYS") == {"1h": [(lo, hi)], "1m": [(lo, hi)]}
-
-
-async def test_a_timed_out_first_computation_is_unavailable_and_frees_the_symbol_lock(
-    empty_database: URL, fresh_engine: AsyncEngine
-) -> None:
-    async with fresh_engine.begin() as conn:
-        await ensure_symbols(conn, [("SLOW", "Slow")])
-        await insert_trades(
-            conn, [NewTrade("SLOW", Decimal("1.00"), 1, datetime(2026, 2, 3, 10, 0, tzinfo=UTC))]
+    async def page(symbol: str, lo: datetime) -> tuple[list[datetime], datetime]:
+        result = await read_candle_page(
+            await driver_connection(conn),
+            symbol=symbol,
+            interval="1m",
+            step=STEPS["1m"],
+            lo=lo,
+            hi=hi,
+            limit=25,
         )
-    lo = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
-    # The service's read engine, with a statement timeout the blocked computation runs into.
-    reader = open_engine(
-        Settings(db_pool_size=1, db_query_timeout_seconds=0.3), empty_database, "api"
-    )
-    try:
-        async with fresh_engine.connect() as blocker:
-            # Readers may read candles, nobody may write them: the first computation hangs.
-            await blocker.execute(text("LOCK TABLE candles IN EXCLUSIVE MODE"))
-            async with reader.connect() as conn:
-                with pytest.raises((DBAPIError, TimeoutError)) as raised:
-                    await read_candles(
-                        conn, symbol="SLOW", interval="1m", lo=lo, hi=lo + STEPS["1h"], now=LATER
-                    )
-            await blocker.rollback()
-        assert is_unavailable(raised.value)
+        return [c.timestamp for c in result.candles], result.until
 
-        async with fresh_engine.connect() as conn:
-            free = await conn.execute(
-                text("SELECT pg_try_advisory_lock(hashtext('mdp.candles'), hashtext('SLOW'))")
-            )
-            assert free.scalar_one() is True
-            await conn.execute(text("SELECT pg_advisory_unlock_all()"))
-        async with reader.connect() as conn:
-            (candle,) = await read_candles(
-                conn, symbol="SLOW", interval="1m", lo=lo, hi=lo + STEPS["1h"], now=LATER
-            )
-        assert candle.trade_count == 1
+    minutes = [lo + timedelta(minutes=m) for m in (10, 30, 35, 50)]
+    assert await page("FTA", lo) == ([minutes[0], minutes[1]], minutes[2])
+    assert await page("FTA", minutes[2]) == ([minutes[3]], hi)
+    assert await page("NONE", lo) == ([], hi)
+    with pytest.raises(SymbolNotFound):
+        await page("OTHER", lo)
+
+
+async def test_catching_up_goes_oldest_first_in_bounded_steps(fresh_engine: AsyncEngine) -> None:
+    """A database restored with days of trades and nothing materialised: the leader's steps
+    start at the oldest trade, each continues where the last ended, none exceeds its span."""
+    now = datetime.now(UTC)
+    first = now - timedelta(days=3)
+    rng = random.Random(11)
+    async with fresh_engine.begin() as conn:
+        await ensure_symbols(conn, [("CU1", "One"), ("CU2", "Two")])
+        await insert_trades(
+            conn,
+            [
+                NewTrade(code, rng.randint(9_000, 11_000) * TICK, rng.randint(1, 50), moment)
+                for code in ("CU1", "CU2")
+                for moment in (first + timedelta(minutes=7 * i) for i in range(3 * 24 * 60 // 7))
+            ],
+        )
+    materialiser = CandleMaterialiser(fresh_engine, budget=60.0)
+    steps: list[tuple[Advance, timedelta]] = []
+    while not steps or not steps[-1][0].caught_up:
+        span = materialiser.span
+        advance = await materialiser.step()
+        assert advance is not None
+        steps.append((advance, span))
+
+    assert steps[0][0].before == _floor(first, STEPS["1m"])
+    assert len(steps) > 2
+    for (previous, _), (advance, span) in itertools.pairwise(steps):
+        assert advance.before == previous.after
+        assert timedelta(0) < advance.after - advance.before <= span
+    async with fresh_engine.connect() as conn:
+        for interval, step in STEPS.items():
+            trades = await _stored(conn, "CU2")
+            lo, hi = _floor(first, step), _floor(steps[-1][0].after, step)
+            candles, from_trades = await read(conn, "CU2", interval, lo, hi)
+            assert candles == reference(trades, step, lo, hi), interval
+            assert not from_trades
+
+
+async def test_the_ingestion_leader_catches_up_between_batches(fresh_engine: AsyncEngine) -> None:
+    """The real loop: a day restored without candles is materialised while batches go on."""
+    first = datetime.now(UTC) - timedelta(days=1)
+    rng = random.Random(12)
+    async with fresh_engine.begin() as conn:
+        await ensure_symbols(conn, [("LIVE", "Live")])
+        await insert_trades(
+            conn,
+            [
+                NewTrade("LIVE", rng.randint(9_000, 11_000) * TICK, rng.randint(1, 50), moment)
+                for moment in (first + timedelta(minutes=3 * i) for i in range(24 * 20))
+            ],
+        )
+    generator = TradeGenerator({"LIVE": Decimal("100.00")}, seed=1, max_trades_per_symbol=3)
+    status = IngestionStatus(enabled=True, interval_seconds=0.2, symbols=("LIVE",))
+    ingestor = Ingestor(fresh_engine, generator, status)
+    # Step sizes are not the point here (see the test above): whatever the machine's load,
+    # steps double from an hour, a few cycles in all.
+    ingestor.candles.budget = 60.0
+    task = asyncio.create_task(ingestor.run())
+    try:
+        await wait_until_async(
+            lambda: (
+                status.candles_until is not None
+                and status.candles_until > datetime.now(UTC) - timedelta(minutes=2)
+            ),
+            what="the candles caught up",
+        )
     finally:
-        await reader.dispose()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    assert status.failures_total == status.candle_failures_total == 0
+    assert status.batches_total > 1
+    async with fresh_engine.connect() as conn:
+        trades = await _stored(conn, "LIVE")
+        assert status.candles_until == await watermark(conn)
+        for interval, step in STEPS.items():
+            lo, hi = _floor(first, step), _floor(status.candles_until, step)
+            # Everything final so far, live batches' minutes included, is in `candles`.
+            assert await _candle_table(conn, "LIVE", interval) == reference(trades, step, lo, hi)

@@ -53,16 +53,12 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
     "ingestion_state": [
         ("id", "smallint", None, "NO"),
         ("last_batch_at", "timestamp with time zone", None, "NO"),
+        ("candles_until", "timestamp with time zone", None, "YES"),
     ],
     "live_batches": [
         ("stamped", "timestamp with time zone", None, "NO"),
         ("first_id", "bigint", None, "NO"),
         ("last_id", "bigint", None, "NO"),
-    ],
-    "candle_coverage": [
-        ("symbol", "character varying", 16, "NO"),
-        ("interval", "character varying", 4, "NO"),
-        ("covered", "tstzmultirange", None, "NO"),
     ],
     "api_keys": [
         ("id", "character varying", 16, "NO"),
@@ -229,8 +225,6 @@ async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: 
         ("api_keys", "ck_api_keys_rate_limit_positive"): "c",
         ("api_keys", "ck_api_keys_rate_window"): "c",
         ("api_keys", "pk_api_keys"): "p",
-        ("candle_coverage", "fk_candle_coverage_symbol_symbols"): "f",
-        ("candle_coverage", "pk_candle_coverage"): "p",
         ("candles", "ck_candles_interval"): "c",
         ("candles", "fk_candles_symbol_symbols"): "f",
         ("candles", "pk_candles"): "p",
@@ -246,10 +240,9 @@ async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: 
         ("alembic_version", "alembic_version_pkc"): "p",
     }
     definitions = {name: definition for _, name, _, definition in schema["constraints"]}
-    for name in ("fk_candle_coverage_symbol_symbols", "fk_candles_symbol_symbols"):
-        assert definitions[name] == (
-            "FOREIGN KEY (symbol) REFERENCES symbols(symbol) ON DELETE CASCADE"
-        ), name
+    assert definitions["fk_candles_symbol_symbols"] == (
+        "FOREIGN KEY (symbol) REFERENCES symbols(symbol) ON DELETE CASCADE"
+    )
     assert tuple(identity) == ("YES", "ALWAYS")
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from persistence.candles import EPOCH, INTERVALS, bucket_ceil, bucket_floor
+from persistence.finality import EPOCH, INTERVALS, bucket_ceil, bucket_floor
 
 ZERO = timedelta(0)
 # Fixed offsets only: a moment's offset is part of the input, not something that moves.
