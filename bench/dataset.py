@@ -68,8 +68,8 @@ def build_database(server: Server, args: argparse.Namespace, own_server: bool) -
     print("\n".join(x for x in built.output.splitlines() if not x.startswith("{")), flush=True)
     if built.rows:
         # Index-only scans need the visibility map: do now what autovacuum would do later.
-        log("VACUUM (ANALYZE) trades")
-        asyncio.run(execute(dsn, "VACUUM (ANALYZE) trades"))
+        log("VACUUM (ANALYZE) trades, candles")
+        asyncio.run(execute(dsn, "VACUUM (ANALYZE) trades, candles"))
     _, count = asyncio.run(_newest_trade(dsn))
     return {
         "name": name,

@@ -53,6 +53,10 @@ from bench.wrk import ensure_wrk, run_wrk  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
 RESULTS = BENCH / "results"
+# Candle windows timed one request at a time, the first one included.
+SINGLE = ("candles_1m_1h", "candles_1m_24h", "candles_1h_7d")
+# How far the catch-up scenario moves the candle watermark back.
+CATCH_UP = timedelta(days=2)
 
 
 def _iso(moment: datetime) -> str:
@@ -163,15 +167,15 @@ def rss_mib(process: subprocess.Popen[bytes]) -> float:
 
 
 def candle_latencies(
-    servers: Servers, dsn: str, paths: dict[str, str], warm: int = 5
+    servers: Servers, paths: dict[str, str], warm: int = 5
 ) -> list[dict[str, Any]]:
-    """Cold (first request after the candle tables are emptied) and warm (median of the next
-    `warm`) single-request times; the floor has no cache, so only its median is given."""
+    """Cold (the first request of the path: the candles the backfill and the leader
+    materialised, caches cold) and warm (median of the next `warm`) single-request times; the
+    floor has no cache, so only its median is given."""
     service, floor = Client(servers.service_port), Client(servers.floor_port)
     results = []
     try:
         for name, path in paths.items():
-            asyncio.run(execute(dsn, "TRUNCATE candles, candle_coverage"))
             cold, status, body = service.get(path)
             if status != 200:
                 raise RuntimeError(f"service {path}: {status} {body[:200]!r}")
@@ -208,6 +212,51 @@ def candles_agree(servers: Servers, path: str) -> dict[str, Any]:
         c["timestamp"] for c in compared if any(c[f] != closed[c["timestamp"]][f] for f in fields)
     ]
     return {"path": path, "compared": len(compared), "differ": differ[:5], "agree": not differ}
+
+
+async def _watermark_lag(dsn: str) -> float | None:
+    """Seconds the candle watermark trails the database's clock (None: nothing materialised)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        lag = await conn.fetchval(
+            "SELECT extract(epoch FROM now() - candles_until) FROM ingestion_state WHERE id = 1"
+        )
+    finally:
+        await conn.close()
+    return float(lag) if lag is not None else None
+
+
+def wait_materialised(dsn: str, limit: float = 3600) -> float:
+    """Until the leader has materialised every final minute (a database built before #13, or
+    restored, is caught up first); the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        lag = asyncio.run(_watermark_lag(dsn))
+        if lag is not None and lag < 70:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise RuntimeError(f"candles not materialised within {limit:.0f} s")
+
+
+def catch_up(dsn: str, poller: HeartbeatPoller) -> dict[str, Any]:
+    """Move the candle watermark back by CATCH_UP (as after an outage or a restore) and time the
+    leader's catch-up, with the ingestion heartbeat sampled all along (days and hours roll over
+    in it)."""
+    asyncio.run(
+        execute(
+            dsn,
+            "UPDATE ingestion_state SET candles_until = candles_until - "
+            f"INTERVAL '{CATCH_UP.total_seconds():.0f} seconds' WHERE id = 1",
+        )
+    )
+    poller.phase = "service:catch_up"
+    try:
+        seconds = wait_materialised(dsn)
+    finally:
+        poller.phase = "idle"
+    worst = poller.worst("service:catch_up")
+    log(f"catch-up of {CATCH_UP}: {seconds:.1f} s, worst heartbeat age {worst} s")
+    return {"rewound_s": CATCH_UP.total_seconds(), "seconds": round(seconds, 1), "max_age_s": worst}
 
 
 async def _wait_idle(dsn: str, limit: float = 30) -> float:
@@ -340,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             log("starting the service and the floor app")
             servers = start_servers(processes, server, database, logs)
             rss_ready = rss_mib(servers.service)
+            waited = wait_materialised(database["dsn"])
+            log(f"candles materialised ({waited:.1f} s waited for the leader)")
             now = datetime.now(UTC)
             symbol = database["symbols"][0]
             paths = endpoints(now, symbol)
@@ -347,8 +398,13 @@ def main(argv: list[str] | None = None) -> int:
             agree = candles_agree(servers, by_name["candles_1m_1h"])
             single = candle_latencies(
                 servers,
-                database["dsn"],
-                {k: by_name[k] for k in ("candles_1m_1h", "candles_1m_24h", "candles_1h_7d")},
+                {
+                    **{k: by_name[k] for k in SINGLE},
+                    # Issue 13: the first request, at 30M trades, under 100 ms. Not under wrk:
+                    # the floor aggregates 30 days of trades per request.
+                    "candles_1d_30d": f"/candles?symbol={symbol}&interval=1d"
+                    f"&start={_iso(now - timedelta(days=30))}",
+                },
             )
             log("warm-up: 2 s of wrk per endpoint on both")
             for name, path in paths:
@@ -362,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             poller = HeartbeatPoller(servers.service_port)
             poller.start()
             rows = measure(servers, paths, args, poller, database["dsn"])
+            caught_up = catch_up(database["dsn"], poller)
             poller.stop()
             rss_end = rss_mib(servers.service)
             result = {
@@ -382,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                 "copy": copy,
                 "candles_agree": agree,
                 "candles_single": single,
+                "catch_up": caught_up,
                 "endpoints": rows,
                 "heartbeat": {
                     "interval_s": 1.0,
