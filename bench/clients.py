@@ -11,6 +11,10 @@ from typing import Any
 
 from bench.support import HOST
 
+# The service runs with AUTH_MODE=required, as deployed: start_servers puts its API key here
+# and every request of the bench (these clients and wrk) sends it. The floor app ignores it.
+AUTH_HEADERS: dict[str, str] = {}
+
 
 class Client:
     """One keep-alive connection to 127.0.0.1: what a single request costs, nothing else."""
@@ -23,7 +27,7 @@ class Client:
     def get(self, path: str) -> tuple[float, int, bytes]:
         started = time.perf_counter()
         try:
-            self._conn.request("GET", path)
+            self._conn.request("GET", path, headers=AUTH_HEADERS)
             response = self._conn.getresponse()
             body = response.read()
         except (OSError, http.client.HTTPException):

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # `python bench/run.py`: make `bench` importable
 import asyncpg  # noqa: E402
 import psutil  # noqa: E402
 
-from bench.clients import Client, HeartbeatPoller  # noqa: E402
+from bench.clients import AUTH_HEADERS, Client, HeartbeatPoller  # noqa: E402
 from bench.dataset import build_database, copy_comparison, execute  # noqa: E402
 from bench.profiling import profile  # noqa: E402
 from bench.report import HEARTBEAT_FACTOR, markdown, verdicts  # noqa: E402
@@ -131,8 +131,12 @@ def start_servers(
         "SYMBOLS": ",".join(database["symbols"]),
     }
     serve = [sys.executable, "-m", "mdp.cli", "serve"]
-    service = processes.start("service", serve, service_env, logs / "service.log")
     home = asyncio.run(recreate_database(server, "mdp_bench_reader_home"))
+    # AUTH_MODE=required, as deployed: a key made as an operator makes it, with a limit far
+    # above what the bench sends. The reader judges keys against its own (home) database.
+    AUTH_HEADERS["X-API-Key"] = _create_key(service_env)
+    asyncio.run(_copy_keys(database["dsn"], home, service_env))
+    service = processes.start("service", serve, service_env, logs / "service.log")
     reader_env = {
         **service_env,
         "DATABASE_URL": home,
@@ -157,6 +161,39 @@ def start_servers(
         time.sleep(0.5)
     client.close()
     return Servers(service_port, floor_port, reader_port, service, floor)
+
+
+def _mdp(env: dict[str, str], *args: str) -> str:
+    command = [sys.executable, "-m", "mdp.cli", *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"mdp {' '.join(args)} failed: {done.stderr[-2000:]}")
+    return done.stdout.strip()
+
+
+def _create_key(env: dict[str, str]) -> str:
+    scopes = ("--scopes", "read,ops", "--rate-limit", "1000000/s")
+    return _mdp(env, "keys", "create", "--name", "bench", *scopes)
+
+
+async def _copy_keys(source: str, home: str, env: dict[str, str]) -> None:
+    """The bench key, also in the reader's home database (migrated for it first)."""
+    await asyncio.to_thread(_mdp, {**env, "DATABASE_URL": home}, "migrate")
+    conn = await asyncpg.connect(as_asyncpg_dsn(source))
+    try:
+        rows = await conn.fetch("SELECT * FROM api_keys")
+    finally:
+        await conn.close()
+    columns = list(rows[0].keys())
+    placeholders = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    conn = await asyncpg.connect(as_asyncpg_dsn(home))
+    try:
+        await conn.executemany(
+            f"INSERT INTO api_keys ({', '.join(columns)}) VALUES ({placeholders})",
+            [tuple(row) for row in rows],
+        )
+    finally:
+        await conn.close()
 
 
 def rss_mib(process: subprocess.Popen[bytes]) -> float:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from typing import Any
 
+from bench.clients import AUTH_HEADERS
 from bench.support import HOST, log
 
 
@@ -74,6 +75,7 @@ def run_wrk(url: str, *, seconds: float, connections: int, threads: int = 2) -> 
         "--latency",
         "--timeout",
         "10s",
+        *(f"--header={name}: {value}" for name, value in AUTH_HEADERS.items()),
         url,
     ]
     done = subprocess.run(

@@ -31,6 +31,7 @@ __all__ = [
     "keys",
     "parse_rate_limit",
     "parse_scopes",
+    "redact",
     "revoke",
 ]
 
@@ -89,6 +90,15 @@ def key_id_of(presented: str) -> str | None:
     """The id of a well-formed key, else None; looks at the shape only, never at a database."""
     match = _KEY.fullmatch(presented)
     return match.group(1) if match else None
+
+
+# Anything that starts like a key, to its end: what a client pasted into the wrong place.
+_KEY_LIKE = re.compile(r"mdp_[0-9a-f]{12}_\S*")
+
+
+def redact(text: str) -> str:
+    """`text` with every key-like token cut to its public id (for values a client sent)."""
+    return _KEY_LIKE.sub(lambda m: m.group(0)[:17] + "[redacted]", text) if "mdp_" in text else text
 
 
 def _new_key() -> tuple[str, str]:

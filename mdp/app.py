@@ -13,6 +13,7 @@ from mdp.lifespan import lifespan
 from mdp.metrics import PrometheusMetrics
 from mdp.problems import install_error_handlers
 from mdp.responses import JsonResolver, jsonifier
+from mdp.security import security_map
 from mdp.settings import Settings
 from mdp.spec import load_contract
 from mdp.telemetry import RequestMetrics, TelemetryMiddleware
@@ -39,6 +40,8 @@ def create_app(settings: Settings | None = None, *, validate_responses: bool = F
         strict_validation=True,
         validate_responses=validate_responses,
         validator_map={"response": RESPONSE_VALIDATORS},
+        # API keys, scopes and rate limits, judged per operation by Connexion's security layer.
+        security_map=security_map,
         # The contract is served verbatim by handlers.docs; Swagger UI points at it.
         swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui_path="/docs"),
     )

@@ -67,9 +67,10 @@ def open_engine(settings: Settings, url: URL, use: Use) -> AsyncEngine:
     query_timeout = _LONG_STATEMENT_SECONDS if long_running else settings.db_query_timeout_seconds
     return create_engine(
         url,
-        # Ingestion has a connection of its own, so read load can never starve it; tests
-        # sometimes hold one connection while a second one checks.
-        pool_size=2 if use == "tests" else 1,
+        # Ingestion has a connection of its own, so read load can never starve it, and a
+        # second for the API keys' refresh and last-used writes; tests sometimes hold one
+        # connection while a second one checks.
+        pool_size=2 if use in ("tests", "ingestion") else 1,
         connect_timeout=settings.db_connect_timeout_seconds,
         query_timeout=query_timeout,
         application_name=f"mdp-{use}",

@@ -23,6 +23,7 @@ from mdp.broadcaster import Broadcaster
 from mdp.database import database_server, open_engine
 from mdp.listener import Listener
 from mdp.metrics import PrometheusMetrics
+from mdp.security import Guard, required_scopes
 from mdp.settings import Settings
 from mdp.spec import load_contract
 from mdp.state import AppState
@@ -44,14 +45,17 @@ _STOP_GRACE_SECONDS = 2.0
 _LISTENER_CHECK_SECONDS = 5.0
 
 
-async def _bootstrap(settings: Settings, db: Database, writes: AsyncEngine) -> None:
-    """Migrate and seed, retrying until the database is there; then open the read path."""
+async def _bootstrap(settings: Settings, db: Database, writes: AsyncEngine, guard: Guard) -> None:
+    """Migrate, seed and read the API keys, retrying until the database is there; then open
+    the read path."""
     delay = _RETRY_FIRST_SECONDS
     while True:
         try:
             await upgrade(writes)
             async with writes.begin() as conn:
                 await ensure_symbols(conn, ((s.symbol, s.name) for s in settings.symbols))
+            if guard.mode == "required":
+                await guard.ring.refresh(writes)
         except Exception as exc:
             if is_unavailable(exc):
                 logger.warning(
@@ -68,6 +72,12 @@ async def _bootstrap(settings: Settings, db: Database, writes: AsyncEngine) -> N
             continue
         db.mark_ready()
         logger.info("database ready: schema at head, %d symbols", len(settings.symbols))
+        if guard.mode == "required" and not guard.ring.active:
+            logger.warning(
+                "AUTH_MODE=required and no API key exists yet: every data request answers 401. "
+                "Create the first key with `mdp keys create --name NAME --scopes "
+                "read,stream,export,ops` (same DATABASE_URL) and send it as X-API-Key."
+            )
         return
 
 
@@ -94,9 +104,10 @@ async def _run(
     writes: AsyncEngine,
     status: IngestionStatus,
     live: Broadcaster,
+    guard: Guard,
     stop: asyncio.Event,
 ) -> None:
-    await _bootstrap(settings, db, writes)
+    await _bootstrap(settings, db, writes, guard)
     listener = Listener(
         dedicated_connection(
             writes.url,
@@ -108,6 +119,8 @@ async def _run(
         check_every=_LISTENER_CHECK_SECONDS,
     )
     tasks = [listener.run(stop)]
+    if guard.mode == "required":
+        tasks.append(guard.ring.maintain(writes, stop))
     if settings.ingestion_enabled:
         tasks.append(_ingest(settings, writes, status, stop))
     await asyncio.gather(*tasks)
@@ -151,6 +164,17 @@ async def lifespan(
 async def _serving(
     url: URL, settings: Settings, metrics: RequestMetrics, prometheus: PrometheusMetrics
 ) -> AsyncIterator[AppState]:
+    guard = Guard(settings.auth, required_scopes(load_contract().document))
+    if guard.mode == "off":
+        logger.warning(
+            "AUTH_MODE=off: every operation is open to anyone who can reach %s:%d, and nothing "
+            "is audited. Fine for the embedded development database; set AUTH_MODE=required "
+            "(the default with DATABASE_URL) before serving real data.",
+            settings.host,
+            settings.port,
+        )
+    else:
+        logger.info("AUTH_MODE=required: data operations need an API key with the right scope")
     reads = open_engine(settings, url, "api")
     writes = open_engine(settings, url, "ingestion")
     admission = Admission(
@@ -175,9 +199,9 @@ async def _serving(
     )
     stop = asyncio.Event()
     background = asyncio.create_task(
-        _run(settings, db, writes, status, live, stop), name="mdp-background"
+        _run(settings, db, writes, status, live, guard, stop), name="mdp-background"
     )
-    state = AppState(settings, load_contract(), db, status, metrics, prometheus, live)
+    state = AppState(settings, load_contract(), db, status, metrics, prometheus, live, guard)
     unwatch = prometheus.watch(status, {"api": reads, "ingestion": writes})
     restore_signals = _end_streams_on_signals(live)
     try:

@@ -48,6 +48,9 @@ PROBLEM_TYPES: Mapping[str, ProblemType] = {
     "method_not_allowed": ProblemType(405, "Method not allowed"),
     "symbol_not_found": ProblemType(404, "Symbol not found"),
     "no_trades": ProblemType(404, "No trades"),
+    "unauthenticated": ProblemType(401, "Unauthenticated"),
+    "forbidden": ProblemType(403, "Forbidden"),
+    "rate_limited": ProblemType(429, "Too many requests"),
     "internal_error": ProblemType(500, "Internal server error"),
     "database_unavailable": ProblemType(503, "Database unavailable"),
     "streams_at_capacity": ProblemType(503, "Streams at capacity"),
@@ -55,9 +58,12 @@ PROBLEM_TYPES: Mapping[str, ProblemType] = {
     "overloaded": ProblemType(503, "Overloaded"),
 }
 _CODE_BY_STATUS = {
+    401: "unauthenticated",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    429: "rate_limited",
     500: "internal_error",
 }
 
@@ -127,7 +133,9 @@ def _domain_error(request: ConnexionRequest, exc: Exception) -> ConnexionRespons
     assert isinstance(exc, DomainError)
     if PROBLEM_TYPES[exc.code].status >= 500:
         logger.warning("%s: %s", exc.code, exc.detail)
-    return problem(exc.code, exc.detail, instance=request.url.path)
+    # Refusals carry WWW-Authenticate, Retry-After and the RateLimit fields.
+    headers = getattr(exc, "headers", None)
+    return problem(exc.code, exc.detail, instance=request.url.path, headers=headers)
 
 
 def _validation_failed(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
@@ -156,6 +164,8 @@ def _http_error(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     else:
         detail = HTTPStatus(status).phrase
     code = _CODE_BY_STATUS.get(status)
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", 'Bearer realm="mdp"')
     if code is None:
         # A framework problem we have no code for (e.g. 406): keep its status, generic code.
         code = "validation_failed" if 400 <= status < 500 else "internal_error"

@@ -13,6 +13,7 @@ from connexion.jsonifier import Jsonifier
 from connexion.resolver import Resolver
 from starlette.responses import Response
 
+from mdp import audit
 from mdp.caching import conditional
 from mdp.telemetry import current_request_id
 
@@ -45,6 +46,9 @@ def _respond(result: Any) -> Response:
         if isinstance(result, tuple):
             result, status, *rest = result
             headers = rest[0] if rest else None
+        if status < 300:
+            # Rows served, for the audit trail: a list's `count`, else one object.
+            audit.count_served(result.get("count", 1) if isinstance(result, dict) else 1)
         response = Response(
             orjson.dumps(result, option=_OPTIONS),
             status_code=status,

@@ -7,12 +7,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 __all__ = [
     "DEFAULT_SYMBOLS",
+    "AuthMode",
     "Settings",
     "SettingsError",
     "SymbolSpec",
@@ -21,6 +23,8 @@ __all__ = [
 
 SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,16}$")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+AuthMode = Literal["required", "off"]
+AUTH_MODES: tuple[AuthMode, ...] = ("required", "off")
 
 
 class SettingsError(ValueError):
@@ -203,12 +207,20 @@ class Settings:
     export_max_rows: int = 50_000_000
     export_max_days: int = 366
     export_timeout_seconds: float = 3600.0
+    # None: `required` with DATABASE_URL (real data), `off` on the embedded database.
+    auth_mode: AuthMode | None = None
     # Names the Cloud Trace resource in JSON logs, so Cloud Logging groups a request's lines.
     gcp_project: str | None = None
     redoc_script_url: str = "https://cdn.jsdelivr.net/npm/redoc@2.5.0/bundles/redoc.standalone.js"
     redoc_script_integrity: str | None = (
         "sha384-4vOjrBu7SuDWXcAw1qFznVLA/sKL+0l4nn+J1HY8w7cpa6twQEYuh4b0Cwuo7CyX"
     )
+
+    @property
+    def auth(self) -> AuthMode:
+        if self.auth_mode is not None:
+            return self.auth_mode
+        return "required" if self.database_url is not None else "off"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -227,6 +239,9 @@ class Settings:
             ) from None
         read_url, pooler = _read_database(env, raw_url)
         data_dir = env.get("MDP_DATA_DIR", "").strip()
+        auth_mode = env.get("AUTH_MODE", "").strip().lower() or None
+        if auth_mode is not None and auth_mode not in AUTH_MODES:
+            raise SettingsError(f"AUTH_MODE must be required or off, got {auth_mode!r}")
         integrity = env.get("REDOC_SCRIPT_INTEGRITY")
         return cls(
             host=env.get("HOST", "").strip() or defaults.host,
@@ -282,6 +297,7 @@ class Settings:
             export_timeout_seconds=_float(
                 env, "EXPORT_TIMEOUT_SECONDS", defaults.export_timeout_seconds, minimum=1.0
             ),
+            auth_mode=auth_mode,
             gcp_project=env.get("GOOGLE_CLOUD_PROJECT", "").strip() or None,
             redoc_script_url=env.get("REDOC_SCRIPT_URL", "").strip() or defaults.redoc_script_url,
             # An explicitly empty integrity turns the check off (for a self-hosted script).

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ingestion.status import IngestionStatus
 from mdp.broadcaster import Broadcaster
 from mdp.metrics import PrometheusMetrics
+from mdp.security import Guard
 from mdp.settings import Settings
 from mdp.spec import Contract
 from mdp.telemetry import RequestMetrics
@@ -24,3 +25,4 @@ class AppState:
     metrics: RequestMetrics
     prometheus: PrometheusMetrics
     live: Broadcaster
+    guard: Guard

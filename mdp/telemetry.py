@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mdp import audit
 from mdp.metrics import PrometheusMetrics
 
 __all__ = ["RequestMetrics", "TelemetryMiddleware", "current_request_id", "current_trace"]
@@ -92,9 +93,12 @@ class TelemetryMiddleware:
         # this (shared) dict: create it here so the operation is visible here afterwards.
         extensions = scope.setdefault("extensions", {})
         status = 500
+        sent = 0
+        events = False
+        audit_token = audit.begin()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, sent, events
             if message["type"] == "http.response.start":
                 status = message["status"]
                 # Handlers already stamp it (see mdp.responses); never send it twice.
@@ -103,7 +107,21 @@ class TelemetryMiddleware:
                     for name, value in message.get("headers", ())
                     if name.lower() != b"x-request-id"
                 ]
+                outcome = audit.current()
+                if outcome is not None:
+                    # The RateLimit fields of an authenticated request (a refusal has none).
+                    headers += outcome.headers
+                    events = any(
+                        name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+                        for name, value in headers
+                    )
                 message["headers"] = [*headers, (b"x-request-id", request_id)]
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                sent += len(body)
+                if events:
+                    # Server-Sent Events: what a stream served is its events, one `data:` each.
+                    audit.count_served(body.count(b"\ndata: "))
             await send(message)
 
         try:
@@ -116,6 +134,15 @@ class TelemetryMiddleware:
             # Unrouted requests (404s, /docs) share one label: paths must not become labels.
             operation = routing.get("operation_id") or "unmatched"
             self.prometheus.observe(operation, scope["method"], status, elapsed)
+            audit.finish(
+                audit_token,
+                scope,
+                request_id=request_id.decode(),
+                operation=operation,
+                status=status,
+                sent=sent,
+                elapsed_ms=elapsed_ms,
+            )
             access_logger.info(
                 "%s %s %d %.2fms",
                 scope["method"],

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from mdp.app import create_app
 from mdp.settings import DEFAULT_SYMBOLS, Settings, SymbolSpec
-from tests.support import dsn, wait_until
+from tests.support import dsn, provision_key_now, wait_until
 
 __all__ = [
     "SyncDatabase",
@@ -69,15 +69,27 @@ def _is_ready(response: httpx.Response) -> bool:
 
 
 @contextlib.contextmanager
-def running_app(settings: Settings, *, wait_ready: bool = True) -> Iterator[TestClient]:
+def running_app(
+    settings: Settings, *, wait_ready: bool = True, with_key: bool = True
+) -> Iterator[TestClient]:
     """The real app (lifespan included) with response validation on, behind a TestClient.
 
     With `wait_ready`, returns once start-up (migrations, symbol seeding) has finished: that
     happens in the background, and data operations answer 503 until then.
+
+    Under AUTH_MODE=required (the default with a database URL) the client sends a real API key
+    with every scope, made in the database before the app starts; so the database must be up
+    then. Tests of a database that is down at start-up run with auth_mode="off".
     """
+    key = None
+    if settings.auth == "required" and with_key:
+        assert settings.database_url is not None
+        key = provision_key_now(settings.database_url)
     app = create_app(settings, validate_responses=True)
     with app.test_client() as client:
         client.event_hooks = {"request": [], "response": [_check_invariants]}
+        if key is not None:
+            client.headers["X-API-Key"] = key
         if wait_ready:
             wait_until(lambda: client.get("/symbols"), _is_ready, what="app start-up")
         yield client
@@ -164,13 +176,15 @@ class SyncDatabase:
     def reset(self, symbols: Sequence[SymbolSpec] = DEFAULT_SYMBOLS) -> None:
         """Empty every table, then register `symbols` again (the app seeds them only at start).
 
-        Every table but Alembic's: derived data (persisted candles and whatever records what
-        was computed) must never outlive the trades it came from.
+        Every table but Alembic's and the API keys' (the client's own key lives there):
+        derived data (persisted candles and whatever records what was computed) must never
+        outlive the trades it came from.
         """
         tables = self._run(
             self.conn.fetch(
                 "SELECT format('%I', tablename) AS name FROM pg_tables "
-                "WHERE schemaname = current_schema() AND tablename <> 'alembic_version'"
+                "WHERE schemaname = current_schema() "
+                "AND tablename NOT IN ('alembic_version', 'api_keys', 'api_key_changes')"
             )
         )
         names = ", ".join(row["name"] for row in tables)

@@ -69,7 +69,7 @@ def test_metrics_answer_prometheus_text_with_counts_by_operation_and_status(
         "mdp_db_pool_size",
     }
     pools = {labels["pool"]: value for labels, value in families["mdp_db_pool_size"]}
-    assert pools == {"api": 10, "ingestion": 1}
+    assert pools == {"api": 10, "ingestion": 2}
 
 
 def test_unknown_paths_share_one_metrics_label(client: TestClient) -> None:

@@ -193,7 +193,7 @@ def _raise_request_maximum(spec: Spec) -> None:
 
 
 def _add_status_code(spec: Spec) -> None:
-    _get(spec, "/symbols")["responses"]["429"] = {"$ref": "#/components/responses/BadRequest"}
+    _get(spec, "/symbols")["responses"]["409"] = {"$ref": "#/components/responses/BadRequest"}
 
 
 def _edit_descriptions_and_examples(spec: Spec) -> None:

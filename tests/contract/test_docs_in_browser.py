@@ -77,7 +77,10 @@ def browser_report(docs_database: URL, screenshots: Path) -> Iterator[dict[str, 
             "REDOC_SCRIPT_INTEGRITY": _sri(REDOC_SCRIPT),
         }
         with serve_live(docs_database, env) as service:
-            result = run_tool([node, CHECK_DOCS, service.base, screenshots], timeout=180)
+            # The key reaches the script through its environment, never its command line.
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("MDP_DOCS_API_KEY", str(service.api_key))
+                result = run_tool([node, CHECK_DOCS, service.base, screenshots], timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     yield json.loads(result.stdout)
 
@@ -98,7 +101,9 @@ def test_swagger_ui_renders_every_operation(browser_report: dict[str, Any]) -> N
 
 
 def test_swagger_ui_try_it_out_returns_the_latest_price(browser_report: dict[str, Any]) -> None:
+    # The service requires a key: a 200 means the one entered in "Authorize" was sent.
     swagger = browser_report["swagger"]
+    assert swagger["authorized"] is True
     assert swagger["tryItOutStatus"] == "200"
     body = json.loads(swagger["tryItOutBody"])
     assert body["symbol"] == "AAPL"

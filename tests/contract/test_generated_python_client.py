@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.contract.support import SPEC_PATH, load_spec, operations
+from tests.support import Service
 
 PACKAGE = "market_data_platform_api_client"
 # openapi-python-client reads JSON, text and binary bodies only; the verbatim YAML of
@@ -80,10 +81,14 @@ def client_module(generated: tuple[GeneratedClient, str]) -> GeneratedClient:
 
 
 @pytest.fixture(scope="module")
-def client(client_module: GeneratedClient, live_server: str) -> Iterator[Any]:
-    # `live_server` is ready once AAPL has a trade: every call below finds data.
-    with client_module.package.Client(
-        base_url=live_server, raise_on_unexpected_status=True, timeout=httpx.Timeout(10.0)
+def client(client_module: GeneratedClient, live_service: Service) -> Iterator[Any]:
+    """The generated AuthenticatedClient: the key as `Authorization: Bearer` (BearerAuth).
+    `live_service` is ready once AAPL has a trade: every call below finds data."""
+    with client_module.package.AuthenticatedClient(
+        base_url=live_service.base,
+        token=live_service.api_key,
+        raise_on_unexpected_status=True,
+        timeout=httpx.Timeout(10.0),
     ) as api_client:
         yield api_client
 
@@ -235,6 +240,34 @@ def test_openapi_json(client: Any, client_module: GeneratedClient) -> None:
     document = api.sync(client=client)
     assert isinstance(document, client_module.models.HandlersDocsGetOpenapiJsonResponse200)
     assert document.to_dict() == load_spec()
+
+
+def test_the_key_also_works_in_the_x_api_key_header(
+    client_module: GeneratedClient, live_service: Service
+) -> None:
+    api = client_module.api("market", "handlers.market.get_latest_price")
+    with client_module.package.AuthenticatedClient(
+        base_url=live_service.base,
+        token=live_service.api_key,
+        prefix="",
+        auth_header_name="X-API-Key",
+    ) as keyed:
+        latest = api.sync(client=keyed, symbol="MSFT")
+    assert isinstance(latest, client_module.models.LatestPrice)
+    assert latest.symbol == "MSFT"
+
+
+def test_no_key_parses_as_an_unauthenticated_problem(
+    client_module: GeneratedClient, live_server: str
+) -> None:
+    api = client_module.api("market", "handlers.market.list_symbols")
+    with client_module.package.Client(base_url=live_server) as anonymous:
+        response = api.sync_detailed(client=anonymous)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    problem = response.parsed
+    assert isinstance(problem, client_module.models.Problem)
+    assert problem.code is client_module.models.ProblemCode.UNAUTHENTICATED
 
 
 def test_openapi_yaml(client_module: GeneratedClient, live_server: str) -> None:

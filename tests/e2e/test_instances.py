@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -49,7 +52,7 @@ async def batch_times(database: URL) -> list[datetime]:
 
 @pytest.fixture
 async def database(make_database: MakeDatabase) -> URL:
-    """Empty: the instances migrate it as they start, concurrently."""
+    """Empty until `serve()` makes each instance's API key in it (migrating it first)."""
     return await make_database(migrated=False)
 
 
@@ -149,7 +152,13 @@ async def test_sigterm_exits_within_grace_and_hands_leadership_over(
 
 
 def _stream_trades(instance: Service, params: dict[str, Any]) -> Any:
-    return httpx.stream("GET", f"{instance.base}/stream/trades", params=params, timeout=30)
+    return httpx.stream(
+        "GET",
+        f"{instance.base}/stream/trades",
+        params=params,
+        headers=instance.headers,
+        timeout=30,
+    )
 
 
 async def test_a_stream_on_a_standby_carries_every_trade_across_a_failover(
@@ -206,3 +215,45 @@ def test_sigterm_ends_open_streams_within_the_grace(
     assert ended_after < 3
     instance.process.wait(timeout=10)
     assert "Traceback" not in instance.output()
+
+
+def _mdp_keys(database: URL, *args: str) -> str:
+    env = {**os.environ, "DATABASE_URL": database.render_as_string(hide_password=False)}
+    done = subprocess.run(
+        [sys.executable, "-m", "mdp.cli", "keys", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def _status_with(key: str, instance: Service) -> int:
+    try:
+        response = httpx.get(f"{instance.base}/symbols", headers={"X-API-Key": key}, timeout=2)
+    except httpx.TransportError:
+        return 0
+    return response.status_code
+
+
+def test_new_and_revoked_keys_reach_every_instance_within_5_seconds(
+    database: URL, start: Callable[[int], list[Service]]
+) -> None:
+    instances = start(2)
+    key = _mdp_keys(database, "create", "--name", "late", "--scopes", "read")
+    # From the moment the command returns (its transaction committed): 5 s for every instance.
+    wait_until(
+        lambda: all(_status_with(key, instance) == 200 for instance in instances),
+        what="the new key accepted everywhere",
+        timeout=5,
+    )
+
+    _mdp_keys(database, "revoke", key.split("_")[1])
+    wait_until(
+        lambda: all(_status_with(key, instance) == 401 for instance in instances),
+        what="the revoked key refused everywhere",
+        timeout=5,
+    )
+    assert all(instance.process.poll() is None for instance in instances)

@@ -35,7 +35,9 @@ async def stream_database(database_factory: DatabaseFactory) -> AsyncIterator[UR
 
 @pytest.fixture(scope="module")
 def service(stream_database: URL) -> Iterator[str]:
-    env = {"STREAM_HEARTBEAT_SECONDS": "0.3", "STREAM_MAX_CLIENTS": "3"}
+    # Stream behaviour, not access: served with AUTH_MODE=off (tests/api/test_access.py and
+    # the e2e instances test cover keys on streams).
+    env = {"STREAM_HEARTBEAT_SECONDS": "0.3", "STREAM_MAX_CLIENTS": "3", "AUTH_MODE": "off"}
     with serve_live(stream_database, env) as live:
         yield live.base
 

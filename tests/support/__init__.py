@@ -8,6 +8,7 @@ from tests.support.database import (
     migrate,
     open_test_engine,
 )
+from tests.support.keys import provision_key, provision_key_now
 from tests.support.polling import wait_until, wait_until_async
 from tests.support.processes import Service, free_port, serve, serve_live
 
@@ -22,6 +23,8 @@ __all__ = [
     "serve",
     "serve_live",
     "open_test_engine",
+    "provision_key",
+    "provision_key_now",
     "wait_until",
     "wait_until_async",
 ]

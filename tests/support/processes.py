@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.engine import URL
 
+from tests.support.keys import provision_key_now
 from tests.support.polling import wait_until
 
 __all__ = ["Service", "free_port", "serve", "serve_live"]
@@ -33,12 +34,20 @@ def free_port() -> int:
 
 
 class Service:
-    """One running `mdp serve`: its base URL, its process and what it printed."""
+    """One running `mdp serve`: its base URL, its process, what it printed, and (under
+    AUTH_MODE=required) a key with every scope that `get` sends."""
 
-    def __init__(self, process: subprocess.Popen[bytes], base: str, output: int) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], base: str, output: int, api_key: str | None
+    ) -> None:
         self.process = process
         self.base = base
         self._output = output
+        self.api_key = api_key
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.api_key} if self.api_key is not None else {}
 
     def output(self) -> str:
         """stdout and stderr so far (read without moving the process's file offset)."""
@@ -52,7 +61,7 @@ class Service:
                 f"mdp serve exited with {self.process.returncode}:\n{self.output()[-4000:]}"
             )
         try:
-            return httpx.get(f"{self.base}{path}", timeout=2)
+            return httpx.get(f"{self.base}{path}", headers=self.headers, timeout=2)
         except httpx.TransportError:
             return None
 
@@ -96,6 +105,7 @@ def serve(
     returned once GET `ready` answers 200 (at once when `ready` is None); stopped on exit.
 
     `inherit_env=False` starts it with `env` and nothing of this test run's environment.
+    With a database and AUTH_MODE not `off`, a real key is made there first (`Service.api_key`).
     """
     port = free_port()
     full_env = {
@@ -110,6 +120,9 @@ def serve(
         ),
         **(env or {}),
     }
+    key = None
+    if database_url is not None and full_env.get("AUTH_MODE", "").strip().lower() != "off":
+        key = provision_key_now(database_url)
     # A file, not a pipe: nobody reads while it runs, and a full pipe would block it.
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(
@@ -120,7 +133,7 @@ def serve(
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-        service = Service(process, f"http://127.0.0.1:{port}", output.fileno())
+        service = Service(process, f"http://127.0.0.1:{port}", output.fileno(), key)
         try:
             if ready is not None:
                 service.wait_ready(ready)

@@ -1,7 +1,10 @@
 // Loads /docs (Swagger UI) and /redoc of a running service in headless Debian Chromium, driven
 // by playwright-core, and prints what it saw as JSON for tests/contract/test_docs_in_browser.py.
 //
-//   node tools/browser/check_docs.mjs BASE_URL SCREENSHOT_DIR
+//   MDP_DOCS_API_KEY=mdp_... node tools/browser/check_docs.mjs BASE_URL SCREENSHOT_DIR
+//
+// The key (from the environment, so it never shows in a process list) is entered in Swagger
+// UI's "Authorize" dialog, as a reader would, before "Try it out".
 //
 // Every request that leaves the machine is blocked and reported: the pages must render from the
 // service (and a locally served ReDoc bundle) alone. One exception is answered locally instead:
@@ -13,8 +16,9 @@ import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const [baseUrl, screenshotDir] = process.argv.slice(2);
-if (!baseUrl || !screenshotDir) {
-  console.error('usage: check_docs.mjs BASE_URL SCREENSHOT_DIR');
+const apiKey = process.env.MDP_DOCS_API_KEY;
+if (!baseUrl || !screenshotDir || !apiKey) {
+  console.error('usage: MDP_DOCS_API_KEY=KEY check_docs.mjs BASE_URL SCREENSHOT_DIR');
   process.exit(2);
 }
 
@@ -85,6 +89,17 @@ async function swaggerUi(page) {
     }),
   );
 
+  // Authorize: the X-API-Key scheme's field in the dialog, then close it.
+  await page.locator('.auth-wrapper .authorize').click();
+  const dialog = page.locator('.modal-ux');
+  const apiKeyScheme = dialog.locator('.auth-container', { hasText: 'ApiKeyAuth' });
+  await apiKeyScheme.locator('input').fill(apiKey);
+  await apiKeyScheme.locator('button.authorize').click();
+  // Swagger UI swaps "Authorize" for "Logout" once it holds the key.
+  await apiKeyScheme.getByRole('button', { name: 'Logout' }).waitFor({ timeout: TIMEOUT_MS });
+  const authorized = true;
+  await dialog.locator('button.close-modal').click();
+
   const block = page.locator('.opblock', {
     has: page.locator('.opblock-summary-path[data-path="/price/latest"]'),
   });
@@ -102,7 +117,7 @@ async function swaggerUi(page) {
   // The executed request and the server's answer, in the middle of the picture.
   await block.locator('.live-responses-table').evaluate((node) => node.scrollIntoView({ block: 'center' }));
   await page.screenshot({ path: screenshot });
-  return { operations, tryItOutStatus, tryItOutBody, screenshot };
+  return { operations, authorized, tryItOutStatus, tryItOutBody, screenshot };
 }
 
 async function redoc(page) {

@@ -71,8 +71,30 @@ export async function allTrades(
   return trades;
 }
 
+// Secured operations declare their refusals: a missing or wrong key, a missing scope, a limit.
+type Refusal = operations['handlers.market.list_trades']['responses'][401 | 403 | 429];
+type RefusalBody = Refusal extends { content: { 'application/problem+json': infer Body } } ? Body : never;
+
+// The key travels in `X-API-Key` (or `Authorization: Bearer`); both headers are declared in the
+// contract's security schemes, not as parameters.
+export async function fetchLatest(
+  baseUrl: string,
+  apiKey: string,
+  symbol: string,
+): Promise<LatestPrice | RefusalBody> {
+  const response = await fetch(`${baseUrl}/price/latest?${toQueryString({ symbol })}`, {
+    headers: { 'X-API-Key': apiKey },
+  });
+  return (await response.json()) as LatestPrice | RefusalBody;
+}
+
 export function explain(problem: Problem): string {
   switch (problem.code) {
+    case 'unauthenticated':
+      return 'send a valid API key in X-API-Key';
+    case 'forbidden':
+    case 'rate_limited':
+      return problem.detail;
     case 'validation_failed':
       return (problem.errors ?? []).map((error) => `${error.in} ${error.name}: ${error.message}`).join('; ');
     case 'symbol_not_found':

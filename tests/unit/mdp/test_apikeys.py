@@ -15,6 +15,7 @@ from mdp.apikeys import (
     key_id_of,
     parse_rate_limit,
     parse_scopes,
+    redact,
 )
 
 
@@ -95,3 +96,12 @@ def test_parse_scopes_folds_case_and_duplicates() -> None:
 def test_parse_scopes_rejects_unknown_or_empty(raw: str) -> None:
     with pytest.raises(ValueError, match="scopes"):
         parse_scopes(raw)
+
+
+def test_redact_keeps_the_id_and_drops_the_secret_of_anything_key_like() -> None:
+    key_id, key = _new_key()
+    text = f"api_key={key}&other=1 and mdp_{key_id}_short"
+    redacted = redact(text)
+    assert key.rsplit("_", 1)[1] not in redacted
+    assert redacted.count(f"mdp_{key_id}_[redacted]") == 2
+    assert redact("symbol=AAPL") == "symbol=AAPL"

@@ -223,6 +223,7 @@ def test_settings_read_ingestion_enabled_as_a_boolean(raw: str, expected: bool) 
         ("SYMBOLS", "ABCDEFGHIJKLMNOPQ"),
         ("SYMBOLS", ":Nameless"),
         ("DATABASE_URL", "mysql://mdp:secret@db.internal/market"),
+        ("AUTH_MODE", "optional"),
     ],
 )
 def test_settings_reject_a_bad_value_naming_the_variable(name: str, raw: str) -> None:
@@ -321,3 +322,19 @@ def test_read_pooler_transaction_is_read() -> None:
 def test_read_database_errors_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "off"),
+        ({"DATABASE_URL": "postgresql://db/market"}, "required"),
+        ({"DATABASE_URL": "postgresql://db/market", "AUTH_MODE": "off"}, "off"),
+        ({"AUTH_MODE": "Required"}, "required"),
+        ({"AUTH_MODE": " "}, "off"),
+    ],
+)
+def test_auth_is_required_with_a_database_url_and_off_on_the_embedded_one(
+    env: dict[str, str], expected: str
+) -> None:
+    assert Settings.from_env(env).auth == expected

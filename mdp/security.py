@@ -1,0 +1,230 @@
+"""Access control in Connexion's security layer: API keys, scopes per operation, rate limits.
+
+The contract declares two security schemes, `X-API-Key` and `Authorization: Bearer`, either of
+which carries the same key. OpenAPI 3.0 requires the scope list of a non-OAuth requirement to
+be empty, so each operation names its scopes in `x-required-scopes`, read here at start-up.
+
+Connexion calls one verification function per scheme and stops at the first that returns
+credentials. Each request belongs to exactly one of ours — the API-key handler judges requests
+with an `X-API-Key` header or no credentials at all, the bearer handler those with only an
+`Authorization` header — so every request is judged (and audited) once, whatever the order.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from connexion.security import NO_VALUE, AbstractSecurityHandler
+
+from mdp import audit, ratelimit
+from mdp.apikeys import SCOPES, hash_key, key_id_of
+from mdp.keyring import Key, KeyRing
+from mdp.ratelimit import RateLimiter
+from mdp.settings import AuthMode
+from persistence.errors import DatabaseUnavailable, DomainError
+
+__all__ = [
+    "SCOPE_EXTENSION",
+    "Forbidden",
+    "Guard",
+    "RateLimited",
+    "Unauthenticated",
+    "required_scopes",
+    "security_map",
+]
+
+SCOPE_EXTENSION = "x-required-scopes"
+_HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+_CHALLENGE = 'Bearer realm="mdp"'
+_INVALID = f'{_CHALLENGE}, error="invalid_token"'
+# Longer than any key: a header this long is refused before it is even looked at.
+_MAX_CREDENTIAL = 200
+
+
+class AuthError(DomainError):
+    """A refusal; `reason` goes to the audit record, `key` when the key was recognised."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        reason: str,
+        key: Key | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.key = key
+        self.headers: Mapping[str, str] = headers or {}
+
+
+class Unauthenticated(AuthError):
+    code = "unauthenticated"
+
+    def __init__(self, detail: str, *, reason: str, key: Key | None = None) -> None:
+        # RFC 6750 §3: no error code when the request carried no credentials at all.
+        challenge = _CHALLENGE if reason == "missing_credentials" else _INVALID
+        super().__init__(detail, reason=reason, key=key, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(AuthError):
+    code = "forbidden"
+
+
+class RateLimited(AuthError):
+    code = "rate_limited"
+
+
+def required_scopes(document: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+    """operationId -> scopes, for every operation that requires credentials.
+
+    Raises ValueError when a secured operation names no scope or an unknown one, so that an
+    operation added without thinking about access cannot start unguarded or unreachable.
+    """
+    default = document.get("security", [])
+    found: dict[str, frozenset[str]] = {}
+    problems = []
+    for item in document["paths"].values():
+        for method in _HTTP_METHODS:
+            operation = item.get(method)
+            if operation is None:
+                continue
+            secured = bool(operation.get("security", default))
+            scopes = operation.get(SCOPE_EXTENSION)
+            name = operation["operationId"]
+            if not secured:
+                if scopes is not None:
+                    problems.append(f"{name} declares {SCOPE_EXTENSION} but no security")
+                continue
+            if not scopes or not set(scopes) <= set(SCOPES):
+                problems.append(f"{name} needs {SCOPE_EXTENSION}: a list from {', '.join(SCOPES)}")
+                continue
+            found[name] = frozenset(scopes)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return found
+
+
+@dataclass(slots=True)
+class Guard:
+    """Everything a request's credentials are judged against, built once per app."""
+
+    mode: AuthMode
+    scopes: Mapping[str, frozenset[str]]
+    ring: KeyRing = field(default_factory=KeyRing)
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+
+    def judge(self, scope: Mapping[str, Any], api_keys: list[bytes], bearer: list[bytes]) -> Any:
+        if self.mode == "off":
+            return {"sub": None}
+        if not self.ring.loaded:
+            raise DatabaseUnavailable("API keys cannot be checked until the database is up.")
+        operation = scope["extensions"]["connexion_routing"]["operation_id"]
+        try:
+            return self._judge(operation, api_keys, bearer)
+        except AuthError as exc:
+            key = exc.key
+            audit.set_outcome(
+                audit.Outcome(key.id if key else None, key.name if key else None, reason=exc.reason)
+            )
+            raise
+
+    def _judge(self, operation: str, api_keys: list[bytes], bearer: list[bytes]) -> Any:
+        if len(api_keys) + len(bearer) > 1:
+            raise Unauthenticated(
+                "Send exactly one API key: one X-API-Key header or one Authorization header.",
+                reason="several_credentials",
+            )
+        if bearer:
+            scheme, _, token = bearer[0].partition(b" ")
+            if scheme.lower() != b"bearer" or not token.strip():
+                raise Unauthenticated(
+                    "The Authorization header must be `Bearer <API key>`.",
+                    reason="malformed_authorization",
+                )
+            presented = token.strip()
+        elif api_keys:
+            presented = api_keys[0].strip()
+        else:
+            raise Unauthenticated(
+                "This operation needs an API key: send `X-API-Key: <key>` or "
+                "`Authorization: Bearer <key>`.",
+                reason="missing_credentials",
+            )
+        text = presented.decode("latin-1") if len(presented) <= _MAX_CREDENTIAL else ""
+        key_id = key_id_of(text)
+        if key_id is None:
+            raise Unauthenticated(
+                "The API key is malformed: keys look like `mdp_<id>_<secret>`.",
+                reason="malformed_key",
+            )
+        key = self.ring.get(key_id)
+        if key is None or not hmac.compare_digest(key.key_hash, hash_key(text)):
+            raise Unauthenticated("The API key is not valid.", reason="invalid_key")
+        if key.revoked:
+            raise Unauthenticated(
+                f"The API key {key.id} has been revoked.", reason="revoked", key=key
+            )
+        needed = self.scopes[operation]
+        if not needed <= key.scopes:
+            raise Forbidden(
+                f"This operation needs the scope {', '.join(sorted(needed))}; key {key.id} "
+                f"has {', '.join(sorted(key.scopes))}.",
+                reason="forbidden",
+                key=key,
+            )
+        taken, tokens = self.limiter.take(key.id, key.limit)
+        fields = ratelimit.headers(key.limit, tokens)
+        if not taken:
+            wait = ratelimit.retry_after(key.limit, tokens)
+            raise RateLimited(
+                f"Key {key.id} is over its rate limit of {key.limit} on this instance; "
+                f"retry after {wait} s.",
+                reason="rate_limited",
+                key=key,
+                headers={
+                    "Retry-After": str(wait),
+                    **{name.decode(): value.decode() for name, value in fields},
+                },
+            )
+        self.ring.mark_used(key.id)
+        audit.set_outcome(audit.Outcome(key.id, key.name, headers=fields))
+        return {"sub": key.id}
+
+
+def _credentials(request: Any) -> tuple[list[bytes], list[bytes]]:
+    api_keys: list[bytes] = []
+    bearer: list[bytes] = []
+    for name, value in request.scope["headers"]:
+        if name == b"x-api-key":
+            api_keys.append(value)
+        elif name == b"authorization":
+            bearer.append(value)
+    return api_keys, bearer
+
+
+def _verify(request: Any, *, bearer_scheme: bool) -> Any:
+    api_keys, bearer = _credentials(request)
+    # The bearer handler judges only requests with an Authorization header and no X-API-Key;
+    # the API-key handler judges all others (a request is judged once: see the docstring).
+    if bearer_scheme != bool(bearer and not api_keys):
+        return NO_VALUE
+    guard: Guard = request.scope["state"]["app"].guard
+    return guard.judge(request.scope, api_keys, bearer)
+
+
+class _ApiKeyHandler(AbstractSecurityHandler):  # type: ignore[misc]
+    def get_fn(self, security_scheme: Any, required_scopes: Any) -> Any:
+        return lambda request: _verify(request, bearer_scheme=False)
+
+
+class _BearerHandler(AbstractSecurityHandler):  # type: ignore[misc]
+    def get_fn(self, security_scheme: Any, required_scopes: Any) -> Any:
+        return lambda request: _verify(request, bearer_scheme=True)
+
+
+# For `add_api(security_map=...)`: Connexion's documented way to replace a scheme's handler.
+security_map = {"apiKey": _ApiKeyHandler, "bearer": _BearerHandler}
