@@ -68,7 +68,7 @@ async def _copy_backend(conn: asyncpg.Connection) -> int:
 async def test_a_client_that_goes_away_cancels_the_query_and_frees_the_connection(
     server: Service, sql: asyncpg.Connection
 ):
-    with httpx.Client(timeout=10, headers=PLAIN) as client:
+    with httpx.Client(timeout=10, headers={**PLAIN, **server.headers}) as client:
         with client.stream("GET", f"{server.base}/export/trades", params=PARAMS) as response:
             assert response.status_code == 200
             next(response.iter_raw())
@@ -83,13 +83,16 @@ async def test_a_client_that_goes_away_cancels_the_query_and_frees_the_connectio
     )
     assert "client went away" in server.output()
     # And the pool serves the next export.
-    assert httpx.get(f"{server.base}/export/trades", params=PARAMS, timeout=30).status_code == 200
+    again = httpx.get(
+        f"{server.base}/export/trades", params=PARAMS, headers=server.headers, timeout=30
+    )
+    assert again.status_code == 200
 
 
 async def test_an_export_reads_one_snapshot_while_trades_are_added(
     server: Service, sql: asyncpg.Connection
 ):
-    with httpx.Client(timeout=30, headers=PLAIN) as client:
+    with httpx.Client(timeout=30, headers={**PLAIN, **server.headers}) as client:
         with client.stream("GET", f"{server.base}/export/trades", params=PARAMS) as response:
             body = io.BytesIO()
             chunks = response.iter_bytes()
@@ -114,7 +117,7 @@ async def test_an_export_that_loses_its_database_ends_unmistakably_truncated(
     server: Service, sql: asyncpg.Connection, fmt: str
 ):
     received = io.BytesIO()
-    with httpx.Client(timeout=30, headers=PLAIN) as client:
+    with httpx.Client(timeout=30, headers={**PLAIN, **server.headers}) as client:
         with client.stream(
             "GET", f"{server.base}/export/trades", params={**PARAMS, "format": fmt}
         ) as response:
