@@ -5,26 +5,44 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 import pyarrow as pa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from handlers.context import app_state, request_header
-from handlers.params import parse_window, symbol_code
+from handlers.params import parse_window, parse_zone, symbol_code
 from mdp.export_formats import ExportFormat, choose_coding, choose_format, make_encoder
-from mdp.streaming import ExportResponse
-from persistence import exports
+from mdp.streaming import ExportResponse, Produce
+from persistence import exports, zoned
+from persistence.database import driver_connection
 from persistence.errors import ExportTooLarge, SymbolsNotFound
+from persistence.finality import INTERVALS
 
-__all__ = ["export_trades"]
+__all__ = ["export_candles", "export_trades"]
+
+T = TypeVar("T")
+# Buckets per COPY statement of a candle export.
+_BUCKETS = 5000
 
 logger = logging.getLogger(__name__)
 
 # The columns and types of the JSON operations: exact decimals, UTC microsecond timestamps.
 _PRICE = pa.decimal128(18, 6)
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
+CANDLES_SCHEMA = pa.schema(
+    [
+        ("symbol", pa.string()),
+        ("timestamp", _TIMESTAMP),
+        *((name, _PRICE) for name in ("open", "high", "low", "close")),
+        ("volume", pa.int64()),
+        ("vwap", pa.decimal128(24, 6)),
+        ("trade_count", pa.int64()),
+        ("closed", pa.bool_()),
+    ]
+)
 TRADES_SCHEMA = pa.schema(
     [
         ("id", pa.int64()),
@@ -55,24 +73,29 @@ def _filename(kind: str, codes: Sequence[str], start: datetime, end: datetime, e
     return f"{kind}_{named}_{start:{stamp}}_{end:{stamp}}.{ext}"
 
 
-async def _checked(
-    conn: AsyncConnection, codes: Sequence[str], start: datetime, end: datetime
-) -> int:
-    """Every symbol known and the window within the row limit, in the export's snapshot."""
+async def _snapshot(
+    codes: Sequence[str], check: Callable[[AsyncConnection], Awaitable[T]]
+) -> tuple[contextlib.AsyncExitStack, AsyncConnection, T]:
+    """A connection in the export's snapshot, once every symbol is known and `check` passed.
+
+    The connection outlives the handler: the response streams from it and releases it.
+    """
     settings = app_state().settings
-    await exports.begin_snapshot(conn, timeout_seconds=settings.export_timeout_seconds)
-    known = await exports.existing_symbols(conn, codes)
-    unknown = [code for code in codes if code not in known]
-    if unknown:
-        raise SymbolsNotFound(unknown)
-    limit = settings.export_max_rows
-    rows = await exports.count_trades(conn, codes, start, end, cap=limit + 1)
-    if rows > limit:
-        raise ExportTooLarge(
-            f"The window holds more than {limit} rows, the most one export may hold "
-            "(EXPORT_MAX_ROWS). Split it into shorter windows or fewer symbols."
-        )
-    return rows
+    stack = contextlib.AsyncExitStack()
+    try:
+        conn = await stack.enter_async_context(app_state().db.connect(long=True))
+        await exports.begin_snapshot(conn, timeout_seconds=settings.export_timeout_seconds)
+        known = await exports.existing_symbols(conn, codes)
+        unknown = [code for code in codes if code not in known]
+        if unknown:
+            raise SymbolsNotFound(unknown)
+        checked = await check(conn)
+    except BaseException as exc:
+        # Into the connection's context, which turns an unreachable database into a 503.
+        if not await stack.__aexit__(type(exc), exc, exc.__traceback__):
+            raise
+        raise  # pragma: no cover - the context never swallows errors
+    return stack, conn, checked
 
 
 async def _release(
@@ -89,41 +112,121 @@ async def _release(
         logger.warning("export connection could not be reset cleanly", exc_info=True)
 
 
+def _shape(fmt: ExportFormat) -> str:
+    """The COPY output each format is made from (see persistence.exports)."""
+    return "typed" if not fmt.text else "json" if fmt.name == "ndjson" else "text"
+
+
+def _copy(conn: AsyncConnection, fmt: ExportFormat) -> Callable[..., Awaitable[None]]:
+    """COPY of a query into the export's sink, with the format's CSV flavour."""
+    return functools.partial(
+        exports.copy_out,
+        conn,
+        csv=_shape(fmt) != "json",
+        timeout_seconds=app_state().settings.export_timeout_seconds,
+    )
+
+
+def _response(
+    fmt: ExportFormat,
+    schema: pa.Schema,
+    produce: Produce,
+    opened: tuple[contextlib.AsyncExitStack, AsyncConnection, object],
+    *,
+    filename: str,
+    rows: int | None,
+    what: str,
+) -> ExportResponse:
+    stack, conn, _ = opened
+    return ExportResponse(
+        fmt=fmt,
+        encoder=make_encoder(fmt, schema),
+        produce=produce,
+        release=functools.partial(_release, stack, conn),
+        coding=choose_coding(fmt, request_header("accept-encoding")),
+        filename=filename,
+        rows=rows,
+        what=what,
+    )
+
+
 async def export_trades(
     symbols: list[str], start: str, end: str, format: str | None = None
 ) -> ExportResponse:
     codes = list(dict.fromkeys(symbol_code(symbol) for symbol in symbols))
     start_at, end_at = _window(start, end)
-    fmt: ExportFormat = choose_format(format, request_header("accept"))
-    coding = choose_coding(fmt, request_header("accept-encoding"))
-    settings = app_state().settings
-    # The connection outlives this function: the response streams from it and releases it.
-    stack = contextlib.AsyncExitStack()
-    try:
-        conn = await stack.enter_async_context(app_state().db.connect(long=True))
-        rows = await _checked(conn, codes, start_at, end_at)
-    except BaseException as exc:
-        # Into the connection's context, which turns an unreachable database into a 503.
-        if not await stack.__aexit__(type(exc), exc, exc.__traceback__):
-            raise
-        raise  # pragma: no cover - the context never swallows errors
-    shape = "typed" if not fmt.text else "json" if fmt.name == "ndjson" else "text"
+    fmt = choose_format(format, request_header("accept"))
+    limit = app_state().settings.export_max_rows
+
+    async def within_limit(conn: AsyncConnection) -> int:
+        rows = await exports.count_trades(conn, codes, start_at, end_at, cap=limit + 1)
+        if rows > limit:
+            raise ExportTooLarge(
+                f"The window holds more than {limit} rows, the most one export may hold "
+                "(EXPORT_MAX_ROWS). Split it into shorter windows or fewer symbols."
+            )
+        return rows
+
+    opened = await _snapshot(codes, within_limit)
     produce = functools.partial(
-        exports.copy_out,
-        conn,
-        exports.trades_query(len(codes), shape),
+        _copy(opened[1], fmt),
+        exports.trades_query(len(codes), _shape(fmt)),
         [start_at, end_at, *codes],
-        csv=shape != "json",
         header=fmt.name == "csv",
-        timeout_seconds=settings.export_timeout_seconds,
     )
-    return ExportResponse(
-        fmt=fmt,
-        encoder=make_encoder(fmt, TRADES_SCHEMA),
-        produce=produce,
-        release=functools.partial(_release, stack, conn),
-        coding=coding,
+    return _response(
+        fmt,
+        TRADES_SCHEMA,
+        produce,
+        opened,
         filename=_filename("trades", codes, start_at, end_at, fmt.extension),
-        rows=rows,
+        rows=opened[2],
         what=f"trades of {len(codes)} symbols as {fmt.name}",
+    )
+
+
+async def export_candles(
+    symbols: list[str],
+    start: str,
+    end: str,
+    interval: str = "1m",
+    format: str | None = None,
+    timezone: str = "UTC",
+) -> ExportResponse:
+    codes = list(dict.fromkeys(symbol_code(symbol) for symbol in symbols))
+    start_at, end_at = _window(start, end)
+    tz = parse_zone(timezone)
+    step = INTERVALS[interval]
+    fmt = choose_format(format, request_header("accept"))
+    limit = app_state().settings.export_max_rows
+    # Local buckets are a step long give or take a DST hour: two more bound the count.
+    most = ((end_at - start_at) // step + 2) * len(codes)
+    if most > limit:
+        raise ExportTooLarge(
+            f"The window may hold {most} candles ({len(codes)} symbols x {interval} buckets), "
+            f"more than the {limit} rows one export may hold (EXPORT_MAX_ROWS). Split it into "
+            "shorter windows, fewer symbols or a longer interval."
+        )
+
+    async def clock(conn: AsyncConnection) -> zoned.Clock:
+        return await zoned.clock(await driver_connection(conn))
+
+    opened = await _snapshot(codes, clock)
+    copy, now, query = _copy(opened[1], fmt), opened[2], zoned.candles_query(_shape(fmt))
+
+    async def produce(sink: Callable[[bytes], Awaitable[None]]) -> None:
+        # A few thousand buckets per statement, all in the export's one snapshot.
+        for n, bounds in enumerate(zoned.pages(tz, step, start_at, end_at, size=_BUCKETS)):
+            arguments = [codes, bounds, now.horizon, now.minutes_done]
+            await copy(query, arguments, sink, header=n == 0 and fmt.name == "csv")
+
+    kind = f"candles-{interval}" + ("" if timezone == "UTC" else f"-{timezone.replace('/', '-')}")
+    return _response(
+        fmt,
+        CANDLES_SCHEMA,
+        produce,
+        opened,
+        filename=_filename(kind, codes, start_at, end_at, fmt.extension),
+        rows=None,
+        what=f"{interval} candles of {len(codes)} symbols in {timezone} as {fmt.name}",
     )

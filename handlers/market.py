@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any, cast
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, cast
+from zoneinfo import ZoneInfo
 
 from handlers import cursors
 from handlers.context import app_state
-from handlers.params import parse_window, symbol_code
+from handlers.params import parse_window, parse_zone, symbol_code
 from mdp.caching import cache_control
-from persistence import candles, finality, live, symbols, trades
+from persistence import candles, finality, live, symbols, trades, zoned
 from persistence.errors import NoTrades, SymbolNotFound, SymbolsNotFound
 from persistence.finality import VISIBILITY_DEADLINE
 
@@ -149,11 +151,16 @@ async def list_candles(
     end: str | None = None,
     limit: int = 500,
     cursor: str | None = None,
+    timezone: str = "UTC",
 ) -> Answer:
     code = symbol_code(symbol)
     step = finality.INTERVALS[interval]
     start_at, end_at = parse_window(start, end)
     filters = (code, interval, _iso(start_at), _iso(end_at))
+    if timezone != "UTC":
+        # Cursors are bound to the zone too (UTC cursors keep their old form).
+        window = _Window(code, interval, step, start_at, end_at, limit, (*filters, timezone))
+        return await _zoned_candles(window, parse_zone(timezone), timezone, cursor)
     if cursor is not None:
         # The window is pinned by the first page, so "now" moving on cannot shift it.
         position = cursors.decode(cursor, "candles", filters, (datetime, datetime, datetime))
@@ -177,12 +184,36 @@ async def list_candles(
     next_cursor = None
     if page.until < hi:
         next_cursor = cursors.encode("candles", filters, (page.until, start_at, end_at))
+    window = _Window(code, interval, step, start_at, end_at, limit, filters)
+    # Final when every bucket the page spans is closed: no trade can join it or start it.
+    return _candle_answer(window, "UTC", page.candles, next_cursor, final=page.closed)
+
+
+class _Window(NamedTuple):
+    symbol: str
+    interval: str
+    step: timedelta
+    start: datetime | None
+    end: datetime | None
+    limit: int
+    filters: tuple[str | None, ...]
+
+
+def _candle_answer(
+    window: _Window,
+    timezone: str,
+    rows: Sequence[Sequence[Any]],
+    next_cursor: str | None,
+    *,
+    final: bool,
+) -> Answer:
     body = {
-        "symbol": code,
-        "interval": interval,
-        "start": start_at,
-        "end": end_at,
-        "count": len(page.candles),
+        "symbol": window.symbol,
+        "interval": window.interval,
+        "timezone": timezone,
+        "start": window.start,
+        "end": window.end,
+        "count": len(rows),
         "candles": [
             {
                 "timestamp": t,
@@ -195,9 +226,47 @@ async def list_candles(
                 "trade_count": n,
                 "closed": closed,
             }
-            for t, o, h, lo_, c, v, w, n, closed in page.candles
+            for t, o, h, lo_, c, v, w, n, closed in rows
         ],
         "next_cursor": next_cursor,
     }
-    # Final when every bucket the page spans is closed: no trade can join it or start it.
-    return body, 200, cache_control(final=page.closed)
+    return body, 200, cache_control(final=final)
+
+
+async def _zoned_candles(
+    window: _Window, tz: ZoneInfo, timezone: str, cursor: str | None
+) -> Answer:
+    """`/candles` with buckets aligned to local time in `tz`: rolled up from 1m candles."""
+    code, step, start_at, end_at = window.symbol, window.step, window.start, window.end
+    if cursor is not None:
+        position = cursors.decode(cursor, "candles", window.filters, (datetime,) * 3)
+        lo, start_at, end_at = (cast(datetime, value) for value in position)
+    else:
+        if end_at is None:
+            end_at = zoned.bucket_end(tz, step, datetime.now(UTC))
+        if start_at is None:
+            start_at = end_at - window.limit * step
+        lo = zoned.bucket_ceil(tz, step, start_at)
+    hi = zoned.bucket_ceil(tz, step, end_at)
+    rows: list[Any] = []
+    until = hi
+    state = app_state()
+    async with state.db.driver() as conn:
+        now = await zoned.clock(conn)
+        first = await zoned.first_trade(conn, code, lo, hi) if lo < hi else None
+        if first is not None:
+            # Skip the stretch without trades; at most `limit` buckets per page.
+            lo = zoned.bucket_floor(tz, step, first)
+            starts, until = zoned.bucket_starts(tz, step, lo, hi, limit=window.limit)
+            rows = await zoned.read_zoned_candles(conn, [code], [*starts, until], now)
+        elif not await symbols.symbol_exists(conn, code):
+            raise SymbolNotFound(code)
+    if now.minutes_done < min(now.horizon, until) and rows:
+        state.prometheus.candles_from_trades.labels(window.interval).inc()
+    next_cursor = None
+    if until < hi:
+        next_cursor = cursors.encode("candles", window.filters, (until, start_at, end_at))
+    answered = window._replace(start=start_at, end=end_at)
+    return _candle_answer(
+        answered, timezone, [row[1:] for row in rows], next_cursor, final=until <= now.horizon
+    )

@@ -25,6 +25,7 @@ _LINKS = {
     "trades": "/trades",
     "candles": "/candles",
     "export_trades": "/export/trades",
+    "export_candles": "/export/candles",
     "docs": "/docs",
     "redoc": "/redoc",
     "openapi_json": "/openapi.json",

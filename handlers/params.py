@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
+from mdp.problems import RequestValidationFailed, ValidationIssue
 from persistence.errors import InvalidTimeRange
+from persistence.zoned import UnknownZone, zone
 
-__all__ = ["EARLIEST", "LATEST", "parse_time", "parse_window", "symbol_code"]
+__all__ = ["EARLIEST", "LATEST", "parse_time", "parse_window", "parse_zone", "symbol_code"]
 
 # The supported range of request timestamps: far beyond any market data, and far enough from
 # datetime's limits that window arithmetic (up to 5000 daily buckets) can never overflow.
@@ -50,3 +53,16 @@ def parse_window(start: str | None, end: str | None) -> tuple[datetime | None, d
     if start_at is not None and end_at is not None and start_at >= end_at:
         raise InvalidTimeRange(f"start ({start}) must be before end ({end}).")
     return start_at, end_at
+
+
+def parse_zone(name: str) -> ZoneInfo:
+    """The IANA time zone `timezone` names; a 400 naming the parameter when there is none."""
+    try:
+        return zone(name)
+    except UnknownZone:
+        issue = ValidationIssue(
+            "query",
+            "timezone",
+            f"{name!r} is not an IANA time zone name (e.g. UTC, America/New_York, Asia/Kolkata)",
+        )
+        raise RequestValidationFailed([issue]) from None

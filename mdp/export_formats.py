@@ -205,7 +205,10 @@ class ArrowEncoder:
         self._pending: asyncio.Task[None] | None = None
         self._read = pa_csv.ReadOptions(column_names=schema.names)
         self._convert = pa_csv.ConvertOptions(
-            column_types={field.name: field.type for field in schema}
+            column_types={field.name: field.type for field in schema},
+            # PostgreSQL's text form of booleans.
+            true_values=["t"],
+            false_values=["f"],
         )
 
     def _encode(self, block: bytes) -> bytes:

@@ -49,7 +49,7 @@ class ExportResponse(Response):
         release: Callable[..., Awaitable[object]],
         coding: str | None,
         filename: str,
-        rows: int,
+        rows: int | None,
         what: str,
     ) -> None:
         self.status_code = 200
@@ -58,9 +58,10 @@ class ExportResponse(Response):
         headers = {
             "Content-Type": fmt.content_type,
             "Content-Disposition": f'attachment; filename="{filename}"',
-            "X-Row-Count": str(rows),
             "Vary": "Accept, Accept-Encoding",
         }
+        if rows is not None:
+            headers["X-Row-Count"] = str(rows)
         if coding is not None:
             headers["Content-Encoding"] = coding
         self.init_headers(headers)

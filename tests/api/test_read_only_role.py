@@ -41,6 +41,15 @@ REQUESTS = {
         "/export/trades",
         {"symbols": "AAPL", "start": START, "end": iso(datetime.now(UTC)), "format": "csv"},
     ),
+    "handlers.exports.export_candles": (
+        "/export/candles",
+        {
+            "symbols": "AAPL",
+            "start": START,
+            "end": iso(datetime.now(UTC)),
+            "timezone": "Asia/Tokyo",
+        },
+    ),
     "handlers.docs.get_openapi_json": ("/openapi.json", {}),
     "handlers.docs.get_openapi_yaml": ("/openapi.yaml", {}),
     "handlers.docs.get_redoc": ("/redoc", {}),

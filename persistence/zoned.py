@@ -1,0 +1,227 @@
+"""Candle buckets aligned to local time in an IANA zone, as UTC instants (zoneinfo's rules).
+
+A bucket is a local clock period: `1d` one local calendar day (23 or 25 hours on DST change
+days), `4h` local 00:00–04:00, 04:00–08:00, …, shorter intervals local clock multiples. Its
+start is the first instant whose local time is in the period: on a fall-back day the repeated
+hour belongs to one (longer) bucket; a period skipped by a spring-forward has no bucket.
+Buckets are made of whole UTC minutes, so they roll up from 1m candles: where a zone's offset
+was not a whole number of minutes (local mean time, before about 1900–1940), a boundary is the
+start of the UTC minute that holds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import asyncpg
+
+from persistence.candles import MINUTES_FROM_TRADES
+from persistence.finality import HORIZON_SQL, WATERMARK_SQL
+
+__all__ = [
+    "CANDLE_COLUMNS",
+    "Clock",
+    "UnknownZone",
+    "bucket_ceil",
+    "bucket_end",
+    "bucket_floor",
+    "bucket_starts",
+    "first_trade",
+    "pages",
+    "candles_query",
+    "clock",
+    "read_zoned_candles",
+    "zone",
+]
+
+# Local labels count from a local midnight, so 4h and 1d buckets start at local midnight.
+_ORIGIN = datetime(2000, 1, 1)
+_MINUTE = timedelta(minutes=1)
+
+
+class UnknownZone(ValueError):
+    """Not an IANA time zone name this service knows."""
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        # ValueError: a key zoneinfo refuses outright (an absolute path, `..`).
+        raise UnknownZone(name) from None
+
+
+def _label(moment: datetime, tz: ZoneInfo, step: timedelta) -> datetime:
+    """The local period (naive local start) that holds `moment`."""
+    local = moment.astimezone(tz).replace(tzinfo=None)
+    return _ORIGIN + (local - _ORIGIN) // step * step
+
+
+def _start(label: datetime, tz: ZoneInfo) -> datetime:
+    """The first instant of a local period, to the whole UTC minute. fold=0 is the earlier of
+    two instants with that local time; in a gap, the instant the gap ends."""
+    first = label.replace(tzinfo=tz, fold=0).astimezone(UTC)
+    return first - (first - datetime(2000, 1, 1, tzinfo=UTC)) % _MINUTE
+
+
+def _starts_from(moment: datetime, tz: ZoneInfo, step: timedelta) -> Iterator[datetime]:
+    """Bucket starts, ascending and distinct, from the bucket that holds `moment` on."""
+    label = _label(moment, tz, step)
+    previous = None
+    while True:
+        start = _start(label, tz)
+        if previous is None or start > previous:
+            yield start
+            previous = start
+        label += step
+
+
+def bucket_floor(tz: ZoneInfo, step: timedelta, moment: datetime) -> datetime:
+    """The start of the bucket that holds `moment`."""
+    return next(_starts_from(moment, tz, step))
+
+
+def bucket_ceil(tz: ZoneInfo, step: timedelta, moment: datetime) -> datetime:
+    """The start of the first bucket that starts at or after `moment`."""
+    return next(start for start in _starts_from(moment, tz, step) if start >= moment)
+
+
+def bucket_end(tz: ZoneInfo, step: timedelta, moment: datetime) -> datetime:
+    """Where the bucket that holds `moment` ends."""
+    return next(start for start in _starts_from(moment, tz, step) if start > moment)
+
+
+def bucket_starts(
+    tz: ZoneInfo, step: timedelta, lo: datetime, hi: datetime, *, limit: int
+) -> tuple[list[datetime], datetime]:
+    """The starts of at most `limit` buckets starting in [lo, hi), ascending, and where the
+    last of them ends (the next bucket's start; `hi` rounded up to a bucket start when none)."""
+    starts: list[datetime] = []
+    for start in _starts_from(lo, tz, step):
+        if start < lo:
+            continue
+        if start >= hi or len(starts) == limit:
+            return starts, start
+        starts.append(start)
+    raise AssertionError("unreachable: the bucket starts never end")
+
+
+def pages(
+    tz: ZoneInfo, step: timedelta, lo: datetime, hi: datetime, *, size: int
+) -> Iterator[list[datetime]]:
+    """The buckets starting in [lo, hi), `size` at a time, each list followed by where its
+    last bucket ends (the boundaries `read_zoned_candles` takes); at least one list."""
+    while True:
+        starts, end = bucket_starts(tz, step, lo, hi, limit=size)
+        yield [*starts, end]
+        if end >= hi or not starts:
+            return
+        lo = end
+
+
+class Clock(NamedTuple):
+    # Buckets ending at or before `horizon` are final (persistence.finality); 1m candles
+    # starting before `minutes_done` are materialised.
+    horizon: datetime
+    minutes_done: datetime
+
+
+async def clock(conn: asyncpg.Connection) -> Clock:
+    row = await conn.fetchrow(f"SELECT {HORIZON_SQL}, {WATERMARK_SQL}")
+    return Clock(row[0], row[1])
+
+
+CANDLE_COLUMNS = (
+    "symbol",
+    "timestamp",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "vwap",
+    "trade_count",
+    "closed",
+)
+# $1 symbols, $2 bucket starts followed by the end of the last bucket, $3 the horizon, $4 the
+# materialisation watermark. Materialised minutes below the watermark, minutes aggregated from
+# trades above it (the open tail), rolled up into the buckets by binary search in $2.
+_S = "($2::timestamptz[])"
+_END = f"{_S}[cardinality({_S})]"
+_ROLLED = f"""
+    WITH minutes AS (
+        SELECT c.symbol, c.timestamp, c.open, c.high, c.low, c.close, c.volume, c.notional,
+               c.trade_count
+        FROM candles AS c
+        WHERE c.symbol = ANY($1::varchar[]) AND c.interval = '1m'
+          AND c.timestamp >= {_S}[1] AND c.timestamp < least({_END}, $4::timestamptz)
+        UNION ALL
+        {
+    MINUTES_FROM_TRADES.format(
+        source="trades AS t",
+        where=f"t.symbol = ANY($1::varchar[]) AND t.timestamp < {_END}"
+        f" AND t.timestamp >= greatest({_S}[1], $4::timestamptz)",
+    )
+}
+    )
+    SELECT m.symbol, width_bucket(m.timestamp, {_S}) AS n,
+           (array_agg(m.open ORDER BY m.timestamp))[1] AS open, max(m.high) AS high,
+           min(m.low) AS low, (array_agg(m.close ORDER BY m.timestamp DESC))[1] AS close,
+           sum(m.volume)::bigint AS volume, round(sum(m.notional) / sum(m.volume), 6) AS vwap,
+           sum(m.trade_count)::bigint AS trade_count
+    FROM minutes AS m
+    GROUP BY 1, 2
+"""
+_START = f"{_S}[r.n]"
+_CLOSED = f"{_S}[r.n + 1] <= $3::timestamptz"
+_RFC3339 = f"to_char({_START} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+_SHAPES = {
+    # JSON operations: exact prices as float8 (PostgreSQL prints their shortest form).
+    "float": f"r.symbol, {_START}, r.open::float8, r.high::float8, r.low::float8, "
+    f"r.close::float8, r.volume, r.vwap::float8, r.trade_count, {_CLOSED}",
+    "text": f"r.symbol, {_RFC3339} AS timestamp, trim_scale(r.open) AS open, "
+    "trim_scale(r.high) AS high, trim_scale(r.low) AS low, trim_scale(r.close) AS close, "
+    "r.volume, trim_scale(r.vwap) AS vwap, r.trade_count, "
+    f"CASE WHEN {_CLOSED} THEN 'true' ELSE 'false' END AS closed",
+    "typed": f"r.symbol, {_START} AS timestamp, r.open, r.high, r.low, r.close, r.volume, "
+    f"r.vwap, r.trade_count, {_CLOSED} AS closed",
+}
+
+
+def candles_query(shape: str) -> str:
+    """Candles of the buckets in $2, by (timestamp, symbol), in one of the export shapes
+    (`text`, `json`, `typed`) or `float` for the JSON operations."""
+    if shape == "json":
+        lateral = f"CROSS JOIN LATERAL (SELECT {_SHAPES['text']}) AS j"
+        select = f"row_to_json(j) FROM rolled AS r {lateral}"
+    else:
+        select = f"{_SHAPES[shape]} FROM rolled AS r"
+    return f"WITH rolled AS ({_ROLLED}) SELECT {select} ORDER BY {_START}, r.symbol"
+
+
+async def read_zoned_candles(
+    conn: asyncpg.Connection, symbols: Sequence[str], starts: Sequence[datetime], now: Clock
+) -> list[Any]:
+    """Rows (symbol, timestamp, open, high, low, close, volume, vwap, trade_count, closed)
+    for the buckets `starts` (the last element is where the last bucket ends)."""
+    rows: list[Any] = await conn.fetch(
+        candles_query("float"), list(symbols), list(starts), now.horizon, now.minutes_done
+    )
+    return rows
+
+
+async def first_trade(
+    conn: asyncpg.Connection, symbol: str, lo: datetime, hi: datetime
+) -> datetime | None:
+    """When the symbol's first trade in [lo, hi) happened: pages skip a stretch without any."""
+    moment: datetime | None = await conn.fetchval(
+        "SELECT timestamp FROM trades WHERE symbol = $1::varchar AND timestamp >= $2 "
+        "AND timestamp < $3 ORDER BY timestamp LIMIT 1",
+        symbol,
+        lo,
+        hi,
+    )
+    return moment
