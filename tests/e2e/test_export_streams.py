@@ -1,8 +1,9 @@
-"""Exports from a real `mdp serve` over real sockets: snapshot, client disconnect, lost database."""
+"""Exports from a real `mdp serve`: snapshot, disconnect, lost database, SIGTERM."""
 
 from __future__ import annotations
 
 import io
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -138,3 +139,20 @@ async def test_an_export_that_loses_its_database_ends_unmistakably_truncated(
             pq.read_table(io.BytesIO(data))
     wait_until(lambda: f"as {fmt} failed after" in server.output(), what="the log line", timeout=5)
     assert "ends truncated" in server.output()
+
+
+async def test_sigterm_ends_an_open_export_within_cloud_runs_grace(
+    database: URL, sql: asyncpg.Connection
+):
+    env = {"INGESTION_ENABLED": "false"}
+    with serve(database, env, ready="/symbols") as service:
+        with httpx.Client(timeout=30, headers=PLAIN) as client:
+            with client.stream("GET", f"{service.base}/export/trades", params=PARAMS) as response:
+                next(response.iter_raw())
+                service.process.send_signal(signal.SIGTERM)
+                # Cloud Run kills the instance 10 s after SIGTERM.
+                service.process.wait(timeout=10)
+    assert not await sql.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mdp-api' "
+        "AND query LIKE 'COPY%' AND state = 'active'"
+    )
