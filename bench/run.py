@@ -523,7 +523,9 @@ def main(argv: list[str] | None = None) -> int:
 def write_results(directory: Path, result: dict[str, Any]) -> Path:
     """`<commit>.json` and `latest.md`; results of other commits are removed, never left stale."""
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.json"):
+    # This bench's results are named by a commit (hex; older ones by a timestamp): those go.
+    # Other benches' files beside them (streams-….json, exports/) stay.
+    for stale in directory.glob("[0-9a-f]*.json"):
         stale.unlink()
     written = directory / f"{result['git']}.json"
     written.write_text(json.dumps(result, indent=2, default=str))

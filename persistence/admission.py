@@ -30,9 +30,8 @@ class Admission:
     waiters are still waking up, so under load some requests wait far longer than others. Here
     a released slot goes straight to the longest waiter. A request that would wait longer than
     `max_wait` seconds (estimated from the queue, recent hold times and how long the longest
-    waiter has waited), or would find
-    `max_waiting` requests ahead of it, is refused at once with `Overloaded`, before any work
-    is done for it.
+    waiter has waited), or would find `max_waiting` requests ahead of it, is refused at once
+    with `Overloaded`, before any work is done for it.
     """
 
     def __init__(self, slots: int, *, max_waiting: int, max_wait: float, timeout: float) -> None:
