@@ -146,7 +146,7 @@ async def test_sigterm_ends_an_open_export_within_cloud_runs_grace(
 ):
     env = {"INGESTION_ENABLED": "false"}
     with serve(database, env, ready="/symbols") as service:
-        with httpx.Client(timeout=30, headers=PLAIN) as client:
+        with httpx.Client(timeout=30, headers={**PLAIN, **service.headers}) as client:
             with client.stream("GET", f"{service.base}/export/trades", params=PARAMS) as response:
                 next(response.iter_raw())
                 service.process.send_signal(signal.SIGTERM)
