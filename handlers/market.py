@@ -102,15 +102,19 @@ async def list_trades(
     cursor: str | None = None,
 ) -> Answer:
     code = symbol_code(symbol)
-    # Taken before the query: every trade older than this was visible to it.
-    horizon = datetime.now(UTC) - VISIBILITY_DEADLINE
     start_at, end_at = parse_window(start, end)
     filters = (code, _iso(start_at), _iso(end_at), order)
     after = None
     if cursor is not None:
         moment, trade_id = cursors.decode(cursor, "trades", filters, (datetime, int))
         after = (cast(datetime, moment), cast(int, trade_id))
+    final = False
     async with app_state().db.driver() as conn:
+        # Only a window that ended before the clock's horizon may be final; then the database
+        # serving the read decides (a replica only as far as it has replayed), before the
+        # query, so that every trade before its horizon is visible to the query.
+        if end_at is not None and end_at <= datetime.now(UTC) - VISIBILITY_DEADLINE:
+            final = end_at <= await finality.driver_horizon(conn)
         rows = await trades.list_trades(
             conn,
             symbol=code,
@@ -141,7 +145,7 @@ async def list_trades(
     }
     # A window that ended before the horizon holds every trade it will ever hold, so each page
     # of its walk (and the cursor to the next) is the same bytes for ever.
-    return body, 200, cache_control(final=end_at is not None and end_at <= horizon)
+    return body, 200, cache_control(final=final)
 
 
 async def list_candles(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,6 +33,7 @@ __all__ = [
     "bin_sql",
     "bucket_ceil",
     "bucket_floor",
+    "driver_horizon",
     "horizon",
 ]
 
@@ -84,12 +86,20 @@ def bucket_ceil(moment: datetime, step: timedelta) -> datetime:
     return floor if floor == moment else floor + step
 
 
-_horizon = text(f"SELECT {HORIZON_SQL}")
+_HORIZON = f"SELECT {HORIZON_SQL}"
+_horizon = text(_HORIZON)
 
 
 async def horizon(conn: AsyncConnection) -> datetime:
     """The finality horizon as the database behind `conn` sees it (buckets ending at or
     before it are final)."""
     value = (await conn.execute(_horizon)).scalar_one()
+    assert isinstance(value, datetime)
+    return value
+
+
+async def driver_horizon(conn: asyncpg.Connection) -> datetime:
+    """`horizon` through a bare asyncpg connection (the hot reads' path)."""
+    value = await conn.fetchval(_HORIZON)
     assert isinstance(value, datetime)
     return value

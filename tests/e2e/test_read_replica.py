@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -64,7 +65,7 @@ def test_reads_served_by_the_replica_see_the_primary_writes(
 
         trades = wait_until(
             lambda: client.get("/trades", params={"symbol": "AAPL", "start": iso(moment)}).json(),
-            lambda body: body["count"] == 1,
+            lambda body: body.get("count") == 1,
             what="the replicated trade",
         )["trades"]
         health = client.get("/health").json()["checks"]["database"]
@@ -103,3 +104,83 @@ def test_health_reports_the_lag_of_a_paused_replica(
 
     assert lagging["standby"] is True
     assert caught_up["status"] == "pass"
+
+
+def _floor_minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def test_nothing_reported_final_by_a_paused_replica_changes_after_it_resumes(
+    pair: ReplicatedPair, primary: SyncDatabase, standby: SyncDatabase
+):
+    """The replica stops replaying while ingestion goes on writing to the primary, for as long
+    as it takes the wall clock to finish a minute: a horizon from the app's clock would call
+    that minute closed without the trades the replica has not replayed."""
+    # History from before the service started: two minutes that are final already.
+    start = _floor_minute(datetime.now(UTC)) - timedelta(minutes=2)
+    primary.add_trades("AAPL", [(start + timedelta(seconds=s), "100", 1) for s in (10, 30, 70)])
+    settings = app_settings(
+        pair.primary,
+        database_read_url=pair.standby,
+        ingestion_enabled=True,
+        ingestion_interval_seconds=0.2,
+    )
+    with running_app(settings) as client:
+        wait_until(
+            lambda: client.get("/status/ingestion").json()["batches_total"],
+            lambda batches: batches >= 3,
+            what="ingestion",
+        )
+        paused_at = datetime.now(UTC)
+        # Wall-clock final during the pause: it ends before the pause does.
+        boundary = _floor_minute(paused_at) + timedelta(minutes=1)
+        candles_query = {"symbol": "AAPL", "interval": "1m", "start": iso(start)}
+        trades_query = {
+            "symbol": "AAPL",
+            "start": iso(start),
+            "end": iso(boundary),
+            "order": "asc",
+            "limit": 1000,
+        }
+        closed: dict[str, dict[str, object]] = {}
+        immutable_trades: list[dict[str, object]] = []
+        standby.execute("SELECT pg_wal_replay_pause()")
+        try:
+            while datetime.now(UTC) < boundary + timedelta(seconds=4):
+                for candle in client.get("/candles", params=candles_query).json()["candles"]:
+                    if candle["closed"]:
+                        assert closed.setdefault(candle["timestamp"], candle) == candle
+                trades = client.get("/trades", params=trades_query)
+                if trades.headers["cache-control"] == "public, max-age=31536000, immutable":
+                    immutable_trades.append(trades.json())
+                time.sleep(0.5)  # the wall clock must move on; nothing to wait for sooner
+        finally:
+            standby.execute("SELECT pg_wal_replay_resume()")
+        written_upto = primary.fetchval("SELECT pg_current_wal_lsn()::text")
+        wait_until(
+            lambda: standby.fetchval(
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", written_upto
+            ),
+            bool,
+            what="the replica replaying the pause",
+        )
+        after = {
+            c["timestamp"]: c
+            for c in client.get("/candles", params=candles_query).json()["candles"]
+        }
+        trades_after = client.get("/trades", params=trades_query)
+
+    assert closed, "no closed candle seen during the pause"
+    for timestamp, candle in closed.items():
+        assert after[timestamp] == candle
+        bucket = datetime.fromisoformat(timestamp)
+        stored = primary.fetchval(
+            "SELECT count(*) FROM trades WHERE symbol = 'AAPL' "
+            "AND timestamp >= $1 AND timestamp < $1 + interval '1 minute'",
+            bucket,
+        )
+        assert candle["trade_count"] == stored, f"closed candle {timestamp} misses trades"
+    # Replayed past the window's end, the replica vouches for it: immutable from now on.
+    assert trades_after.headers["cache-control"] == "public, max-age=31536000, immutable"
+    for page in immutable_trades:
+        assert page == trades_after.json()
