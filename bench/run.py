@@ -209,10 +209,11 @@ def candle_latencies(
     """Cold (the first request of the path: the candles the backfill and the leader
     materialised, caches cold) and warm (median of the next `warm`) single-request times; the
     floor has no cache, so only its median is given."""
-    service, floor = Client(servers.service_port), Client(servers.floor_port)
     results = []
-    try:
-        for name, path in paths.items():
+    for name, path in paths.items():
+        # New connections per window: the floor's slow answers outlast a keep-alive.
+        service, floor = Client(servers.service_port), Client(servers.floor_port)
+        try:
             cold, status, body = service.get(path)
             if status != 200:
                 raise RuntimeError(f"service {path}: {status} {body[:200]!r}")
@@ -232,9 +233,9 @@ def candle_latencies(
                 f"{name}: cold {cold:.1f} ms, warm {results[-1]['service_warm_ms']} ms, "
                 f"floor {results[-1]['floor_ms']} ms"
             )
-    finally:
-        service.close()
-        floor.close()
+        finally:
+            service.close()
+            floor.close()
     return results
 
 

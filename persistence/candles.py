@@ -115,15 +115,19 @@ def typed(statement: str) -> TextClause:
 # (price, volume)). open/close are the first/last trade by (timestamp, id). `notional` keeps
 # Σ price × volume exactly, so rolled-up vwaps equal the ones computed from trades.
 MINUTES_FROM_TRADES = f"""
-    SELECT t.symbol, {bin_sql("INTERVAL '1 minute'", "t.timestamp")} AS timestamp,
-           (array_agg(t.price ORDER BY t.timestamp, t.id))[1] AS open,
-           max(t.price) AS high, min(t.price) AS low,
-           (array_agg(t.price ORDER BY t.timestamp DESC, t.id DESC))[1] AS close,
-           sum(t.volume)::bigint AS volume, sum(t.price * t.volume) AS notional,
-           count(*)::integer AS trade_count
-    FROM {{source}}
-    WHERE {{where}}
-    GROUP BY 1, 2
+    SELECT symbol, timestamp, prices[1] AS open, high, low, prices[trade_count] AS close,
+           volume, notional, trade_count
+    FROM (
+        -- One ordered array per minute serves both open and close: a single sort per group.
+        SELECT t.symbol, {bin_sql("INTERVAL '1 minute'", "t.timestamp")} AS timestamp,
+               array_agg(t.price ORDER BY t.timestamp, t.id) AS prices,
+               max(t.price) AS high, min(t.price) AS low,
+               sum(t.volume)::bigint AS volume, sum(t.price * t.volume) AS notional,
+               count(*)::integer AS trade_count
+        FROM {{source}}
+        WHERE {{where}}
+        GROUP BY 1, 2
+    ) AS minute
 """
 
 # Buckets of width :step from 1m rows `m` (same columns as above).
