@@ -16,6 +16,10 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 # Anything else may be stored, but must be revalidated with its ETag before every reuse.
 REVALIDATE = "no-cache"
 
+# Answers are the same for every client, but only for clients with a key: a shared cache (a CDN)
+# must not hand one to a request without the credentials it was fetched with.
+_VARY = "Authorization, X-API-Key"
+
 # An entity-tag: optional weakness marker, then a quoted opaque tag (RFC 9110 §8.8.3). A comma
 # may sit inside the quotes, so a list is scanned tag by tag, never split on commas.
 _ENTITY_TAG = re.compile(r'(?:W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
@@ -47,6 +51,7 @@ def conditional(response: Response, headers: Iterable[tuple[bytes, bytes]]) -> R
         return response
     etag = _entity_tag(bytes(response.body))
     response.headers["ETag"] = etag
+    response.headers["Vary"] = _VARY
     # Several If-None-Match fields form one list (RFC 9110 §5.3).
     received = ", ".join(
         value.decode("latin-1") for name, value in headers if name == b"if-none-match"
@@ -55,5 +60,6 @@ def conditional(response: Response, headers: Iterable[tuple[bytes, bytes]]) -> R
         return response
     # RFC 9110 §15.4.5: a 304 repeats the validators and caching headers a 200 would carry.
     return Response(
-        status_code=304, headers={"ETag": etag, "Cache-Control": response.headers["cache-control"]}
+        status_code=304,
+        headers={"ETag": etag, "Cache-Control": response.headers["cache-control"], "Vary": _VARY},
     )

@@ -29,6 +29,8 @@ def _assert_cacheable(response: httpx.Response, cache_control: str) -> str:
     assert response.headers["cache-control"] == cache_control
     etag = response.headers["etag"]
     assert STRONG_TAG.match(etag), etag
+    # A shared cache keeps one answer per credential, never serving it to a request without.
+    assert response.headers["vary"] == "Authorization, X-API-Key"
     return etag
 
 
@@ -113,6 +115,7 @@ def test_matching_if_none_match_answers_304_without_a_body(
     assert response.content == b""
     assert response.headers["etag"] == etag
     assert response.headers["cache-control"] == IMMUTABLE
+    assert response.headers["vary"] == "Authorization, X-API-Key"
     assert "content-type" not in response.headers
 
 
