@@ -92,6 +92,9 @@ _initialise = text(
 )
 _state = text(f"SELECT candles_until, {_HORIZON_MINUTE} FROM ingestion_state WHERE id = 1")
 _move = typed("UPDATE ingestion_state SET candles_until = :until WHERE id = 1")
+# A chunk's (or a catch-up step's) trades sort by minute in memory, not in temporary files:
+# about a fifth off materialising a 50,000-row backfill chunk. For this transaction only.
+_sort_in_memory = text("SET LOCAL work_mem = '64MB'")
 
 
 async def lock_candles(conn: AsyncConnection, symbol: str) -> None:
@@ -146,6 +149,7 @@ async def advance_watermark(
     if after <= before:
         return Advance(before, before, before >= final)
     symbols = symbols or []
+    await conn.execute(_sort_in_memory)
     for interval, step in INTERVALS.items():
         # Minutes first; then every longer bucket that ended within (before, after].
         lo, hi = bucket_floor(before, step), bucket_floor(after, step)
@@ -163,6 +167,7 @@ async def rematerialise(
     # Start the watermark (if nothing did yet) at the oldest trade, these ones included: they
     # are materialised here, so the leader has nothing of them to catch up.
     await conn.execute(_initialise)
+    await conn.execute(_sort_in_memory)
     for interval, step in INTERVALS.items():
         await _upsert(
             conn, [symbol], interval, bucket_floor(oldest, step), bucket_floor(newest, step) + step
