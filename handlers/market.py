@@ -9,13 +9,20 @@ from zoneinfo import ZoneInfo
 
 from handlers import cursors
 from handlers.context import app_state
-from handlers.params import parse_window, parse_zone, symbol_code
+from handlers.params import parse_window, parse_zone, symbol_code, symbol_codes
 from mdp.caching import cache_control
-from persistence import candles, finality, live, symbols, trades, zoned
+from persistence import candles, finality, live, symbols, ticker, trades, zoned
 from persistence.errors import NoTrades, SymbolNotFound, SymbolsNotFound
 from persistence.finality import VISIBILITY_DEADLINE
 
-__all__ = ["get_latest_price", "get_latest_prices", "list_candles", "list_symbols", "list_trades"]
+__all__ = [
+    "get_latest_price",
+    "get_latest_prices",
+    "get_ticker",
+    "list_candles",
+    "list_symbols",
+    "list_trades",
+]
 
 
 # A data answer: the body, its status, and the caching headers its finality allows.
@@ -73,7 +80,7 @@ async def get_latest_price(symbol: str) -> Answer:
 
 
 async def get_latest_prices(symbols: list[str]) -> Answer:
-    codes = list(dict.fromkeys(symbol_code(symbol) for symbol in symbols))
+    codes = symbol_codes(symbols)
     state = app_state()
     found = {code: state.live.latest(code) for code in codes}
     missing = [code for code, trade in found.items() if trade is None]
@@ -274,3 +281,40 @@ async def _zoned_candles(
     return _candle_answer(
         answered, timezone, [row[1:] for row in rows], next_cursor, final=until <= now.horizon
     )
+
+
+async def get_ticker(symbols: list[str]) -> Answer:
+    codes = symbol_codes(symbols)
+    now = datetime.now(UTC)
+    async with app_state().db.driver() as conn:
+        known = await live.latest_trades(conn, codes)
+        unknown = [code for code in codes if code not in known]
+        if unknown:
+            raise SymbolsNotFound(unknown)
+        stats = await ticker.ticker_stats(conn, codes, now)
+    tickers = [_ticker(code, stats[code], now) for code in codes if code in stats]
+    body = {
+        "tickers": tickers,
+        "count": len(tickers),
+        "without_trades": [code for code in codes if code not in stats],
+    }
+    return body, 200, cache_control(final=False)
+
+
+def _ticker(code: str, stats: ticker.Stats, now: datetime) -> dict[str, Any]:
+    change = stats.close - stats.open
+    # Exact decimals, sent as the shortest float that reads back as the same decimal.
+    return {
+        "symbol": code,
+        "window_start": now - ticker.TICKER_WINDOW,
+        "last_price": float(stats.close),
+        "last_timestamp": stats.last_at,
+        "open": float(stats.open),
+        "high": float(stats.high),
+        "low": float(stats.low),
+        "volume": stats.volume,
+        "vwap": float(round(stats.notional / stats.volume, 6)),
+        "trade_count": stats.trade_count,
+        "change": float(change),
+        "change_percent": float(round(100 * change / stats.open, 4)),
+    }

@@ -22,6 +22,7 @@ _LINKS = {
     "latest_prices": "/prices/latest",
     "stream_trades": "/stream/trades",
     "stream_candles": "/stream/candles",
+    "ticker": "/ticker",
     "trades": "/trades",
     "candles": "/candles",
     "export_trades": "/export/trades",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -9,7 +10,15 @@ from mdp.problems import RequestValidationFailed, ValidationIssue
 from persistence.errors import InvalidTimeRange
 from persistence.zoned import UnknownZone, zone
 
-__all__ = ["EARLIEST", "LATEST", "parse_time", "parse_window", "parse_zone", "symbol_code"]
+__all__ = [
+    "EARLIEST",
+    "LATEST",
+    "parse_time",
+    "parse_window",
+    "parse_zone",
+    "symbol_code",
+    "symbol_codes",
+]
 
 # The supported range of request timestamps: far beyond any market data, and far enough from
 # datetime's limits that window arithmetic (up to 5000 daily buckets) can never overflow.
@@ -20,6 +29,11 @@ LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 def symbol_code(symbol: str) -> str:
     """Symbols are case-insensitive and always stored and returned upper case."""
     return symbol.upper()
+
+
+def symbol_codes(symbols: Iterable[str]) -> list[str]:
+    """A list of symbols as codes, in the order given, each once (`aapl,AAPL` is one)."""
+    return list(dict.fromkeys(symbol_code(symbol) for symbol in symbols))
 
 
 def parse_time(value: str, name: str) -> datetime:

@@ -14,7 +14,7 @@ import orjson
 from starlette.responses import StreamingResponse
 
 from handlers.context import app_state, request_header
-from handlers.params import symbol_code
+from handlers.params import symbol_codes
 from mdp.broadcaster import Ended, Reset, Subscription
 from mdp.state import AppState
 from persistence import candles, finality, live
@@ -99,7 +99,7 @@ def _reset_event(position: tuple[datetime, int], reason: str) -> bytes:
 
 
 async def _known(state: AppState, symbols: Sequence[str]) -> list[str]:
-    codes = list(dict.fromkeys(symbol_code(symbol) for symbol in symbols))
+    codes = symbol_codes(symbols)
     if all(state.live.latest(code) is not None for code in codes):
         # Known from the live feed: a crowd of clients reconnecting at once (say after an
         # instance restart) then costs the database nothing.

@@ -26,6 +26,7 @@ REQUESTS = {
     "handlers.market.list_symbols": ("/symbols", {}),
     "handlers.market.get_latest_price": ("/price/latest", {"symbol": "AAPL"}),
     "handlers.market.get_latest_prices": ("/prices/latest", {"symbols": "AAPL,MSFT"}),
+    "handlers.market.get_ticker": ("/ticker", {"symbols": "AAPL,MSFT"}),
     "handlers.market.list_trades": ("/trades", {"symbol": "AAPL", "start": START}),
     "handlers.market.list_candles": (
         "/candles",
