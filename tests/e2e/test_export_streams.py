@@ -148,6 +148,7 @@ async def test_sigterm_ends_an_open_export_within_cloud_runs_grace(
     with serve(database, env, ready="/symbols") as service:
         with httpx.Client(timeout=30, headers={**PLAIN, **service.headers}) as client:
             with client.stream("GET", f"{service.base}/export/trades", params=PARAMS) as response:
+                assert response.status_code == 200
                 next(response.iter_raw())
                 service.process.send_signal(signal.SIGTERM)
                 # Cloud Run kills the instance 10 s after SIGTERM.
