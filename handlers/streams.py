@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import orjson
 from starlette.responses import StreamingResponse
 
+from handlers import sse
 from handlers.context import app_state, request_header
 from handlers.params import symbol_codes
 from mdp.broadcaster import Ended, Reset, Subscription
@@ -23,61 +22,10 @@ from persistence.trades import TradeRow
 
 __all__ = ["stream_candles", "stream_trades"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-# Ids as encode_id writes them, within what a datetime and a bigint hold.
-_EVENT_ID = re.compile(r"^([0-9a-f]{1,14})-([0-9a-f]{1,15})$")
-_NEVER = (datetime.max.replace(tzinfo=UTC), 0)
 _REPLAY_PAGE = 1000
 # A read replica may lag the primary: wait up to 5 s for it before replaying from it.
 _CATCH_UP_TRIES = 100
 _CATCH_UP_PAUSE = 0.05
-_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
-# What a proxy must not do to a stream: buffer it (nginx honours this header).
-_HEADERS = {"X-Accel-Buffering": "no"}
-# The first bytes of every stream, so clients see it open before any event: a quick
-# reconnection (1 s, not a browser's default 3 s) after the stream ends, and a comment.
-_OPENED = b"retry: 1000\n: stream open\n\n"
-_HEARTBEAT = b": heartbeat\n\n"
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def encode_id(moment: datetime, number: int) -> str:
-    """An opaque event id: a time and a number, both needed to resume exactly."""
-    return f"{_micros(moment):x}-{number:x}"
-
-
-def _decode_id(value: str | None) -> tuple[datetime, int] | None:
-    """The (time, number) of a Last-Event-ID; one this service cannot have issued reads as
-    a time to come, which is answered with a `reset`."""
-    if value is None:
-        return None
-    match = _EVENT_ID.match(value)
-    if match is None:
-        return _NEVER
-    return _EPOCH + timedelta(microseconds=int(match[1], 16)), int(match[2], 16)
-
-
-def _unreplayable(moment: datetime, horizon_seconds: float) -> str | None:
-    """Why a stream cannot resume exactly from `moment`, if it cannot."""
-    now = datetime.now(UTC)
-    if moment > now:
-        return "not_issued"
-    if moment < now - timedelta(seconds=horizon_seconds):
-        return "too_old"
-    return None
-
-
-def _event(kind: str, data: Any, event_id: str | None = None) -> bytes:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return (
-        f"{head}event: {kind}\n".encode()
-        + b"data: "
-        + orjson.dumps(data, option=_OPTIONS)
-        + b"\n\n"
-    )
 
 
 # Every stream of a symbol sends the same bytes for a trade: encode each trade once.
@@ -90,12 +38,12 @@ def _trade_event(trade: TradeRow) -> bytes:
         "volume": trade.volume,
         "timestamp": trade.timestamp,
     }
-    return _event("trade", data, encode_id(trade.timestamp, trade.id))
+    return sse.event("trade", data, sse.encode_id(trade.timestamp, trade.id))
 
 
 def _reset_event(position: tuple[datetime, int], reason: str) -> bytes:
     data = {"resumes_after": position[0], "reason": reason}
-    return _event("reset", data, encode_id(*position))
+    return sse.event("reset", data, sse.encode_id(*position))
 
 
 async def _known(state: AppState, symbols: Sequence[str]) -> list[str]:
@@ -112,30 +60,6 @@ async def _known(state: AppState, symbols: Sequence[str]) -> list[str]:
     return codes
 
 
-class _Bounds:
-    """A stream's end: after `limit` events or `duration` seconds, whichever comes first."""
-
-    def __init__(self, limit: int | None, duration: float | None, heartbeat: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._left = limit
-        self._deadline = loop.time() + duration if duration is not None else None
-        self._heartbeat = heartbeat
-
-    @property
-    def done(self) -> bool:
-        return self._left == 0 or self.wait() <= 0
-
-    def count(self) -> None:
-        if self._left is not None:
-            self._left -= 1
-
-    def wait(self) -> float:
-        """How long to wait for the next item before a heartbeat is due (or the stream ends)."""
-        if self._deadline is None:
-            return self._heartbeat
-        return min(self._heartbeat, self._deadline - asyncio.get_running_loop().time())
-
-
 def _respond(state: AppState, subscription: Subscription, events: AsyncIterator[bytes]) -> Any:
     async def body() -> AsyncIterator[bytes]:
         # A client going away cancels this generator: the subscription (and with it the
@@ -146,7 +70,7 @@ def _respond(state: AppState, subscription: Subscription, events: AsyncIterator[
         finally:
             state.live.unsubscribe(subscription)
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=_HEADERS)
+    return StreamingResponse(body(), media_type="text/event-stream", headers=sse.HEADERS)
 
 
 async def _caught_up(conn: asyncpg.Connection, heard: tuple[datetime, int] | None) -> None:
@@ -164,12 +88,12 @@ async def _replay(
     codes: list[str],
     after: tuple[datetime, int],
     heard: tuple[datetime, int] | None,
-    bounds: _Bounds,
+    bounds: sse.Bounds,
 ) -> AsyncIterator[TradeRow | tuple[tuple[datetime, int], str]]:
     """The live trades after `after` from the database, or (the position to reset to, why)
     when `after` cannot be replayed. A pooled connection is held per page only, never while
     a slow client reads."""
-    reason = _unreplayable(after[0], state.settings.stream_replay_seconds)
+    reason = sse.unreplayable(after[0], state.settings.stream_replay_seconds)
     async with state.db.driver() as conn:
         await _caught_up(conn, heard)
         oldest = await live.oldest_live_batch(conn)
@@ -192,16 +116,16 @@ async def stream_trades(
     symbols: list[str], limit: int | None = None, duration: float | None = None
 ) -> Any:
     state = app_state()
-    after = _decode_id(request_header("Last-Event-ID"))
+    after = sse.decode_id(request_header("Last-Event-ID"))
     codes = await _known(state, symbols)
     # Subscribe before replaying: what commits meanwhile is queued, and duplicates are
     # skipped by position, so the seam between replay and live has no gap.
     subscription = state.live.subscribe(codes)
     heard = state.live.position
-    bounds = _Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
+    bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
 
     async def events() -> AsyncIterator[bytes]:
-        yield _OPENED
+        yield sse.OPENED
         position = after
         if position is not None:
             async for replayed in _replay(state, codes, position, heard, bounds):
@@ -218,13 +142,13 @@ async def stream_trades(
             item = await subscription.next(bounds.wait())
             if item is None:
                 if not bounds.done:
-                    yield _HEARTBEAT
+                    yield sse.HEARTBEAT
             elif isinstance(item, Reset):
                 position = item.position
                 yield _reset_event(item.position, "gap")
             elif isinstance(item, Ended):
                 if item.reason == "overflow":
-                    yield _event("overflow", {"detail": "The client fell behind the stream."})
+                    yield sse.OVERFLOW
                 return
             else:
                 # One write per batch, not per trade: each goes through every middleware.
@@ -255,18 +179,18 @@ def _candle_event(row: candles.CandleRow) -> bytes:
         "trade_count": n,
         "closed": closed,
     }
-    return _event("candle", data, encode_id(t, int(closed)))
+    return sse.event("candle", data, sse.encode_id(t, int(closed)))
 
 
 async def stream_candles(
     symbol: str, interval: str = "1m", limit: int | None = None, duration: float | None = None
 ) -> Any:
     state = app_state()
-    after = _decode_id(request_header("Last-Event-ID"))
+    after = sse.decode_id(request_header("Last-Event-ID"))
     (code,) = await _known(state, [symbol])
     step = finality.INTERVALS[interval]
     subscription = state.live.subscribe([code])
-    bounds = _Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
+    bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
 
     async def read(lo: datetime) -> tuple[list[candles.CandleRow], datetime]:
         hi = finality.bucket_floor(datetime.now(UTC), step) + step
@@ -283,20 +207,20 @@ async def stream_candles(
         return page.candles, page.final
 
     async def events() -> AsyncIterator[bytes]:
-        yield _OPENED
+        yield sse.OPENED
         now = datetime.now(UTC)
         # From the open bucket on; after a Last-Event-ID, from the bucket it named (or the
         # next one, when that one was already sent final).
         lo = finality.bucket_floor(now, step)
         if after is not None:
             bucket, closed = after
-            reason = _unreplayable(bucket, state.settings.stream_replay_seconds)
+            reason = sse.unreplayable(bucket, state.settings.stream_replay_seconds)
             if reason is None and finality.bucket_floor(bucket, step) != bucket:
                 reason = "not_issued"
             if reason is not None:
                 # Its id says "the bucket before `lo` was sent final": a reconnect starts at `lo`.
                 data = {"resumes_after": lo, "reason": reason}
-                yield _event("reset", data, encode_id(lo - step, 1))
+                yield sse.event("reset", data, sse.encode_id(lo - step, 1))
             else:
                 lo = min(lo, bucket + step if closed else bucket)
         # Candles sent while open, by bucket, until they are sent final.
@@ -321,7 +245,7 @@ async def stream_candles(
             item = await subscription.next(bounds.wait())
             if isinstance(item, Ended):
                 if item.reason == "overflow":
-                    yield _event("overflow", {"detail": "The client fell behind the stream."})
+                    yield sse.OVERFLOW
                 return
             # A batch of this symbol (or a reset) changes the open candle; time makes it final
             # (the database that answers says when: this only decides when to ask again).
@@ -330,6 +254,6 @@ async def stream_candles(
                 bool(shown) and min(shown) < finality.bucket_floor(horizon, step)
             )
             if item is None and not stale and not bounds.done:
-                yield _HEARTBEAT
+                yield sse.HEARTBEAT
 
     return _respond(state, subscription, events())

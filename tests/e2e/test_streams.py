@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from handlers.streams import encode_id
+from handlers.sse import encode_id
 from persistence.materialise import lock_candles, rematerialise
 from persistence.trades import NewTrade, insert_trades
 from tests.e2e.sse import read_events
