@@ -54,8 +54,9 @@ async def sql(server: Service, database: URL) -> AsyncIterator[asyncpg.Connectio
 async def _copy_backend(conn: asyncpg.Connection) -> int:
     async def find() -> int | None:
         pid: int | None = await conn.fetchval(
+            # This test's database only: other runs may share the server.
             "SELECT pid FROM pg_stat_activity WHERE application_name = 'mdp-api' "
-            "AND state = 'active' AND query LIKE 'COPY%'"
+            "AND datname = current_database() AND state = 'active' AND query LIKE 'COPY%'"
         )
         return pid
 
@@ -155,5 +156,5 @@ async def test_sigterm_ends_an_open_export_within_cloud_runs_grace(
                 service.process.wait(timeout=10)
     assert not await sql.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mdp-api' "
-        "AND query LIKE 'COPY%' AND state = 'active'"
+        "AND datname = current_database() AND query LIKE 'COPY%' AND state = 'active'"
     )
