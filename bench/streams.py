@@ -27,7 +27,8 @@ if __package__ in (None, ""):  # `python bench/streams.py`: make `bench` importa
 import asyncpg  # noqa: E402
 import psutil  # noqa: E402
 
-from bench.clients import HeartbeatPoller  # noqa: E402
+from bench.clients import AUTH_HEADERS, HeartbeatPoller  # noqa: E402
+from bench.run import _mdp  # noqa: E402
 from bench.support import (  # noqa: E402
     BENCH,
     HOST,
@@ -56,6 +57,7 @@ async def _client(port: int, symbol: str, arrivals: dict[str, list[float]], read
         reader, writer = await asyncio.open_connection(HOST, port)
         writer.write(
             f"GET /stream/trades?symbols={symbol} HTTP/1.0\r\nHost: {HOST}\r\n"
+            f"X-API-Key: {AUTH_HEADERS['X-API-Key']}\r\n"
             "Accept: text/event-stream\r\n\r\n".encode()
         )
         status = await reader.readline()
@@ -153,13 +155,17 @@ def main(argv: list[str] | None = None) -> int:
                 "STREAM_MAX_CLIENTS": str(args.clients + 10),
             }
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            # AUTH_MODE=required, as deployed: a key for the streams and the status polls.
+            _mdp(env, "migrate")
+            scopes = ("--scopes", "stream,ops", "--rate-limit", "1000000/s")
+            AUTH_HEADERS["X-API-Key"] = _mdp(env, "keys", "create", "--name", "bench", *scopes)
             service = processes.start(
                 "service",
                 [sys.executable, "-m", "mdp.cli", "serve"],
                 env,
                 WORK / "logs" / stamp / "streams-service.log",
             )
-            wait_http(f"http://{HOST}:{port}/price/latest?symbol=AAPL", service)
+            wait_http(f"http://{HOST}:{port}/health", service)
             poller = HeartbeatPoller(port, phase="streams")
             poller.start()
             rss_before = psutil.Process(service.pid).memory_info().rss
