@@ -13,6 +13,7 @@ WORKDIR /src
 # Only what the wheel is built from: the same files tests/deploy/test_wheel_install.py copies.
 COPY pyproject.toml README.md ./
 COPY requirements/constraints.txt requirements/constraints.txt
+COPY errors errors
 COPY mdp mdp
 COPY handlers handlers
 COPY persistence persistence

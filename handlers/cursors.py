@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from persistence.errors import InvalidCursor
+from errors import InvalidCursor
 
 __all__ = ["decode", "encode"]
 

@@ -12,13 +12,13 @@ from typing import TypeVar
 import pyarrow as pa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from errors import ExportTooLarge, SymbolsNotFound
 from handlers.context import app_state, request_header
 from handlers.params import parse_window, parse_zone, symbol_code
 from mdp.export_formats import ExportFormat, choose_coding, choose_format, make_encoder
 from mdp.streaming import ExportResponse, Produce
 from persistence import exports, zoned
 from persistence.database import driver_connection
-from persistence.errors import ExportTooLarge, SymbolsNotFound
 from persistence.finality import INTERVALS
 
 __all__ = ["export_candles", "export_trades"]

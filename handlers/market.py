@@ -7,12 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
+from errors import NoTrades, SymbolNotFound, SymbolsNotFound
 from handlers import cursors
 from handlers.context import app_state
 from handlers.params import parse_window, parse_zone, symbol_code, symbol_codes
-from mdp.caching import cache_control
 from persistence import candles, finality, live, symbols, ticker, trades, zoned
-from persistence.errors import NoTrades, SymbolNotFound, SymbolsNotFound
 from persistence.finality import VISIBILITY_DEADLINE
 
 __all__ = [
@@ -23,6 +22,18 @@ __all__ = [
     "list_symbols",
     "list_trades",
 ]
+
+
+# An answer that can never change again: caches (a CDN in front of Cloud Run) keep it a year
+# and browsers do not even revalidate it on reload.
+IMMUTABLE = "public, max-age=31536000, immutable"
+# Anything else may be stored, but must be revalidated with its ETag before every reuse.
+REVALIDATE = "no-cache"
+
+
+def _cache_control(*, final: bool) -> dict[str, str]:
+    """The headers a data handler returns: whether its answer is final decides how it caches."""
+    return {"Cache-Control": IMMUTABLE if final else REVALIDATE}
 
 
 # A data answer: the body, its status, and the caching headers its finality allows.
@@ -51,7 +62,7 @@ async def list_symbols(limit: int = 100, cursor: str | None = None) -> Answer:
         ),
     }
     # New symbols can be registered at any time.
-    return body, 200, cache_control(final=False)
+    return body, 200, _cache_control(final=False)
 
 
 def _price(trade: trades.TradeRow) -> dict[str, Any]:
@@ -76,7 +87,7 @@ async def get_latest_price(symbol: str) -> Answer:
         trade = state.live.newest(code, stored)
         if trade is None:
             raise NoTrades(code)
-    return _price(trade), 200, cache_control(final=False)
+    return _price(trade), 200, _cache_control(final=False)
 
 
 async def get_latest_prices(symbols: list[str]) -> Answer:
@@ -97,7 +108,7 @@ async def get_latest_prices(symbols: list[str]) -> Answer:
         "count": len(prices),
         "without_trades": [code for code, trade in found.items() if trade is None],
     }
-    return body, 200, cache_control(final=False)
+    return body, 200, _cache_control(final=False)
 
 
 async def list_trades(
@@ -152,7 +163,7 @@ async def list_trades(
     }
     # A window that ended before the horizon holds every trade it will ever hold, so each page
     # of its walk (and the cursor to the next) is the same bytes for ever.
-    return body, 200, cache_control(final=final)
+    return body, 200, _cache_control(final=final)
 
 
 async def list_candles(
@@ -241,7 +252,7 @@ def _candle_answer(
         ],
         "next_cursor": next_cursor,
     }
-    return body, 200, cache_control(final=final)
+    return body, 200, _cache_control(final=final)
 
 
 async def _zoned_candles(
@@ -298,7 +309,7 @@ async def get_ticker(symbols: list[str]) -> Answer:
         "count": len(tickers),
         "without_trades": [code for code in codes if code not in stats],
     }
-    return body, 200, cache_control(final=False)
+    return body, 200, _cache_control(final=False)
 
 
 def _ticker(code: str, stats: ticker.Stats, now: datetime) -> dict[str, Any]:

@@ -5,12 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from prometheus_client import exposition as text_format
+from prometheus_client.openmetrics import exposition as openmetrics_format
 from starlette.responses import Response
 
 from handlers.context import app_state, request_header
-from mdp.metrics import JSON, negotiate
 
-__all__ = ["get_health", "get_ingestion_status", "get_metrics", "get_root"]
+__all__ = ["get_health", "get_ingestion_status", "get_metrics", "get_root", "negotiate"]
+
+# The forms GET /metrics answers in.
+JSON = "application/json"
+TEXT = text_format.CONTENT_TYPE_LATEST
+OPENMETRICS = openmetrics_format.CONTENT_TYPE_LATEST
 
 _LINKS = {
     "self": "/",
@@ -101,6 +107,29 @@ async def get_ingestion_status() -> dict[str, Any]:
         "last_error": status.last_error,
         "last_error_at": status.last_error_at,
     }
+
+
+def negotiate(accept: str) -> str:
+    """JSON (the default and the contract's first form), Prometheus text, or OpenMetrics."""
+    best, best_q = JSON, 0.0
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        offer = {
+            "application/openmetrics-text": OPENMETRICS,
+            "text/plain": TEXT,
+            "application/json": JSON,
+        }.get(media.lower())
+        if offer is not None and q > best_q:
+            best, best_q = offer, q
+    return best
 
 
 async def get_metrics() -> Any:

@@ -6,8 +6,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from mdp.problems import RequestValidationFailed, ValidationIssue
-from persistence.errors import InvalidTimeRange
+from errors import InvalidTimeRange, RequestValidationFailed, ValidationIssue
 from persistence.zoned import UnknownZone, zone
 
 __all__ = [

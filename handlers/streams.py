@@ -11,13 +11,13 @@ from typing import Any
 import asyncpg
 from starlette.responses import StreamingResponse
 
+from errors import DatabaseUnavailable, SymbolsNotFound
 from handlers import sse
 from handlers.context import app_state, request_header
 from handlers.params import symbol_codes
 from mdp.broadcaster import Ended, Reset, Subscription
 from mdp.state import AppState
 from persistence import candles, finality, live
-from persistence.errors import DatabaseUnavailable, SymbolsNotFound
 from persistence.trades import TradeRow
 
 __all__ = ["stream_candles", "stream_trades"]

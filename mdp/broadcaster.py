@@ -8,10 +8,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from persistence.errors import DomainError
+from errors import StreamsAtCapacity
 from persistence.trades import TradeRow
 
-__all__ = ["Broadcaster", "Ended", "Reset", "StreamsAtCapacity", "Subscription"]
+__all__ = ["Broadcaster", "Ended", "Reset", "Subscription"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +33,6 @@ class Ended:
 
 # What a subscription's queue carries: one batch's trades for its symbols, a reset, or the end.
 Item = tuple[TradeRow, ...] | Reset | Ended
-
-
-class StreamsAtCapacity(DomainError):
-    """This instance already serves as many streams as its setting allows (or is stopping)."""
-
-    code = "streams_at_capacity"
 
 
 def _key(trade: TradeRow) -> tuple[datetime, int]:

@@ -8,13 +8,7 @@ from collections.abc import Iterable
 
 from starlette.responses import Response
 
-__all__ = ["IMMUTABLE", "REVALIDATE", "cache_control", "conditional", "none_match"]
-
-# An answer that can never change again: caches (a CDN in front of Cloud Run) keep it a year
-# and browsers do not even revalidate it on reload.
-IMMUTABLE = "public, max-age=31536000, immutable"
-# Anything else may be stored, but must be revalidated with its ETag before every reuse.
-REVALIDATE = "no-cache"
+__all__ = ["conditional", "none_match"]
 
 # Answers are the same for every client, but only for clients with a key: a shared cache (a CDN)
 # must not hand one to a request without the credentials it was fetched with.
@@ -23,11 +17,6 @@ _VARY = "Authorization, X-API-Key"
 # An entity-tag: optional weakness marker, then a quoted opaque tag (RFC 9110 §8.8.3). A comma
 # may sit inside the quotes, so a list is scanned tag by tag, never split on commas.
 _ENTITY_TAG = re.compile(r'(?:W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
-
-
-def cache_control(*, final: bool) -> dict[str, str]:
-    """The headers a data handler returns: whether its answer is final decides how it caches."""
-    return {"Cache-Control": IMMUTABLE if final else REVALIDATE}
 
 
 def _entity_tag(body: bytes) -> str:

@@ -14,7 +14,7 @@ import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
 import zstandard
 
-from mdp.problems import NotAcceptable
+from errors import NotAcceptable
 from mdp.validation import media_range
 
 __all__ = [

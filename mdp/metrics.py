@@ -14,37 +14,13 @@ from sqlalchemy.pool import QueuePool
 
 from ingestion.status import IngestionStatus
 
-__all__ = ["PrometheusMetrics", "negotiate"]
+__all__ = ["OPENMETRICS", "TEXT", "PrometheusMetrics"]
 
-JSON = "application/json"
 TEXT = text_format.CONTENT_TYPE_LATEST
 OPENMETRICS = openmetrics_format.CONTENT_TYPE_LATEST
 
 # Latency buckets for an API whose typical answer takes about a millisecond.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-
-
-def negotiate(accept: str) -> str:
-    """JSON (the default and the contract's first form), Prometheus text, or OpenMetrics."""
-    best, best_q = JSON, 0.0
-    for item in accept.split(","):
-        media, *params = (part.strip() for part in item.split(";"))
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        offer = {
-            "application/openmetrics-text": OPENMETRICS,
-            "text/plain": TEXT,
-            "application/json": JSON,
-        }.get(media.lower())
-        if offer is not None and q > best_q:
-            best, best_q = offer, q
-    return best
 
 
 class _StateCollector(Collector):

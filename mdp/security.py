@@ -19,12 +19,13 @@ from typing import Any
 
 from connexion.security import NO_VALUE, AbstractSecurityHandler
 
+import errors
+from errors import DatabaseUnavailable, ServiceError
 from mdp import audit, ratelimit
 from mdp.apikeys import SCOPES, hash_key, key_id_of
 from mdp.keyring import Key, KeyRing
 from mdp.ratelimit import RateLimiter
 from mdp.settings import AuthMode
-from persistence.errors import DatabaseUnavailable, DomainError
 
 __all__ = [
     "SCOPE_EXTENSION",
@@ -44,8 +45,9 @@ _INVALID = f'{_CHALLENGE}, error="invalid_token"'
 _MAX_CREDENTIAL = 200
 
 
-class AuthError(DomainError):
-    """A refusal; `reason` goes to the audit record, `key` when the key was recognised."""
+class AuthError(ServiceError):
+    """A refusal; `reason` goes to the audit record, `key` when the key was recognised.
+    The problem itself (code, status, title) is the `errors` class it is combined with."""
 
     def __init__(
         self,
@@ -55,27 +57,24 @@ class AuthError(DomainError):
         key: Key | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(detail)
+        super().__init__(detail, headers=headers)
         self.reason = reason
         self.key = key
-        self.headers: Mapping[str, str] = headers or {}
 
 
-class Unauthenticated(AuthError):
-    code = "unauthenticated"
-
+class Unauthenticated(AuthError, errors.Unauthenticated):
     def __init__(self, detail: str, *, reason: str, key: Key | None = None) -> None:
         # RFC 6750 §3: no error code when the request carried no credentials at all.
         challenge = _CHALLENGE if reason == "missing_credentials" else _INVALID
         super().__init__(detail, reason=reason, key=key, headers={"WWW-Authenticate": challenge})
 
 
-class Forbidden(AuthError):
-    code = "forbidden"
+class Forbidden(AuthError, errors.Forbidden):
+    pass
 
 
-class RateLimited(AuthError):
-    code = "rate_limited"
+class RateLimited(AuthError, errors.RateLimited):
+    pass
 
 
 def required_scopes(document: Mapping[str, Any]) -> dict[str, frozenset[str]]:

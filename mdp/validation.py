@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 from connexion.utils import is_null, is_nullable
 from jsonschema import Draft4Validator
 
-from mdp.problems import NotAcceptable, RequestValidationFailed, ValidationIssue
+from errors import NotAcceptable, RequestValidationFailed, ValidationIssue
 
 __all__ = ["OperationParameters", "accepts", "media_range"]
 

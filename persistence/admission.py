@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from persistence.errors import DatabaseUnavailable, Overloaded
+from errors import DatabaseUnavailable, Overloaded
 
 __all__ = ["Admission"]
 

@@ -17,7 +17,7 @@ from sqlalchemy import Integer, Interval, String, TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import DateTime, TypeEngine
 
-from persistence.errors import SymbolNotFound
+from errors import SymbolNotFound
 from persistence.finality import HORIZON_SQL, WATERMARK_SQL, bin_sql
 
 __all__ = [

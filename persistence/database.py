@@ -16,8 +16,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from errors import DatabaseUnavailable
 from persistence.admission import Admission
-from persistence.errors import DatabaseUnavailable
 
 __all__ = [
     "Database",

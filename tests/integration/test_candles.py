@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from errors import SymbolNotFound
 from ingestion.generator import TradeGenerator
 from ingestion.loop import Ingestor
 from ingestion.materialiser import CandleMaterialiser
 from ingestion.status import IngestionStatus
 from persistence.candles import read_candle_page
 from persistence.database import driver_connection
-from persistence.errors import SymbolNotFound
 from persistence.finality import horizon
 from persistence.materialise import Advance, advance_watermark
 from persistence.symbols import ensure_symbols

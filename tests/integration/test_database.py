@@ -15,9 +15,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from errors import DatabaseUnavailable
 from persistence.admission import Admission
 from persistence.database import Database, create_engine, describe_error, is_unavailable
-from persistence.errors import DatabaseUnavailable
 from persistence.trades import NewTrade, insert_trades
 from tests.support import open_test_engine
 

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from errors import InvalidCursor
 from handlers.cursors import decode, encode
-from persistence.errors import InvalidCursor
 
 URL_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from errors import InvalidTimeRange
 from handlers.params import parse_time, parse_window, symbol_code
-from persistence.errors import InvalidTimeRange
 
 
 @pytest.mark.parametrize(

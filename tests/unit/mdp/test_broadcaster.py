@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mdp.broadcaster import Broadcaster, Ended, Reset, StreamsAtCapacity
+from errors import StreamsAtCapacity
+from mdp.broadcaster import Broadcaster, Ended, Reset
 from persistence.trades import TradeRow
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from errors import DatabaseUnavailable, Overloaded
 from persistence.admission import Admission
-from persistence.errors import DatabaseUnavailable, Overloaded
 
 
 def _admission(slots: int = 1, *, max_waiting: int = 100, max_wait: float = 60) -> Admission:

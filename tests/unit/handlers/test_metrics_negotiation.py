@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mdp.metrics import JSON, OPENMETRICS, TEXT, negotiate
+from handlers.meta import JSON, OPENMETRICS, TEXT, negotiate
 
 
 @pytest.mark.parametrize(
