@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from mdp.settings import DEFAULT_SYMBOLS
 from mdp.spec import load_contract
 from tests.api.support import app_settings, running_app
-from tests.support import DatabaseFactory, MakeDatabase, open_test_engine, wait_until
+from tests.support import MakeDatabase, open_test_engine, wait_until
 
 INTERVAL = 0.1
 SYMBOLS = [spec.symbol for spec in DEFAULT_SYMBOLS]
@@ -28,16 +28,10 @@ def recent(stamp: str, *, within: timedelta = timedelta(minutes=5)) -> bool:
 
 
 @pytest.fixture(scope="module")
-async def ingesting_database_url(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
-    async with database_factory.fresh(migrated=False) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def ingesting(ingesting_database_url: URL) -> Iterator[TestClient]:
+def ingesting(module_database: URL) -> Iterator[TestClient]:
     """An app with ingestion on every 0.1 s, over a database of its own."""
     settings = app_settings(
-        ingesting_database_url, ingestion_enabled=True, ingestion_interval_seconds=INTERVAL
+        module_database, ingestion_enabled=True, ingestion_interval_seconds=INTERVAL
     )
     with running_app(settings) as client:
         yield client

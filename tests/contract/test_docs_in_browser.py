@@ -8,7 +8,7 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from tests.contract.support import (
     run_tool,
     static_files,
 )
-from tests.support import DatabaseFactory, serve_live
+from tests.support import serve_live
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +51,6 @@ def test_pinned_redoc_integrity_matches_the_npm_bundle() -> None:
 
 
 @pytest.fixture(scope="module")
-async def docs_database(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
-    async with database_factory.fresh(migrated=False) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """docs/ when MDP_UPDATE_SCREENSHOTS=1 (to refresh the README's pictures), else a temp
     dir: the pictures show live prices, and a test run must not dirty the work tree."""
@@ -67,7 +61,7 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser_report(docs_database: URL, screenshots: Path) -> Iterator[dict[str, Any]]:
+def browser_report(module_database: URL, screenshots: Path) -> Iterator[dict[str, Any]]:
     """Run tools/browser/check_docs.mjs against a service whose /redoc loads a local ReDoc."""
     node = require_executable("node")
     require_executable("/usr/bin/chromium")
@@ -76,7 +70,7 @@ def browser_report(docs_database: URL, screenshots: Path) -> Iterator[dict[str, 
             "REDOC_SCRIPT_URL": f"{bundles}/redoc.standalone.js",
             "REDOC_SCRIPT_INTEGRITY": _sri(REDOC_SCRIPT),
         }
-        with serve_live(docs_database, env) as service:
+        with serve_live(module_database, env) as service:
             # The key reaches the script through its environment, never its command line.
             with pytest.MonkeyPatch.context() as patch:
                 patch.setenv("MDP_DOCS_API_KEY", str(service.api_key))

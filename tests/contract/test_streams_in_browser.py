@@ -4,7 +4,6 @@ and resumes by itself with Last-Event-ID when the server ends a stream, without 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime
 
 import asyncpg
@@ -12,7 +11,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from tests.contract.support import REPOSITORY, require_executable, run_tool
-from tests.support import DatabaseFactory, dsn, serve_live
+from tests.support import dsn, serve_live
 
 pytestmark = pytest.mark.slow
 
@@ -20,18 +19,12 @@ CHECK_EVENT_SOURCE = REPOSITORY / "tools" / "browser" / "check_event_source.mjs"
 EVENTS = 8
 
 
-@pytest.fixture(scope="module")
-async def browser_database(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
-    async with database_factory.fresh(migrated=False) as url:
-        yield url
-
-
-async def test_event_source_receives_live_trades_across_reconnects(browser_database: URL) -> None:
+async def test_event_source_receives_live_trades_across_reconnects(module_database: URL) -> None:
     node = require_executable("node")
     require_executable("/usr/bin/chromium")
     # AUTH_MODE=off: a browser's EventSource cannot send a header, so it cannot carry an API
     # key (browser clients use a fetch-based SSE client that can; see the README).
-    with serve_live(browser_database, {"AUTH_MODE": "off"}) as service:
+    with serve_live(module_database, {"AUTH_MODE": "off"}) as service:
         result = run_tool([node, CHECK_EVENT_SOURCE, service.base, str(EVENTS)], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
@@ -41,7 +34,7 @@ async def test_event_source_receives_live_trades_across_reconnects(browser_datab
     # Three events per connection: the browser reconnected twice on its own.
     assert report["opened"] >= 3
     assert report["consoleErrors"] == []
-    conn = await asyncpg.connect(dsn(browser_database))
+    conn = await asyncpg.connect(dsn(module_database))
     try:
         stored = await conn.fetch(
             "SELECT id FROM trades WHERE symbol IN ('AAPL', 'MSFT') "

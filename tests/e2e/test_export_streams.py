@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.support import DatabaseFactory, Service, dsn, serve, wait_until, wait_until_async
+from tests.support import Service, dsn, serve, wait_until, wait_until_async
 
 # Enough rows (tens of MB) that the server is still streaming while the test acts.
 ROWS = 400_000
@@ -25,21 +25,15 @@ PLAIN = {"Accept-Encoding": "identity"}
 
 
 @pytest.fixture(scope="module")
-async def database(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
-    async with database_factory.fresh(migrated=False) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def server(database: URL) -> Iterator[Service]:
+def server(module_database: URL) -> Iterator[Service]:
     env = {"INGESTION_ENABLED": "false", "LOG_LEVEL": "INFO"}
-    with serve(database, env, ready="/symbols") as running:
+    with serve(module_database, env, ready="/symbols") as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-async def sql(server: Service, database: URL) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsn(database))
+async def sql(server: Service, module_database: URL) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn(module_database))
     await conn.execute(
         "INSERT INTO trades (symbol, price, volume, timestamp) "
         "SELECT 'AAPL', 100 + n % 1000 / 100.0, 1 + n % 7, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,7 +18,7 @@ from handlers.sse import encode_id
 from persistence.materialise import lock_candles, rematerialise
 from persistence.trades import NewTrade, insert_trades
 from tests.e2e.sse import read_events
-from tests.support import DatabaseFactory, dsn, open_test_engine, serve_live, wait_until
+from tests.support import dsn, open_test_engine, serve_live, wait_until
 
 
 def stream(
@@ -28,17 +28,11 @@ def stream(
 
 
 @pytest.fixture(scope="module")
-async def stream_database(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
-    async with database_factory.fresh(migrated=False) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def service(stream_database: URL) -> Iterator[str]:
+def service(module_database: URL) -> Iterator[str]:
     # Stream behaviour, not access: served with AUTH_MODE=off (tests/api/test_access.py and
     # the e2e instances test cover keys on streams).
     env = {"STREAM_HEARTBEAT_SECONDS": "0.3", "STREAM_MAX_CLIENTS": "3", "AUTH_MODE": "off"}
-    with serve_live(stream_database, env) as live:
+    with serve_live(module_database, env) as live:
         yield live.base
 
 
@@ -67,7 +61,7 @@ _AFTER = """
 
 
 async def test_trade_stream_carries_every_live_trade_of_its_symbols_in_order(
-    service: str, stream_database: URL
+    service: str, module_database: URL
 ) -> None:
     with stream(service, "/stream/trades", {"symbols": "aapl,MSFT,aapl", "limit": 12}) as r:
         assert r.status_code == 200
@@ -76,7 +70,7 @@ async def test_trade_stream_carries_every_live_trade_of_its_symbols_in_order(
     assert [e.kind for e in events] == ["trade"] * 12
     first = events[0].data
     stored = await _fetch(
-        stream_database,
+        module_database,
         _AFTER,
         ["AAPL", "MSFT"],
         datetime.fromisoformat(first["timestamp"]),
@@ -88,14 +82,14 @@ async def test_trade_stream_carries_every_live_trade_of_its_symbols_in_order(
 
 
 async def test_trade_stream_resumes_exactly_after_last_event_id_without_backfill(
-    service: str, stream_database: URL
+    service: str, module_database: URL
 ) -> None:
     with stream(service, "/stream/trades", {"symbols": "AAPL,TSLA", "limit": 3}) as r:
         seen = list(read_events(r))
     last = seen[-1]
     # Backfill while the client is away: old timestamps, new ids, never live.
     await _fetch(
-        stream_database,
+        module_database,
         "INSERT INTO trades (symbol, price, volume, timestamp) VALUES ('AAPL', 1, 1, $1)",
         datetime.now(UTC) - timedelta(days=1),
     )
@@ -104,7 +98,7 @@ async def test_trade_stream_resumes_exactly_after_last_event_id_without_backfill
     with stream(service, "/stream/trades", {"symbols": "AAPL,TSLA", "limit": 20}, headers) as r:
         resumed = list(read_events(r))
     stored = await _fetch(
-        stream_database,
+        module_database,
         _AFTER,
         ["AAPL", "TSLA"],
         datetime.fromisoformat(last.data["timestamp"]),
@@ -139,9 +133,9 @@ def test_a_last_event_id_never_issued_gets_a_reset(service: str, never: str) -> 
 
 
 async def test_a_quiet_stream_sends_heartbeats_and_ends_after_its_duration(
-    service: str, stream_database: URL
+    service: str, module_database: URL
 ) -> None:
-    await _fetch(stream_database, "INSERT INTO symbols (symbol, name) VALUES ('QUIET', 'Quiet')")
+    await _fetch(module_database, "INSERT INTO symbols (symbol, name) VALUES ('QUIET', 'Quiet')")
     comments: list[str] = []
     started = time.monotonic()
     with stream(service, "/stream/trades", {"symbols": "quiet", "duration": 1}) as r:
@@ -180,13 +174,13 @@ def test_streams_beyond_the_cap_get_503_and_a_closed_one_frees_its_place(service
 
 
 async def test_candle_stream_sends_the_open_candle_and_resumed_ones_final(
-    service: str, stream_database: URL
+    service: str, module_database: URL
 ) -> None:
     minute = datetime.now(UTC).replace(second=0, microsecond=0)
     past = minute - timedelta(minutes=3)
     # History written as `mdp backfill` writes it: with its candles, in one transaction (the
     # leader has already materialised that minute, as empty).
-    engine = open_test_engine(stream_database)
+    engine = open_test_engine(module_database)
     try:
         async with engine.begin() as conn:
             await lock_candles(conn, "GOOGL")

@@ -11,14 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
-import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mdp.apikeys import RateLimit, create_key, key_id_of, revoke
 from persistence.api_keys import key_version, record_last_used
-from tests.support import MakeDatabase, open_test_engine
+from tests.support import open_test_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,12 +26,6 @@ class Outcome(NamedTuple):
     returncode: int
     stdout: str
     stderr: str
-
-
-@pytest.fixture
-async def keys_database(make_database: MakeDatabase) -> URL:
-    """A brand-new database: `mdp keys` brings the schema to head itself."""
-    return await make_database(migrated=False)
 
 
 async def mdp_keys(url: URL, *args: str) -> Outcome:
@@ -59,10 +52,10 @@ def audit_records(stderr: str) -> list[dict[str, object]]:
 
 
 async def test_create_prints_the_key_alone_once_and_stores_only_its_hash(
-    keys_database: URL,
+    empty_database: URL,
 ) -> None:
     created = await mdp_keys(
-        keys_database, "create", "--name", "analytics-ml", "--scopes", "read,stream,export"
+        empty_database, "create", "--name", "analytics-ml", "--scopes", "read,stream,export"
     )
 
     assert created.returncode == 0, created.stderr
@@ -76,7 +69,7 @@ async def test_create_prints_the_key_alone_once_and_stores_only_its_hash(
     assert record["event"] == "key_created"
     assert record["key_id"] == key_id
     assert record["key_name"] == "analytics-ml"
-    engine = open_test_engine(keys_database)
+    engine = open_test_engine(empty_database)
     try:
         async with engine.connect() as conn:
             row = (await conn.execute(text("SELECT * FROM api_keys"))).mappings().one()
@@ -92,18 +85,18 @@ async def test_create_prints_the_key_alone_once_and_stores_only_its_hash(
 
 
 async def test_list_shows_every_key_without_a_secret_and_revoke_marks_it(
-    keys_database: URL,
+    empty_database: URL,
 ) -> None:
     first = (
         await mdp_keys(
-            keys_database, "create", "--name", "ml", "--scopes", "read", "--rate-limit", "600/min"
+            empty_database, "create", "--name", "ml", "--scopes", "read", "--rate-limit", "600/min"
         )
     ).stdout.strip()
-    second = (await mdp_keys(keys_database, "create", "--name", "ops", "--scopes", "ops")).stdout
+    second = (await mdp_keys(empty_database, "create", "--name", "ops", "--scopes", "ops")).stdout
     second = second.strip()
 
-    revoked = await mdp_keys(keys_database, "revoke", str(key_id_of(first)))
-    listed = await mdp_keys(keys_database, "list")
+    revoked = await mdp_keys(empty_database, "revoke", str(key_id_of(first)))
+    listed = await mdp_keys(empty_database, "list")
 
     assert revoked.returncode == 0, revoked.stderr
     assert [r["event"] for r in audit_records(revoked.stderr)] == ["key_revoked"]
@@ -120,11 +113,11 @@ async def test_list_shows_every_key_without_a_secret_and_revoke_marks_it(
         assert key.rsplit("_", 1)[1] not in listed.stdout + listed.stderr
 
 
-async def test_revoke_of_an_unknown_id_fails_and_bad_arguments_exit_2(keys_database: URL) -> None:
-    unknown = await mdp_keys(keys_database, "revoke", "0123456789ab")
-    bad_scope = await mdp_keys(keys_database, "create", "--name", "x", "--scopes", "admin")
+async def test_revoke_of_an_unknown_id_fails_and_bad_arguments_exit_2(empty_database: URL) -> None:
+    unknown = await mdp_keys(empty_database, "revoke", "0123456789ab")
+    bad_scope = await mdp_keys(empty_database, "create", "--name", "x", "--scopes", "admin")
     bad_limit = await mdp_keys(
-        keys_database, "create", "--name", "x", "--scopes", "read", "--rate-limit", "5/day"
+        empty_database, "create", "--name", "x", "--scopes", "read", "--rate-limit", "5/day"
     )
 
     assert unknown.returncode == 1

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from tests.support import MakeDatabase, open_test_engine
+from tests.support import open_test_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 # 0.01 days at the default one trade per second, less the 2 s a first backfill leaves to
@@ -38,12 +38,6 @@ class Outcome(NamedTuple):
     returncode: int
     stdout: str
     stderr: str
-
-
-@pytest.fixture
-async def cli_database(make_database: MakeDatabase) -> URL:
-    """A brand-new database: the command brings the schema to head itself."""
-    return await make_database(migrated=False)
 
 
 def _env(url: URL, log_level: str) -> dict[str, str]:
@@ -130,11 +124,11 @@ def _evenly_spaced(stamps: list[datetime], spacing: timedelta) -> bool:
 
 
 async def test_backfill_writes_the_chosen_symbols_and_prints_what_it_wrote(
-    cli_database: URL,
+    empty_database: URL,
 ) -> None:
     before = datetime.now(UTC)
     outcome = await _backfill(
-        cli_database, "--days", "0.01", "--seed", "3", "--symbols", "aapl,msft"
+        empty_database, "--days", "0.01", "--seed", "3", "--symbols", "aapl,msft"
     )
     after = datetime.now(UTC)
 
@@ -144,33 +138,37 @@ async def test_backfill_writes_the_chosen_symbols_and_prints_what_it_wrote(
     assert re.fullmatch(rf"MSFT: {ROWS} of {ROWS} trades in \S+ \.\. \S+", printed[1]), printed
     assert printed[2].startswith(f"mdp backfill: wrote {2 * ROWS} trades in "), printed
     assert len(printed) == 3
-    stamps = await _stamps(cli_database)
+    stamps = await _stamps(empty_database)
     assert {code: len(times) for code, times in stamps.items()} == {"AAPL": ROWS, "MSFT": ROWS}
     for times in stamps.values():
         assert before - timedelta(days=0.01) <= times[0] and times[-1] < after
         assert _evenly_spaced(times, timedelta(seconds=1))
     # The symbols are registered, so the API lists and serves them.
-    assert await _symbols(cli_database) == ["AAPL", "MSFT"]
+    assert await _symbols(empty_database) == ["AAPL", "MSFT"]
 
 
-async def test_backfill_rerun_has_nothing_to_do(cli_database: URL) -> None:
-    first = await _backfill(cli_database, "--days", "0.01", "--seed", "3", "--symbols", "aapl,msft")
+async def test_backfill_rerun_has_nothing_to_do(empty_database: URL) -> None:
+    first = await _backfill(
+        empty_database, "--days", "0.01", "--seed", "3", "--symbols", "aapl,msft"
+    )
     assert first.returncode == 0, first
-    stored = await _stamps(cli_database)
+    stored = await _stamps(empty_database)
 
-    again = await _backfill(cli_database, "--days", "0.01", "--seed", "3", "--symbols", "aapl,msft")
+    again = await _backfill(
+        empty_database, "--days", "0.01", "--seed", "3", "--symbols", "aapl,msft"
+    )
 
     assert again.returncode == 0, again
     assert _printed(again.stdout) == [
         "mdp backfill: nothing to do: history already reaches back far enough"
     ]
-    assert await _stamps(cli_database) == stored
+    assert await _stamps(empty_database) == stored
 
 
 async def test_backfill_logs_progress_lines_when_stderr_is_not_a_terminal(
-    cli_database: URL,
+    empty_database: URL,
 ) -> None:
-    outcome = await _backfill(cli_database, "--days", "0.01", "--symbols", "aapl,msft")
+    outcome = await _backfill(empty_database, "--days", "0.01", "--symbols", "aapl,msft")
 
     assert outcome.returncode == 0, outcome
     progress = _progress(outcome.stdout)
@@ -199,7 +197,7 @@ def _read_terminal(master: int) -> str:
 
 
 async def test_backfill_shows_a_progress_bar_instead_of_log_lines_on_a_terminal(
-    cli_database: URL,
+    empty_database: URL,
 ) -> None:
     master, terminal = os.openpty()
     # A terminal has a size (a fresh pseudo-terminal has 0 columns, where tqdm draws nothing).
@@ -209,7 +207,7 @@ async def test_backfill_shows_a_progress_bar_instead_of_log_lines_on_a_terminal(
             sys.executable,
             *("-m", "mdp.cli", "backfill", "--days", "0.01", "--symbols", "aapl,msft"),
             cwd=ROOT,
-            env=_env(cli_database, "INFO"),
+            env=_env(empty_database, "INFO"),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=terminal,
@@ -230,9 +228,9 @@ async def test_backfill_shows_a_progress_bar_instead_of_log_lines_on_a_terminal(
     assert "Traceback" not in bar
 
 
-async def test_backfill_logs_no_progress_below_info(cli_database: URL) -> None:
+async def test_backfill_logs_no_progress_below_info(empty_database: URL) -> None:
     outcome = await _backfill(
-        cli_database, "--days", "0.01", "--symbols", "aapl", log_level="WARNING"
+        empty_database, "--days", "0.01", "--symbols", "aapl", log_level="WARNING"
     )
 
     assert outcome.returncode == 0, outcome
@@ -284,9 +282,9 @@ async def test_backfill_rejects_bad_arguments_as_a_usage_error(
     ],
 )
 async def test_backfill_rejects_a_range_the_calendar_cannot_hold(
-    cli_database: URL, args: tuple[str, ...]
+    empty_database: URL, args: tuple[str, ...]
 ) -> None:
-    outcome = await _backfill(cli_database, *args, "--symbols", "aapl")
+    outcome = await _backfill(empty_database, *args, "--symbols", "aapl")
 
     # A clear message naming the option (checked by `_backfill`: no traceback).
     assert outcome.returncode != 0, outcome
@@ -306,12 +304,12 @@ def _sigint_reaches_children() -> Iterator[None]:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-async def test_ctrl_c_leaves_whole_chunks_and_a_rerun_carries_on(cli_database: URL) -> None:
+async def test_ctrl_c_leaves_whole_chunks_and_a_rerun_carries_on(empty_database: URL) -> None:
     # 194,390 rows (0.45 days at 5/s, less 2 s): four COPY chunks, so Ctrl-C after the first
     # lands well before the end.
     args = ("--days", "0.45", "--trades-per-second", "5", "--seed", "9", "--symbols", "tsla")
     with _sigint_reaches_children():
-        process = await _start(cli_database, *args, log_level="INFO")
+        process = await _start(empty_database, *args, log_level="INFO")
     try:
         assert process.stdout is not None
         first_line = await asyncio.wait_for(process.stdout.readline(), timeout=60)
@@ -322,21 +320,21 @@ async def test_ctrl_c_leaves_whole_chunks_and_a_rerun_carries_on(cli_database: U
 
     assert interrupted.returncode == 130, interrupted
     assert "interrupted; rerun the same command to carry on" in interrupted.stderr
-    kept = len((await _stamps(cli_database))["TSLA"])
+    kept = len((await _stamps(empty_database))["TSLA"])
     assert kept % CHUNK_ROWS == 0 and 0 < kept < 194_390
     assert _printed(interrupted.stdout)[0].startswith(f"TSLA: {kept} of 194390 trades in ")
     assert f"mdp backfill: wrote {kept} trades in " in interrupted.stdout
 
-    rerun = await _backfill(cli_database, *args)
+    rerun = await _backfill(empty_database, *args)
 
     assert rerun.returncode == 0, rerun
     wrote = re.search(r"mdp backfill: wrote (\d+) trades", rerun.stdout)
     assert wrote is not None, rerun.stdout
-    stamps = (await _stamps(cli_database))["TSLA"]
+    stamps = (await _stamps(empty_database))["TSLA"]
     assert len(stamps) == kept + int(wrote.group(1))
     # One history: no duplicate, no gap at the seam, and continuous in price across it.
     assert _evenly_spaced(stamps, timedelta(milliseconds=200))
-    assert await _largest_step(cli_database, "TSLA") <= TSLA_MAX_STEP
+    assert await _largest_step(empty_database, "TSLA") <= TSLA_MAX_STEP
 
 
 async def _largest_step(url: URL, symbol: str) -> Decimal:

@@ -58,6 +58,13 @@ async def make_database(database_factory: DatabaseFactory) -> AsyncIterator[Make
         await database_factory.drop(url)
 
 
+@pytest.fixture(scope="module")
+async def module_database(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
+    """An empty database for one test module, whose app or `mdp serve` migrates it at start."""
+    async with database_factory.fresh(migrated=False) as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 async def database_url(database_factory: DatabaseFactory) -> AsyncIterator[URL]:
     """A fresh database at head, shared by the session's integration tests."""
