@@ -173,7 +173,7 @@ def _malformed(key: str) -> list[tuple[str, list[tuple[str, str]]]]:
 def test_bad_credentials_each_get_a_clear_401_and_nothing_logged_contains_them(
     client: TestClient, keys: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    secret = keys["read"].rsplit("_", 1)[1]
+    secret = keys["read"].split("_", 2)[2]
     answers = {}
     with without_key(client), captured_logs(caplog) as lines:
         for name, headers in _malformed(keys["read"]):
@@ -295,7 +295,7 @@ def test_a_key_sent_in_the_query_string_by_mistake_is_not_logged(
     with captured_logs(caplog) as lines:
         response = client.get("/symbols", params={"api_key": keys["read"]})
     assert_problem(response, 400, "validation_failed")
-    secret = keys["read"].rsplit("_", 1)[1]
+    secret = keys["read"].split("_", 2)[2]
     assert lines and not [line for line in lines if secret in line]
     [record] = audit_records(caplog)
     assert record["parameters"] == {"api_key": f"{keys['read'][:17]}[redacted]"}

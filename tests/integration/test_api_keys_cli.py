@@ -80,7 +80,7 @@ async def test_create_prints_the_key_alone_once_and_stores_only_its_hash(
     assert bytes(row["key_hash"]) == hashlib.sha256(key.encode()).digest()
     assert row["scopes"] == ["read", "stream", "export"]
     assert (row["rate_limit"], row["rate_window_seconds"]) == (50, 1)
-    secret = key.rsplit("_", 1)[1]
+    secret = key.split("_", 2)[2]
     assert secret not in str(dump)
 
 
@@ -110,7 +110,7 @@ async def test_list_shows_every_key_without_a_secret_and_revoke_marks_it(
     assert ops[1:4] == ["ops", "ops", "50/s"]
     assert ops[6] == "-"
     for key in (first, second):
-        assert key.rsplit("_", 1)[1] not in listed.stdout + listed.stderr
+        assert key.split("_", 2)[2] not in listed.stdout + listed.stderr
 
 
 async def test_revoke_of_an_unknown_id_fails_and_bad_arguments_exit_2(empty_database: URL) -> None:
