@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import signal
+import socket
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -16,12 +17,24 @@ from sqlalchemy.engine import URL
 
 from tests.support import Service, dsn, serve, wait_until, wait_until_async
 
-# Enough rows (tens of MB) that the server is still streaming while the test acts.
-ROWS = 400_000
+# Enough rows (about 40 MB of CSV) that the server is still streaming while the test acts,
+# with the client's receive buffer pinned small: Linux grows it up to tcp_rmem's maximum (32 MB
+# here), which could otherwise take a whole export before the test looks for its COPY.
+ROWS = 1_000_000
+SMALL_RECEIVE_BUFFER = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)]
 START, END = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"
 PARAMS = {"symbols": "AAPL", "start": START, "end": END}
 # Uncompressed: compressed, the whole export could fit in the sockets' buffers.
 PLAIN = {"Accept-Encoding": "identity"}
+
+
+def _slow_reader(service: Service, timeout: float) -> httpx.Client:
+    """A client that reads only when asked to, with little room to buffer what it has not."""
+    return httpx.Client(
+        timeout=timeout,
+        headers={**PLAIN, **service.headers},
+        transport=httpx.HTTPTransport(socket_options=SMALL_RECEIVE_BUFFER),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +77,7 @@ async def _copy_backend(conn: asyncpg.Connection) -> int:
 async def test_a_client_that_goes_away_cancels_the_query_and_frees_the_connection(
     server: Service, sql: asyncpg.Connection
 ):
-    with httpx.Client(timeout=10, headers={**PLAIN, **server.headers}) as client:
+    with _slow_reader(server, 10) as client:
         with client.stream("GET", f"{server.base}/export/trades", params=PARAMS) as response:
             assert response.status_code == 200
             next(response.iter_raw())
@@ -88,7 +101,7 @@ async def test_a_client_that_goes_away_cancels_the_query_and_frees_the_connectio
 async def test_an_export_reads_one_snapshot_while_trades_are_added(
     server: Service, sql: asyncpg.Connection
 ):
-    with httpx.Client(timeout=30, headers={**PLAIN, **server.headers}) as client:
+    with _slow_reader(server, 30) as client:
         with client.stream("GET", f"{server.base}/export/trades", params=PARAMS) as response:
             body = io.BytesIO()
             chunks = response.iter_bytes()
@@ -113,7 +126,7 @@ async def test_an_export_that_loses_its_database_ends_unmistakably_truncated(
     server: Service, sql: asyncpg.Connection, fmt: str
 ):
     received = io.BytesIO()
-    with httpx.Client(timeout=30, headers={**PLAIN, **server.headers}) as client:
+    with _slow_reader(server, 30) as client:
         with client.stream(
             "GET", f"{server.base}/export/trades", params={**PARAMS, "format": fmt}
         ) as response:
@@ -137,11 +150,11 @@ async def test_an_export_that_loses_its_database_ends_unmistakably_truncated(
 
 
 async def test_sigterm_ends_an_open_export_within_cloud_runs_grace(
-    database: URL, sql: asyncpg.Connection
+    module_database: URL, sql: asyncpg.Connection
 ):
     env = {"INGESTION_ENABLED": "false"}
-    with serve(database, env, ready="/symbols") as service:
-        with httpx.Client(timeout=30, headers={**PLAIN, **service.headers}) as client:
+    with serve(module_database, env, ready="/symbols") as service:
+        with _slow_reader(service, 30) as client:
             with client.stream("GET", f"{service.base}/export/trades", params=PARAMS) as response:
                 assert response.status_code == 200
                 next(response.iter_raw())

@@ -120,6 +120,10 @@ def _configure(pgdata: Path, port: int) -> None:
         "full_page_writes": "off",
         "max_connections": "40",
         "shared_buffers": "16MB",
+        # A standby whose replay the tests pause and resume must not cancel its readers (the
+        # resume call included) when replay catches up with row versions vacuumed meanwhile.
+        "max_standby_streaming_delay": "-1",
+        "hot_standby_feedback": "on",
     }
     with (pgdata / "postgresql.conf").open("a", encoding="utf-8") as conf:
         conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
