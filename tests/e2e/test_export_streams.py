@@ -17,10 +17,10 @@ from sqlalchemy.engine import URL
 
 from tests.support import Service, dsn, serve, wait_until, wait_until_async
 
-# Enough rows (about 40 MB of CSV) that the server is still streaming while the test acts,
+# Enough rows (about 120 MB of CSV) that the server is still streaming while the test acts,
 # with the client's receive buffer pinned small: Linux grows it up to tcp_rmem's maximum (32 MB
 # here), which could otherwise take a whole export before the test looks for its COPY.
-ROWS = 1_000_000
+ROWS = 3_000_000
 SMALL_RECEIVE_BUFFER = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)]
 START, END = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"
 PARAMS = {"symbols": "AAPL", "start": START, "end": END}
