@@ -356,12 +356,8 @@ async def plan_size(
         anchor = await conn.fetchval("SELECT max(timestamp) FROM trades WHERE symbol = $1", SYMBOL)
     finally:
         await conn.close()
-    # The service's own read engine, with room for the slowest cold plan.
-    engine = open_engine(
-        Settings(db_pool_size=1, db_query_timeout_seconds=600),
-        make_url(dsn).set(drivername="postgresql+asyncpg"),
-        "api",
-    )
+    # The service's session settings, with room for the slowest cold plan.
+    engine = open_engine(Settings(), make_url(dsn).set(drivername="postgresql+asyncpg"), "bench")
     try:
         statements = await capture(engine, anchor)
     finally:

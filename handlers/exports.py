@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
+import asyncpg
 import pyarrow as pa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from errors import ExportTooLarge, SymbolsNotFound
 from handlers.context import app_state, request_header
@@ -18,7 +18,6 @@ from handlers.params import parse_window, parse_zone, symbol_code
 from mdp.export_formats import ExportFormat, choose_coding, choose_format, make_encoder
 from mdp.streaming import ExportResponse, Produce
 from persistence import exports, zoned
-from persistence.database import driver_connection
 from persistence.finality import INTERVALS
 
 __all__ = ["export_candles", "export_trades"]
@@ -74,8 +73,8 @@ def _filename(kind: str, codes: Sequence[str], start: datetime, end: datetime, e
 
 
 async def _snapshot(
-    codes: Sequence[str], check: Callable[[AsyncConnection], Awaitable[T]]
-) -> tuple[contextlib.AsyncExitStack, AsyncConnection, T]:
+    codes: Sequence[str], check: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> tuple[contextlib.AsyncExitStack, asyncpg.Connection, T]:
     """A connection in the export's snapshot, once every symbol is known and `check` passed.
 
     The connection outlives the handler: the response streams from it and releases it.
@@ -84,7 +83,15 @@ async def _snapshot(
     stack = contextlib.AsyncExitStack()
     try:
         conn = await stack.enter_async_context(app_state().db.connect(long=True))
-        await exports.begin_snapshot(conn, timeout_seconds=settings.export_timeout_seconds)
+        transaction = exports.snapshot(conn)
+        await transaction.start()
+
+        async def end() -> None:
+            if not conn.is_closed():
+                await transaction.rollback()
+
+        stack.push_async_callback(end)
+        await exports.configure_snapshot(conn, timeout_seconds=settings.export_timeout_seconds)
         known = await exports.existing_symbols(conn, codes)
         unknown = [code for code in codes if code not in known]
         if unknown:
@@ -99,13 +106,13 @@ async def _snapshot(
 
 
 async def _release(
-    stack: contextlib.AsyncExitStack, conn: AsyncConnection, *, complete: bool
+    stack: contextlib.AsyncExitStack, conn: asyncpg.Connection, *, complete: bool
 ) -> None:
     try:
         if not complete:
             # A COPY cut short leaves the driver mid-protocol: close the connection (which
             # ends the query in PostgreSQL at once) rather than wait to roll it back.
-            await conn.invalidate()
+            conn.terminate()
         await stack.aclose()
     except Exception:
         # The stream is over either way; a connection that cannot be reset is discarded.
@@ -117,7 +124,7 @@ def _shape(fmt: ExportFormat) -> str:
     return "typed" if not fmt.text else "json" if fmt.name == "ndjson" else "text"
 
 
-def _copy(conn: AsyncConnection, fmt: ExportFormat) -> Callable[..., Awaitable[None]]:
+def _copy(conn: asyncpg.Connection, fmt: ExportFormat) -> Callable[..., Awaitable[None]]:
     """COPY of a query into the export's sink, with the format's CSV flavour."""
     return functools.partial(
         exports.copy_out,
@@ -131,7 +138,7 @@ def _response(
     fmt: ExportFormat,
     schema: pa.Schema,
     produce: Produce,
-    opened: tuple[contextlib.AsyncExitStack, AsyncConnection, object],
+    opened: tuple[contextlib.AsyncExitStack, asyncpg.Connection, object],
     *,
     filename: str,
     rows: int | None,
@@ -158,7 +165,7 @@ async def export_trades(
     fmt = choose_format(format, request_header("accept"))
     limit = app_state().settings.export_max_rows
 
-    async def within_limit(conn: AsyncConnection) -> int:
+    async def within_limit(conn: asyncpg.Connection) -> int:
         rows = await exports.count_trades(conn, codes, start_at, end_at, cap=limit + 1)
         if rows > limit:
             raise ExportTooLarge(
@@ -208,10 +215,7 @@ async def export_candles(
             "shorter windows, fewer symbols or a longer interval."
         )
 
-    async def clock(conn: AsyncConnection) -> zoned.Clock:
-        return await zoned.clock(await driver_connection(conn))
-
-    opened = await _snapshot(codes, clock)
+    opened = await _snapshot(codes, zoned.clock)
     copy, now, query = _copy(opened[1], fmt), opened[2], zoned.candles_query(_shape(fmt))
 
     async def produce(sink: Callable[[bytes], Awaitable[None]]) -> None:

@@ -49,7 +49,7 @@ async def list_symbols(limit: int = 100, cursor: str | None = None) -> Answer:
     if cursor is not None:
         (code,) = cursors.decode(cursor, "symbols", (), (str,))
         after = cast(str, code)
-    async with app_state().db.driver() as conn:
+    async with app_state().db.connect() as conn:
         rows = await symbols.list_symbols(conn, limit=limit + 1, after=after)
     page = rows[:limit]
     body = {
@@ -80,7 +80,7 @@ async def get_latest_price(symbol: str) -> Answer:
     # From memory while the live feed is heard; from the database otherwise.
     trade = state.live.latest(code)
     if trade is None:
-        async with state.db.driver() as conn:
+        async with state.db.connect() as conn:
             stored = await trades.latest_trade(conn, code)
             if stored is None and not await symbols.symbol_exists(conn, code):
                 raise SymbolNotFound(code)
@@ -96,7 +96,7 @@ async def get_latest_prices(symbols: list[str]) -> Answer:
     found = {code: state.live.latest(code) for code in codes}
     missing = [code for code, trade in found.items() if trade is None]
     if missing:
-        async with state.db.driver() as conn:
+        async with state.db.connect() as conn:
             stored = await live.latest_trades(conn, missing)
         unknown = [code for code in missing if code not in stored]
         if unknown:
@@ -127,7 +127,7 @@ async def list_trades(
         moment, trade_id = cursors.decode(cursor, "trades", filters, (datetime, int))
         after = (cast(datetime, moment), cast(int, trade_id))
     final = False
-    async with app_state().db.driver() as conn:
+    async with app_state().db.connect() as conn:
         # Only a window that ended before the clock's horizon may be final; then the database
         # serving the read decides (a replica only as far as it has replayed), before the
         # query, so that every trade before its horizon is visible to the query.
@@ -197,7 +197,7 @@ async def list_candles(
         lo = finality.bucket_ceil(start_at, step)
     hi = finality.bucket_ceil(end_at, step)
     state = app_state()
-    async with state.db.driver() as conn:
+    async with state.db.connect() as conn:
         page = await candles.read_candle_page(
             conn, symbol=code, interval=interval, step=step, lo=lo, hi=hi, limit=limit
         )
@@ -273,7 +273,7 @@ async def _zoned_candles(
     rows: list[Any] = []
     until = hi
     state = app_state()
-    async with state.db.driver() as conn:
+    async with state.db.connect() as conn:
         now = await zoned.clock(conn)
         first = await zoned.first_trade(conn, code, lo, hi) if lo < hi else None
         if first is not None:
@@ -297,7 +297,7 @@ async def _zoned_candles(
 async def get_ticker(symbols: list[str]) -> Answer:
     codes = symbol_codes(symbols)
     now = datetime.now(UTC)
-    async with app_state().db.driver() as conn:
+    async with app_state().db.connect() as conn:
         known = await live.latest_trades(conn, codes)
         unknown = [code for code in codes if code not in known]
         if unknown:

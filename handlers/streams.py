@@ -52,7 +52,7 @@ async def _known(state: AppState, symbols: Sequence[str]) -> list[str]:
         # Known from the live feed: a crowd of clients reconnecting at once (say after an
         # instance restart) then costs the database nothing.
         return codes
-    async with state.db.driver() as conn:
+    async with state.db.connect() as conn:
         stored = await live.latest_trades(conn, codes)
     unknown = [code for code in codes if code not in stored]
     if unknown:
@@ -94,7 +94,7 @@ async def _replay(
     when `after` cannot be replayed. A pooled connection is held per page only, never while
     a slow client reads."""
     reason = sse.unreplayable(after[0], state.settings.stream_replay_seconds)
-    async with state.db.driver() as conn:
+    async with state.db.connect() as conn:
         await _caught_up(conn, heard)
         oldest = await live.oldest_live_batch(conn)
         if reason is None and (oldest is None or after[0] < oldest):
@@ -103,7 +103,7 @@ async def _replay(
             yield await live.newest_position(conn), reason
             return
     while not bounds.done:
-        async with state.db.driver() as conn:
+        async with state.db.connect() as conn:
             page = await live.trades_after(conn, after, symbols=codes, limit=_REPLAY_PAGE)
         for trade in page:
             yield trade
@@ -194,7 +194,7 @@ async def stream_candles(
 
     async def read(lo: datetime) -> tuple[list[candles.CandleRow], datetime]:
         hi = finality.bucket_floor(datetime.now(UTC), step) + step
-        async with state.db.driver() as conn:
+        async with state.db.connect() as conn:
             page = await candles.read_candle_page(
                 conn,
                 symbol=code,

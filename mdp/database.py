@@ -14,12 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mdp.embedded import EmbeddedPostgres
 from mdp.settings import Settings
 from persistence.database import create_engine
+from persistence.pool import ReadPool, read_connection
 
-__all__ = ["Use", "database_server", "open_engine"]
+__all__ = ["Use", "database_server", "open_engine", "open_read_pool"]
 
 logger = logging.getLogger(__name__)
 
-Use = Literal["api", "ingestion", "migrate", "backfill", "keys", "tests"]
+Use = Literal["ingestion", "migrate", "backfill", "keys", "tests", "bench"]
 
 # The CLI's commands migrate and load in bulk: not the request path's statement timeout.
 _LONG_STATEMENT_SECONDS = 24 * 3600
@@ -45,25 +46,26 @@ async def database_server(settings: Settings) -> AsyncIterator[URL]:
         logger.info("embedded PostgreSQL stopped")
 
 
+def open_read_pool(settings: Settings, url: URL) -> ReadPool:
+    """The API's read connections, on DATABASE_READ_URL when set; `mdp-api` on the server.
+
+    Reads are single statements in autocommit (no BEGIN/ROLLBACK round trip). They may go to
+    a read replica or through a pooler; everything else needs the primary, directly. They
+    never write (the write path materialises candles): the server holds them to it.
+    """
+    connect = read_connection(
+        settings.database_read_url or url,
+        connect_timeout=settings.db_connect_timeout_seconds,
+        query_timeout=settings.db_query_timeout_seconds,
+        application_name="mdp-api",
+        pooled=settings.database_read_pooler == "transaction",
+    )
+    return ReadPool(connect, settings.db_pool_size)
+
+
 def open_engine(settings: Settings, url: URL, use: Use) -> AsyncEngine:
-    """An engine on `url` (reads: on DATABASE_READ_URL when set) sized and timed for `use`;
-    it shows as `mdp-<use>` on the server."""
-    if use == "api":
-        # Reads are single statements: autocommit spares a BEGIN/ROLLBACK round trip each. They
-        # may go to a read replica or through a pooler; everything else needs the primary,
-        # directly. They never write (the write path materialises candles): the server holds
-        # them to it.
-        return create_engine(
-            settings.database_read_url or url,
-            pool_size=settings.db_pool_size,
-            connect_timeout=settings.db_connect_timeout_seconds,
-            query_timeout=settings.db_query_timeout_seconds,
-            application_name="mdp-api",
-            isolation_level="AUTOCOMMIT",
-            pooled=settings.database_read_pooler == "transaction",
-            read_only=True,
-        )
-    long_running = use in ("migrate", "backfill", "keys")
+    """An engine on `url` sized and timed for `use`; it shows as `mdp-<use>` on the server."""
+    long_running = use in ("migrate", "backfill", "keys", "bench")
     query_timeout = _LONG_STATEMENT_SECONDS if long_running else settings.db_query_timeout_seconds
     return create_engine(
         url,

@@ -20,7 +20,7 @@ from ingestion.leader import LeaderLock
 from ingestion.loop import Ingestor
 from ingestion.status import IngestionStatus
 from mdp.broadcaster import Broadcaster
-from mdp.database import database_server, open_engine
+from mdp.database import database_server, open_engine, open_read_pool
 from mdp.listener import Listener
 from mdp.metrics import PrometheusMetrics
 from mdp.security import Guard, required_scopes
@@ -175,7 +175,7 @@ async def _serving(
         )
     else:
         logger.info("AUTH_MODE=required: data operations need an API key with the right scope")
-    reads = open_engine(settings, url, "api")
+    reads = open_read_pool(settings, url)
     writes = open_engine(settings, url, "ingestion")
     admission = Admission(
         settings.db_pool_size,
@@ -202,7 +202,7 @@ async def _serving(
         _run(settings, db, writes, status, live, guard, stop), name="mdp-background"
     )
     state = AppState(settings, load_contract(), db, status, metrics, prometheus, live, guard)
-    unwatch = prometheus.watch(status, {"api": reads, "ingestion": writes})
+    unwatch = prometheus.watch(status, reads=reads, writes=writes)
     restore_signals = _end_streams_on_signals(live)
     try:
         yield state
@@ -220,5 +220,5 @@ async def _serving(
                 await background
         status.stopped = True
         unwatch()
-        await reads.dispose()
+        await reads.close()
         await writes.dispose()

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from ingestion.status import IngestionStatus
+from persistence.pool import ReadPool
 
 __all__ = ["OPENMETRICS", "TEXT", "PrometheusMetrics"]
 
@@ -26,9 +27,10 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class _StateCollector(Collector):
     """Reads ingestion and pool state at scrape time: nothing is counted twice."""
 
-    def __init__(self, status: IngestionStatus, engines: dict[str, AsyncEngine]) -> None:
+    def __init__(self, status: IngestionStatus, reads: ReadPool, writes: AsyncEngine) -> None:
         self.status = status
-        self.engines = engines
+        self.reads = reads
+        self.writes = writes
 
     def collect(self) -> Iterator[Metric]:
         status = self.status
@@ -69,11 +71,12 @@ class _StateCollector(Collector):
             "mdp_db_pool_checked_out", "Connections in use.", labels=["pool"]
         )
         size = GaugeMetricFamily("mdp_db_pool_size", "Connections kept open.", labels=["pool"])
-        for name, engine in self.engines.items():
-            pool = engine.pool
-            if isinstance(pool, QueuePool):
-                checked_out.add_metric([name], pool.checkedout())
-                size.add_metric([name], pool.size())
+        checked_out.add_metric(["api"], self.reads.in_use)
+        size.add_metric(["api"], self.reads.size)
+        pool = self.writes.pool
+        if isinstance(pool, QueuePool):
+            checked_out.add_metric(["ingestion"], pool.checkedout())
+            size.add_metric(["ingestion"], pool.size())
         yield checked_out
         yield size
 
@@ -119,9 +122,11 @@ class PrometheusMetrics:
         counter.inc()
         histogram.observe(seconds)
 
-    def watch(self, status: IngestionStatus, engines: dict[str, AsyncEngine]) -> Callable[[], None]:
+    def watch(
+        self, status: IngestionStatus, *, reads: ReadPool, writes: AsyncEngine
+    ) -> Callable[[], None]:
         """Expose this lifespan's ingestion and pools; returns the function that stops it."""
-        collector = _StateCollector(status, engines)
+        collector = _StateCollector(status, reads, writes)
         self.registry.register(collector)
         return lambda: self.registry.unregister(collector)
 

@@ -99,7 +99,7 @@ _CASTS = {
 
 def _positional(statement: str) -> tuple[str, tuple[str, ...]]:
     """`statement` with its `:name` parameters as asyncpg's typed `$n`, and their names in
-    order (for the driver itself, see `persistence.database.Database.driver`)."""
+    order (asyncpg parameters, for the read pool: `persistence.pool`)."""
     names = tuple(dict.fromkeys(_PARAMETER.findall(statement)))
     numbers = {name: f"${i}::{_CASTS.get(name, 'timestamptz')}" for i, name in enumerate(names, 1)}
     return _PARAMETER.sub(lambda match: numbers[match.group(1)], statement), names

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from errors import DatabaseUnavailable
+from errors import DatabaseUnavailable, ServiceError
 from persistence.admission import Admission
+from persistence.pool import ReadPool, session_settings
 
 __all__ = [
     "Database",
@@ -81,45 +81,23 @@ def create_engine(
     connect_timeout: float,
     query_timeout: float,
     application_name: str,
-    pooled: bool = False,
-    read_only: bool = False,
     **options: Any,
 ) -> AsyncEngine:
-    """An engine with the service's session settings. `pooled`: `url` is a transaction-mode
-    pooler, which hands each transaction to any server connection (see `_POOLED`).
-    `read_only`: the server refuses every write in its sessions, whatever a statement tries."""
-    session = {
-        "statement_timeout": str(int(query_timeout * 1000)),
-        # Short index scans dominate; JIT and parallel plans only add latency here.
-        "jit": "off",
-        "max_parallel_workers_per_gather": "0",
-        **({"default_transaction_read_only": "on"} if read_only else {}),
-    }
+    """An engine with the service's session settings, for the write path and the CLI (reads
+    use a `persistence.pool.ReadPool`)."""
     connect_args: dict[str, Any] = {
         "timeout": connect_timeout,
         "command_timeout": query_timeout,
-        # A pooler refuses other startup parameters, and a SET would not outlive the
-        # transaction: behind one, the database role carries these (docs/deploy.md).
-        "server_settings": {"application_name": application_name} | ({} if pooled else session),
+        "server_settings": {"application_name": application_name} | session_settings(query_timeout),
     }
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=connect_timeout,
-        connect_args=connect_args | (_POOLED if pooled else {}),
+        connect_args=connect_args,
         **options,
     )
-
-
-# A named prepared statement lives in one server connection, which a transaction-mode pooler
-# may not hand back for the next statement. So no statement caches, and unnamed statements
-# only: asyncpg then sends Parse again with every Bind, in the same round trip.
-_POOLED: dict[str, Any] = {
-    "statement_cache_size": 0,
-    "prepared_statement_cache_size": 0,
-    "prepared_statement_name_func": lambda: "",
-}
 
 
 def dedicated_connection(
@@ -153,15 +131,13 @@ class Probe:
 
 # On a standby: zero once it replayed all it received, else the age of the last transaction
 # it replayed (the primary's commit time). NULL on a primary.
-_PROBE = text(
-    """
+_PROBE = """
     SELECT pg_is_in_recovery(),
            CASE WHEN NOT pg_is_in_recovery() THEN NULL
                 WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
                 ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8
            END
-    """
-)
+"""
 
 
 # /health and /metrics share one probe per instance at most this often, however many ask.
@@ -169,11 +145,11 @@ PROBE_INTERVAL_SECONDS = 1.0
 
 
 class Database:
-    """The read side's engine plus readiness (not ready until migrations and seeding
+    """The read side's connections plus readiness (not ready until migrations and seeding
     finished), admission in arrival order, and the shared database probe."""
 
-    def __init__(self, engine: AsyncEngine, *, probe_timeout: float, admission: Admission) -> None:
-        self.engine = engine
+    def __init__(self, pool: ReadPool, *, probe_timeout: float, admission: Admission) -> None:
+        self.pool = pool
         self.probe_timeout = probe_timeout
         self.admission = admission
         self._ready = asyncio.Event()
@@ -188,40 +164,45 @@ class Database:
         self._ready.set()
 
     @asynccontextmanager
-    async def connect(self, *, long: bool = False) -> AsyncIterator[AsyncConnection]:
-        """An autocommit connection for reads, once admitted; unreachable-database errors
-        become domain errors. `long` for a connection held for minutes (an export), whose
-        hold time must not count as a typical request's."""
+    async def connect(self, *, long: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """A read connection (autocommit, read-only sessions), once admitted; unreachable-
+        database errors become domain errors. Plain statements only, no session state, so a
+        transaction-mode pooler works too. `long` for a connection held for minutes (an
+        export), whose hold time must not count as a typical request's."""
         if not self.ready:
             raise DatabaseUnavailable("The database is not ready yet.")
-        try:
-            async with self.admission.slot(measured=not long), self.engine.connect() as conn:
-                if self._probe is not None and not self._probe[1].ok:
-                    # Connected: a failure probed a moment ago is news no more.
-                    self._probe = None
-                yield conn
-        except DatabaseUnavailable:
-            raise
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise self._unavailable(exc) from exc
-            raise
-
-    @asynccontextmanager
-    async def driver(self) -> AsyncIterator[asyncpg.Connection]:
-        """Like `connect`, but the pooled connection's asyncpg connection itself: hot reads
-        skip SQLAlchemy's execution layer (the live feed shares these asyncpg queries). Plain
-        `fetch` calls only, so a transaction-mode pooler works too."""
-        async with self.connect() as conn:
-            driver = await driver_connection(conn)
+        async with self.admission.slot(measured=not long):
             try:
-                yield driver
+                conn = await self.pool.take()
             except Exception as exc:
-                # SQLAlchemy did not see this error: tell its pool to drop a broken connection.
-                if driver.is_closed() or is_unavailable(exc):
-                    await conn.invalidate()
-                    raise self._unavailable(exc) from exc
+                self._check(exc)
                 raise
+            try:
+                yield conn
+            except ServiceError:
+                # A domain answer (404, 409…): the connection did its job.
+                self.pool.give(conn)
+                raise
+            except BaseException as exc:
+                # Cut short: the query may still run, or the protocol be mid-statement.
+                closed = conn.is_closed()
+                self.pool.give(conn, discard=True)
+                if isinstance(exc, Exception):
+                    self._check(exc, closed=closed)
+                raise
+            else:
+                self.pool.give(conn)
+        if self._probe is not None and not self._probe[1].ok:
+            # Served: a failure probed a moment ago is news no more.
+            self._probe = None
+
+    def _check(self, exc: Exception, *, closed: bool = False) -> None:
+        """Raises a 503 when a read's error means the database is gone (and its idle
+        connections likely with it); any other error is the caller's to raise. `closed`:
+        the server ended the connection (asyncpg then says only "connection is closed")."""
+        if closed or is_unavailable(exc):
+            self.pool.discard_idle()
+            raise self._unavailable(exc) from exc
 
     def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
         # The next /health must see it, not a probe cached a moment ago.
@@ -243,8 +224,14 @@ class Database:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.probe_timeout):
-                async with self.admission.slot(), self.engine.connect() as conn:
-                    standby, lag = (await conn.execute(_PROBE)).one()
+                async with self.admission.slot():
+                    conn = await self.pool.take()
+                    try:
+                        standby, lag = await conn.fetchrow(_PROBE)
+                    except BaseException:
+                        self.pool.give(conn, discard=True)
+                        raise
+                    self.pool.give(conn)
             latency = round((time.perf_counter() - started) * 1000, 3)
             probe = Probe(True, latency, None, standby, None if lag is None else max(0.0, lag))
         except Exception as exc:

@@ -7,16 +7,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+import asyncpg
+from asyncpg.transaction import Transaction
 
 __all__ = [
     "RowShape",
     "TRADE_COLUMNS",
-    "begin_snapshot",
+    "configure_snapshot",
     "copy_out",
     "count_trades",
     "existing_symbols",
+    "snapshot",
     "trades_query",
 ]
 
@@ -57,47 +58,45 @@ def trades_query(symbol_count: int, shape: RowShape) -> str:
     )
 
 
-async def begin_snapshot(conn: AsyncConnection, *, timeout_seconds: float) -> None:
-    """Start the export's transaction: REPEATABLE READ, read-only, UTC, its own time limit.
+def snapshot(conn: asyncpg.Connection) -> Transaction:
+    """The export's transaction: REPEATABLE READ and read-only, so every statement of the
+    export (checks, count, COPY) sees one snapshot, whatever ingestion commits meanwhile."""
+    return conn.transaction(isolation="repeatable_read", readonly=True)
 
-    Every statement of the export (checks, count, COPY) then sees one snapshot, whatever
-    ingestion commits meanwhile.
-    """
-    await conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+
+async def configure_snapshot(conn: asyncpg.Connection, *, timeout_seconds: float) -> None:
+    """Inside the snapshot: UTC text forms and the export's own time limit."""
     await conn.execute(
-        text(
-            "SELECT set_config('statement_timeout', :timeout, true), "
-            "set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, YMD', true)"
-        ),
-        {"timeout": str(int(timeout_seconds * 1000))},
+        "SELECT set_config('statement_timeout', $1, true), "
+        "set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, YMD', true)",
+        str(int(timeout_seconds * 1000)),
     )
 
 
-async def existing_symbols(conn: AsyncConnection, codes: Sequence[str]) -> set[str]:
-    rows = await conn.execute(
-        text("SELECT symbol FROM symbols WHERE symbol = ANY(CAST(:codes AS varchar[]))"),
-        {"codes": list(codes)},
+async def existing_symbols(conn: asyncpg.Connection, codes: Sequence[str]) -> set[str]:
+    rows = await conn.fetch(
+        "SELECT symbol FROM symbols WHERE symbol = ANY($1::varchar[])", list(codes)
     )
     return {row[0] for row in rows}
 
 
 async def count_trades(
-    conn: AsyncConnection, codes: Sequence[str], start: datetime, end: datetime, *, cap: int
+    conn: asyncpg.Connection, codes: Sequence[str], start: datetime, end: datetime, *, cap: int
 ) -> int:
     """The trades in the window, counted up to `cap`: the cost is bounded by the cap."""
-    count = await conn.scalar(
-        text(
-            "SELECT count(*) FROM (SELECT 1 FROM trades "
-            "WHERE symbol = ANY(CAST(:codes AS varchar[])) "
-            "AND timestamp >= :start AND timestamp < :end LIMIT :cap) AS capped"
-        ),
-        {"codes": list(codes), "start": start, "end": end, "cap": cap},
+    count = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT 1 FROM trades WHERE symbol = ANY($1::varchar[]) "
+        "AND timestamp >= $2 AND timestamp < $3 LIMIT $4) AS capped",
+        list(codes),
+        start,
+        end,
+        cap,
     )
     return int(count or 0)
 
 
 async def copy_out(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     query: str,
     args: Sequence[Any],
     sink: Sink,
@@ -111,7 +110,5 @@ async def copy_out(
     asyncpg stops reading the socket while `sink` awaits, so a slow client holds PostgreSQL
     back instead of filling memory; an error in `sink` (a client gone) cancels the query.
     """
-    raw = await conn.get_raw_connection()
-    driver: Any = raw.driver_connection
     options: dict[str, Any] = {"format": "csv", "header": header} if csv else {"format": "text"}
-    await driver.copy_from_query(query, *args, output=sink, timeout=timeout_seconds, **options)
+    await conn.copy_from_query(query, *args, output=sink, timeout=timeout_seconds, **options)

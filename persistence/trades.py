@@ -68,7 +68,7 @@ class NewTrade(NamedTuple):
 
 _COLUMNS = "id, symbol, price::float8 AS price, volume, timestamp"
 
-# Hot reads, sent by the driver itself (see Database.driver).
+# Hot reads, sent on the read pool's asyncpg connections (see persistence.pool).
 LATEST = f"""
 SELECT {_COLUMNS} FROM trades
 WHERE symbol = $1

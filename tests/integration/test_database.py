@@ -5,32 +5,26 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from errors import DatabaseUnavailable
+from errors import DatabaseUnavailable, SymbolNotFound
 from persistence.admission import Admission
-from persistence.database import Database, create_engine, describe_error, is_unavailable
+from persistence.database import Database, describe_error, is_unavailable
+from persistence.pool import ReadPool, read_connection
 from persistence.trades import NewTrade, insert_trades
-from tests.support import open_test_engine
+from tests.support import dsn, open_test_engine, wait_until_async
 
 NOTHING_LISTENS = make_url("postgresql+asyncpg://postgres@127.0.0.1:1/x")
 CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-@pytest.fixture
-async def dead_engine() -> AsyncIterator[AsyncEngine]:
-    """An engine whose server refuses every connection."""
-    engine = open_test_engine(NOTHING_LISTENS)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture
@@ -50,21 +44,56 @@ async def silent_server() -> AsyncIterator[URL]:
     await server.wait_closed()
 
 
-def _database(engine: AsyncEngine, *, probe_timeout: float) -> Database:
-    admission = Admission(
-        engine.pool.size(), max_waiting=100, max_wait=probe_timeout, timeout=probe_timeout
-    )
-    return Database(engine, probe_timeout=probe_timeout, admission=admission)
+async def _terminate(url: URL, pid: int) -> None:
+    admin = await asyncpg.connect(dsn(url))
+    try:
+        await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
 
 
-def _hung_engine(url: URL, connect_timeout: float) -> AsyncEngine:
-    return create_engine(
-        url, pool_size=1, connect_timeout=connect_timeout, query_timeout=30, application_name="t"
-    )
+async def _sleeping_backends(url: URL) -> int:
+    admin = await asyncpg.connect(dsn(url))
+    try:
+        count: int = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' "
+            "AND datname = current_database()"
+        )
+        return count
+    finally:
+        await admin.close()
 
 
-async def test_connect_raises_database_unavailable_before_ready(engine: AsyncEngine) -> None:
-    database = _database(engine, probe_timeout=2)
+OpenDatabase = Callable[..., Database]
+
+
+@pytest.fixture
+async def open_database() -> AsyncIterator[OpenDatabase]:
+    """The service's read side on a URL: its pool, admission and probe; closed afterwards."""
+    opened: list[Database] = []
+
+    def open_(
+        url: URL, *, probe_timeout: float, connect_timeout: float = 5, size: int = 2
+    ) -> Database:
+        connect = read_connection(
+            url, connect_timeout=connect_timeout, query_timeout=30, application_name="t"
+        )
+        admission = Admission(size, max_waiting=100, max_wait=probe_timeout, timeout=probe_timeout)
+        database = Database(
+            ReadPool(connect, size), probe_timeout=probe_timeout, admission=admission
+        )
+        opened.append(database)
+        return database
+
+    yield open_
+    for database in opened:
+        await database.pool.close()
+
+
+async def test_connect_raises_database_unavailable_before_ready(
+    database_url: URL, open_database: OpenDatabase
+) -> None:
+    database = open_database(database_url, probe_timeout=2)
 
     with pytest.raises(DatabaseUnavailable) as raised:
         async with database.connect():
@@ -74,18 +103,22 @@ async def test_connect_raises_database_unavailable_before_ready(engine: AsyncEng
     assert database.ready is False
 
 
-async def test_connect_gives_a_working_connection_once_ready(engine: AsyncEngine) -> None:
-    database = _database(engine, probe_timeout=2)
+async def test_connect_gives_a_working_connection_once_ready(
+    database_url: URL, open_database: OpenDatabase
+) -> None:
+    database = open_database(database_url, probe_timeout=2)
     database.mark_ready()
 
     async with database.connect() as conn:
-        assert (await conn.execute(text("SELECT 41 + 1"))).scalar_one() == 42
+        assert await conn.fetchval("SELECT 41 + 1") == 42
 
     assert database.ready is True
 
 
-async def test_probe_reports_ok_with_latency_on_live_database(engine: AsyncEngine) -> None:
-    probe = await _database(engine, probe_timeout=2).probe()
+async def test_probe_reports_ok_with_latency_on_live_database(
+    database_url: URL, open_database: OpenDatabase
+) -> None:
+    probe = await open_database(database_url, probe_timeout=2).probe()
 
     assert probe.ok is True
     assert probe.latency_ms is not None and probe.latency_ms >= 0
@@ -93,9 +126,9 @@ async def test_probe_reports_ok_with_latency_on_live_database(engine: AsyncEngin
 
 
 async def test_probe_reports_failure_without_raising_when_nothing_listens(
-    dead_engine: AsyncEngine,
+    open_database: OpenDatabase,
 ) -> None:
-    probe = await _database(dead_engine, probe_timeout=2).probe()
+    probe = await open_database(NOTHING_LISTENS, probe_timeout=2).probe()
 
     assert probe.ok is False
     assert probe.latency_ms is None
@@ -104,14 +137,12 @@ async def test_probe_reports_failure_without_raising_when_nothing_listens(
 
 async def test_probe_gives_up_after_probe_timeout_when_server_never_answers(
     silent_server: URL,
+    open_database: OpenDatabase,
 ) -> None:
-    # The engine itself would wait 20 s for the handshake; the probe must not.
-    engine = _hung_engine(silent_server, connect_timeout=20)
+    # The connection itself would wait 20 s for the handshake; the probe must not.
+    database = open_database(silent_server, probe_timeout=0.2, connect_timeout=20)
     started = time.monotonic()
-    try:
-        probe = await _database(engine, probe_timeout=0.2).probe()
-    finally:
-        await engine.dispose()
+    probe = await database.probe()
     elapsed = time.monotonic() - started
 
     assert probe.ok is False
@@ -119,21 +150,19 @@ async def test_probe_gives_up_after_probe_timeout_when_server_never_answers(
     assert elapsed < 10
 
 
-async def test_probe_that_times_out_says_timeout_error(silent_server: URL) -> None:
+async def test_probe_that_times_out_says_timeout_error(
+    silent_server: URL, open_database: OpenDatabase
+) -> None:
     # /health shows this detail: a hung server must read as a timeout, not a cancellation.
-    engine = _hung_engine(silent_server, connect_timeout=20)
-    try:
-        probe = await _database(engine, probe_timeout=0.2).probe()
-    finally:
-        await engine.dispose()
+    probe = await open_database(silent_server, probe_timeout=0.2, connect_timeout=20).probe()
 
     assert probe.detail == "TimeoutError"
 
 
 async def test_connect_raises_database_unavailable_when_nothing_listens(
-    dead_engine: AsyncEngine,
+    open_database: OpenDatabase,
 ) -> None:
-    database = _database(dead_engine, probe_timeout=2)
+    database = open_database(NOTHING_LISTENS, probe_timeout=2)
     database.mark_ready()
 
     with pytest.raises(DatabaseUnavailable) as raised:
@@ -147,50 +176,104 @@ async def test_connect_raises_database_unavailable_when_nothing_listens(
 
 async def test_connect_raises_database_unavailable_when_handshake_times_out(
     silent_server: URL,
+    open_database: OpenDatabase,
 ) -> None:
-    engine = _hung_engine(silent_server, connect_timeout=0.2)
-    database = _database(engine, probe_timeout=2)
+    database = open_database(silent_server, probe_timeout=2, connect_timeout=0.2)
     database.mark_ready()
-    try:
-        with pytest.raises(DatabaseUnavailable):
-            async with database.connect():
-                pytest.fail("connected to a server that never answered")
-    finally:
-        await engine.dispose()
+    with pytest.raises(DatabaseUnavailable):
+        async with database.connect():
+            pytest.fail("connected to a server that never answered")
 
 
 async def test_connect_raises_database_unavailable_when_server_kills_the_session(
     database_url: URL,
+    open_database: OpenDatabase,
 ) -> None:
-    engine = open_test_engine(database_url)
-    database = _database(engine, probe_timeout=2)
+    database = open_database(database_url, probe_timeout=2)
     database.mark_ready()
+    with pytest.raises(DatabaseUnavailable):
+        async with database.connect() as conn:
+            await _terminate(database_url, conn.get_server_pid())
+            await conn.fetchval("SELECT 1")
+
+    # The next request gets a fresh connection, not the dead one.
+    async with database.connect() as conn:
+        assert await conn.fetchval("SELECT 1") == 1
+
+
+async def test_connect_lets_query_errors_through_unchanged(
+    database_url: URL, open_database: OpenDatabase
+) -> None:
+    database = open_database(database_url, probe_timeout=2)
+    database.mark_ready()
+
+    with pytest.raises(asyncpg.UndefinedTableError):
+        async with database.connect() as conn:
+            await conn.fetch("SELECT * FROM no_such_table")
+
+
+async def test_connections_are_reused_one_request_after_another(
+    database_url: URL, open_database: OpenDatabase
+) -> None:
+    database = open_database(database_url, probe_timeout=2)
+    database.mark_ready()
+
+    pids = []
+    for _ in range(3):
+        async with database.connect() as conn:
+            pids.append(conn.get_server_pid())
+
+    assert len(set(pids)) == 1
+    assert (database.pool.open, database.pool.in_use) == (1, 0)
+
+
+async def test_a_domain_error_keeps_the_connection_and_a_cut_short_query_closes_it(
+    database_url: URL,
+    open_database: OpenDatabase,
+) -> None:
+    database = open_database(database_url, probe_timeout=2)
+    database.mark_ready()
+    with pytest.raises(SymbolNotFound):
+        async with database.connect() as conn:
+            kept = conn.get_server_pid()
+            raise SymbolNotFound("NOPE")
+    async with database.connect() as conn:
+        assert conn.get_server_pid() == kept
+
+    with pytest.raises(DatabaseUnavailable):
+        async with database.connect() as conn:
+            async with asyncio.timeout(0.1):
+                await conn.fetch("SELECT pg_sleep(30)")
+
+    # Closed, so the server stopped the query too: nothing of it is left running.
+    assert (database.pool.open, database.pool.in_use) == (0, 0)
+    await wait_until_async(
+        lambda: _sleeping_backends(database_url), lambda n: n == 0, what="the query ended"
+    )
+
+
+async def test_a_connection_left_in_a_transaction_is_not_reused(
+    database_url: URL, open_database: OpenDatabase
+) -> None:
+    database = open_database(database_url, probe_timeout=2)
+    database.mark_ready()
+    async with database.connect() as conn:
+        await conn.execute("BEGIN")
+        left = conn.get_server_pid()
+
+    async with database.connect() as conn:
+        assert conn.get_server_pid() != left
+        assert not conn.is_in_transaction()
+
+
+async def test_refused_connection_is_unavailable_and_described_by_class() -> None:
+    engine = open_test_engine(NOTHING_LISTENS)
     try:
-        with pytest.raises(DatabaseUnavailable):
-            async with database.connect() as conn:
-                pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
-                async with engine.connect() as admin:
-                    await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-                await conn.execute(text("SELECT 1"))
+        with pytest.raises(Exception) as raised:
+            async with engine.connect():
+                pass
     finally:
         await engine.dispose()
-
-
-async def test_connect_lets_query_errors_through_unchanged(engine: AsyncEngine) -> None:
-    database = _database(engine, probe_timeout=2)
-    database.mark_ready()
-
-    with pytest.raises(ProgrammingError):
-        async with database.connect() as conn:
-            await conn.execute(text("SELECT * FROM no_such_table"))
-
-
-async def test_refused_connection_is_unavailable_and_described_by_class(
-    dead_engine: AsyncEngine,
-) -> None:
-    with pytest.raises(Exception) as raised:
-        async with dead_engine.connect():
-            pass
 
     assert is_unavailable(raised.value)
     assert describe_error(raised.value) == "ConnectionRefusedError"
@@ -221,9 +304,10 @@ async def test_constraint_violation_is_not_unavailable_and_described_without_sql
 
 
 async def test_probes_asked_together_or_within_a_second_share_one_round_trip(
-    engine: AsyncEngine,
+    database_url: URL,
+    open_database: OpenDatabase,
 ) -> None:
-    database = _database(engine, probe_timeout=2)
+    database = open_database(database_url, probe_timeout=2)
 
     together = await asyncio.gather(*(database.probe() for _ in range(5)))
     moments_later = await database.probe()
@@ -233,9 +317,9 @@ async def test_probes_asked_together_or_within_a_second_share_one_round_trip(
 
 
 async def test_a_failed_connection_drops_the_probe_cached_before_it(
-    dead_engine: AsyncEngine,
+    open_database: OpenDatabase,
 ) -> None:
-    database = _database(dead_engine, probe_timeout=2)
+    database = open_database(NOTHING_LISTENS, probe_timeout=2)
     database.mark_ready()
     first = await database.probe()
 

@@ -7,51 +7,52 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mdp.database import open_engine
+from mdp.database import open_read_pool
 from mdp.settings import Settings
 from persistence import candles, symbols, trades
 from persistence.admission import Admission
 from persistence.database import Database
 from persistence.finality import INTERVALS, horizon
 from persistence.materialise import advance_watermark
+from persistence.pool import ReadPool
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, insert_trades
 
 DAY = datetime(2026, 2, 3, tzinfo=UTC)
 
 
-def _read_engine(url: URL) -> AsyncEngine:
-    """The service's read engine (the one `mdp serve` opens for requests)."""
-    return open_engine(Settings(db_pool_size=1), url, "api")
+def _read_pool(url: URL) -> ReadPool:
+    """The service's read connections (the ones `mdp serve` opens for requests)."""
+    return open_read_pool(Settings(db_pool_size=1), url)
 
 
 @pytest.fixture
-async def reader(fresh_engine: AsyncEngine, empty_database: URL) -> AsyncIterator[AsyncEngine]:
-    """The read engine, logged in as a role granted nothing but SELECT (and CONNECT)."""
+async def reader(fresh_engine: AsyncEngine, empty_database: URL) -> AsyncIterator[ReadPool]:
+    """The read pool, logged in as a role granted nothing but SELECT (and CONNECT)."""
     role = f"mdp_reader_{uuid.uuid4().hex[:8]}"
     async with fresh_engine.begin() as conn:
         await conn.execute(text(f"CREATE ROLE {role} LOGIN"))
         await conn.execute(text(f'GRANT CONNECT ON DATABASE "{empty_database.database}" TO {role}'))
         await conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
         await conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
-    engine = _read_engine(empty_database.set(username=role, password=None))
+    pool = _read_pool(empty_database.set(username=role, password=None))
     try:
-        yield engine
+        yield pool
     finally:
-        await engine.dispose()
+        await pool.close()
         async with fresh_engine.begin() as conn:
             await conn.execute(text(f"DROP OWNED BY {role}"))
             await conn.execute(text(f"DROP ROLE {role}"))
 
 
 async def test_every_read_works_through_a_select_only_role(
-    fresh_engine: AsyncEngine, reader: AsyncEngine
+    fresh_engine: AsyncEngine, reader: ReadPool
 ) -> None:
     async with fresh_engine.begin() as conn:
         await ensure_symbols(conn, [("RO", "Read only"), ("EMPTY", "No trades")])
@@ -69,7 +70,7 @@ async def test_every_read_works_through_a_select_only_role(
     )
     db.mark_ready()
     assert (await db.probe()).ok
-    async with db.driver() as driver:
+    async with db.connect() as driver:
         assert [
             row["symbol"] for row in await symbols.list_symbols(driver, limit=10, after=None)
         ] == [
@@ -116,12 +117,13 @@ async def test_every_read_works_through_a_select_only_role(
         assert (empty.candles, empty.until, empty.from_trades) == ([], now, False)
 
 
-async def test_the_read_engine_refuses_writes_whoever_it_logs_in_as(empty_database: URL) -> None:
+async def test_the_read_pool_refuses_writes_whoever_it_logs_in_as(empty_database: URL) -> None:
     # The test's own role may write anything: the session setting alone stops it.
-    engine = _read_engine(empty_database)
+    pool = _read_pool(empty_database)
     try:
-        async with engine.connect() as conn:
-            with pytest.raises(DBAPIError, match="read-only transaction"):
-                await conn.execute(text("CREATE TABLE nope (id integer)"))
+        conn = await pool.take()
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            await conn.execute("CREATE TABLE nope (id integer)")
+        pool.give(conn)
     finally:
-        await engine.dispose()
+        await pool.close()

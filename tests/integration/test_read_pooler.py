@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mdp.database import open_engine
-from persistence.database import driver_connection
+from mdp.database import open_read_pool
+from persistence.pool import ReadPool
 from persistence.symbols import ensure_symbols, list_symbols
 from persistence.trades import NewTrade, insert_trades, latest_trade, list_trades
 from tests.support import TEST_SETTINGS, open_test_engine
@@ -33,11 +33,11 @@ def pooler(empty_database: URL, fresh_engine: AsyncEngine) -> Iterator[URL]:
 
 
 @pytest.fixture
-async def pooled_engine(pooler: URL) -> AsyncIterator[AsyncEngine]:
-    # The service's read engine behind a transaction-mode pooler.
-    engine = open_engine(POOLED, pooler, "api")
-    yield engine
-    await engine.dispose()
+async def pooled_reads(pooler: URL) -> AsyncIterator[ReadPool]:
+    # The service's read connections behind a transaction-mode pooler.
+    pool = open_read_pool(POOLED, pooler)
+    yield pool
+    await pool.close()
 
 
 async def _hold_a_server(pooler: URL) -> asyncpg.Connection:
@@ -53,7 +53,7 @@ async def _hold_a_server(pooler: URL) -> asyncpg.Connection:
 
 
 async def test_reads_survive_moving_to_another_server_connection(
-    fresh_engine: AsyncEngine, pooled_engine: AsyncEngine, pooler: URL
+    fresh_engine: AsyncEngine, pooled_reads: ReadPool, pooler: URL
 ) -> None:
     async with fresh_engine.begin() as conn:
         await ensure_symbols(conn, [("POOL", "Pooled")])
@@ -61,9 +61,8 @@ async def test_reads_survive_moving_to_another_server_connection(
             conn,
             [NewTrade("POOL", Decimal("10.5"), i + 1, T0 + timedelta(seconds=i)) for i in range(3)],
         )
-    async with pooled_engine.connect() as conn:
-        # The hot reads go through the driver connection itself (Database.driver).
-        driver = await driver_connection(conn)
+    driver = await pooled_reads.take()
+    try:
         first = await list_trades(
             driver, symbol="POOL", start=None, end=None, descending=True, after=None, limit=10
         )
@@ -77,6 +76,8 @@ async def test_reads_survive_moving_to_another_server_connection(
             symbols = await list_symbols(driver, limit=10, after=None)
         finally:
             await holder.close()
+    finally:
+        pooled_reads.give(driver)
 
     assert [row["volume"] for row in first] == [3, 2, 1]
     assert again == first
@@ -85,7 +86,7 @@ async def test_reads_survive_moving_to_another_server_connection(
 
 
 async def test_cached_prepared_statements_break_on_the_same_moves(pooler: URL) -> None:
-    """The control: what the pooled engine avoids does fail in this set-up."""
+    """The control: what the pooled read connections avoid does fail in this set-up."""
     dsn = pooler.set(drivername="postgresql").render_as_string(hide_password=False)
     client = await asyncpg.connect(dsn)  # asyncpg's default: a named, cached statement
     try:
@@ -101,7 +102,7 @@ async def test_cached_prepared_statements_break_on_the_same_moves(pooler: URL) -
 
 
 async def test_a_pooler_refuses_the_session_settings_of_a_direct_connection(pooler: URL) -> None:
-    """Why a pooled engine sends only application_name: the rest is the role's to set."""
+    """Why pooled read connections send only application_name: the rest is the role's to set."""
     direct = open_test_engine(pooler)
     try:
         with pytest.raises(Exception, match="unsupported startup parameter"):
