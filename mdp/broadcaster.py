@@ -47,14 +47,17 @@ class Subscription:
         self._queue: asyncio.Queue[Item] = asyncio.Queue(size)
         self.ended: Ended | None = None
 
-    def offer(self, item: Item) -> None:
-        """Never blocks the publisher: a client too slow to keep up is ended instead."""
+    def offer(self, item: Item) -> bool:
+        """Never blocks the publisher: a client too slow to keep up is ended instead (then
+        False)."""
         if self.ended is not None:
-            return
+            return True
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
             self.end(Ended("overflow"))
+            return False
+        return True
 
     def end(self, ended: Ended) -> None:
         if self.ended is not None:
@@ -94,6 +97,8 @@ class Broadcaster:
         self._latest: dict[str, TradeRow] = {}
         self._subscriptions: set[Subscription] = set()
         self._closed = False
+        # Streams ended because their client fell behind, since start (for /metrics).
+        self.overflows_total = 0
 
     def latest(self, symbol: str) -> TradeRow | None:
         """The newest trade of `symbol` if memory is current and holds one, else None."""
@@ -129,14 +134,18 @@ class Broadcaster:
             wanted = [t for s in subscription.symbols & by_symbol.keys() for t in by_symbol[s]]
             if wanted:
                 wanted.sort(key=_key)
-                subscription.offer(tuple(wanted))
+                self._offer(subscription, tuple(wanted))
 
     def reset(self, position: tuple[datetime, int]) -> None:
         """Batches were missed beyond replay: every stream says where it resumes."""
         logger.warning("live feed had a gap beyond replay; streams resume at %s", position[0])
         self.position = position
         for subscription in tuple(self._subscriptions):
-            subscription.offer(Reset(position))
+            self._offer(subscription, Reset(position))
+
+    def _offer(self, subscription: Subscription, item: Item) -> None:
+        if not subscription.offer(item):
+            self.overflows_total += 1
 
     def subscribe(self, symbols: Iterable[str]) -> Subscription:
         if self._closed:

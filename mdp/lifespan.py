@@ -202,7 +202,7 @@ async def _serving(
         _run(settings, db, writes, status, live, guard, stop), name="mdp-background"
     )
     state = AppState(settings, load_contract(), db, status, metrics, prometheus, live, guard)
-    unwatch = prometheus.watch(status, reads=reads, writes=writes)
+    unwatch = prometheus.watch(status, live, reads=reads, writes=writes)
     restore_signals = _end_streams_on_signals(live)
     try:
         yield state

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from ingestion.status import IngestionStatus
+from mdp.broadcaster import Broadcaster
 from persistence.pool import ReadPool
 
 __all__ = ["OPENMETRICS", "TEXT", "PrometheusMetrics"]
@@ -25,10 +26,13 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class _StateCollector(Collector):
-    """Reads ingestion and pool state at scrape time: nothing is counted twice."""
+    """Reads ingestion, pool and stream state at scrape time: nothing is counted twice."""
 
-    def __init__(self, status: IngestionStatus, reads: ReadPool, writes: AsyncEngine) -> None:
+    def __init__(
+        self, status: IngestionStatus, live: Broadcaster, reads: ReadPool, writes: AsyncEngine
+    ) -> None:
         self.status = status
+        self.live = live
         self.reads = reads
         self.writes = writes
 
@@ -79,6 +83,14 @@ class _StateCollector(Collector):
             size.add_metric(["ingestion"], pool.size())
         yield checked_out
         yield size
+        yield GaugeMetricFamily(
+            "mdp_streams_open", "Server-Sent Event streams open.", self.live.stream_count
+        )
+        yield CounterMetricFamily(
+            "mdp_stream_overflows",
+            "Streams ended with `overflow` because their client fell behind.",
+            self.live.overflows_total,
+        )
 
 
 class PrometheusMetrics:
@@ -123,10 +135,11 @@ class PrometheusMetrics:
         histogram.observe(seconds)
 
     def watch(
-        self, status: IngestionStatus, *, reads: ReadPool, writes: AsyncEngine
+        self, status: IngestionStatus, live: Broadcaster, *, reads: ReadPool, writes: AsyncEngine
     ) -> Callable[[], None]:
-        """Expose this lifespan's ingestion and pools; returns the function that stops it."""
-        collector = _StateCollector(status, reads, writes)
+        """Expose this lifespan's ingestion, streams and pools; returns the function that
+        stops it."""
+        collector = _StateCollector(status, live, reads, writes)
         self.registry.register(collector)
         return lambda: self.registry.unregister(collector)
 

@@ -9,7 +9,6 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
@@ -24,7 +23,7 @@ from tests.api.support import (
     iso,
     past_midnight,
 )
-from tests.support import open_test_engine
+from tests.support import metric_value, open_test_engine
 
 T = TypeVar("T")
 BASE = past_midnight()
@@ -420,16 +419,7 @@ def test_candles_closed_candles_do_not_change_between_requests(
 
 def _pages_from_trades(client: TestClient, interval: str) -> float:
     metrics = client.get("/metrics", headers={"Accept": "text/plain"}).text
-    return next(
-        (
-            sample.value
-            for family in text_string_to_metric_families(metrics)
-            for sample in family.samples
-            if sample.name == "mdp_candle_pages_from_trades_total"
-            and sample.labels == {"interval": interval}
-        ),
-        0.0,
-    )
+    return metric_value(metrics, "mdp_candle_pages_from_trades_total", {"interval": interval})
 
 
 def _materialise(url: URL) -> None:

@@ -1,15 +1,26 @@
-"""Reading Server-Sent Events the way a client does, for the stream tests."""
+"""Reading Server-Sent Events the way a client does, and what the database says they should
+carry, for the stream tests."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
+from sqlalchemy.engine import URL
 
-__all__ = ["Event", "read_events"]
+from tests.support import dsn
+
+__all__ = ["TRADES_AFTER", "Event", "fetch", "parse_events", "read_events", "stream_data"]
+
+# The trades a stream of `symbols` carries after the event (timestamp, id): $1..$3, limit $4.
+TRADES_AFTER = """
+    SELECT * FROM trades WHERE symbol = ANY($1) AND (timestamp, id) > ($2, $3)
+    ORDER BY timestamp, id LIMIT $4
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +32,13 @@ class Event:
 
 def read_events(response: httpx.Response, *, comments: list[str] | None = None) -> Iterator[Event]:
     """The events of an SSE body as they arrive (comments collected on the side)."""
+    return parse_events(response.iter_lines(), comments=comments)
+
+
+def parse_events(lines: Iterable[str], *, comments: list[str] | None = None) -> Iterator[Event]:
+    """The events of the lines of an SSE body (comments collected on the side)."""
     fields: dict[str, str] = {}
-    for line in response.iter_lines():
+    for line in lines:
         if line.startswith(":"):
             if comments is not None:
                 comments.append(line)
@@ -34,3 +50,22 @@ def read_events(response: httpx.Response, *, comments: list[str] | None = None) 
             fields = {}
         else:
             fields = {}  # a block without data (e.g. `retry:`) dispatches nothing
+
+
+async def fetch(url: URL, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn(url))
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+def stream_data(row: asyncpg.Record) -> dict[str, Any]:
+    """A stored trade as the `data` of its `trade` event."""
+    return {
+        "id": row["id"],
+        "symbol": row["symbol"],
+        "price": float(row["price"]),
+        "volume": row["volume"],
+        "timestamp": row["timestamp"].isoformat().replace("+00:00", "Z"),
+    }

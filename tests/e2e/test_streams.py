@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import URL
@@ -17,8 +16,8 @@ from sqlalchemy.engine import URL
 from handlers.sse import encode_id
 from persistence.materialise import lock_candles, rematerialise
 from persistence.trades import NewTrade, insert_trades
-from tests.e2e.sse import read_events
-from tests.support import dsn, open_test_engine, serve_live, wait_until
+from tests.e2e.sse import TRADES_AFTER, fetch, read_events, stream_data
+from tests.support import open_test_engine, serve_live, wait_until
 
 
 def stream(
@@ -36,30 +35,6 @@ def service(module_database: URL) -> Iterator[str]:
         yield live.base
 
 
-async def _fetch(url: URL, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn(url))
-    try:
-        return list(await conn.fetch(sql, *args))
-    finally:
-        await conn.close()
-
-
-def _trade(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "symbol": row["symbol"],
-        "price": float(row["price"]),
-        "volume": row["volume"],
-        "timestamp": row["timestamp"].isoformat().replace("+00:00", "Z"),
-    }
-
-
-_AFTER = """
-    SELECT * FROM trades WHERE symbol = ANY($1) AND (timestamp, id) > ($2, $3)
-    ORDER BY timestamp, id LIMIT $4
-"""
-
-
 async def test_trade_stream_carries_every_live_trade_of_its_symbols_in_order(
     service: str, module_database: URL
 ) -> None:
@@ -69,15 +44,15 @@ async def test_trade_stream_carries_every_live_trade_of_its_symbols_in_order(
         events = list(read_events(r))
     assert [e.kind for e in events] == ["trade"] * 12
     first = events[0].data
-    stored = await _fetch(
+    stored = await fetch(
         module_database,
-        _AFTER,
+        TRADES_AFTER,
         ["AAPL", "MSFT"],
         datetime.fromisoformat(first["timestamp"]),
         first["id"] - 1,
         12,
     )
-    assert [e.data for e in events] == [_trade(row) for row in stored]
+    assert [e.data for e in events] == [stream_data(row) for row in stored]
     assert [e.id for e in events] == [encode_id(row["timestamp"], row["id"]) for row in stored]
 
 
@@ -88,7 +63,7 @@ async def test_trade_stream_resumes_exactly_after_last_event_id_without_backfill
         seen = list(read_events(r))
     last = seen[-1]
     # Backfill while the client is away: old timestamps, new ids, never live.
-    await _fetch(
+    await fetch(
         module_database,
         "INSERT INTO trades (symbol, price, volume, timestamp) VALUES ('AAPL', 1, 1, $1)",
         datetime.now(UTC) - timedelta(days=1),
@@ -97,15 +72,15 @@ async def test_trade_stream_resumes_exactly_after_last_event_id_without_backfill
     headers = {"Last-Event-ID": last.id or ""}
     with stream(service, "/stream/trades", {"symbols": "AAPL,TSLA", "limit": 20}, headers) as r:
         resumed = list(read_events(r))
-    stored = await _fetch(
+    stored = await fetch(
         module_database,
-        _AFTER,
+        TRADES_AFTER,
         ["AAPL", "TSLA"],
         datetime.fromisoformat(last.data["timestamp"]),
         last.data["id"],
         20,
     )
-    assert [e.data for e in resumed] == [_trade(row) for row in stored]
+    assert [e.data for e in resumed] == [stream_data(row) for row in stored]
 
 
 def test_a_stale_last_event_id_gets_a_reset_and_then_live_trades(service: str) -> None:
@@ -135,7 +110,7 @@ def test_a_last_event_id_never_issued_gets_a_reset(service: str, never: str) -> 
 async def test_a_quiet_stream_sends_heartbeats_and_ends_after_its_duration(
     service: str, module_database: URL
 ) -> None:
-    await _fetch(module_database, "INSERT INTO symbols (symbol, name) VALUES ('QUIET', 'Quiet')")
+    await fetch(module_database, "INSERT INTO symbols (symbol, name) VALUES ('QUIET', 'Quiet')")
     comments: list[str] = []
     started = time.monotonic()
     with stream(service, "/stream/trades", {"symbols": "quiet", "duration": 1}) as r:

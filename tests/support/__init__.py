@@ -9,6 +9,7 @@ from tests.support.database import (
     open_test_engine,
 )
 from tests.support.keys import provision_key, provision_key_now
+from tests.support.metrics import metric_value
 from tests.support.polling import wait_until, wait_until_async
 from tests.support.processes import Service, free_port, serve, serve_live
 
@@ -19,6 +20,7 @@ __all__ = [
     "Service",
     "dsn",
     "free_port",
+    "metric_value",
     "migrate",
     "serve",
     "serve_live",

@@ -62,6 +62,7 @@ async def test_a_slow_stream_overflows_without_holding_back_the_others() -> None
 
     assert await slow.next(0.1) == Ended("overflow")
     assert fast.ended is None
+    assert broadcaster.overflows_total == 1
 
 
 async def test_streams_beyond_the_cap_are_refused_and_shutdown_ends_all() -> None:
