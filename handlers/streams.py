@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -192,7 +192,8 @@ async def stream_candles(
     subscription = state.live.subscribe([code])
     bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
 
-    async def read(lo: datetime) -> tuple[list[candles.CandleRow], datetime]:
+    async def fetch(lo: datetime) -> tuple[tuple[candles.CandleRow, ...], datetime]:
+        state.prometheus.candle_stream_reads.labels(interval).inc()
         hi = finality.bucket_floor(datetime.now(UTC), step) + step
         async with state.db.connect() as conn:
             page = await candles.read_candle_page(
@@ -204,7 +205,15 @@ async def stream_candles(
                 hi=hi,
                 limit=max(1, (hi - lo) // step),
             )
-        return page.candles, page.final
+        return tuple(page.candles), page.final
+
+    def read(
+        lo: datetime, heard: tuple[datetime, int] | None, since: float
+    ) -> Awaitable[tuple[tuple[candles.CandleRow, ...], datetime]]:
+        # Every stream of this symbol and interval wakes for the same batch: one of them
+        # reads, the others share its answer.
+        key = (code, interval, lo)
+        return state.live.reads.read(key, lambda: fetch(lo), heard=heard, since=since)
 
     async def events() -> AsyncIterator[bytes]:
         yield sse.OPENED
@@ -226,9 +235,13 @@ async def stream_candles(
         # Candles sent while open, by bucket, until they are sent final.
         shown: dict[datetime, candles.CandleRow] = {}
         stale = True
+        # What the next read must include: the newest batch heard, and time since `since`.
+        loop = asyncio.get_running_loop()
+        heard = state.live.position
+        since = loop.time()
         while not bounds.done:
             if stale:
-                rows, final = await read(lo)
+                rows, final = await read(lo, heard, since)
                 for row in rows:
                     if row.closed:
                         shown.pop(row.timestamp, None)
@@ -250,10 +263,15 @@ async def stream_candles(
             # A batch of this symbol (or a reset) changes the open candle; time makes it final
             # (the database that answers says when: this only decides when to ask again).
             horizon = datetime.now(UTC) - finality.VISIBILITY_DEADLINE
-            stale = item is not None or (
-                bool(shown) and min(shown) < finality.bucket_floor(horizon, step)
-            )
-            if item is None and not stale and not bounds.done:
+            aged = bool(shown) and min(shown) < finality.bucket_floor(horizon, step)
+            if isinstance(item, Reset):
+                heard = item.position
+            elif item is not None:
+                heard = (item[-1].timestamp, item[-1].id)
+            if aged:
+                since = loop.time()  # what time alone changed needs a read from now on
+            stale = item is not None or aged
+            if not stale and not bounds.done:
                 yield sse.HEARTBEAT
 
     return _respond(state, subscription, events())

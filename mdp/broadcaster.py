@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from errors import StreamsAtCapacity
+from mdp.shared_reads import SharedReads
 from persistence.trades import TradeRow
 
 __all__ = ["Broadcaster", "Ended", "Reset", "Subscription"]
@@ -99,6 +100,8 @@ class Broadcaster:
         self._closed = False
         # Streams ended because their client fell behind, since start (for /metrics).
         self.overflows_total = 0
+        # What streams read of the database after a batch, read once for all of them.
+        self.reads = SharedReads(lambda: self.position)
 
     def latest(self, symbol: str) -> TradeRow | None:
         """The newest trade of `symbol` if memory is current and holds one, else None."""

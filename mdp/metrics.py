@@ -117,6 +117,12 @@ class PrometheusMetrics:
             ["interval"],
             registry=self.registry,
         )
+        self.candle_stream_reads = Counter(
+            "mdp_candle_stream_reads",
+            "Database reads of /stream/candles, shared by every stream of a symbol and interval.",
+            ["interval"],
+            registry=self.registry,
+        )
 
         # Children bound once per (operation, method, status): `labels()` takes a lock and
         # builds its key on every call, which showed up in every request's profile.

@@ -3,8 +3,11 @@ carry, for the stream tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +17,15 @@ from sqlalchemy.engine import URL
 
 from tests.support import dsn
 
-__all__ = ["TRADES_AFTER", "Event", "fetch", "parse_events", "read_events", "stream_data"]
+__all__ = [
+    "TRADES_AFTER",
+    "Event",
+    "consuming",
+    "fetch",
+    "parse_events",
+    "read_events",
+    "stream_data",
+]
 
 # The trades a stream of `symbols` carries after the event (timestamp, id): $1..$3, limit $4.
 TRADES_AFTER = """
@@ -50,6 +61,31 @@ def parse_events(lines: Iterable[str], *, comments: list[str] | None = None) -> 
             fields = {}
         else:
             fields = {}  # a block without data (e.g. `retry:`) dispatches nothing
+
+
+@contextlib.contextmanager
+def consuming(url: str, params: dict[str, Any], *, timeout: float = 60) -> Iterator[list[Event]]:
+    """A client reading the stream at `url` on a thread of its own for the length of the block:
+    yields the list its events arrive in. It stops at the first event after the block (or at
+    the stream's end); its failure fails the block."""
+    events: list[Event] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        with httpx.stream("GET", url, params=params, timeout=timeout) as response:
+            assert response.status_code == 200, response.read()
+            for event in read_events(response):
+                events.append(event)
+                if stop.is_set():
+                    return
+
+    with ThreadPoolExecutor(1) as thread:
+        consumer = thread.submit(consume)
+        try:
+            yield events
+        finally:
+            stop.set()
+        consumer.result(timeout=timeout)
 
 
 async def fetch(url: URL, sql: str, *args: Any) -> list[asyncpg.Record]:

@@ -11,16 +11,14 @@ queues four batches, so the stall is noticed within seconds.
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.e2e.sse import TRADES_AFTER, Event, fetch, parse_events, read_events, stream_data
+from tests.e2e.sse import TRADES_AFTER, Event, consuming, fetch, parse_events, stream_data
 from tests.support import Service, metric_value, serve_live, wait_until
 
 ALL_SYMBOLS = "AAPL,GOOGL,MSFT,TSLA,AMZN"
@@ -74,17 +72,6 @@ def _read_to_end(sock: socket.socket) -> str:
     return body.decode()
 
 
-def _consume(base: str, symbols: str, events: list[Event], stop: threading.Event) -> None:
-    with httpx.stream(
-        "GET", f"{base}/stream/trades", params={"symbols": symbols}, timeout=_PATIENCE
-    ) as response:
-        assert response.status_code == 200
-        for event in read_events(response):
-            events.append(event)
-            if stop.is_set() or event.kind != "trade":
-                return
-
-
 def _timestamp(event: Event) -> datetime:
     return datetime.fromisoformat(event.data["timestamp"])
 
@@ -92,8 +79,6 @@ def _timestamp(event: Event) -> datetime:
 async def test_a_stalled_client_gets_overflow_while_others_and_ingestion_keep_going(
     service: Service, module_database: URL
 ) -> None:
-    on_time: list[Event] = []
-    stop = threading.Event()
     states: list[str] = []
 
     def overflows() -> float:
@@ -102,31 +87,26 @@ async def test_a_stalled_client_gets_overflow_while_others_and_ingestion_keep_go
         metrics = httpx.get(f"{service.base}/metrics", headers={"Accept": "text/plain"}).text
         return metric_value(metrics, "mdp_stream_overflows_total")
 
-    with ThreadPoolExecutor(1) as pool:
-        consumer: Future[None] = pool.submit(_consume, service.base, "AAPL", on_time, stop)
-        try:
-            wait_until(lambda: on_time, what="the prompt client's first trade", timeout=_PATIENCE)
-            before = overflows()
-            stalled = _open_stalled(service, ALL_SYMBOLS)
-            with stalled:
-                wait_until(
-                    overflows,
-                    lambda count: count > before,
-                    what="the stalled stream overflowing",
-                    timeout=_PATIENCE,
-                    every=0.2,
-                )
-                overflowed_at = datetime.now(UTC)
-                # The client reads again: what was in flight, then `overflow`, then the end.
-                late = list(parse_events(_read_to_end(stalled).splitlines()))
+    trades = f"{service.base}/stream/trades"
+    with consuming(trades, {"symbols": "AAPL"}, timeout=_PATIENCE) as on_time:
+        wait_until(lambda: on_time, what="the prompt client's first trade", timeout=_PATIENCE)
+        before = overflows()
+        with _open_stalled(service, ALL_SYMBOLS) as stalled:
             wait_until(
-                lambda: on_time and _timestamp(on_time[-1]) > overflowed_at,
-                what="the prompt client hearing trades committed after the overflow",
+                overflows,
+                lambda count: count > before,
+                what="the stalled stream overflowing",
                 timeout=_PATIENCE,
+                every=0.2,
             )
-        finally:
-            stop.set()
-        consumer.result(timeout=_PATIENCE)
+            overflowed_at = datetime.now(UTC)
+            # The client reads again: what was in flight, then `overflow`, then the end.
+            late = list(parse_events(_read_to_end(stalled).splitlines()))
+        wait_until(
+            lambda: on_time and _timestamp(on_time[-1]) > overflowed_at,
+            what="the prompt client hearing trades committed after the overflow",
+            timeout=_PATIENCE,
+        )
 
     assert late[-1].kind == "overflow"
     assert {event.kind for event in late[:-1]} <= {"trade"}

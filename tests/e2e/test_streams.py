@@ -16,8 +16,8 @@ from sqlalchemy.engine import URL
 from handlers.sse import encode_id
 from persistence.materialise import lock_candles, rematerialise
 from persistence.trades import NewTrade, insert_trades
-from tests.e2e.sse import TRADES_AFTER, fetch, read_events, stream_data
-from tests.support import open_test_engine, serve_live, wait_until
+from tests.e2e.sse import TRADES_AFTER, consuming, fetch, read_events, stream_data
+from tests.support import metric_value, open_test_engine, serve_live, wait_until
 
 
 def stream(
@@ -180,3 +180,37 @@ async def test_candle_stream_sends_the_open_candle_and_resumed_ones_final(
     # Then the open candle (maybe after the one that just closed), changing batch by batch.
     assert events[-1].data["closed"] is False
     assert events[-1].data["timestamp"] >= minute.isoformat().replace("+00:00", "Z")
+
+
+def test_candle_streams_of_one_symbol_and_interval_share_one_read_per_batch(
+    service: str,
+) -> None:
+    def counters() -> tuple[float, float]:
+        metrics = httpx.get(f"{service}/metrics", headers={"Accept": "text/plain"}).text
+        reads = metric_value(metrics, "mdp_candle_stream_reads_total", {"interval": "5m"})
+        return reads, metric_value(metrics, "mdp_ingestion_batches_total")
+
+    url = f"{service}/stream/candles"
+    params = {"symbol": "MSFT", "interval": "5m"}
+    # As many streams as the instance admits: unshared, each would read once per batch.
+    with (
+        consuming(url, params) as first,
+        consuming(url, params) as second,
+        consuming(url, params) as third,
+    ):
+        streams = (first, second, third)
+        wait_until(lambda: all(streams), what="every stream's first candle")
+        reads, batches = counters()
+        seen = [len(events) for events in streams]
+        later_reads, later_batches = wait_until(
+            counters,
+            lambda now: now[1] >= batches + 15,
+            what="15 more batches",
+        )
+        wait_until(
+            lambda: all(len(e) > n for e, n in zip(streams, seen, strict=True)),
+            what="every stream sending candles meanwhile",
+        )
+    # One read per batch (a batch under way, and a read per stream when time makes a candle
+    # final, at most), where unshared reads would be three per batch.
+    assert 0 < later_reads - reads <= later_batches - batches + len(streams)
