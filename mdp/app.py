@@ -53,5 +53,5 @@ def create_app(settings: Settings | None = None, *, validate_responses: bool = F
     )
     install_error_handlers(app)
     # Last: it swaps middlewares that `add_middleware` positions are expressed against.
-    adapt(app)
+    adapt(app, validate_responses=validate_responses)
     return app

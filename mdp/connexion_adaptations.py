@@ -20,11 +20,14 @@ from connexion import AsyncApp
 from connexion.apps.asynchronous import AsyncApi, AsyncOperation
 from connexion.datastructures import MediaTypeDict
 from connexion.decorators.parameter import CONTEXT_NAME, sanitized, unwrap_decorators
+from connexion.middleware.abstract import ROUTING_CONTEXT
 from connexion.middleware.request_validation import (
     RequestValidationAPI,
     RequestValidationMiddleware,
     RequestValidationOperation,
 )
+from connexion.middleware.response_validation import ResponseValidationMiddleware
+from connexion.middleware.routing import RoutingMiddleware, RoutingOperation
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.operations import AbstractOperation
 from connexion.validators import VALIDATOR_MAP
@@ -168,6 +171,48 @@ class _SwaggerUIMiddleware(SwaggerUIMiddleware):  # type: ignore[misc]
         await super().__call__(scope, receive, send)
 
 
+class _RoutingMiddleware(RoutingMiddleware):  # type: ignore[misc]
+    """Finds the operation of a path without parameters (every path of our contract) in a dict
+    built from Connexion's own routes, instead of matching the routes one by one; anything
+    else (unknown paths, wrong methods, a path with parameters) goes through its router."""
+
+    static: dict[tuple[str, str], tuple[str, str | None]]
+
+    def add_api(self, *args: Any, **kwargs: Any) -> None:
+        super().add_api(*args, **kwargs)
+        self.static = {}
+        # Reversed: for a base path mounted twice, the first API registered wins, as routing.
+        for mount in reversed(self.router.routes):
+            if not isinstance(mount, Mount) or "{" in mount.path:
+                continue
+            for route in mount.routes:
+                if (
+                    isinstance(route, Route)
+                    and not route.param_convertors
+                    and isinstance(route.app, RoutingOperation)
+                    and route.methods
+                ):
+                    for method in route.methods:
+                        target = (mount.path, route.app.operation_id)
+                        self.static[(method, mount.path + route.path)] = target
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = self.static.get((scope.get("method", ""), scope.get("path", "")))
+        if target is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        # What RoutingOperation does once Starlette's router matched: the operation on a copy
+        # of the scope whose `extensions` dict is shared with the caller's.
+        base_path, operation_id = target
+        routed = dict(scope)
+        routed.setdefault("path_params", {})
+        extensions = routed.setdefault("extensions", {})
+        extensions.setdefault(ROUTING_CONTEXT, {}).update(
+            {"api_base_path": base_path, "operation_id": operation_id}
+        )
+        await self.app(routed, receive, send)
+
+
 class _StreamedFileValidator(AbstractResponseBodyValidator):  # type: ignore[misc]
     """Export files pass response validation unchecked: Connexion would buffer the whole
     (maybe compressed) file and parse NDJSON as one JSON document. Tests read them back."""
@@ -183,13 +228,15 @@ RESPONSE_VALIDATORS = MediaTypeDict(
 
 
 _REPLACEMENTS = {
+    RoutingMiddleware: _RoutingMiddleware,
     RequestValidationMiddleware: _ValidationMiddleware,
     SwaggerUIMiddleware: _SwaggerUIMiddleware,
 }
 
 
-def adapt(app: AsyncApp) -> None:
-    """Install the adaptations on an app before its first request."""
+def adapt(app: AsyncApp, *, validate_responses: bool) -> None:
+    """Install the adaptations on an app before its first request. Without response
+    validation its middleware only passes requests on: it leaves the stack."""
     middlewares = app.middleware.middlewares
     for index, middleware in enumerate(middlewares):
         if middleware in _REPLACEMENTS:
@@ -197,4 +244,6 @@ def adapt(app: AsyncApp) -> None:
     missing = set(_REPLACEMENTS.values()) - set(middlewares)
     if missing:
         raise RuntimeError(f"Connexion's middleware stack changed: {missing} not installed")
+    if not validate_responses:
+        middlewares.remove(ResponseValidationMiddleware)
     app._middleware_app.api_cls = _Api

@@ -10,6 +10,8 @@ from connexion import AsyncApp
 from connexion.lifecycle import ConnexionRequest
 from connexion.middleware.main import ConnexionMiddleware
 from connexion.middleware.request_validation import RequestValidationMiddleware
+from connexion.middleware.response_validation import ResponseValidationMiddleware
+from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from starlette.types import Receive, Scope, Send
 
@@ -42,6 +44,56 @@ def _one(stack: list[Any], kind: type) -> Any:
 def test_the_stock_middlewares_we_replace_are_still_connexions_defaults() -> None:
     assert RequestValidationMiddleware in ConnexionMiddleware.default_middlewares
     assert SwaggerUIMiddleware in ConnexionMiddleware.default_middlewares
+    assert RoutingMiddleware in ConnexionMiddleware.default_middlewares
+    assert ResponseValidationMiddleware in ConnexionMiddleware.default_middlewares
+
+
+def test_response_validation_is_in_the_stack_only_when_asked_for(stack: list[Any]) -> None:
+    _, validating = create_app(
+        Settings(), validate_responses=True
+    ).middleware._build_middleware_stack()
+
+    assert not [m for m in stack if isinstance(m, ResponseValidationMiddleware)]
+    assert [m for m in validating if isinstance(m, ResponseValidationMiddleware)]
+
+
+async def test_every_operation_is_routed_without_starlettes_router(stack: list[Any]) -> None:
+    routing = _one(stack, adaptations._RoutingMiddleware)
+    paths = load_contract().document["paths"]
+    expected = {
+        (method.upper(), path): ("", item[method]["operationId"])
+        for path, item in paths.items()
+        for method in item
+        if method == "get"
+    }
+    assert {key: value for key, value in routing.static.items() if key[0] == "GET"} == expected
+    assert {path for method, path in routing.static if method == "HEAD"} == set(paths)
+
+    routed: list[Any] = []
+    fallback: list[str] = []
+
+    async def router(scope: Scope, receive: Receive, send: Send) -> None:
+        fallback.append(scope["path"])
+
+    async def downstream(scope: Scope, receive: Receive, send: Send) -> None:
+        routed.append((scope["path"], scope["extensions"]["connexion_routing"]))
+
+    original = routing.router, routing.app
+    routing.router, routing.app = router, downstream
+    try:
+        for method, path in (("GET", "/symbols"), ("HEAD", "/health"), ("POST", "/symbols")):
+            scope = {"type": "http", "method": method, "path": path, "extensions": {}}
+            await routing(scope, None, None)
+        await routing({"type": "http", "method": "GET", "path": "/nope"}, None, None)
+    finally:
+        routing.router, routing.app = original
+
+    assert routed == [
+        ("/symbols", {"api_base_path": "", "operation_id": "handlers.market.list_symbols"}),
+        ("/health", {"api_base_path": "", "operation_id": "handlers.meta.get_health"}),
+    ]
+    # A method or a path the contract does not have: Connexion's router answers (405, 404).
+    assert fallback == ["/symbols", "/nope"]
 
 
 def test_every_operation_is_validated_by_a_validator_built_once(stack: list[Any]) -> None:
