@@ -16,6 +16,8 @@ COPY requirements/constraints.txt requirements/constraints.txt
 COPY errors errors
 COPY mdp mdp
 COPY handlers handlers
+COPY live live
+COPY web web
 COPY persistence persistence
 COPY ingestion ingestion
 COPY openapi openapi

@@ -6,13 +6,13 @@ from typing import cast
 
 from connexion.context import scope
 
-from mdp.state import AppState
+from web.state import RequestState
 
 __all__ = ["app_state", "request_header"]
 
 
-def app_state() -> AppState:
-    return cast(AppState, scope["state"]["app"])
+def app_state() -> RequestState:
+    return cast(RequestState, scope["state"]["app"])
 
 
 def request_header(name: str) -> str | None:

@@ -14,9 +14,9 @@ import pyarrow as pa
 
 from errors import ExportTooLarge, SymbolsNotFound
 from handlers.context import app_state, request_header
+from handlers.export_formats import ExportFormat, choose_coding, choose_format, make_encoder
+from handlers.export_response import ExportResponse, Produce
 from handlers.params import parse_window, parse_zone, symbol_code
-from mdp.export_formats import ExportFormat, choose_coding, choose_format, make_encoder
-from mdp.streaming import ExportResponse, Produce
 from persistence import exports, zoned
 from persistence.finality import INTERVALS
 

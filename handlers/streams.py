@@ -15,10 +15,10 @@ from errors import DatabaseUnavailable, SymbolsNotFound
 from handlers import sse
 from handlers.context import app_state, request_header
 from handlers.params import symbol_codes
-from mdp.broadcaster import Ended, Reset, Subscription
-from mdp.state import AppState
+from live.broadcaster import Ended, Reset, Subscription
 from persistence import candles, finality, live
 from persistence.trades import TradeRow
+from web.state import RequestState
 
 __all__ = ["stream_candles", "stream_trades"]
 
@@ -46,7 +46,7 @@ def _reset_event(position: tuple[datetime, int], reason: str) -> bytes:
     return sse.event("reset", data, sse.encode_id(*position))
 
 
-async def _known(state: AppState, symbols: Sequence[str]) -> list[str]:
+async def _known(state: RequestState, symbols: Sequence[str]) -> list[str]:
     codes = symbol_codes(symbols)
     if all(state.live.latest(code) is not None for code in codes):
         # Known from the live feed: a crowd of clients reconnecting at once (say after an
@@ -60,7 +60,7 @@ async def _known(state: AppState, symbols: Sequence[str]) -> list[str]:
     return codes
 
 
-def _respond(state: AppState, subscription: Subscription, events: AsyncIterator[bytes]) -> Any:
+def _respond(state: RequestState, subscription: Subscription, events: AsyncIterator[bytes]) -> Any:
     async def body() -> AsyncIterator[bytes]:
         # A client going away cancels this generator: the subscription (and with it the
         # queue) goes, and a replay under way releases its pooled connection.
@@ -84,7 +84,7 @@ async def _caught_up(conn: asyncpg.Connection, heard: tuple[datetime, int] | Non
 
 
 async def _replay(
-    state: AppState,
+    state: RequestState,
     codes: list[str],
     after: tuple[datetime, int],
     heard: tuple[datetime, int] | None,

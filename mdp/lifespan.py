@@ -19,9 +19,9 @@ from ingestion.generator import TradeGenerator
 from ingestion.leader import LeaderLock
 from ingestion.loop import Ingestor
 from ingestion.status import IngestionStatus
-from mdp.broadcaster import Broadcaster
+from live.broadcaster import Broadcaster
+from live.listener import Listener
 from mdp.database import database_server, open_engine, open_read_pool
-from mdp.listener import Listener
 from mdp.metrics import PrometheusMetrics
 from mdp.security import Guard, required_scopes
 from mdp.settings import Settings
@@ -32,6 +32,7 @@ from persistence.admission import Admission
 from persistence.database import Database, dedicated_connection, describe_error, is_unavailable
 from persistence.migrate import upgrade
 from persistence.symbols import ensure_symbols
+from web.state import RequestState
 
 __all__ = ["lifespan"]
 
@@ -154,7 +155,8 @@ def _end_streams_on_signals(live: Broadcaster) -> Callable[[], None]:
 @contextlib.asynccontextmanager
 async def lifespan(
     _app: Any, *, settings: Settings, metrics: RequestMetrics, prometheus: PrometheusMetrics
-) -> AsyncIterator[dict[str, AppState]]:
+) -> AsyncIterator[dict[str, RequestState]]:
+    # Typed as what handlers may read (web.state), so mypy checks that AppState provides it.
     async with database_server(settings) as url:
         async with _serving(url, settings, metrics, prometheus) as state:
             yield {"app": state}

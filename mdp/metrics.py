@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from ingestion.status import IngestionStatus
-from mdp.broadcaster import Broadcaster
+from live.broadcaster import Broadcaster
 from persistence.pool import ReadPool
 
 __all__ = ["OPENMETRICS", "TEXT", "PrometheusMetrics"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ingestion.status import IngestionStatus
-from mdp.broadcaster import Broadcaster
+from live.broadcaster import Broadcaster
 from mdp.metrics import PrometheusMetrics
 from mdp.security import Guard
 from mdp.settings import Settings

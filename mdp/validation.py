@@ -10,8 +10,9 @@ from connexion.utils import is_null, is_nullable
 from jsonschema import Draft4Validator
 
 from errors import NotAcceptable, RequestValidationFailed, ValidationIssue
+from web.negotiation import media_range
 
-__all__ = ["OperationParameters", "accepts", "media_range"]
+__all__ = ["OperationParameters", "accepts"]
 
 
 # RFC 3339 date-times as rfc3339-validator checks them (Connexion's checker does not run here).
@@ -24,20 +25,6 @@ class UriParser(Protocol):
     def resolve_query(self, query_data: dict[str, list[str]]) -> dict[str, Any]: ...
 
     def resolve_path(self, path_data: dict[str, Any]) -> dict[str, Any]: ...
-
-
-def media_range(value: str) -> tuple[str, float]:
-    """One item of an Accept-like header (`text/csv;q=0.5`): its value, lower case, and q."""
-    media, *params = (part.strip() for part in value.split(";"))
-    quality = 1.0
-    for param in params:
-        name, _, number = param.partition("=")
-        if name.strip().lower() == "q":
-            try:
-                quality = float(number)
-            except ValueError:
-                quality = 0.0
-    return media.lower(), quality
 
 
 def accepts(accept: str, produces: Iterable[str]) -> bool:

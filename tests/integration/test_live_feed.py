@@ -14,8 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mdp.broadcaster import Broadcaster, Reset, Subscription
-from mdp.listener import Listener
+from live.broadcaster import Broadcaster, Reset, Subscription
+from live.listener import Listener
 from persistence import live
 from persistence.symbols import ensure_symbols
 from persistence.trades import LIVE_CHANNEL, NewTrade, TradeRow, insert_live_batch, insert_trades

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from mdp.broadcaster import Broadcaster
+from live.broadcaster import Broadcaster
 from persistence.database import describe_error
 from persistence.live import (
     START,

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from mdp.export_formats import Encoder, ExportFormat, make_compressor
+from handlers.export_formats import Encoder, ExportFormat, make_compressor
 from persistence.database import describe_error
 
 __all__ = ["ExportResponse", "Produce"]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from errors import StreamsAtCapacity
-from mdp.broadcaster import Broadcaster, Ended, Reset
+from live.broadcaster import Broadcaster, Ended, Reset
 from persistence.trades import TradeRow
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

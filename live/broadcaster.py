@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from errors import StreamsAtCapacity
-from mdp.shared_reads import SharedReads
+from live.shared_reads import SharedReads
 from persistence.trades import TradeRow
 
 __all__ = ["Broadcaster", "Ended", "Reset", "Subscription"]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from mdp.shared_reads import SharedReads
+from live.shared_reads import SharedReads
 
 T0 = datetime(2026, 1, 2, tzinfo=UTC)
 

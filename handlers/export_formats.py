@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from errors import NotAcceptable
-from mdp.validation import media_range
+from web.negotiation import media_range
 
 __all__ = [
     "FORMATS",
