@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingestion.walk import TICK, BoundedWalk
 from persistence.finality import VISIBILITY_DEADLINE
-from persistence.materialise import lock_candles, rematerialise
+from persistence.history import Record, write_history
 from persistence.trades import oldest_trade
 
 __all__ = ["BackfillPlan", "ChunkWritten", "plan_backfill", "run_backfill"]
@@ -70,9 +70,6 @@ async def plan_backfill(
     return plans
 
 
-Record = tuple[str, Decimal, int, datetime]
-
-
 def _records(plan: BackfillPlan, walk: BoundedWalk) -> Iterator[list[Record]]:
     """Chunks of (symbol, price, volume, timestamp), newest first, going back in time."""
     # Prices repeat within the band: one Decimal per distinct tick, not one per row.
@@ -122,16 +119,10 @@ async def run_backfill(
         while (item := await upcoming) is not None:
             upcoming = asyncio.create_task(asyncio.to_thread(next, chunks, None))
             plan, chunk = item
-            oldest = chunk[-1][3]
             async with engine.begin() as conn:
-                await lock_candles(conn, plan.symbol)
-                raw = await conn.get_raw_connection()
-                await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-                    "trades", records=chunk, columns=("symbol", "price", "volume", "timestamp")
-                )
-                await rematerialise(conn, plan.symbol, oldest, chunk[0][3])
+                await write_history(conn, plan.symbol, chunk)
             written += len(chunk)
-            on_chunk(ChunkWritten(plan.symbol, len(chunk), oldest))
+            on_chunk(ChunkWritten(plan.symbol, len(chunk), chunk[-1][3]))
     finally:
         upcoming.cancel()
     return written
