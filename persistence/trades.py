@@ -1,9 +1,9 @@
-"""Queries on `trades`: the newest trade, keyset pages, and batch inserts."""
+"""Queries on `trades`: the newest trade, keyset pages, and live batches."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import NamedTuple, cast
@@ -32,7 +32,6 @@ __all__ = [
     "NewTrade",
     "TradeRow",
     "insert_live_batch",
-    "insert_trades",
     "last_prices",
     "oldest_trade",
     "latest_trade",
@@ -131,23 +130,6 @@ async def list_trades(
     return rows
 
 
-# One statement, one round trip, whatever the batch size: arrays unnested into rows.
-_insert_batch = text(
-    """
-    INSERT INTO trades (symbol, price, volume, timestamp)
-    SELECT * FROM unnest(
-        CAST(:symbols AS varchar[]), CAST(:prices AS numeric[]),
-        CAST(:volumes AS bigint[]), CAST(:timestamps AS timestamptz[])
-    )
-    """
-).bindparams(
-    bindparam("symbols", type_=ARRAY(String)),
-    bindparam("prices", type_=ARRAY(Numeric)),
-    bindparam("volumes", type_=ARRAY(BigInteger)),
-    bindparam("timestamps", type_=ARRAY(DateTime(timezone=True))),
-)
-
-
 # A live batch: written only if the writer still holds the leader lock (fencing a leader that
 # lost it) and the batch is newer than the last one written (a retried or raced batch can never
 # be stored twice). One statement: the claim, the rows, the batch's record in `live_batches`
@@ -239,24 +221,6 @@ async def insert_live_batch(
     )
     size: int = result.scalar_one()
     return size
-
-
-async def insert_trades(conn: AsyncConnection, trades: Iterable[NewTrade]) -> int:
-    """Insert a batch as one multi-row statement; the caller owns the transaction."""
-    batch = list(trades)
-    if not batch:
-        return 0
-    symbols, prices, volumes, timestamps = zip(*batch, strict=True)
-    await conn.execute(
-        _insert_batch,
-        {
-            "symbols": list(symbols),
-            "prices": list(prices),
-            "volumes": list(volumes),
-            "timestamps": list(timestamps),
-        },
-    )
-    return len(batch)
 
 
 async def oldest_trade(conn: AsyncConnection, symbol: str) -> tuple[datetime, Decimal] | None:

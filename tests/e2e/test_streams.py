@@ -14,10 +14,9 @@ import pytest
 from sqlalchemy.engine import URL
 
 from handlers.sse import encode_id
-from persistence.materialise import lock_candles, rematerialise
-from persistence.trades import NewTrade, insert_trades
+from persistence.trades import NewTrade
 from tests.e2e.sse import TRADES_AFTER, consuming, fetch, read_events, stream_data
-from tests.support import metric_value, open_test_engine, serve_live, wait_until
+from tests.support import metric_value, open_test_engine, seed_trades, serve_live, wait_until
 
 
 def stream(
@@ -158,10 +157,8 @@ async def test_candle_stream_sends_the_open_candle_and_resumed_ones_final(
     engine = open_test_engine(module_database)
     try:
         async with engine.begin() as conn:
-            await lock_candles(conn, "GOOGL")
             moment = past + timedelta(seconds=1)
-            await insert_trades(conn, [NewTrade("GOOGL", Decimal("140.5"), 7, moment)])
-            await rematerialise(conn, "GOOGL", moment, moment)
+            await seed_trades(conn, [NewTrade("GOOGL", Decimal("140.5"), 7, moment)])
     finally:
         await engine.dispose()
     params = {"symbol": "googl", "interval": "1m", "limit": 3}

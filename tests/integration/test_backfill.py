@@ -24,7 +24,7 @@ from persistence.database import driver_connection
 from persistence.finality import INTERVALS, VISIBILITY_DEADLINE
 from persistence.materialise import advance_watermark, lock_candles
 from persistence.symbols import ensure_symbols
-from persistence.trades import NewTrade, insert_trades
+from persistence.trades import NewTrade, insert_live_batch
 from tests.support import MakeDatabase, open_test_engine, wait_until_async
 
 BASES = {"AAA": Decimal("100.00"), "BBB": Decimal("25.50")}
@@ -57,22 +57,26 @@ class Row(NamedTuple):
     timestamp: datetime
 
 
-def _live_trades() -> list[NewTrade]:
-    """Three batches per symbol, several trades per timestamp, like the ingestion loop's."""
-    trades = []
-    for code, first in OLDEST_PRICE.items():
-        price = first
-        for stamp in LIVE_STAMPS:
+def _live_batches() -> list[list[NewTrade]]:
+    """Three batches, several trades per symbol and timestamp, like the ingestion loop's."""
+    prices = dict(OLDEST_PRICE)
+    batches = []
+    for stamp in LIVE_STAMPS:
+        batch = []
+        for code in OLDEST_PRICE:
             for _ in range(3):
-                trades.append(NewTrade(code, price, 7, stamp))
-                price += TICK
-    return trades
+                batch.append(NewTrade(code, prices[code], 7, stamp))
+                prices[code] += TICK
+        batches.append(batch)
+    return batches
 
 
 async def _store_live(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await ensure_symbols(conn, [(code, f"{code} Inc.") for code in BASES])
-        await insert_trades(conn, _live_trades())
+    for stamp, batch in zip(LIVE_STAMPS, _live_batches(), strict=True):
+        async with engine.begin() as conn:
+            await insert_live_batch(conn, batch, stamped=stamp, leader_pid=None, lock_key=0)
 
 
 async def _rows(engine: AsyncEngine, symbol: str | None = None) -> list[Row]:

@@ -24,8 +24,8 @@ from persistence.database import driver_connection
 from persistence.finality import horizon
 from persistence.materialise import Advance, advance_watermark
 from persistence.symbols import ensure_symbols
-from persistence.trades import NewTrade, insert_trades
-from tests.support import wait_until_async
+from persistence.trades import NewTrade
+from tests.support import restore_trades, wait_until_async
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
@@ -198,7 +198,7 @@ async def test_candles_match_reference_for_random_trades(conn: AsyncConnection, 
     symbol = f"RND{seed}"
     generated = random_trades(rng, symbol)
     await ensure_symbols(conn, [(symbol, "Random")])
-    await insert_trades(conn, generated)
+    await restore_trades(conn, generated)
     trades = await _stored(conn, symbol)
     assert sorted((t.price, t.volume, t.timestamp) for t in trades) == sorted(
         (t.price, t.volume, t.timestamp) for t in generated
@@ -233,7 +233,7 @@ async def test_candle_buckets_are_epoch_aligned_and_window_bounds_are_start_incl
         lo + timedelta(minutes=2, seconds=30),
         hi,  # first instant after the window
     ]
-    await insert_trades(
+    await restore_trades(
         conn, [NewTrade("EDGE", Decimal(10 + i), 1, stamp) for i, stamp in enumerate(stamps)]
     )
 
@@ -253,7 +253,7 @@ async def test_day_candles_start_at_midnight_utc(conn: AsyncConnection) -> None:
     late = datetime(2026, 2, 3, 23, 59, 59, 999_999, tzinfo=UTC)
     early = datetime(2026, 2, 4, 0, 0, tzinfo=UTC)
     day = timedelta(days=1)
-    await insert_trades(
+    await restore_trades(
         conn,
         [NewTrade("DAY", Decimal("1.00"), 1, late), NewTrade("DAY", Decimal("2.00"), 1, early)],
     )
@@ -267,9 +267,9 @@ async def test_day_candles_start_at_midnight_utc(conn: AsyncConnection) -> None:
 async def test_candle_open_and_close_break_timestamp_ties_by_id(conn: AsyncConnection) -> None:
     await ensure_symbols(conn, [("TIE", "Ties")])
     moment = datetime(2026, 2, 3, 10, 0, 30, 5, tzinfo=UTC)
-    await insert_trades(conn, [NewTrade("TIE", Decimal("5.00"), 1, moment)])
-    await insert_trades(conn, [NewTrade("TIE", Decimal("6.00"), 1, moment)])
-    await insert_trades(conn, [NewTrade("TIE", Decimal("4.00"), 1, moment)])
+    await restore_trades(conn, [NewTrade("TIE", Decimal("5.00"), 1, moment)])
+    await restore_trades(conn, [NewTrade("TIE", Decimal("6.00"), 1, moment)])
+    await restore_trades(conn, [NewTrade("TIE", Decimal("4.00"), 1, moment)])
     minute = moment.replace(second=0, microsecond=0)
 
     for _ in range(2):
@@ -285,7 +285,7 @@ async def test_vwap_rounds_half_away_from_zero_to_six_places(conn: AsyncConnecti
     # (127 × 100.00 + 1 × 100.04) / 128 = 100.0003125 exactly: half-even would give ...312.
     await ensure_symbols(conn, [("HALF", "Half")])
     moment = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
-    await insert_trades(
+    await restore_trades(
         conn,
         [
             NewTrade("HALF", Decimal("100.00"), 127, moment),
@@ -305,7 +305,7 @@ async def test_materialising_stores_every_interval_up_to_the_final_horizon(
 ) -> None:
     rng = random.Random(99)
     await ensure_symbols(conn, [("PERS", "Persisted")])
-    await insert_trades(conn, random_trades(rng, "PERS"))
+    await restore_trades(conn, random_trades(rng, "PERS"))
     trades = await _stored(conn, "PERS")
     last = max(t.timestamp for t in trades)
 
@@ -324,7 +324,7 @@ async def test_materialised_candles_are_read_without_reading_trades_again(
     await ensure_symbols(conn, [("FIN", "Final")])
     lo = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
     hi = lo + timedelta(hours=1)
-    await insert_trades(
+    await restore_trades(
         conn,
         [
             NewTrade("FIN", Decimal("10.00"), 10, lo + timedelta(minutes=1)),
@@ -335,7 +335,7 @@ async def test_materialised_candles_are_read_without_reading_trades_again(
     (before,), _ = await read(conn, "FIN", "1h", lo, hi)
     # A trade the visibility deadline forbids (inside a final bucket) proves where reads come
     # from: the materialised candle, untouched.
-    await insert_trades(conn, [NewTrade("FIN", Decimal("99.00"), 5, lo + timedelta(minutes=3))])
+    await restore_trades(conn, [NewTrade("FIN", Decimal("99.00"), 5, lo + timedelta(minutes=3))])
 
     (after,), from_trades = await read(conn, "FIN", "1h", lo, hi)
 
@@ -357,7 +357,7 @@ async def test_the_open_bucket_rolls_up_materialised_minutes_and_the_live_minute
         pytest.skip("the UTC day began under two minutes ago: no open bucket has a final minute")
     bucket = _floor(final, STEPS[interval])
     await ensure_symbols(conn, [("OPEN", "Open")])
-    await insert_trades(
+    await restore_trades(
         conn,
         [
             NewTrade("OPEN", Decimal("10.00"), 10, last_final_minute + timedelta(seconds=10)),
@@ -366,10 +366,10 @@ async def test_the_open_bucket_rolls_up_materialised_minutes_and_the_live_minute
     )
     await materialise(conn)
     # Behind the deadline's back, into a materialised minute: the read must not see it.
-    await insert_trades(
+    await restore_trades(
         conn, [NewTrade("OPEN", Decimal("99.00"), 1, last_final_minute + timedelta(seconds=20))]
     )
-    await insert_trades(conn, [NewTrade("OPEN", Decimal("12.00"), 5, final)])
+    await restore_trades(conn, [NewTrade("OPEN", Decimal("12.00"), 5, final)])
 
     page = await read_candle_page(
         await driver_connection(conn),
@@ -397,7 +397,7 @@ async def test_candles_match_reference_while_the_watermark_passes_over_the_windo
     rng = random.Random(1000 + seed)
     symbol = f"TIME{seed}"
     await ensure_symbols(conn, [(symbol, "Time")])
-    await insert_trades(conn, random_trades(rng, symbol))
+    await restore_trades(conn, random_trades(rng, symbol))
     trades = await _stored(conn, symbol)
     first, last = min(t.timestamp for t in trades), max(t.timestamp for t in trades)
     stops = sorted(first + rng.uniform(0, 1.1) * (last - first) for _ in range(4))
@@ -416,7 +416,7 @@ async def test_each_step_stores_exactly_the_buckets_that_ended_as_minutes_hours_
     await ensure_symbols(conn, [("ROLL", "Roll-over")])
     start = datetime(2026, 3, 1, 19, 50, 5, tzinfo=UTC)
     rng = random.Random(3)
-    await insert_trades(
+    await restore_trades(
         conn,
         [
             NewTrade("ROLL", rng.randint(9_000, 11_000) * TICK, rng.randint(1, 50), moment)
@@ -444,7 +444,7 @@ async def test_a_page_starts_at_the_first_trade_and_spans_at_most_limit_buckets(
     await ensure_symbols(conn, [("FTA", "First"), ("NONE", "No trades")])
     lo = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
     hi = lo + timedelta(hours=1)
-    await insert_trades(
+    await restore_trades(
         conn,
         [
             NewTrade("FTA", Decimal("1.00"), 1, lo + timedelta(minutes=30)),
@@ -482,7 +482,7 @@ async def test_catching_up_goes_oldest_first_in_bounded_steps(fresh_engine: Asyn
     rng = random.Random(11)
     async with fresh_engine.begin() as conn:
         await ensure_symbols(conn, [("CU1", "One"), ("CU2", "Two")])
-        await insert_trades(
+        await restore_trades(
             conn,
             [
                 NewTrade(code, rng.randint(9_000, 11_000) * TICK, rng.randint(1, 50), moment)
@@ -518,7 +518,7 @@ async def test_the_ingestion_leader_catches_up_between_batches(fresh_engine: Asy
     rng = random.Random(12)
     async with fresh_engine.begin() as conn:
         await ensure_symbols(conn, [("LIVE", "Live")])
-        await insert_trades(
+        await restore_trades(
             conn,
             [
                 NewTrade("LIVE", rng.randint(9_000, 11_000) * TICK, rng.randint(1, 50), moment)

@@ -6,8 +6,6 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
-from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -20,7 +18,6 @@ from errors import DatabaseUnavailable, SymbolNotFound
 from persistence.admission import Admission
 from persistence.database import Database, describe_error, is_unavailable
 from persistence.pool import ReadPool, read_connection
-from persistence.trades import NewTrade, insert_trades
 from tests.support import dsn, open_test_engine, wait_until_async
 
 NOTHING_LISTENS = make_url("postgresql+asyncpg://postgres@127.0.0.1:1/x")
@@ -294,7 +291,12 @@ async def test_constraint_violation_is_not_unavailable_and_described_without_sql
 ) -> None:
     with pytest.raises(IntegrityError) as raised:
         async with conn.begin_nested():
-            await insert_trades(conn, [NewTrade("ANY", Decimal("1.00"), 0, datetime.now(UTC))])
+            await conn.execute(
+                text(
+                    "INSERT INTO trades (symbol, price, volume, timestamp) "
+                    "VALUES ('ANY', 1.00, 0, now())"
+                )
+            )
 
     assert not is_unavailable(raised.value)
     description = describe_error(raised.value)

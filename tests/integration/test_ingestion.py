@@ -19,7 +19,7 @@ from ingestion.loop import Ingestor
 from ingestion.status import IngestionStatus
 from ingestion.walk import TICK
 from persistence.symbols import ensure_symbols
-from persistence.trades import NewTrade, insert_trades
+from persistence.trades import NewTrade, insert_live_batch
 from tests.support import wait_until_async
 
 BASES = {"AAA": Decimal("100.00"), "BBB": Decimal("25.50")}
@@ -152,7 +152,9 @@ async def test_restarted_ingestor_resumes_each_walk_from_last_stored_price(
     last = {"AAA": Decimal("110.37"), "BBB": Decimal("21.13")}
     async with ingest_engine.begin() as conn:
         now = datetime.now(UTC)
-        await insert_trades(conn, [NewTrade(code, price, 1, now) for code, price in last.items()])
+        batch = [NewTrade(code, price, 1, now) for code, price in last.items()]
+        # The last batch another writer stored before the restart.
+        assert await insert_live_batch(conn, batch, stamped=now, leader_pid=None, lock_key=0) == 2
         newest_before = (await conn.execute(text("SELECT max(id) FROM trades"))).scalar_one()
 
     restarted, generator, _ = _ingestor(ingest_engine)

@@ -18,8 +18,8 @@ from live.broadcaster import Broadcaster, Reset, Subscription
 from live.listener import Listener
 from persistence import live
 from persistence.symbols import ensure_symbols
-from persistence.trades import LIVE_CHANNEL, NewTrade, TradeRow, insert_live_batch, insert_trades
-from tests.support import dsn, wait_until_async
+from persistence.trades import LIVE_CHANNEL, NewTrade, TradeRow, insert_live_batch
+from tests.support import dsn, seed_trades, wait_until_async
 
 SYMBOLS = ("AAA", "BBB")
 
@@ -194,7 +194,7 @@ async def test_backfilled_trades_are_never_replayed_as_live(
     await _write_batch(feed_engine, first)
     async with feed_engine.begin() as conn:
         # Backfill: new ids, old timestamps, no live batch.
-        await insert_trades(
+        await seed_trades(
             conn, [NewTrade("AAA", Decimal("9"), 1, first - timedelta(hours=1)) for _ in range(3)]
         )
     await _write_batch(feed_engine, second)

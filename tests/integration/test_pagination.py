@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.database import driver_connection
 from persistence.symbols import ensure_symbols
-from persistence.trades import NewTrade, insert_trades, list_trades
-from tests.support import wait_until_async
+from persistence.trades import NewTrade, insert_live_batch, list_trades
+from tests.support import seed_trades, wait_until_async
 
 SYMBOL = "PAGE"
 LIMIT = 7
@@ -25,7 +25,7 @@ LIMIT = 7
 
 @dataclass
 class Appender:
-    """Commits a small batch of brand-new trades (stamped now) over and over."""
+    """Commits a small live batch of brand-new trades (stamped now) over and over."""
 
     engine: AsyncEngine
     batches: int = 0
@@ -36,10 +36,13 @@ class Appender:
             async with self.engine.begin() as conn:
                 now = datetime.now(UTC)
                 volume += 1
-                await insert_trades(
-                    conn, [NewTrade(SYMBOL, Decimal("50.00"), volume, now) for _ in range(3)]
+                batch = [NewTrade(SYMBOL, Decimal("50.00"), volume, now) for _ in range(3)]
+                stored = await insert_live_batch(
+                    conn, batch, stamped=now, leader_pid=None, lock_key=0
                 )
-            self.batches += 1
+            # A batch stamped no later than the last one is refused: only stored ones count.
+            if stored:
+                self.batches += 1
             await asyncio.sleep(0)
 
     async def wait_for_more(self) -> None:
@@ -61,7 +64,7 @@ async def existing(fresh_engine: AsyncEngine) -> list[tuple[datetime, int]]:
     rng.shuffle(trades)
     async with fresh_engine.begin() as conn:
         await ensure_symbols(conn, [(SYMBOL, "Paging")])
-        await insert_trades(conn, trades)
+        await seed_trades(conn, trades)
         rows = await conn.execute(text('SELECT "timestamp", id FROM trades ORDER BY 1, 2'))
         return [(row.timestamp, row.id) for row in rows]
 

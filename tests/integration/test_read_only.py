@@ -22,7 +22,8 @@ from persistence.finality import INTERVALS, horizon
 from persistence.materialise import advance_watermark
 from persistence.pool import ReadPool
 from persistence.symbols import ensure_symbols
-from persistence.trades import NewTrade, insert_trades
+from persistence.trades import NewTrade, insert_live_batch
+from tests.support import restore_trades
 
 DAY = datetime(2026, 2, 3, tzinfo=UTC)
 
@@ -56,14 +57,15 @@ async def test_every_read_works_through_a_select_only_role(
 ) -> None:
     async with fresh_engine.begin() as conn:
         await ensure_symbols(conn, [("RO", "Read only"), ("EMPTY", "No trades")])
-        await insert_trades(
+        await restore_trades(
             conn,
             [NewTrade("RO", Decimal(10 + i), 1, DAY + timedelta(hours=i)) for i in range(6)],
         )
         # Materialised up to 03:00; after that, final but not materialised yet.
         await advance_watermark(conn, span=timedelta(days=10_000), until=DAY + timedelta(hours=3))
         now = await horizon(conn)
-        await insert_trades(conn, [NewTrade("RO", Decimal("20.00"), 2, now)])
+        live = [NewTrade("RO", Decimal("20.00"), 2, now)]
+        await insert_live_batch(conn, live, stamped=now, leader_pid=None, lock_key=0)
 
     db = Database(
         reader, probe_timeout=5, admission=Admission(1, max_waiting=1, max_wait=5, timeout=5)

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from mdp.database import open_read_pool
 from persistence.pool import ReadPool
 from persistence.symbols import ensure_symbols, list_symbols
-from persistence.trades import NewTrade, insert_trades, latest_trade, list_trades
-from tests.support import TEST_SETTINGS, open_test_engine
+from persistence.trades import NewTrade, latest_trade, list_trades
+from tests.support import TEST_SETTINGS, open_test_engine, seed_trades
 from tests.support.servers import pgbouncer
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ async def test_reads_survive_moving_to_another_server_connection(
 ) -> None:
     async with fresh_engine.begin() as conn:
         await ensure_symbols(conn, [("POOL", "Pooled")])
-        await insert_trades(
+        await seed_trades(
             conn,
             [NewTrade("POOL", Decimal("10.5"), i + 1, T0 + timedelta(seconds=i)) for i in range(3)],
         )

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import event, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.database import driver_connection
+from persistence.history import write_history
 from persistence.symbols import ensure_symbols
-from persistence.trades import NewTrade, insert_trades, latest_trade, list_trades
+from persistence.trades import NewTrade, latest_trade, list_trades
+from tests.support import seed_trades
 
 T0 = datetime(2026, 1, 5, 14, 30, 0, 123456, tzinfo=UTC)
 
@@ -41,8 +40,8 @@ def _trade(symbol: str, seconds: float, price: str = "10.00", volume: int = 1) -
 async def test_latest_trade_is_newest_by_timestamp_not_by_id(conn: AsyncConnection) -> None:
     await ensure_symbols(conn, [("LTS", "Latest")])
     # The newest trade is inserted first, so it has the lowest id.
-    await insert_trades(conn, [_trade("LTS", 60, "12.34", 7)])
-    await insert_trades(conn, [_trade("LTS", 0, "11.00"), _trade("LTS", 30, "11.50")])
+    await seed_trades(conn, [_trade("LTS", 60, "12.34", 7)])
+    await seed_trades(conn, [_trade("LTS", 0, "11.00"), _trade("LTS", 30, "11.50")])
 
     latest = await latest_trade(await driver_connection(conn), "LTS")
 
@@ -56,9 +55,9 @@ async def test_latest_trade_is_newest_by_timestamp_not_by_id(conn: AsyncConnecti
 
 async def test_latest_trade_breaks_timestamp_ties_by_highest_id(conn: AsyncConnection) -> None:
     await ensure_symbols(conn, [("LTT", "Latest tie")])
-    await insert_trades(conn, [_trade("LTT", 10, "1.00"), _trade("LTT", 5, "2.00")])
-    await insert_trades(conn, [_trade("LTT", 10, "3.00")])
-    await insert_trades(conn, [_trade("LTT", 10, "4.00"), _trade("LTT", 9, "5.00")])
+    await seed_trades(conn, [_trade("LTT", 10, "1.00"), _trade("LTT", 5, "2.00")])
+    await seed_trades(conn, [_trade("LTT", 10, "3.00")])
+    await seed_trades(conn, [_trade("LTT", 10, "4.00"), _trade("LTT", 9, "5.00")])
     newest_id = max(
         id_ for id_, ts in await _stored(conn, "LTT") if ts == T0 + timedelta(seconds=10)
     )
@@ -73,7 +72,7 @@ async def test_latest_trade_breaks_timestamp_ties_by_highest_id(conn: AsyncConne
 async def test_latest_trade_is_none_for_symbol_without_trades(conn: AsyncConnection) -> None:
     await ensure_symbols(conn, [("EMPTY", "No trades")])
     await ensure_symbols(conn, [("BUSY", "Trades")])
-    await insert_trades(conn, [_trade("BUSY", 0)])
+    await seed_trades(conn, [_trade("BUSY", 0)])
 
     assert await latest_trade(await driver_connection(conn), "EMPTY") is None
 
@@ -83,8 +82,8 @@ async def window_trades(conn: AsyncConnection) -> list[tuple[int, datetime]]:
     """Twelve trades of WIN over 0..50 s with ties at 10 s and 20 s, inserted out of order."""
     await ensure_symbols(conn, [("WIN", "Window"), ("OTHER", "Other")])
     seconds = [20, 0, 10, 50, 10, 30, 20, 40, 10, 45, 20, 5]
-    await insert_trades(conn, [_trade("WIN", s) for s in seconds])
-    await insert_trades(conn, [_trade("OTHER", s) for s in (10, 20, 30)])
+    await seed_trades(conn, [_trade("WIN", s) for s in seconds])
+    await seed_trades(conn, [_trade("OTHER", s) for s in (10, 20, 30)])
     return await _stored(conn, "WIN")
 
 
@@ -178,7 +177,7 @@ async def test_trade_prices_come_back_as_the_float_of_the_stored_decimal(
     conn: AsyncConnection, stored: str, shown: str
 ) -> None:
     await ensure_symbols(conn, [("PRX", "Prices")])
-    await insert_trades(conn, [NewTrade("PRX", Decimal(stored), 1, T0)])
+    await seed_trades(conn, [NewTrade("PRX", Decimal(stored), 1, T0)])
 
     latest = await latest_trade(await driver_connection(conn), "PRX")
     (listed,) = await list_trades(
@@ -203,7 +202,7 @@ async def test_trade_timestamps_keep_microseconds_and_come_back_in_utc(
 ) -> None:
     await ensure_symbols(conn, [("UTC", "Zulu")])
     offset = datetime(2026, 1, 5, 16, 30, 0, 654321, tzinfo=timezone(timedelta(hours=2)))
-    await insert_trades(conn, [NewTrade("UTC", Decimal("1.00"), 1, offset)])
+    await seed_trades(conn, [NewTrade("UTC", Decimal("1.00"), 1, offset)])
 
     latest = await latest_trade(await driver_connection(conn), "UTC")
 
@@ -213,73 +212,19 @@ async def test_trade_timestamps_keep_microseconds_and_come_back_in_utc(
     assert latest.timestamp.utcoffset() == timedelta(0)
 
 
-class _StatementCounter:
-    def __init__(self) -> None:
-        self.statements: list[str] = []
-
-    def __call__(self, *args: Any) -> None:
-        self.statements.append(args[2])
-
-
-@pytest.fixture
-def statements(conn: AsyncConnection) -> Iterator[list[str]]:
-    """Every SQL statement sent on `conn` while the test runs."""
-    counter = _StatementCounter()
-    target = conn.sync_connection
-    assert target is not None
-    event.listen(target, "before_cursor_execute", counter)
-    try:
-        yield counter.statements
-    finally:
-        event.remove(target, "before_cursor_execute", counter)
-
-
-async def test_insert_trades_sends_the_whole_batch_as_one_statement(
-    conn: AsyncConnection, statements: list[str]
-) -> None:
-    await ensure_symbols(conn, [("ONE", "One"), ("TWO", "Two")])
-    batch = [
-        NewTrade(("ONE", "TWO")[i % 2], Decimal("10.00") + i, i + 1, T0 + timedelta(seconds=i))
-        for i in range(250)
-    ]
-    statements.clear()
-
-    inserted = await insert_trades(conn, batch)
-
-    assert inserted == 250
-    assert len(statements) == 1
-    stored = await conn.execute(
-        text(
-            "SELECT symbol, price, volume, \"timestamp\" FROM trades WHERE symbol IN ('ONE', 'TWO')"
-        )
-    )
-    assert sorted(tuple(row) for row in stored) == sorted(tuple(trade) for trade in batch)
-
-
-async def test_insert_trades_with_empty_batch_sends_nothing(
-    conn: AsyncConnection, statements: list[str]
-) -> None:
-    assert await insert_trades(conn, []) == 0
-    assert statements == []
-
-
 @pytest.mark.parametrize(
-    ("bad", "driver_error"),
-    [
-        (NewTrade("GOOD", Decimal("10.00"), 0, T0), asyncpg.CheckViolationError),
-        (NewTrade("GOOD", Decimal("0"), 5, T0), asyncpg.CheckViolationError),
-    ],
+    "bad",
+    [NewTrade("GOOD", Decimal("10.00"), 0, T0), NewTrade("GOOD", Decimal("0"), 5, T0)],
     ids=["zero-volume", "zero-price"],
 )
-async def test_insert_trades_batch_with_one_bad_row_stores_nothing(
-    conn: AsyncConnection, bad: NewTrade, driver_error: type[Exception]
+async def test_history_with_one_bad_row_stores_nothing(
+    conn: AsyncConnection, bad: NewTrade
 ) -> None:
     await ensure_symbols(conn, [("GOOD", "Good")])
     good = [_trade("GOOD", s, "10.00", 5) for s in range(20)]
 
-    with pytest.raises(IntegrityError) as raised:
+    with pytest.raises(asyncpg.CheckViolationError):
         async with conn.begin_nested():
-            await insert_trades(conn, [*good[:10], bad, *good[10:]])
+            await write_history(conn, "GOOD", [*good[:10], bad, *good[10:]])
 
-    assert isinstance(raised.value.orig.__cause__, driver_error)  # type: ignore[union-attr]
     assert await _count(conn, "GOOD") == 0

@@ -1,4 +1,4 @@
-"""What every test tier shares: databases, the `mdp serve` process, waiting (see fixtures.py)."""
+"""What every test tier shares: databases, stored trades, `mdp serve`, waiting (see fixtures.py)."""
 
 from tests.support.database import (
     TEST_SETTINGS,
@@ -12,6 +12,7 @@ from tests.support.keys import provision_key, provision_key_now
 from tests.support.metrics import metric_value
 from tests.support.polling import wait_until, wait_until_async
 from tests.support.processes import Service, free_port, serve, serve_live
+from tests.support.trades import restore_trades, seed_trades
 
 __all__ = [
     "TEST_SETTINGS",
@@ -27,6 +28,8 @@ __all__ = [
     "open_test_engine",
     "provision_key",
     "provision_key_now",
+    "restore_trades",
+    "seed_trades",
     "wait_until",
     "wait_until_async",
 ]
