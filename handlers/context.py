@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from typing import cast
 
-from connexion.context import scope
+from connexion.context import context, scope
 
 from web.state import RequestState
 
-__all__ = ["app_state", "request_header"]
+__all__ = ["api_key_id", "app_state", "request_header"]
 
 
 def app_state() -> RequestState:
     return cast(RequestState, scope["state"]["app"])
+
+
+def api_key_id() -> str | None:
+    """The id of the API key the request was admitted with; None when access is off."""
+    user: str | None = context.get("user")
+    return user
 
 
 def request_header(name: str) -> str | None:

@@ -13,7 +13,7 @@ from starlette.responses import StreamingResponse
 
 from errors import DatabaseUnavailable, SymbolsNotFound
 from handlers import sse
-from handlers.context import app_state, request_header
+from handlers.context import api_key_id, app_state, request_header
 from handlers.params import symbol_codes
 from live.broadcaster import Ended, Reset, Subscription
 from persistence import candles, finality, live
@@ -120,7 +120,7 @@ async def stream_trades(
     codes = await _known(state, symbols)
     # Subscribe before replaying: what commits meanwhile is queued, and duplicates are
     # skipped by position, so the seam between replay and live has no gap.
-    subscription = state.live.subscribe(codes)
+    subscription = state.live.subscribe(codes, api_key_id())
     heard = state.live.position
     bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
 
@@ -189,7 +189,7 @@ async def stream_candles(
     after = sse.decode_id(request_header("Last-Event-ID"))
     (code,) = await _known(state, [symbol])
     step = finality.INTERVALS[interval]
-    subscription = state.live.subscribe([code])
+    subscription = state.live.subscribe([code], api_key_id())
     bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
 
     async def fetch(lo: datetime) -> tuple[tuple[candles.CandleRow, ...], datetime]:

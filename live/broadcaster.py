@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,7 +27,8 @@ class Reset:
 
 @dataclass(frozen=True, slots=True)
 class Ended:
-    """The stream ends: `overflow` (the client fell behind) or `shutdown` (the instance stops)."""
+    """The stream ends: `overflow` (the client fell behind), `revoked` (its API key was) or
+    `shutdown` (the instance stops)."""
 
     reason: str
 
@@ -41,10 +42,12 @@ def _key(trade: TradeRow) -> tuple[datetime, int]:
 
 
 class Subscription:
-    """One stream's view of the live feed: its symbols and a bounded queue of batches."""
+    """One stream's view of the live feed: its symbols, the API key it was opened with (None
+    without access control) and a bounded queue of batches."""
 
-    def __init__(self, symbols: frozenset[str], size: int) -> None:
+    def __init__(self, symbols: frozenset[str], size: int, owner: str | None = None) -> None:
         self.symbols = symbols
+        self.owner = owner
         self._queue: asyncio.Queue[Item] = asyncio.Queue(size)
         self.ended: Ended | None = None
 
@@ -150,16 +153,23 @@ class Broadcaster:
         if not subscription.offer(item):
             self.overflows_total += 1
 
-    def subscribe(self, symbols: Iterable[str]) -> Subscription:
+    def subscribe(self, symbols: Iterable[str], owner: str | None = None) -> Subscription:
         if self._closed:
             raise StreamsAtCapacity("This instance is shutting down; retry (on another one).")
         if len(self._subscriptions) >= self.max_streams:
             raise StreamsAtCapacity(
                 f"This instance already serves {self.max_streams} streams; retry later."
             )
-        subscription = Subscription(frozenset(symbols), self.queue_size)
+        subscription = Subscription(frozenset(symbols), self.queue_size, owner)
         self._subscriptions.add(subscription)
         return subscription
+
+    def keep_owners(self, active: Collection[str]) -> None:
+        """End every stream opened with a key no longer among `active` (revoked, or gone):
+        a key's access ends with its open streams, not only with its next request."""
+        for subscription in tuple(self._subscriptions):
+            if subscription.owner is not None and subscription.owner not in active:
+                subscription.end(Ended("revoked"))
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)

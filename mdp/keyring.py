@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -53,6 +54,10 @@ class KeyRing:
     def active(self) -> int:
         return sum(not key.revoked for key in self._keys.values())
 
+    @property
+    def active_ids(self) -> frozenset[str]:
+        return frozenset(key.id for key in self._keys.values() if not key.revoked)
+
     def mark_used(self, key_id: str) -> None:
         self._used[key_id] = time.time()
 
@@ -92,14 +97,21 @@ class KeyRing:
             self._used = {**used, **self._used}
             raise
 
-    async def maintain(self, engine: AsyncEngine, stop: asyncio.Event) -> None:
-        """Refresh every REFRESH_SECONDS and flush last-used times until `stop`, then flush."""
+    async def maintain(
+        self,
+        engine: AsyncEngine,
+        stop: asyncio.Event,
+        on_reload: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Refresh every REFRESH_SECONDS (calling `on_reload` after each reload) and flush
+        last-used times until `stop`, then flush."""
         next_flush = time.monotonic() + FLUSH_SECONDS
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REFRESH_SECONDS)
             try:
-                await self.refresh(engine)
+                if await self.refresh(engine):
+                    on_reload()
                 if time.monotonic() >= next_flush or stop.is_set():
                     next_flush = time.monotonic() + FLUSH_SECONDS
                     await self.flush_usage(engine)

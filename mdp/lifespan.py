@@ -121,7 +121,11 @@ async def _run(
     )
     tasks = [listener.run(stop)]
     if guard.mode == "required":
-        tasks.append(guard.ring.maintain(writes, stop))
+        # A revoked key's open streams end once this instance has heard of the revocation.
+        ring = guard.ring
+        tasks.append(
+            ring.maintain(writes, stop, on_reload=lambda: live.keep_owners(ring.active_ids))
+        )
     if settings.ingestion_enabled:
         tasks.append(_ingest(settings, writes, status, stop))
     await asyncio.gather(*tasks)

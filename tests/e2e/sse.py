@@ -64,7 +64,13 @@ def parse_events(lines: Iterable[str], *, comments: list[str] | None = None) -> 
 
 
 @contextlib.contextmanager
-def consuming(url: str, params: dict[str, Any], *, timeout: float = 60) -> Iterator[list[Event]]:
+def consuming(
+    url: str,
+    params: dict[str, Any],
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> Iterator[list[Event]]:
     """A client reading the stream at `url` on a thread of its own for the length of the block:
     yields the list its events arrive in. It stops at the first event after the block (or at
     the stream's end); its failure fails the block."""
@@ -72,7 +78,7 @@ def consuming(url: str, params: dict[str, Any], *, timeout: float = 60) -> Itera
     stop = threading.Event()
 
     def consume() -> None:
-        with httpx.stream("GET", url, params=params, timeout=timeout) as response:
+        with httpx.stream("GET", url, params=params, headers=headers, timeout=timeout) as response:
             assert response.status_code == 200, response.read()
             for event in read_events(response):
                 events.append(event)

@@ -65,6 +65,18 @@ async def test_a_slow_stream_overflows_without_holding_back_the_others() -> None
     assert broadcaster.overflows_total == 1
 
 
+async def test_streams_of_a_key_no_longer_active_end() -> None:
+    broadcaster = Broadcaster(max_streams=3, queue_size=2)
+    kept = broadcaster.subscribe(["AAA"], owner="k1")
+    revoked = broadcaster.subscribe(["AAA"], owner="k2")
+    open_access = broadcaster.subscribe(["AAA"])
+
+    broadcaster.keep_owners({"k1"})
+
+    assert await revoked.next(0.1) == Ended("revoked")
+    assert kept.ended is None and open_access.ended is None
+
+
 async def test_streams_beyond_the_cap_are_refused_and_shutdown_ends_all() -> None:
     broadcaster = Broadcaster(max_streams=1, queue_size=1)
     first = broadcaster.subscribe(["AAA"])
