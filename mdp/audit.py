@@ -75,7 +75,7 @@ def finish(
     """Write the record of this request (if the security layer judged it) and reset."""
     outcome = _outcome.get()
     _outcome.reset(token)
-    if outcome is None:
+    if outcome is None or not audit_logger.isEnabledFor(logging.INFO):
         return
     refused = outcome.reason is not None
     record: dict[str, Any] = {

@@ -52,6 +52,8 @@ class OperationParameters:
 
     # Each distinct Accept value is judged once; clients send few distinct ones.
     _ACCEPT_CACHE_SIZE = 64
+    # Distinct valid requests remembered per operation; more empty the memo, never grow it.
+    _VALID_CACHE_SIZE = 1024
 
     def __init__(
         self,
@@ -95,6 +97,7 @@ class OperationParameters:
         }
         self.checks_path = "path" in self.by_location
         self._accepted: dict[bytes, bool] = {}
+        self._valid: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def _check(self, location: str, param: Mapping[str, Any], value: Any) -> ValidationIssue | None:
         name = param["name"]
@@ -130,12 +133,32 @@ class OperationParameters:
                 accept = value if accept is None else accept + b"," + value
             elif key in self.headers:
                 header_values.setdefault(self.headers[key]["name"], value.decode("latin-1"))
+        path_params = dict(scope.get("path_params") or {}) if self.checks_path else {}
+        # Validation is a function of these alone, and clients repeat the same few requests
+        # (a poll of one symbol's price): each distinct valid one is parsed once.
+        memo = (scope["query_string"], tuple(header_values.items()), tuple(path_params.items()))
+        parsed = self._valid.get(memo)
+        if parsed is None:
+            parsed = self._parse(scope["query_string"], header_values, path_params)
+            if len(self._valid) >= self._VALID_CACHE_SIZE:
+                self._valid.clear()
+            self._valid[memo] = parsed
+        self._check_accept(accept)
+        query, path = parsed
+        # Copies: the handler may change what it is given, never what the next request gets.
+        return {
+            name: list(value) if isinstance(value, list) else value for name, value in query.items()
+        }, dict(path)
+
+    def _parse(
+        self, query_string: bytes, header_values: dict[str, str], path_params: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         issues: list[ValidationIssue] = []
         query = dict(self.defaults)
-        if scope["query_string"]:
+        if query_string:
             raw: dict[str, list[str]] = {}
             # As Starlette parses it (`request.query_params`), keeping every repeated value.
-            for name, value in parse_qsl(scope["query_string"].decode("latin-1"), True):
+            for name, value in parse_qsl(query_string.decode("latin-1"), True):
                 raw.setdefault(name, []).append(value)
             if self.strict:
                 issues.extend(
@@ -150,7 +173,7 @@ class OperationParameters:
             query.update(self.uri_parser.resolve_query(raw))
         path: dict[str, Any] = {}
         if self.checks_path:
-            path = self.uri_parser.resolve_path(dict(scope.get("path_params") or {}))
+            path = self.uri_parser.resolve_path(path_params)
         for location, values in (("query", query), ("path", path), ("header", header_values)):
             for name, param in self.checked.get(location, ()):
                 issue = self._check(location, param, values.get(name))
@@ -158,5 +181,4 @@ class OperationParameters:
                     issues.append(issue)
         if issues:
             raise RequestValidationFailed(issues)
-        self._check_accept(accept)
         return query, path

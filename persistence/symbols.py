@@ -24,8 +24,8 @@ async def ensure_symbols(conn: AsyncConnection, symbols: Iterable[tuple[str, str
         await conn.execute(insert(_symbols).values(values).on_conflict_do_nothing())
 
 
-# Hot reads, sent on the read pool's asyncpg connections (see persistence.pool). Byte order ("C"), whatever the
-# database's collation: pages must not depend on the server.
+# Hot reads, sent on the read pool's asyncpg connections (see persistence.pool). Byte order
+# ("C"), whatever the database's collation: pages must not depend on the server.
 FIRST_PAGE = 'SELECT symbol, name, created_at FROM symbols ORDER BY symbol COLLATE "C" LIMIT $1'
 NEXT_PAGE = (
     'SELECT symbol, name, created_at FROM symbols WHERE symbol COLLATE "C" > $1 '

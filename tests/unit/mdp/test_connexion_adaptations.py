@@ -15,6 +15,7 @@ from connexion.middleware.routing import RoutingMiddleware
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from starlette.types import Receive, Scope, Send
 
+from errors import RequestValidationFailed
 from mdp import connexion_adaptations as adaptations
 from mdp.app import create_app
 from mdp.settings import Settings
@@ -160,3 +161,34 @@ def test_what_connexions_security_layer_records_reaches_the_handler() -> None:
     scope["extensions"][adaptations.ARGUMENTS] = ({"limit": 3, "order": "asc"}, {})
 
     assert operation.bind(scope) == {"user": "alice", "token_info": {"scope": "read"}, "limit": 3}
+
+
+def test_a_repeated_valid_request_is_parsed_once_and_each_gets_its_own_values(
+    stack: list[Any],
+) -> None:
+    validation = _one(stack, adaptations._ValidationMiddleware)
+    [api] = [api for apis in validation.apis.values() for api in apis]
+    parameters = api.operations["handlers.market.get_latest_prices"].parameters
+    scope = {"type": "http", "headers": [], "query_string": b"symbols=AAPL,MSFT"}
+    parsed: list[bytes] = []
+    parse = parameters._parse
+
+    def counting(query_string: bytes, *args: Any) -> Any:
+        parsed.append(query_string)
+        return parse(query_string, *args)
+
+    parameters._parse = counting
+    try:
+        first, _ = parameters.check(scope)
+        first["symbols"].append("CHANGED")
+        second, _ = parameters.check(scope)
+        with pytest.raises(RequestValidationFailed):
+            parameters.check({**scope, "query_string": b"symbols=AAPL&symbols=MSFT&x=1"})
+        with pytest.raises(RequestValidationFailed):
+            parameters.check({**scope, "query_string": b"symbols=AAPL&symbols=MSFT&x=1"})
+    finally:
+        del parameters._parse
+
+    assert second == {"symbols": ["AAPL", "MSFT"]}
+    # Refusals are not remembered: a fuzzer's endless variety must not fill the memo.
+    assert parsed == [b"symbols=AAPL,MSFT", *[b"symbols=AAPL&symbols=MSFT&x=1"] * 2]
