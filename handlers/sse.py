@@ -87,9 +87,13 @@ class Bounds:
     def done(self) -> bool:
         return self._left == 0 or self.wait() <= 0
 
-    def count(self) -> None:
+    def count(self, events: int = 1) -> None:
         if self._left is not None:
-            self._left -= 1
+            self._left -= events
+
+    def allows(self, events: int) -> bool:
+        """Whether `events` more events fit within `limit`."""
+        return self._left is None or self._left >= events
 
     def wait(self) -> float:
         """How long to wait for the next item before a heartbeat is due (or the stream ends)."""

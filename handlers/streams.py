@@ -15,7 +15,7 @@ from errors import DatabaseUnavailable, SymbolsNotFound
 from handlers import sse
 from handlers.context import api_key_id, app_state, request_header
 from handlers.params import symbol_codes
-from live.broadcaster import Ended, Reset, Subscription
+from live.broadcaster import Batch, Ended, Reset, Subscription
 from persistence import candles, finality, live
 from persistence.trades import TradeRow
 from web.state import RequestState
@@ -39,6 +39,17 @@ def _trade_event(trade: TradeRow) -> bytes:
         "timestamp": trade.timestamp,
     }
     return sse.event("trade", data, sse.encode_id(trade.timestamp, trade.id))
+
+
+def _batch_events(batch: Batch) -> bytes:
+    """A live batch's events: encoded by the first stream that sends it, shared by the rest."""
+    if batch.rendered is None:
+        batch.rendered = b"".join(_trade_event(trade) for trade in batch)
+    return batch.rendered
+
+
+def _key(trade: TradeRow) -> tuple[datetime, int]:
+    return trade.timestamp, trade.id
 
 
 def _reset_event(position: tuple[datetime, int], reason: str) -> bytes:
@@ -130,7 +141,7 @@ async def stream_trades(
         if position is not None:
             async for replayed in _replay(state, codes, position, heard, bounds):
                 if isinstance(replayed, TradeRow):
-                    position = (replayed.timestamp, replayed.id)
+                    position = _key(replayed)
                     bounds.count()
                     yield _trade_event(replayed)
                     if bounds.done:
@@ -150,12 +161,17 @@ async def stream_trades(
                 if item.reason == "overflow":
                     yield sse.OVERFLOW
                 return
+            elif (position is None or _key(item[0]) > position) and bounds.allows(len(item)):
+                # The usual case: the whole batch, its bytes made once for every stream.
+                position = _key(item[-1])
+                bounds.count(len(item))
+                yield _batch_events(item)
             else:
                 # One write per batch, not per trade: each goes through every middleware.
                 chunk = []
                 for trade in item:
-                    if position is None or (trade.timestamp, trade.id) > position:
-                        position = (trade.timestamp, trade.id)
+                    if position is None or _key(trade) > position:
+                        position = _key(trade)
                         bounds.count()
                         chunk.append(_trade_event(trade))
                         if bounds.done:
@@ -267,7 +283,7 @@ async def stream_candles(
             if isinstance(item, Reset):
                 heard = item.position
             elif item is not None:
-                heard = (item[-1].timestamp, item[-1].id)
+                heard = _key(item[-1])
             if aged:
                 since = loop.time()  # what time alone changed needs a read from now on
             stale = item is not None or aged

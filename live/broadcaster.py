@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +13,7 @@ from errors import StreamsAtCapacity
 from live.shared_reads import SharedReads
 from persistence.trades import TradeRow
 
-__all__ = ["Broadcaster", "Ended", "Reset", "Subscription"]
+__all__ = ["Batch", "Broadcaster", "Ended", "Reset", "Subscription"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +34,27 @@ class Ended:
     reason: str
 
 
+class Batch(tuple[TradeRow, ...]):
+    """Live trades of a set of symbols in stream order (one or more batches), one object shared
+    by every stream of that set: what a stream makes of it (its bytes on the wire) is made
+    once and kept in `rendered` for the others."""
+
+    rendered: bytes | None = None
+
+
 # What a subscription's queue carries: one batch's trades for its symbols, a reset, or the end.
-Item = tuple[TradeRow, ...] | Reset | Ended
+Item = Batch | Reset | Ended
 
 
 def _key(trade: TradeRow) -> tuple[datetime, int]:
     return trade.timestamp, trade.id
+
+
+def _batch(symbols: frozenset[str], by_symbol: Mapping[str, list[TradeRow]]) -> Batch:
+    matched = symbols & by_symbol.keys()
+    if len(matched) == 1:
+        return Batch(by_symbol[next(iter(matched))])  # one symbol's trades: already in order
+    return Batch(sorted((t for s in matched for t in by_symbol[s]), key=_key))
 
 
 class Subscription:
@@ -48,19 +64,27 @@ class Subscription:
     def __init__(self, symbols: frozenset[str], size: int, owner: str | None = None) -> None:
         self.symbols = symbols
         self.owner = owner
-        self._queue: asyncio.Queue[Item] = asyncio.Queue(size)
         self.ended: Ended | None = None
+        # A deque and one waiter rather than an asyncio.Queue under a timeout: a thousand
+        # streams wake for every batch, and this is the cheapest way they can.
+        self._size = size
+        self._items: deque[Item] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        # The heartbeat timer: armed for a wait's deadline, and moved (when it fires) only if
+        # a later wait began meanwhile, so a batch costs no timer operation.
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
 
     def offer(self, item: Item) -> bool:
         """Never blocks the publisher: a client too slow to keep up is ended instead (then
         False)."""
         if self.ended is not None:
             return True
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self._items) >= self._size:
             self.end(Ended("overflow"))
             return False
+        self._items.append(item)
+        self._wake()
         return True
 
     def end(self, ended: Ended) -> None:
@@ -68,20 +92,46 @@ class Subscription:
             return
         self.ended = ended
         # Drop what it could not read (freeing the memory now) and leave only the end.
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(ended)
+        self._items.clear()
+        self._items.append(ended)
+        self._wake()
 
     async def next(self, timeout: float) -> Item | None:
         """The next item, or None after `timeout` seconds without one (time for a heartbeat)."""
-        if not self._queue.empty():
-            return self._queue.get_nowait()
-        try:
-            # A timeout scope, not wait_for: no task per call (a thousand streams wake at once).
-            async with asyncio.timeout(timeout):
-                return await self._queue.get()
-        except TimeoutError:
-            return None
+        if not self._items:
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.time() + timeout
+            if self._timer is None or self._timer.when() > self._deadline:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_at(self._deadline, self._expire, loop)
+            self._waiter = loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+            if not self._items:
+                return None
+        return self._items.popleft()
+
+    def close(self) -> None:
+        """The stream is gone: its timer goes too."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if self._waiter is None:
+            return  # the stream is busy, not waiting: its next wait arms the timer again
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._expire, loop)
+        else:
+            self._wake()
 
 
 class Broadcaster:
@@ -136,11 +186,14 @@ class Broadcaster:
         by_symbol: dict[str, list[TradeRow]] = {}
         for trade in trades:
             by_symbol.setdefault(trade.symbol, []).append(trade)
+        # One batch per set of symbols asked for, shared by all the streams that asked.
+        batches: dict[frozenset[str], Batch] = {}
         for subscription in tuple(self._subscriptions):
-            wanted = [t for s in subscription.symbols & by_symbol.keys() for t in by_symbol[s]]
-            if wanted:
-                wanted.sort(key=_key)
-                self._offer(subscription, tuple(wanted))
+            batch = batches.get(subscription.symbols)
+            if batch is None:
+                batch = batches[subscription.symbols] = _batch(subscription.symbols, by_symbol)
+            if batch:
+                self._offer(subscription, batch)
 
     def reset(self, position: tuple[datetime, int]) -> None:
         """Batches were missed beyond replay: every stream says where it resumes."""
@@ -173,6 +226,7 @@ class Broadcaster:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
+        subscription.close()
 
     @property
     def stream_count(self) -> int:

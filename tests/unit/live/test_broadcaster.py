@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -49,6 +50,32 @@ async def test_each_stream_gets_only_its_symbols_in_order() -> None:
     assert await both.next(0.1) == (_trade(1, "AAA"), _trade(2, "BBB"), _trade(3, "AAA"))
     assert await one.next(0.1) == (_trade(2, "BBB"),)
     assert await one.next(0.01) is None
+
+
+async def test_streams_of_the_same_symbols_share_one_batch_object() -> None:
+    broadcaster = Broadcaster(max_streams=3, queue_size=4)
+    first, second = broadcaster.subscribe(["AAA"]), broadcaster.subscribe(["AAA"])
+    other = broadcaster.subscribe(["AAA", "BBB"])
+
+    broadcaster.publish([_trade(1, "AAA"), _trade(2, "BBB")])
+
+    shared = await first.next(0.1)
+    assert shared is await second.next(0.1)
+    assert shared == (_trade(1, "AAA"),)
+    assert await other.next(0.1) == (_trade(1, "AAA"), _trade(2, "BBB"))
+
+
+async def test_an_earlier_waits_heartbeat_timer_does_not_cut_a_later_wait_short() -> None:
+    broadcaster = Broadcaster(max_streams=1, queue_size=4)
+    stream = broadcaster.subscribe(["AAA"])
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.01, broadcaster.publish, [_trade(1)])
+    assert await stream.next(0.05) == (_trade(1),)
+
+    # The first wait's timer fires during this one, before anything is published.
+    loop.call_later(0.1, broadcaster.publish, [_trade(2, seconds=2)])
+    assert await stream.next(30) == (_trade(2, seconds=2),)
+    assert await stream.next(0.01) is None
 
 
 async def test_a_slow_stream_overflows_without_holding_back_the_others() -> None:
