@@ -13,6 +13,8 @@ __all__ = ["conditional", "none_match"]
 # Answers are the same for every client, but only for clients with a key: a shared cache (a CDN)
 # must not hand one to a request without the credentials it was fetched with.
 _VARY = "Authorization, X-API-Key"
+# What a 304 keeps of the 200 it stands for, besides the validators.
+_KEPT_BY_304 = ("cache-control", "x-request-id")
 
 # An entity-tag: optional weakness marker, then a quoted opaque tag (RFC 9110 §8.8.3). A comma
 # may sit inside the quotes, so a list is scanned tag by tag, never split on commas.
@@ -39,8 +41,9 @@ def conditional(response: Response, headers: Iterable[tuple[bytes, bytes]]) -> R
     if response.status_code != 200 or "cache-control" not in response.headers:
         return response
     etag = _entity_tag(bytes(response.body))
-    response.headers["ETag"] = etag
-    response.headers["Vary"] = _VARY
+    # Appended, not set: this is the one place that adds them.
+    response.headers.append("ETag", etag)
+    response.headers.append("Vary", _VARY)
     # Several If-None-Match fields form one list (RFC 9110 §5.3).
     received = ", ".join(
         value.decode("latin-1") for name, value in headers if name == b"if-none-match"
@@ -48,7 +51,5 @@ def conditional(response: Response, headers: Iterable[tuple[bytes, bytes]]) -> R
     if not received or not none_match(received, etag):
         return response
     # RFC 9110 §15.4.5: a 304 repeats the validators and caching headers a 200 would carry.
-    return Response(
-        status_code=304,
-        headers={"ETag": etag, "Cache-Control": response.headers["cache-control"], "Vary": _VARY},
-    )
+    kept = {name: response.headers[name] for name in _KEPT_BY_304 if name in response.headers}
+    return Response(status_code=304, headers={"ETag": etag, "Vary": _VARY, **kept})

@@ -38,30 +38,29 @@ Handler = Callable[..., Awaitable[Any]]
 
 
 def _respond(result: Any) -> Response:
+    # The contract requires X-Request-ID on every response, and response validation runs
+    # inside the telemetry middleware that adds it: stamp it here so validation sees it.
+    request_id = current_request_id()
     if isinstance(result, Response):
         response = result
+        if request_id is not None:
+            response.headers["X-Request-ID"] = request_id
     else:
-        headers: Mapping[str, str] | None = None
+        headers: Mapping[str, str] = {}
         status = 200
         if isinstance(result, tuple):
             result, status, *rest = result
-            headers = rest[0] if rest else None
+            headers = rest[0] if rest else headers
         if status < 300:
             # Rows served, for the audit trail: a list's `count`, else one object.
             audit.count_served(result.get("count", 1) if isinstance(result, dict) else 1)
         response = Response(
             orjson.dumps(result, option=_OPTIONS),
             status_code=status,
-            headers=headers,
+            headers={**headers, "X-Request-ID": request_id} if request_id else headers,
             media_type="application/json",
         )
-    response = conditional(response, scope["headers"])
-    # The contract requires X-Request-ID on every response, and response validation runs
-    # inside the telemetry middleware that adds it: stamp it here so validation sees it.
-    request_id = current_request_id()
-    if request_id is not None:
-        response.headers["X-Request-ID"] = request_id
-    return response
+    return conditional(response, scope["headers"])
 
 
 class JsonResolver(Resolver):  # type: ignore[misc]

@@ -101,21 +101,20 @@ class TelemetryMiddleware:
             nonlocal status, sent, events
             if message["type"] == "http.response.start":
                 status = message["status"]
-                # Handlers already stamp it (see mdp.responses); never send it twice.
-                headers = [
-                    (name, value)
-                    for name, value in message.get("headers", ())
-                    if name.lower() != b"x-request-id"
-                ]
+                # Starlette writes header names in lower case. Handlers already stamp the
+                # request id (see mdp.responses); never send it twice.
+                headers = list(message.get("headers", ()))
+                if not any(name == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", request_id))
                 outcome = audit.current()
                 if outcome is not None:
                     # The RateLimit fields of an authenticated request (a refusal has none).
                     headers += outcome.headers
                     events = any(
-                        name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+                        name == b"content-type" and value.startswith(b"text/event-stream")
                         for name, value in headers
                     )
-                message["headers"] = [*headers, (b"x-request-id", request_id)]
+                message["headers"] = headers
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")
                 sent += len(body)
