@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -210,6 +211,11 @@ async def _serving(
     state = AppState(settings, load_contract(), db, status, metrics, prometheus, live, guard)
     unwatch = prometheus.watch(status, live, reads=reads, writes=writes)
     restore_signals = _end_streams_on_signals(live)
+    # What start-up built (the contract, compiled validators, the app) lives as long as the
+    # process. Out of the collector's sight, a full collection no longer walks it: with it,
+    # each one held up every request in flight for about 70 ms.
+    gc.collect()
+    gc.freeze()
     try:
         yield state
     finally:
