@@ -30,18 +30,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from persistence import symbols, trades
+from persistence.finality import (
+    EPOCH,
+    INTERVALS,
+    VISIBILITY_DEADLINE,
+    bucket_ceil,
+    bucket_floor,
+)
 
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-VISIBILITY_DEADLINE = timedelta(seconds=2)
-INTERVALS = {
-    "1m": timedelta(minutes=1),
-    "5m": timedelta(minutes=5),
-    "15m": timedelta(minutes=15),
-    "1h": timedelta(hours=1),
-    "4h": timedelta(hours=4),
-    "1d": timedelta(days=1),
-}
 
 # The service's own statements, imported (never copied) from persistence/: what the hot reads
 # send through the driver connection.
@@ -123,15 +120,6 @@ def _pool(request: Request) -> asyncpg.Pool:
 
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.upper()).astimezone(UTC) if value else None
-
-
-def _floor(moment: datetime, step: timedelta) -> datetime:
-    return moment - (moment - EPOCH) % step
-
-
-def _ceil(moment: datetime, step: timedelta) -> datetime:
-    floor = _floor(moment, step)
-    return floor if floor == moment else floor + step
 
 
 def _micros(moment: datetime) -> int:
@@ -234,16 +222,16 @@ async def candles(request: Request) -> Response:
     limit = int(params.get("limit", 500))
     now = datetime.now(UTC)
     start_at = _time(params.get("start"))
-    end_at = _time(params.get("end")) or _floor(now, step) + step
+    end_at = _time(params.get("end")) or bucket_floor(now, step) + step
     if start_at is None:
-        start_at = _ceil(end_at, step) - limit * step
-    lo = _ceil(start_at, step)
-    hi = _ceil(end_at, step)
+        start_at = bucket_ceil(end_at, step) - limit * step
+    lo = bucket_ceil(start_at, step)
+    hi = bucket_ceil(end_at, step)
     # Bounded by `limit`, as the service's pages are.
     page_hi = min(hi, lo + limit * step)
     async with _pool(request).acquire() as conn:
         rows = await conn.fetch(CANDLES, code, step, lo, page_hi)
-    final = _floor(now - VISIBILITY_DEADLINE, step)
+    final = bucket_floor(now - VISIBILITY_DEADLINE, step)
     next_cursor = _cursor("candles", [code, interval], [_micros(page_hi)]) if page_hi < hi else None
     return _json(
         {

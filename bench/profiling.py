@@ -89,7 +89,11 @@ def summarise_profile(raw: Path, count: int = 15) -> dict[str, list[tuple[str, f
         frames = stack.split(";") if stack else ["<no Python frame>"]
         self_package[_package(frames[-1])] += n
         self_frame[re.sub(r" \((.*/)?([^/]+):\d+\)$", r" (\2)", frames[-1])] += n
-        project = {f for f in frames if _package(f) in ("mdp", "handlers", "persistence")}
+        project = {
+            f
+            for f in frames
+            if _package(f) in ("mdp", "handlers", "persistence", "live", "web", "errors")
+        }
         for frame in {f for f in project if "mdp/cli.py" not in f}:
             project_inclusive[re.sub(r" \((.*/)?([^/]+):\d+\)$", r" (\2)", frame)] += n
 
