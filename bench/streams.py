@@ -6,7 +6,8 @@
 Commit-to-client is measured from the moment a batch's NOTIFY reaches a LISTEN connection of
 this script (PostgreSQL sends it at commit) to the moment each client has read that batch's
 first trade. The clients share this process and its core budget with the service: each is a
-bare protocol that parses only timestamps, so that their own cost stays out of the figures. Writes bench/results/streams-<timestamp>.json. Everything it starts is stopped.
+bare protocol that parses only timestamps, so that their own cost stays out of the figures.
+Writes bench/results/streams-<timestamp>.json. Everything it starts is stopped.
 """
 
 from __future__ import annotations
