@@ -10,6 +10,7 @@ from prometheus_client.openmetrics import exposition as openmetrics_format
 from starlette.responses import Response
 
 from handlers.context import app_state, request_header
+from web.negotiation import media_range
 
 __all__ = ["get_health", "get_ingestion_status", "get_metrics", "get_root", "negotiate"]
 
@@ -109,24 +110,20 @@ async def get_ingestion_status() -> dict[str, Any]:
     }
 
 
+# What each media type a scraper may ask for is answered with.
+_OFFERS = {
+    "application/openmetrics-text": OPENMETRICS,
+    "text/plain": TEXT,
+    "application/json": JSON,
+}
+
+
 def negotiate(accept: str) -> str:
     """JSON (the default and the contract's first form), Prometheus text, or OpenMetrics."""
     best, best_q = JSON, 0.0
     for item in accept.split(","):
-        media, *params = (part.strip() for part in item.split(";"))
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        offer = {
-            "application/openmetrics-text": OPENMETRICS,
-            "text/plain": TEXT,
-            "application/json": JSON,
-        }.get(media.lower())
+        media, q = media_range(item)
+        offer = _OFFERS.get(media)
         if offer is not None and q > best_q:
             best, best_q = offer, q
     return best
