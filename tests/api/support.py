@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -13,14 +13,26 @@ from typing import Any
 
 import asyncpg
 import httpx2 as httpx
+from sqlalchemy import text
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.testclient import TestClient
 
 from mdp.app import create_app
 from mdp.settings import DEFAULT_SYMBOLS, Settings, SymbolSpec
-from tests.support import dsn, provision_key_now, wait_until
+from persistence.symbols import ensure_symbols
+from persistence.trades import NewTrade, insert_live_batch
+from tests.support import (
+    dsn,
+    open_test_engine,
+    provision_key_now,
+    restore_trades,
+    seed_trades,
+    wait_until,
+)
 
 __all__ = [
+    "Row",
     "SyncDatabase",
     "TradeRecord",
     "assert_problem",
@@ -31,6 +43,12 @@ __all__ = [
 ]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+# A trade of one symbol as tests write it: (timestamp, price, volume).
+Row = tuple[datetime, str | Decimal, int]
+# One of the service's write paths, storing trades in the caller's transaction.
+StoreTrades = Callable[[AsyncConnection, list[NewTrade]], Awaitable[None]]
+_NEWEST_IDS = text("SELECT id FROM trades WHERE symbol = :symbol ORDER BY id DESC LIMIT :count")
 
 
 def iso(moment: datetime) -> str:
@@ -149,14 +167,18 @@ class TradeRecord:
 class SyncDatabase:
     """Committed writes and reads from synchronous tests, on a private event loop.
 
-    The app runs in the TestClient's own thread and loop; this connection is independent of
-    it, so what a test writes here is exactly what a client of the real service would see.
+    The app runs in the TestClient's own thread and loop; these connections are independent
+    of it, so what a test writes here is exactly what a client of the real service would see.
+    Symbols and trades are written through the service's own write paths (on an engine);
+    `execute` and `fetchval` are for a test's own SQL (on one connection, kept between calls).
     """
 
     def __init__(self, url: URL) -> None:
         self.url = url
         self._loop = asyncio.new_event_loop()
         self._conn: asyncpg.Connection | None = None
+        # Connects on first use, on this loop: only `_run` ever awaits it.
+        self._engine = open_test_engine(url)
 
     def _run(self, coro: Any) -> Any:
         return self._loop.run_until_complete(coro)
@@ -189,39 +211,59 @@ class SyncDatabase:
         )
         names = ", ".join(row["name"] for row in tables)
         self.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
-        self._run(
-            self.conn.executemany(
-                "INSERT INTO symbols (symbol, name) VALUES ($1, $2)",
-                [(spec.symbol, spec.name) for spec in symbols],
+
+        async def register() -> None:
+            async with self._engine.begin() as conn:
+                await ensure_symbols(conn, ((spec.symbol, spec.name) for spec in symbols))
+
+        self._run(register())
+
+    def seed_trades(self, symbol: str, trades: Sequence[Row]) -> list[TradeRecord]:
+        """History of `symbol`, committed as `mdp backfill` writes it: with its candles."""
+        return self._store(seed_trades, symbol, trades)
+
+    def restore_trades(self, symbol: str, trades: Sequence[Row]) -> list[TradeRecord]:
+        """Trades of `symbol`, committed as a restored dump holds them: nothing materialised,
+        so candles come from trades until the leader's step materialises them."""
+        return self._store(restore_trades, symbol, trades)
+
+    def insert_live_batch(self, symbol: str, trades: Sequence[Row]) -> list[TradeRecord]:
+        """A live batch of `symbol`, committed and announced as a single ingestion writer
+        writes one: every trade carries the batch's stamp, newer than the last batch's.
+
+        Not on the shared `market`: `reset` empties `ingestion_state` (so the batch is
+        refused), and the shared app's listener would go on answering the batch's prices
+        from memory after `reset` empties `trades`.
+        """
+
+        async def write(conn: AsyncConnection, new: list[NewTrade]) -> None:
+            stamped = new[0].timestamp
+            stored = await insert_live_batch(
+                conn, new, stamped=stamped, leader_pid=None, lock_key=0
             )
-        )
+            assert stored == len(new), f"a live batch at {stamped} is not newer than the last"
 
-    def add_trades(
-        self, symbol: str, trades: Sequence[tuple[datetime, str | Decimal, int]]
-    ) -> list[TradeRecord]:
-        """Insert (timestamp, price, volume) rows in order, committed; ids increase in order."""
+        return self._store(write, symbol, trades)
 
-        async def insert() -> list[TradeRecord]:
-            records = []
-            async with self.conn.transaction():
-                for timestamp, price, volume in trades:
-                    trade_id = await self.conn.fetchval(
-                        "INSERT INTO trades (symbol, price, volume, timestamp) "
-                        "VALUES ($1, $2, $3, $4) RETURNING id",
-                        symbol,
-                        Decimal(price),
-                        volume,
-                        timestamp,
-                    )
-                    records.append(TradeRecord(trade_id, symbol, Decimal(price), volume, timestamp))
-            return records
+    def _store(self, write: StoreTrades, symbol: str, trades: Sequence[Row]) -> list[TradeRecord]:
+        """Write `trades` in the order given, then read back the ids they were given."""
+        new = [NewTrade(symbol, Decimal(price), volume, moment) for moment, price, volume in trades]
 
-        result: list[TradeRecord] = self._run(insert())
-        return result
+        async def store() -> list[int]:
+            async with self._engine.begin() as conn:
+                await write(conn, new)
+                # Ids follow the order given, and nothing else writes this symbol meanwhile:
+                # the newest len(new) ids of the symbol are these trades'.
+                newest = await conn.execute(_NEWEST_IDS, {"symbol": symbol, "count": len(new)})
+                return list(reversed(newest.scalars().all()))
+
+        ids: list[int] = self._run(store())
+        return [TradeRecord(i, *trade) for i, trade in zip(ids, new, strict=True)]
 
     def close(self) -> None:
         try:
             if self._conn is not None and not self._conn.is_closed():
                 self._run(self._conn.close(timeout=5))
+            self._run(self._engine.dispose())
         finally:
             self._loop.close()

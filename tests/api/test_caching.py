@@ -18,7 +18,7 @@ PAST = {"start": iso(BASE), "end": iso(BASE + timedelta(hours=1))}
 
 
 def _past_trades(market: SyncDatabase) -> None:
-    market.add_trades(
+    market.seed_trades(
         "AAPL",
         [(BASE + timedelta(minutes=minute, seconds=5), "100.5", 3) for minute in range(5)],
     )
@@ -48,7 +48,7 @@ def test_closed_candle_page_is_immutable_with_a_stable_strong_etag(
 
 def test_candles_with_the_open_bucket_must_be_revalidated(client: TestClient, market: SyncDatabase):
     now = datetime.now(UTC)
-    market.add_trades("AAPL", [(now - timedelta(minutes=10), "100", 1)])
+    market.seed_trades("AAPL", [(now - timedelta(minutes=10), "100", 1)])
 
     # The default window ends with the bucket still open, here still without a candle.
     response = client.get("/candles", params={"symbol": "AAPL"})
@@ -183,7 +183,7 @@ def test_a_changed_answer_gets_a_new_etag_and_the_old_one_no_longer_matches(
 ):
     _past_trades(market)
     before = client.get("/price/latest", params={"symbol": "AAPL"}).headers["etag"]
-    market.add_trades("AAPL", [(datetime.now(UTC), "101", 1)])
+    market.seed_trades("AAPL", [(datetime.now(UTC), "101", 1)])
 
     response = client.get(
         "/price/latest", params={"symbol": "AAPL"}, headers={"If-None-Match": before}

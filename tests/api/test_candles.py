@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from persistence.materialise import advance_watermark
 from tests.api.support import (
+    Row,
     SyncDatabase,
     TradeRecord,
     assert_problem,
@@ -97,11 +98,22 @@ def exact(candles: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def _store(write: Callable[[str, Sequence[Row]], list[TradeRecord]]) -> list[TradeRecord]:
+    records = write("AAPL", TRADES)
+    write("MSFT", [(moment, "410.00", 100) for moment, _, _ in TRADES])
+    return records
+
+
 @pytest.fixture
 def aapl(market: SyncDatabase) -> list[TradeRecord]:
-    records = market.add_trades("AAPL", TRADES)
-    market.add_trades("MSFT", [(moment, "410.00", 100) for moment, _, _ in TRADES])
-    return records
+    """AAPL and MSFT history, stored as `mdp backfill` stores it."""
+    return _store(market.seed_trades)
+
+
+@pytest.fixture
+def restored_aapl(market: SyncDatabase) -> list[TradeRecord]:
+    """The same trades restored from a dump: not one candle materialised."""
+    return _store(market.restore_trades)
 
 
 def walk(client: TestClient, params: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
@@ -243,7 +255,7 @@ def test_candles_mark_the_bucket_containing_now_as_open(
     def request(now: datetime) -> dict[str, Any]:
         market.reset()
         earlier = floor(now, step) - 2 * step
-        market.add_trades("AAPL", [(earlier, "100.00", 1), (now, "101.00", 2)])
+        market.seed_trades("AAPL", [(earlier, "100.00", 1), (now, "101.00", 2)])
         params = {"symbol": "AAPL", "interval": interval, "start": iso(earlier)}
         body: dict[str, Any] = client.get("/candles", params=params).json()
         return body
@@ -263,7 +275,7 @@ def test_candles_default_window_ends_with_the_open_bucket(client: TestClient, ma
 
     def request(now: datetime) -> dict[str, Any]:
         market.reset()
-        market.add_trades("AAPL", [(now - 3 * step, "100.00", 1), (now, "101.00", 2)])
+        market.seed_trades("AAPL", [(now - 3 * step, "100.00", 1), (now, "101.00", 2)])
         params = {"symbol": "AAPL", "interval": "1h", "limit": 24}
         body: dict[str, Any] = client.get("/candles", params=params).json()
         return body
@@ -443,14 +455,16 @@ def _materialise(url: URL) -> None:
 
 
 def test_candles_not_materialised_yet_are_answered_from_trades_and_counted(
-    client: TestClient, aapl: list[TradeRecord], api_database_url: URL
+    client: TestClient, restored_aapl: list[TradeRecord], api_database_url: URL
 ):
+    # Restored, not backfilled: only the leader's step (`_materialise`) stores their candles.
     params = {"symbol": "AAPL", "interval": "1h", **WINDOW}
     before = _pages_from_trades(client, "1h")
 
     unmaterialised = client.get("/candles", params=params)
 
-    assert exact(decimal_json(unmaterialised)["candles"]) == reference(aapl, INTERVALS["1h"])
+    expected = reference(restored_aapl, INTERVALS["1h"])
+    assert exact(decimal_json(unmaterialised)["candles"]) == expected
     assert _pages_from_trades(client, "1h") == before + 1
     _materialise(api_database_url)
 

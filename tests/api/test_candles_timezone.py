@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
 from tests.api.support import (
+    Row,
     SyncDatabase,
     TradeRecord,
     app_settings,
@@ -36,18 +38,29 @@ STEPS = {"1h": timedelta(hours=1), "4h": timedelta(hours=4), "1d": timedelta(day
 MINUTE = timedelta(minutes=1)
 
 
-@pytest.fixture
-def trades(market: SyncDatabase) -> dict[str, list[TradeRecord]]:
+def _store(
+    write: Callable[[str, Sequence[Row]], list[TradeRecord]],
+) -> dict[str, list[TradeRecord]]:
     """A trade every 37 minutes for three days, prices moving; MSFT at the same times."""
     moments = [FIRST + n * timedelta(minutes=37) for n in range(3 * 24 * 60 // 37)]
     return {
-        "AAPL": market.add_trades(
+        "AAPL": write(
             "AAPL", [(t, f"{100 + n % 17 / 4:.2f}", 1 + n % 5) for n, t in enumerate(moments)]
         ),
-        "MSFT": market.add_trades(
-            "MSFT", [(t, f"{400 + n % 11 / 8:.3f}", 2) for n, t in enumerate(moments)]
-        ),
+        "MSFT": write("MSFT", [(t, f"{400 + n % 11 / 8:.3f}", 2) for n, t in enumerate(moments)]),
     }
+
+
+@pytest.fixture
+def trades(market: SyncDatabase) -> dict[str, list[TradeRecord]]:
+    """The trades as history, stored as `mdp backfill` stores it."""
+    return _store(market.seed_trades)
+
+
+@pytest.fixture
+def restored(market: SyncDatabase) -> dict[str, list[TradeRecord]]:
+    """The same trades restored from a dump: not one minute materialised."""
+    return _store(market.restore_trades)
 
 
 def _label(moment: datetime, tz: ZoneInfo, interval: str) -> tuple[Any, ...]:
@@ -125,8 +138,9 @@ def test_a_new_york_day_is_25_hours_long_when_clocks_fall_back(
 
 
 def test_materialised_minutes_give_the_same_zoned_candles(
-    client: TestClient, trades: dict[str, list[TradeRecord]], api_database_url: URL
+    client: TestClient, restored: dict[str, list[TradeRecord]], api_database_url: URL
 ):
+    # Restored, not backfilled: only the leader's step (`_materialise`) stores their minutes.
     params = {"symbol": "AAPL", "interval": "4h", "timezone": "America/New_York", **WINDOW}
     from_trades = client.get("/candles", params=params).json()
     _materialise(api_database_url)

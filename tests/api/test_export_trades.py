@@ -42,12 +42,12 @@ def at(seconds: float) -> datetime:
 @pytest.fixture
 def trades(market: SyncDatabase) -> None:
     """Three symbols, with ties in time across and within symbols, and awkward prices."""
-    market.add_trades("MSFT", [(at(10), "410.1", 3), (at(10), "0.000001", 1), (at(20), "5", 2)])
-    market.add_trades(
+    market.seed_trades("MSFT", [(at(10), "410.1", 3), (at(10), "0.000001", 1), (at(20), "5", 2)])
+    market.seed_trades(
         "AAPL",
         [(at(10), "187.42", 7), (at(0.000001), "99999.999999", 5), (at(86399.999999), "1.5", 9)],
     )
-    market.add_trades("TSLA", [(at(10), "240.01", 4), (at(-1), "1", 1), (at(86400), "1", 1)])
+    market.seed_trades("TSLA", [(at(10), "240.01", 4), (at(-1), "1", 1), (at(86400), "1", 1)])
 
 
 def query(**extra: str) -> dict[str, str]:

@@ -90,7 +90,7 @@ def test_symbols_rejects_a_cursor_it_did_not_issue(
 def test_symbols_rejects_a_cursor_issued_by_another_operation(
     client: TestClient, market: SyncDatabase
 ):
-    market.add_trades("AAPL", [(datetime(2026, 1, 2, tzinfo=UTC), "1", 1)] * 2)
+    market.seed_trades("AAPL", [(datetime(2026, 1, 2, tzinfo=UTC), "1", 1)] * 2)
     trades_cursor = client.get("/trades", params={"symbol": "AAPL", "limit": 1}).json()[
         "next_cursor"
     ]

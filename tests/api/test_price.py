@@ -20,7 +20,7 @@ from tests.api.support import (
 
 def test_latest_price_is_the_newest_trade(client: TestClient, market: SyncDatabase):
     base = past_midnight()
-    market.add_trades(
+    market.seed_trades(
         "AAPL",
         [
             (base + timedelta(seconds=1), "187.10", 5),
@@ -43,7 +43,9 @@ def test_latest_price_is_the_newest_trade(client: TestClient, market: SyncDataba
 
 def test_latest_price_breaks_timestamp_ties_by_highest_id(client: TestClient, market: SyncDatabase):
     moment = past_midnight() + timedelta(minutes=5)
-    market.add_trades("MSFT", [(moment, "410.01", 1), (moment, "410.02", 2), (moment, "409.99", 3)])
+    market.seed_trades(
+        "MSFT", [(moment, "410.01", 1), (moment, "410.02", 2), (moment, "409.99", 3)]
+    )
 
     body = client.get("/price/latest", params={"symbol": "MSFT"}).json()
 
@@ -54,7 +56,7 @@ def test_latest_price_breaks_timestamp_ties_by_highest_id(client: TestClient, ma
 def test_latest_price_accepts_a_lowercase_symbol_and_returns_it_upper_case(
     client: TestClient, market: SyncDatabase
 ):
-    market.add_trades("GOOGL", [(past_midnight(), "140.00", 1)])
+    market.seed_trades("GOOGL", [(past_midnight(), "140.00", 1)])
 
     response = client.get("/price/latest", params={"symbol": "gOoGl"})
 
@@ -66,7 +68,7 @@ def test_latest_price_accepts_a_lowercase_symbol_and_returns_it_upper_case(
 def test_latest_price_comes_back_exactly_as_stored(
     client: TestClient, market: SyncDatabase, stored: str
 ):
-    market.add_trades("TSLA", [(past_midnight(), stored, 9)])
+    market.seed_trades("TSLA", [(past_midnight(), stored, 9)])
 
     response = client.get("/price/latest", params={"symbol": "TSLA"})
 

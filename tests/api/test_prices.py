@@ -25,8 +25,8 @@ def test_latest_prices_come_in_the_order_asked_with_duplicates_folded(
     client: TestClient, market: SyncDatabase
 ):
     base = past_midnight()
-    market.add_trades("AAPL", [(base, "187.10", 5), (base + timedelta(seconds=1), "187.42", 7)])
-    market.add_trades("MSFT", [(base, "410.05", 12)])
+    market.seed_trades("AAPL", [(base, "187.10", 5), (base + timedelta(seconds=1), "187.42", 7)])
+    market.seed_trades("MSFT", [(base, "410.05", 12)])
 
     response = client.get("/prices/latest", params={"symbols": "msft,AAPL,Msft,amzn"})
 
@@ -85,7 +85,9 @@ async def test_latest_price_is_answered_from_memory_while_the_feed_is_heard(
             what="a live price",
         )
         # Written beside the live feed (not a live batch): the database's newest trade, but
-        # never announced, so an instance answering from memory does not see it.
+        # never announced, so an instance answering from memory does not see it. Raw SQL on
+        # purpose: no write path of the service stores a newest trade unannounced (live
+        # batches NOTIFY; backfill writes only below the oldest trade).
         future = datetime.now(UTC) + timedelta(hours=1)
         conn = await asyncpg.connect(dsn(fresh_database_url))
         try:

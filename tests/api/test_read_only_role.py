@@ -90,7 +90,6 @@ def test_every_operation_answers_through_a_select_only_role(
 ):
     assert set(REQUESTS) == _operations(), "request every GET operation of the contract here"
     primary = SyncDatabase(fresh_database_url)
-    primary.fetchval("SELECT 1")  # connected before add_trades, which cannot connect itself
     settings = app_settings(
         fresh_database_url,
         database_read_url=reader_url,
@@ -98,12 +97,12 @@ def test_every_operation_answers_through_a_select_only_role(
         ingestion_interval_seconds=0.2,
     )
     # History the leader has not materialised yet when it starts (a few of its first steps
-    # catch it up): one hour, two trades. Written before the app starts, because the first
-    # writer sets the candle watermark at the oldest trade it sees, and history written below
-    # the watermark later is only ever materialised by `mdp backfill`.
+    # catch it up): one hour, two trades, restored as from a dump. Written before the app
+    # starts, because the first writer sets the candle watermark at the oldest trade it sees,
+    # and history written below the watermark later is only ever materialised by `mdp backfill`.
     hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
     try:
-        primary.add_trades("AAPL", [(hour, "100.00", 1), (hour + MINUTE, "101.00", 1)])
+        primary.restore_trades("AAPL", [(hour, "100.00", 1), (hour + MINUTE, "101.00", 1)])
         with running_app(settings) as client:
             wait_until(
                 lambda: client.get("/status/ingestion").json(),

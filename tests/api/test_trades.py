@@ -44,8 +44,8 @@ AAPL_TRADES = [
 @pytest.fixture
 def aapl(market: SyncDatabase) -> list[TradeRecord]:
     """AAPL trades sorted ascending by (timestamp, id); MSFT trades at the same times."""
-    records = market.add_trades("AAPL", AAPL_TRADES)
-    market.add_trades("MSFT", [(moment, "410.00", 1) for moment, _, _ in AAPL_TRADES[:4]])
+    records = market.seed_trades("AAPL", AAPL_TRADES)
+    market.seed_trades("MSFT", [(moment, "410.00", 1) for moment, _, _ in AAPL_TRADES[:4]])
     return sorted(records, key=lambda r: (r.timestamp, r.id))
 
 
@@ -176,7 +176,7 @@ def test_trades_cursor_walk_ignores_trades_appended_before_the_position(
     params = {"symbol": "AAPL", "order": "asc", "limit": 5}
     first = client.get("/trades", params=params).json()
     # A late trade that sorts before the position reached must not shift the next pages.
-    market.add_trades("AAPL", [(at(5), "99.50", 1)])
+    market.seed_trades("AAPL", [(at(5), "99.50", 1)])
 
     ids = [t["id"] for t in first["trades"]]
     cursor = first["next_cursor"]

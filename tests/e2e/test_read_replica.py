@@ -36,7 +36,6 @@ def pair() -> Iterator[ReplicatedPair]:
 @pytest.fixture
 def primary(pair: ReplicatedPair) -> Iterator[SyncDatabase]:
     database = SyncDatabase(pair.primary)
-    database.fetchval("SELECT 1")  # connected before add_trades, which cannot connect itself
     yield database
     database.close()
 
@@ -61,7 +60,7 @@ def test_reads_served_by_the_replica_see_the_primary_writes(
     settings = app_settings(pair.primary, database_read_url=pair.standby)
     with running_app(settings) as client:
         moment = datetime.now(UTC) - timedelta(minutes=5)
-        written = primary.add_trades("AAPL", [(moment, "123.45", 7)])
+        written = primary.seed_trades("AAPL", [(moment, "123.45", 7)])
 
         trades = wait_until(
             lambda: client.get("/trades", params={"symbol": "AAPL", "start": iso(moment)}).json(),
@@ -87,7 +86,7 @@ def test_health_reports_the_lag_of_a_paused_replica(
     with running_app(settings) as client:
         standby.execute("SELECT pg_wal_replay_pause()")
         try:
-            primary.add_trades("AAPL", [(datetime.now(UTC), "1", 1)])
+            primary.insert_live_batch("AAPL", [(datetime.now(UTC), "1", 1)])
             # The primary moved on; the paused standby received it but cannot replay it.
             lagging = wait_until(
                 lambda: client.get("/health").json()["checks"]["database"],
@@ -118,7 +117,7 @@ def test_nothing_reported_final_by_a_paused_replica_changes_after_it_resumes(
     that minute closed without the trades the replica has not replayed."""
     # History from before the service started: two minutes that are final already.
     start = _floor_minute(datetime.now(UTC)) - timedelta(minutes=2)
-    primary.add_trades("AAPL", [(start + timedelta(seconds=s), "100", 1) for s in (10, 30, 70)])
+    primary.seed_trades("AAPL", [(start + timedelta(seconds=s), "100", 1) for s in (10, 30, 70)])
     settings = app_settings(
         pair.primary,
         database_read_url=pair.standby,
