@@ -208,6 +208,7 @@ def test_candle_streams_of_one_symbol_and_interval_share_one_read_per_batch(
             lambda: all(len(e) > n for e, n in zip(streams, seen, strict=True)),
             what="every stream sending candles meanwhile",
         )
-    # One read per batch (a batch under way, and a read per stream when time makes a candle
-    # final, at most), where unshared reads would be three per batch.
-    assert 0 < later_reads - reads <= later_batches - batches + len(streams)
+    # One read per batch, where unshared reads would be three per batch (45 here). The slack:
+    # batches committed before the first sample but heard after it, and a read per stream
+    # when time alone makes a candle final.
+    assert 0 < later_reads - reads <= later_batches - batches + 2 * len(streams)
