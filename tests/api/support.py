@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 
 from mdp.app import create_app
 from mdp.settings import DEFAULT_SYMBOLS, Settings, SymbolSpec
+from persistence.materialise import advance_watermark
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, insert_live_batch
 from tests.support import (
@@ -217,6 +218,27 @@ class SyncDatabase:
                 await ensure_symbols(conn, ((spec.symbol, spec.name) for spec in symbols))
 
         self._run(register())
+
+    def materialise(self) -> None:
+        """What the ingestion leader does as minutes become final (these apps run without
+        ingestion): candles of every final bucket stored, the watermark caught up."""
+
+        async def run() -> None:
+            async with self._engine.begin() as conn:
+                # The row migrations create, which `reset` empties with every table.
+                await conn.execute(
+                    text(
+                        "INSERT INTO ingestion_state (id, last_batch_at) "
+                        "VALUES (1, '-infinity') ON CONFLICT (id) DO NOTHING"
+                    )
+                )
+            while True:
+                async with self._engine.begin() as conn:
+                    advance = await advance_watermark(conn, span=timedelta(days=3))
+                if advance is None or advance.caught_up:
+                    return
+
+        self._run(run())
 
     def seed_trades(self, symbol: str, trades: Sequence[Row]) -> list[TradeRecord]:
         """History of `symbol`, committed as `mdp backfill` writes it: with its candles."""

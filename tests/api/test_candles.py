@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
-from persistence.materialise import advance_watermark
 from tests.api.support import (
     Row,
     SyncDatabase,
@@ -24,7 +20,7 @@ from tests.api.support import (
     iso,
     past_midnight,
 )
-from tests.support import metric_value, open_test_engine
+from tests.support import metric_value
 
 T = TypeVar("T")
 BASE = past_midnight()
@@ -434,30 +430,10 @@ def _pages_from_trades(client: TestClient, interval: str) -> float:
     return metric_value(metrics, "mdp_candle_pages_from_trades_total", {"interval": interval})
 
 
-def _materialise(url: URL) -> None:
-    """What the ingestion leader does (these tests run without ingestion)."""
-
-    async def run() -> None:
-        engine = open_test_engine(url)
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(
-                    text(
-                        "INSERT INTO ingestion_state (id, last_batch_at) "
-                        "VALUES (1, '-infinity') ON CONFLICT (id) DO NOTHING"
-                    )
-                )
-                await advance_watermark(conn, span=timedelta(days=10_000))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())
-
-
 def test_candles_not_materialised_yet_are_answered_from_trades_and_counted(
-    client: TestClient, restored_aapl: list[TradeRecord], api_database_url: URL
+    client: TestClient, restored_aapl: list[TradeRecord], market: SyncDatabase
 ):
-    # Restored, not backfilled: only the leader's step (`_materialise`) stores their candles.
+    # Restored, not backfilled: only the leader's step (`materialise`) stores their candles.
     params = {"symbol": "AAPL", "interval": "1h", **WINDOW}
     before = _pages_from_trades(client, "1h")
 
@@ -466,7 +442,7 @@ def test_candles_not_materialised_yet_are_answered_from_trades_and_counted(
     expected = reference(restored_aapl, INTERVALS["1h"])
     assert exact(decimal_json(unmaterialised)["candles"]) == expected
     assert _pages_from_trades(client, "1h") == before + 1
-    _materialise(api_database_url)
+    market.materialise()
 
     materialised = client.get("/candles", params=params)
 

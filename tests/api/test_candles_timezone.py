@@ -29,7 +29,6 @@ from tests.api.support import (
     iso,
     running_app,
 )
-from tests.api.test_candles import _materialise
 
 # New York falls back on 2 November 2025 (01:00 local happens twice).
 FIRST = datetime(2025, 11, 1, 0, 7, tzinfo=UTC)
@@ -138,12 +137,12 @@ def test_a_new_york_day_is_25_hours_long_when_clocks_fall_back(
 
 
 def test_materialised_minutes_give_the_same_zoned_candles(
-    client: TestClient, restored: dict[str, list[TradeRecord]], api_database_url: URL
+    client: TestClient, restored: dict[str, list[TradeRecord]], market: SyncDatabase
 ):
-    # Restored, not backfilled: only the leader's step (`_materialise`) stores their minutes.
+    # Restored, not backfilled: only the leader's step (`materialise`) stores their minutes.
     params = {"symbol": "AAPL", "interval": "4h", "timezone": "America/New_York", **WINDOW}
     from_trades = client.get("/candles", params=params).json()
-    _materialise(api_database_url)
+    market.materialise()
     assert client.get("/candles", params=params).json() == from_trades
 
 

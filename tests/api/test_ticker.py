@@ -11,13 +11,11 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
-from persistence.materialise import advance_watermark
 from tests.api.support import SyncDatabase, assert_problem, decimal_json, error_names
-from tests.support import dsn, open_test_engine
+from tests.support import dsn
 
 T = TypeVar("T")
 
@@ -28,33 +26,6 @@ _REFERENCE = """
            sum(price * volume) AS notional, count(*) AS trade_count
     FROM trades WHERE symbol = $1 AND timestamp >= $2 AND timestamp <= $3
 """
-
-
-async def _materialise(url: URL) -> int:
-    """What the ingestion leader does as minutes become final (the write path); returns how
-    many 1m candles of AAPL it stored."""
-    engine = open_test_engine(url)
-    try:
-        async with engine.begin() as conn:
-            # The row migrations create (the `market` fixture empties every table).
-            await conn.execute(
-                text(
-                    "INSERT INTO ingestion_state (id, last_batch_at) VALUES (1, '-infinity') "
-                    "ON CONFLICT (id) DO NOTHING"
-                )
-            )
-        while True:
-            async with engine.begin() as conn:
-                advance = await advance_watermark(conn, span=timedelta(days=3))
-            if advance is None or advance.caught_up:
-                break
-        async with engine.connect() as conn:
-            stored = await conn.execute(
-                text("SELECT count(*) FROM candles WHERE symbol = 'AAPL' AND interval = '1m'")
-            )
-            return int(stored.scalar_one())
-    finally:
-        await engine.dispose()
 
 
 async def _reference(url: URL, start: datetime, end: datetime) -> asyncpg.Record:
@@ -91,7 +62,11 @@ def test_ticker_equals_the_decimal_statistics_of_the_last_24_hours(
     market.restore_trades("AAPL", rows)
     # The final minutes (5, or 6 when the two trades at -20 h straddle a minute) are
     # materialised; the newest trade's minute is not final yet.
-    assert 5 <= _run(_materialise(api_database_url)) <= 6
+    market.materialise()
+    stored = market.fetchval(
+        "SELECT count(*) FROM candles WHERE symbol = 'AAPL' AND interval = '1m'"
+    )
+    assert 5 <= stored <= 6
 
     response = client.get("/ticker", params={"symbols": "aapl,MSFT"})
 
