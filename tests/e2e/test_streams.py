@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,11 +12,25 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from handlers.sse import encode_id
+from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade
 from tests.e2e.sse import TRADES_AFTER, consuming, fetch, read_events, stream_data
 from tests.support import metric_value, open_test_engine, seed_trades, serve_live, wait_until
+
+
+async def _write(
+    url: URL, write: Callable[[AsyncConnection, Any], Awaitable[None]], rows: Any
+) -> None:
+    """One of the service's write paths (history, symbols), committed in a transaction."""
+    engine = open_test_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await write(conn, rows)
+    finally:
+        await engine.dispose()
 
 
 def stream(
@@ -62,11 +76,8 @@ async def test_trade_stream_resumes_exactly_after_last_event_id_without_backfill
         seen = list(read_events(r))
     last = seen[-1]
     # Backfill while the client is away: old timestamps, new ids, never live.
-    await fetch(
-        module_database,
-        "INSERT INTO trades (symbol, price, volume, timestamp) VALUES ('AAPL', 1, 1, $1)",
-        datetime.now(UTC) - timedelta(days=1),
-    )
+    day_ago = datetime.now(UTC) - timedelta(days=1)
+    await _write(module_database, seed_trades, [NewTrade("AAPL", Decimal(1), 1, day_ago)])
     time.sleep(0.5)  # away for a few batches (the server ingests every 0.2 s)
     headers = {"Last-Event-ID": last.id or ""}
     with stream(service, "/stream/trades", {"symbols": "AAPL,TSLA", "limit": 20}, headers) as r:
@@ -109,7 +120,7 @@ def test_a_last_event_id_never_issued_gets_a_reset(service: str, never: str) -> 
 async def test_a_quiet_stream_sends_heartbeats_and_ends_after_its_duration(
     service: str, module_database: URL
 ) -> None:
-    await fetch(module_database, "INSERT INTO symbols (symbol, name) VALUES ('QUIET', 'Quiet')")
+    await _write(module_database, ensure_symbols, [("QUIET", "Quiet")])
     comments: list[str] = []
     started = time.monotonic()
     with stream(service, "/stream/trades", {"symbols": "quiet", "duration": 1}) as r:
@@ -154,13 +165,8 @@ async def test_candle_stream_sends_the_open_candle_and_resumed_ones_final(
     past = minute - timedelta(minutes=3)
     # History written as `mdp backfill` writes it: with its candles, in one transaction (the
     # leader has already materialised that minute, as empty).
-    engine = open_test_engine(module_database)
-    try:
-        async with engine.begin() as conn:
-            moment = past + timedelta(seconds=1)
-            await seed_trades(conn, [NewTrade("GOOGL", Decimal("140.5"), 7, moment)])
-    finally:
-        await engine.dispose()
+    moment = past + timedelta(seconds=1)
+    await _write(module_database, seed_trades, [NewTrade("GOOGL", Decimal("140.5"), 7, moment)])
     params = {"symbol": "googl", "interval": "1m", "limit": 3}
     with stream(service, "/stream/candles", params, {"Last-Event-ID": encode_id(past, 0)}) as r:
         events = list(read_events(r))
