@@ -66,11 +66,17 @@ OpenDatabase = Callable[..., Database]
 
 @pytest.fixture
 async def open_database() -> AsyncIterator[OpenDatabase]:
-    """The service's read side on a URL: its pool, admission and probe; closed afterwards."""
+    """The service's read side on a URL: its pool, admission and probe, ready to serve unless
+    `ready=False` (as start-up marks it once migrations ran); closed afterwards."""
     opened: list[Database] = []
 
     def open_(
-        url: URL, *, probe_timeout: float, connect_timeout: float = 5, size: int = 2
+        url: URL,
+        *,
+        probe_timeout: float,
+        connect_timeout: float = 5,
+        size: int = 2,
+        ready: bool = True,
     ) -> Database:
         connect = read_connection(
             url, connect_timeout=connect_timeout, query_timeout=30, application_name="t"
@@ -79,6 +85,8 @@ async def open_database() -> AsyncIterator[OpenDatabase]:
         database = Database(
             ReadPool(connect, size), probe_timeout=probe_timeout, admission=admission
         )
+        if ready:
+            database.mark_ready()
         opened.append(database)
         return database
 
@@ -90,7 +98,7 @@ async def open_database() -> AsyncIterator[OpenDatabase]:
 async def test_connect_raises_database_unavailable_before_ready(
     database_url: URL, open_database: OpenDatabase
 ) -> None:
-    database = open_database(database_url, probe_timeout=2)
+    database = open_database(database_url, probe_timeout=2, ready=False)
 
     with pytest.raises(DatabaseUnavailable) as raised:
         async with database.connect():
@@ -104,7 +112,6 @@ async def test_connect_gives_a_working_connection_once_ready(
     database_url: URL, open_database: OpenDatabase
 ) -> None:
     database = open_database(database_url, probe_timeout=2)
-    database.mark_ready()
 
     async with database.connect() as conn:
         assert await conn.fetchval("SELECT 41 + 1") == 42
@@ -160,7 +167,6 @@ async def test_connect_raises_database_unavailable_when_nothing_listens(
     open_database: OpenDatabase,
 ) -> None:
     database = open_database(NOTHING_LISTENS, probe_timeout=2)
-    database.mark_ready()
 
     with pytest.raises(DatabaseUnavailable) as raised:
         async with database.connect():
@@ -176,7 +182,6 @@ async def test_connect_raises_database_unavailable_when_handshake_times_out(
     open_database: OpenDatabase,
 ) -> None:
     database = open_database(silent_server, probe_timeout=2, connect_timeout=0.2)
-    database.mark_ready()
     with pytest.raises(DatabaseUnavailable):
         async with database.connect():
             pytest.fail("connected to a server that never answered")
@@ -187,7 +192,6 @@ async def test_connect_raises_database_unavailable_when_server_kills_the_session
     open_database: OpenDatabase,
 ) -> None:
     database = open_database(database_url, probe_timeout=2)
-    database.mark_ready()
     with pytest.raises(DatabaseUnavailable):
         async with database.connect() as conn:
             await _terminate(database_url, conn.get_server_pid())
@@ -202,7 +206,6 @@ async def test_connect_lets_query_errors_through_unchanged(
     database_url: URL, open_database: OpenDatabase
 ) -> None:
     database = open_database(database_url, probe_timeout=2)
-    database.mark_ready()
 
     with pytest.raises(asyncpg.UndefinedTableError):
         async with database.connect() as conn:
@@ -213,7 +216,6 @@ async def test_connections_are_reused_one_request_after_another(
     database_url: URL, open_database: OpenDatabase
 ) -> None:
     database = open_database(database_url, probe_timeout=2)
-    database.mark_ready()
 
     pids = []
     for _ in range(3):
@@ -229,7 +231,6 @@ async def test_a_domain_error_keeps_the_connection_and_a_cut_short_query_closes_
     open_database: OpenDatabase,
 ) -> None:
     database = open_database(database_url, probe_timeout=2)
-    database.mark_ready()
     with pytest.raises(SymbolNotFound):
         async with database.connect() as conn:
             kept = conn.get_server_pid()
@@ -253,7 +254,6 @@ async def test_a_connection_left_in_a_transaction_is_not_reused(
     database_url: URL, open_database: OpenDatabase
 ) -> None:
     database = open_database(database_url, probe_timeout=2)
-    database.mark_ready()
     async with database.connect() as conn:
         await conn.execute("BEGIN")
         left = conn.get_server_pid()
@@ -322,7 +322,6 @@ async def test_a_failed_connection_drops_the_probe_cached_before_it(
     open_database: OpenDatabase,
 ) -> None:
     database = open_database(NOTHING_LISTENS, probe_timeout=2)
-    database.mark_ready()
     first = await database.probe()
 
     with pytest.raises(DatabaseUnavailable):
