@@ -186,7 +186,7 @@ class Database:
             except BaseException as exc:
                 # Cut short: the query may still run, or the protocol be mid-statement.
                 closed = conn.is_closed()
-                self.pool.give(conn, discard=True)
+                await self.pool.retire(conn)
                 if isinstance(exc, Exception):
                     self._check(exc, closed=closed)
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +15,8 @@ __all__ = ["ReadPool", "read_connection", "session_settings"]
 # may not hand back for the next statement: without a statement cache asyncpg sends unnamed
 # statements, parsed again with every Bind in the same round trip.
 _POOLED: dict[str, Any] = {"statement_cache_size": 0}
+# How long a connection whose query was cut short may take to confirm the cancel.
+_SETTLE_SECONDS = 1.0
 
 
 def session_settings(query_timeout: float, *, read_only: bool = False) -> dict[str, str]:
@@ -95,6 +98,23 @@ class ReadPool:
             conn.terminate()
         else:
             self._idle.append(conn)
+
+    async def retire(self, conn: asyncpg.Connection) -> None:
+        """Close a connection whose query was cut short (a timeout, a cancelled request).
+
+        asyncpg has asked the server to cancel the query, over a connection of its own;
+        closing at once would abandon that request, and PostgreSQL, which does not watch a
+        client's socket while it computes, would run the query to its statement timeout.
+        One round trip on the connection waits until the cancel has landed.
+        """
+        try:
+            if not conn.is_closed():
+                async with asyncio.timeout(_SETTLE_SECONDS):
+                    await conn.fetchval("SELECT 1")
+        except Exception:
+            pass  # It cannot answer: closing it is all that is left, below.
+        finally:
+            self.give(conn, discard=True)
 
     def discard_idle(self) -> None:
         """After the server went away, every idle connection is likely dead too: open fresh
