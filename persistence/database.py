@@ -177,6 +177,9 @@ class Database:
             except Exception as exc:
                 self._check(exc)
                 raise
+            if self._probe is not None and not self._probe[1].ok:
+                # Connected: a failure probed a moment ago is news no more.
+                self._probe = None
             try:
                 yield conn
             except ServiceError:
@@ -192,9 +195,6 @@ class Database:
                 raise
             else:
                 self.pool.give(conn)
-        if self._probe is not None and not self._probe[1].ok:
-            # Served: a failure probed a moment ago is news no more.
-            self._probe = None
 
     def _check(self, exc: Exception, *, closed: bool = False) -> None:
         """Raises a 503 when a read's error means the database is gone (and its idle
