@@ -3,7 +3,8 @@
 Connexion 3.3 rebuilds per request what depends only on the operation: the URI parser and the
 parameter validator (request validation middleware), and `decorate()` with its
 `inspect.signature` plus a `ConnexionRequest` whose query it parses again (the operation). Its
-Swagger UI middleware also runs a router on every request. Connexion still routes every
+security layer builds a `ConnexionRequest` and tries every scheme's function per request, and
+its Swagger UI middleware runs a router on every request. Connexion still routes every
 request, applies security and validates parameters against the contract; these classes only
 build the per-operation parts once. `tests/unit/mdp/test_connexion_adaptations.py` fails when an
 upgrade renames or stops calling what is overridden here.
@@ -28,6 +29,7 @@ from connexion.middleware.request_validation import (
 )
 from connexion.middleware.response_validation import ResponseValidationMiddleware
 from connexion.middleware.routing import RoutingMiddleware, RoutingOperation
+from connexion.middleware.security import SecurityAPI, SecurityMiddleware, SecurityOperation
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from connexion.operations import AbstractOperation
 from connexion.validators import VALIDATOR_MAP
@@ -35,6 +37,7 @@ from connexion.validators.abstract import AbstractResponseBodyValidator
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
+from mdp import security
 from mdp.validation import OperationParameters
 
 __all__ = ["RESPONSE_VALIDATORS", "adapt"]
@@ -90,6 +93,57 @@ class _ValidationAPI(RequestValidationAPI):  # type: ignore[misc]
 
 class _ValidationMiddleware(RequestValidationMiddleware):  # type: ignore[misc]
     api_cls = _ValidationAPI
+
+
+class _SecurityOperation(SecurityOperation):  # type: ignore[misc]
+    """Calls `mdp.security.judge` with the scope instead of building a `ConnexionRequest` and
+    trying each scheme's function in turn. With only our schemes that is the same decision:
+    exactly one of their functions judges any request, by calling `judge` (see mdp.security).
+    An operation secured any other way keeps Connexion's own check."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.judged_by_mdp = bool(self.security) and all(
+            len(requirement) == 1 and self._ours(self.security_schemes[name])
+            for requirement in self.security
+            for name in requirement
+        )
+
+    def _ours(self, scheme: dict[str, Any]) -> bool:
+        # The handler Connexion's factory would pick for the scheme (parse_security_scheme).
+        if scheme["type"] == "http":
+            kind = scheme["scheme"].lower()
+        elif scheme["type"] == "apiKey" and not scheme.get("x-authentication-scheme"):
+            kind = "apiKey"
+        else:
+            return False
+        handler = self.security_handler_factory.security_handlers.get(kind)
+        return handler is not None and handler is security.security_map.get(kind)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.judged_by_mdp:
+            await super().__call__(scope, receive, send)
+            return
+        token_info = security.judge(scope)
+        # What Connexion's verify_fn records, where the operation binds it from.
+        scope["extensions"].setdefault(_SECURITY_CONTEXT, {}).update(
+            {"user": token_info.get("sub"), "token_info": token_info}
+        )
+        await self.next_app(scope, receive, send)
+
+
+class _SecurityAPI(SecurityAPI):  # type: ignore[misc]
+    def make_operation(self, operation: Any) -> _SecurityOperation:
+        built: _SecurityOperation = _SecurityOperation.from_operation(
+            operation,
+            next_app=self.next_app,
+            security_handler_factory=self.security_handler_factory,
+        )
+        return built
+
+
+class _SecurityMiddleware(SecurityMiddleware):  # type: ignore[misc]
+    api_cls = _SecurityAPI
 
 
 class _Operation(AsyncOperation):  # type: ignore[misc]
@@ -230,6 +284,7 @@ RESPONSE_VALIDATORS = MediaTypeDict(
 _REPLACEMENTS = {
     RoutingMiddleware: _RoutingMiddleware,
     RequestValidationMiddleware: _ValidationMiddleware,
+    SecurityMiddleware: _SecurityMiddleware,
     SwaggerUIMiddleware: _SwaggerUIMiddleware,
 }
 

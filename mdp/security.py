@@ -7,7 +7,8 @@ be empty, so each operation names its scopes in `x-required-scopes`, read here a
 Connexion calls one verification function per scheme and stops at the first that returns
 credentials. Each request belongs to exactly one of ours — the API-key handler judges requests
 with an `X-API-Key` header or no credentials at all, the bearer handler those with only an
-`Authorization` header — so every request is judged (and audited) once, whatever the order.
+`Authorization` header — so every request is judged (and audited) once, whatever the order,
+and `judge` makes that one decision directly (mdp.connexion_adaptations calls it per request).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connexion.security import NO_VALUE, AbstractSecurityHandler
+from starlette.types import Scope
 
 import errors
 from errors import DatabaseUnavailable, ServiceError
@@ -33,6 +35,7 @@ __all__ = [
     "Guard",
     "RateLimited",
     "Unauthenticated",
+    "judge",
     "required_scopes",
     "security_map",
 ]
@@ -194,10 +197,10 @@ class Guard:
         return {"sub": key.id}
 
 
-def _credentials(request: Any) -> tuple[list[bytes], list[bytes]]:
+def _credentials(headers: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes]]:
     api_keys: list[bytes] = []
     bearer: list[bytes] = []
-    for name, value in request.scope["headers"]:
+    for name, value in headers:
         if name == b"x-api-key":
             api_keys.append(value)
         elif name == b"authorization":
@@ -205,14 +208,21 @@ def _credentials(request: Any) -> tuple[list[bytes], list[bytes]]:
     return api_keys, bearer
 
 
+def judge(scope: Scope) -> Any:
+    """Judge a request's credentials against its operation: the token info Connexion records
+    (`{"sub": key id}`), or an AuthError. What both schemes' handlers decide, in one call."""
+    api_keys, bearer = _credentials(scope["headers"])
+    guard: Guard = scope["state"]["app"].guard
+    return guard.judge(scope, api_keys, bearer)
+
+
 def _verify(request: Any, *, bearer_scheme: bool) -> Any:
-    api_keys, bearer = _credentials(request)
+    api_keys, bearer = _credentials(request.scope["headers"])
     # The bearer handler judges only requests with an Authorization header and no X-API-Key;
     # the API-key handler judges all others (a request is judged once: see the docstring).
     if bearer_scheme != bool(bearer and not api_keys):
         return NO_VALUE
-    guard: Guard = request.scope["state"]["app"].guard
-    return guard.judge(request.scope, api_keys, bearer)
+    return judge(request.scope)
 
 
 class _ApiKeyHandler(AbstractSecurityHandler):  # type: ignore[misc]

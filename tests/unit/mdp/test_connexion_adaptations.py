@@ -3,6 +3,7 @@ stops calling what mdp.connexion_adaptations overrides must fail here, not slow 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,12 +13,16 @@ from connexion.middleware.main import ConnexionMiddleware
 from connexion.middleware.request_validation import RequestValidationMiddleware
 from connexion.middleware.response_validation import ResponseValidationMiddleware
 from connexion.middleware.routing import RoutingMiddleware
+from connexion.middleware.security import SecurityOperation
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from starlette.types import Receive, Scope, Send
 
 from errors import RequestValidationFailed
 from mdp import connexion_adaptations as adaptations
+from mdp.apikeys import RateLimit, hash_key
 from mdp.app import create_app
+from mdp.keyring import Key
+from mdp.security import AuthError, Guard, required_scopes
 from mdp.settings import Settings
 from mdp.spec import load_contract
 
@@ -192,3 +197,93 @@ def test_a_repeated_valid_request_is_parsed_once_and_each_gets_its_own_values(
     assert second == {"symbols": ["AAPL", "MSFT"]}
     # Refusals are not remembered: a fuzzer's endless variety must not fill the memo.
     assert parsed == [b"symbols=AAPL,MSFT", *[b"symbols=AAPL&symbols=MSFT&x=1"] * 2]
+
+
+def _security_operations(stack: list[Any]) -> dict[str, Any]:
+    security = _one(stack, adaptations._SecurityMiddleware)
+    [api] = [api for apis in security.apis.values() for api in apis]
+    return dict(api.operations)
+
+
+def test_every_secured_operation_is_judged_by_one_call_of_mdp_security(stack: list[Any]) -> None:
+    secured = required_scopes(load_contract().document)
+    operations = _security_operations(stack)
+
+    assert set(operations) == OPERATION_IDS
+    for operation_id, operation in operations.items():
+        assert isinstance(operation, adaptations._SecurityOperation)
+        # What the override reads of Connexion's operation, per the contract.
+        assert operation.judged_by_mdp == (operation_id in secured), operation_id
+
+
+def _key(key_id: str, scopes: set[str], *, revoked: bool = False) -> tuple[str, Key]:
+    text = f"mdp_{key_id}_{'s' * 43}"
+    key = Key(
+        key_id, f"key {key_id}", hash_key(text), frozenset(scopes), RateLimit(10**6, 1), revoked
+    )
+    return text, key
+
+
+async def test_the_one_call_decides_as_connexions_own_security_check(stack: list[Any]) -> None:
+    document = load_contract().document
+    guard = Guard(mode="required", scopes=required_scopes(document))
+    reader, read_key = _key("a" * 12, {"read"})
+    streamer, stream_key = _key("b" * 12, {"stream"})
+    revoked, revoked_key = _key("c" * 12, {"read"}, revoked=True)
+    # The ring as a reload from the database leaves it (tests/integration/test_keyring.py).
+    guard.ring._keys = {key.id: key for key in (read_key, stream_key, revoked_key)}
+    guard.ring.loaded = True
+    operation = _security_operations(stack)["handlers.market.list_symbols"]
+    credentials: list[list[tuple[bytes, bytes]]] = [
+        [],
+        [(b"x-api-key", reader.encode())],
+        [(b"authorization", b"Bearer " + reader.encode())],
+        [(b"authorization", b"bearer  " + reader.encode() + b" ")],
+        [(b"x-api-key", reader.encode()), (b"authorization", b"Bearer " + reader.encode())],
+        [(b"x-api-key", reader.encode()), (b"x-api-key", reader.encode())],
+        [(b"authorization", b"Basic " + reader.encode())],
+        [(b"x-api-key", b"mdp_nope")],
+        [(b"x-api-key", reader[:-1].encode() + b"t")],
+        [(b"x-api-key", revoked.encode())],
+        [(b"authorization", b"Bearer " + streamer.encode())],
+        [(b"x-api-key", b"x" * 500)],
+    ]
+
+    async def decide(call: Any, headers: list[tuple[bytes, bytes]]) -> tuple[Any, ...]:
+        scope: dict[str, Any] = {
+            "type": "http",
+            "method": "GET",
+            "path": "/symbols",
+            "headers": headers,
+            "query_string": b"",
+            "state": {"app": SimpleNamespace(guard=guard)},
+            "extensions": {
+                "connexion_routing": {
+                    "api_base_path": "",
+                    "operation_id": "handlers.market.list_symbols",
+                }
+            },
+        }
+        reached: list[dict[str, Any]] = []
+
+        async def downstream(scope: Scope, receive: Receive, send: Send) -> None:
+            reached.append(dict(scope["extensions"]["connexion_context"]))
+
+        original = operation.next_app
+        operation.next_app = downstream
+        try:
+            await call(scope, None, None)
+        except AuthError as exc:
+            return type(exc), exc.reason, exc.key
+        finally:
+            operation.next_app = original
+        return ("served", reached)
+
+    for headers in credentials:
+        ours = await decide(operation, headers)
+        connexions = await decide(SecurityOperation.__call__.__get__(operation), headers)
+        assert ours == connexions, headers
+    assert await decide(operation, credentials[1]) == (
+        "served",
+        [{"user": read_key.id, "token_info": {"sub": read_key.id}}],
+    )
