@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -27,14 +28,49 @@ __all__ = ["main"]
 logger = logging.getLogger("mdp.cli")
 
 
-def _serve(settings: Settings) -> None:
+# libuv (under uvloop) accepts one connection per event-loop turn. While the loop is busy with
+# the requests of open connections, a burst of new ones (a wrk run, a scale-up behind Cloud
+# Run's front end) waited a turn each: up to 0.9 s for the first request of the last one.
+# Listeners sharing the port through SO_REUSEPORT each accept one per turn, and the kernel
+# spreads connections over them (bench/README.md, "Connection bursts").
+LISTENERS = 16
+
+
+def listeners(host: str, port: int, count: int = LISTENERS) -> list[socket.socket]:
+    """`count` sockets bound to host:port (one where SO_REUSEPORT is missing). Not listening
+    yet: uvicorn listens once the lifespan has started, so nothing connects before."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    shared = hasattr(socket, "SO_REUSEPORT")
+    sockets = []
+    try:
+        for _ in range(count if shared else 1):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if shared:
+                # Linux admits only sockets of the same user to the group.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _serve(settings: Settings) -> int:
     import uvicorn
 
-    uvicorn.run(
+    try:
+        sockets = listeners(settings.host, settings.port)
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return 1
+    config = uvicorn.Config(
         "mdp.app:create_app",
         factory=True,
-        host=settings.host,
-        port=settings.port,
         lifespan="on",
         log_config=None,
         access_log=False,
@@ -43,6 +79,9 @@ def _serve(settings: Settings) -> None:
         # Cloud Run sends SIGTERM and waits 10 s: leave time for the lifespan's shutdown.
         timeout_graceful_shutdown=7,
     )
+    logger.info("serving on http://%s:%d", settings.host, settings.port)
+    uvicorn.Server(config).run(sockets=sockets)
+    return 0
 
 
 @asynccontextmanager
@@ -184,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.command == "serve":
-        _serve(settings)
-    elif args.command == "migrate":
+        return _serve(settings)
+    if args.command == "migrate":
         asyncio.run(_migrate(settings))
     elif args.command == "keys":
         return asyncio.run(_keys(settings, args))
