@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -118,6 +119,8 @@ _OFFERS = {
 }
 
 
+# Scrapers and clients send a handful of distinct Accept values: parsed once each.
+@functools.lru_cache(maxsize=256)
 def negotiate(accept: str) -> str:
     """JSON (the default and the contract's first form), Prometheus text, or OpenMetrics."""
     best, best_q = JSON, 0.0

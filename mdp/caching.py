@@ -38,7 +38,9 @@ def none_match(if_none_match: str, etag: str) -> bool:
 def conditional(response: Response, headers: Iterable[tuple[bytes, bytes]]) -> Response:
     """Tag a cacheable 200 (one that carries Cache-Control) and answer 304 when the request's
     If-None-Match already holds that tag; any other response passes unchanged."""
-    if response.status_code != 200 or "cache-control" not in response.headers:
+    if response.status_code != 200 or not any(
+        name == b"cache-control" for name, _ in response.raw_headers
+    ):
         return response
     etag = _entity_tag(bytes(response.body))
     # Appended, not set: this is the one place that adds them.

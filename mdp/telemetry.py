@@ -85,7 +85,7 @@ class TelemetryMiddleware:
             elif name == b"x-cloud-trace-context":
                 match = _TRACE_ID.match(value)
                 trace = match.group(1).decode().lower() if match else None
-        if not _VALID_REQUEST_ID.match(request_id):
+        if not request_id or not _VALID_REQUEST_ID.match(request_id):
             # An identifier, not a secret: no system call per request for it.
             request_id = b"%032x" % random.getrandbits(128)
         token = _request_id.set(request_id.decode())
@@ -105,16 +105,18 @@ class TelemetryMiddleware:
                 # Starlette writes header names in lower case. Handlers already stamp the
                 # request id (see mdp.responses); never send it twice.
                 headers = list(message.get("headers", ()))
-                if not any(name == b"x-request-id" for name, _ in headers):
+                stamped = False
+                for name, value in headers:
+                    if name == b"x-request-id":
+                        stamped = True
+                    elif name == b"content-type":
+                        events = value.startswith(b"text/event-stream")
+                if not stamped:
                     headers.append((b"x-request-id", request_id))
                 outcome = audit.current()
                 if outcome is not None:
                     # The RateLimit fields of an authenticated request (a refusal has none).
                     headers += outcome.headers
-                    events = any(
-                        name == b"content-type" and value.startswith(b"text/event-stream")
-                        for name, value in headers
-                    )
                 message["headers"] = headers
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")
@@ -143,20 +145,21 @@ class TelemetryMiddleware:
                 sent=sent,
                 elapsed_ms=elapsed_ms,
             )
-            access_logger.info(
-                "%s %s %d %.2fms",
-                scope["method"],
-                scope["path"],
-                status,
-                elapsed_ms,
-                extra={
-                    "http": {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "latency_ms": round(elapsed_ms, 3),
-                    }
-                },
-            )
+            if access_logger.isEnabledFor(logging.INFO):
+                access_logger.info(
+                    "%s %s %d %.2fms",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    elapsed_ms,
+                    extra={
+                        "http": {
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "status": status,
+                            "latency_ms": round(elapsed_ms, 3),
+                        }
+                    },
+                )
             _trace.reset(trace_token)
             _request_id.reset(token)
