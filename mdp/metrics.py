@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client import exposition as text_format
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.openmetrics import exposition as openmetrics_format
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
@@ -23,6 +33,8 @@ OPENMETRICS = openmetrics_format.CONTENT_TYPE_LATEST
 
 # Latency buckets for an API whose typical answer takes about a millisecond.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Their `le` labels, as prometheus-client writes them.
+_BOUNDS = [*(floatToGoString(bound) for bound in _BUCKETS), "+Inf"]  # type: ignore[no-untyped-call]
 
 
 class _StateCollector(Collector):
@@ -93,24 +105,70 @@ class _StateCollector(Collector):
         )
 
 
+class _Latency:
+    __slots__ = ("buckets", "created", "sum")
+
+    def __init__(self) -> None:
+        # Per bucket, not cumulative; the last one is +Inf.
+        self.buckets = [0] * (len(_BUCKETS) + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+
+class _RequestCollector(Collector):
+    """Requests by operation, method and status, and their latency by operation.
+
+    Plain counts, turned into Prometheus families at scrape time: a prometheus-client Counter
+    and Histogram take a lock per update, and two per request showed up in every profile.
+    The event loop is the only writer, so nothing here needs one."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, int], list[float]] = {}
+        self._latency: dict[str, _Latency] = {}
+
+    def observe(self, operation: str, method: str, status: int, seconds: float) -> None:
+        key = (operation, method, status)
+        count = self._counts.get(key)
+        if count is None:
+            count = self._counts[key] = [0, time.time()]
+        count[0] += 1
+        latency = self._latency.get(operation)
+        if latency is None:
+            latency = self._latency[operation] = _Latency()
+        # Prometheus buckets are upper bounds, inclusive: the first bound >= seconds.
+        latency.buckets[bisect.bisect_left(_BUCKETS, seconds)] += 1
+        latency.sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "mdp_http_requests",
+            "HTTP requests answered, by operation and status.",
+            labels=["operation", "method", "status"],
+        )
+        for (operation, method, status), (count, created) in list(self._counts.items()):
+            requests.add_metric([operation, method, str(status)], count, created=created)
+        yield requests
+        latency = HistogramMetricFamily(
+            "mdp_http_request_duration_seconds",
+            "Time to answer an HTTP request, by operation.",
+            labels=["operation"],
+        )
+        for operation, each in list(self._latency.items()):
+            cumulative = list(itertools.accumulate(each.buckets))
+            latency.add_metric([operation], list(zip(_BOUNDS, cumulative, strict=True)), each.sum)
+            latency.samples.append(
+                Sample(latency.name + "_created", {"operation": operation}, each.created)
+            )
+        yield latency
+
+
 class PrometheusMetrics:
     """One registry per app (not the global one), so several apps in a process stay apart."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "mdp_http_requests",
-            "HTTP requests answered, by operation and status.",
-            ["operation", "method", "status"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "mdp_http_request_duration_seconds",
-            "Time to answer an HTTP request, by operation.",
-            ["operation"],
-            buckets=_BUCKETS,
-            registry=self.registry,
-        )
+        self.requests = _RequestCollector()
+        self.registry.register(self.requests)
         self.candles_from_trades = Counter(
             "mdp_candle_pages_from_trades",
             "Candle pages with final buckets not materialised yet, aggregated from trades.",
@@ -124,21 +182,8 @@ class PrometheusMetrics:
             registry=self.registry,
         )
 
-        # Children bound once per (operation, method, status): `labels()` takes a lock and
-        # builds its key on every call, which showed up in every request's profile.
-        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-
     def observe(self, operation: str, method: str, status: int, seconds: float) -> None:
-        key = (operation, method, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self.requests.labels(operation, method, str(status)),
-                self.latency.labels(operation),
-            )
-        counter, histogram = children
-        counter.inc()
-        histogram.observe(seconds)
+        self.requests.observe(operation, method, status, seconds)
 
     def watch(
         self, status: IngestionStatus, live: Broadcaster, *, reads: ReadPool, writes: AsyncEngine
