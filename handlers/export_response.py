@@ -12,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from handlers.export_formats import Encoder, ExportFormat, make_compressor
 from persistence.database import describe_error
+from web.disconnect import disconnected
 
 __all__ = ["ExportResponse", "Produce"]
 
@@ -23,11 +24,6 @@ Produce = Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
 
 class ExportTruncated(Exception):
     """Raised after the first byte: the server closes the connection without ending the body."""
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 class ExportResponse(Response):
@@ -119,7 +115,7 @@ class ExportResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream = asyncio.ensure_future(self._stream(send))
-        watch = asyncio.ensure_future(_disconnected(receive))
+        watch = asyncio.ensure_future(disconnected(receive))
         try:
             await asyncio.wait((stream, watch), return_when=asyncio.FIRST_COMPLETED)
             if not stream.done():

@@ -39,6 +39,8 @@ from starlette.types import Receive, Scope, Send
 
 from mdp import security
 from mdp.validation import OperationParameters
+from persistence.admission import client_gone
+from web.disconnect import disconnected
 
 __all__ = ["RESPONSE_VALIDATORS", "adapt"]
 
@@ -181,7 +183,12 @@ class _Operation(AsyncOperation):  # type: ignore[misc]
         return kwargs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await self._fn(**self.bind(scope))
+        # While the handler waits for a database connection, its client may go away.
+        gone = client_gone.set(functools.partial(disconnected, receive))
+        try:
+            response = await self._fn(**self.bind(scope))
+        finally:
+            client_gone.reset(gone)
         await response(scope, receive, send)
 
 

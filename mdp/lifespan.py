@@ -209,7 +209,7 @@ async def _serving(
         _run(settings, db, writes, status, live, guard, stop), name="mdp-background"
     )
     state = AppState(settings, load_contract(), db, status, metrics, prometheus, live, guard)
-    unwatch = prometheus.watch(status, live, reads=reads, writes=writes)
+    unwatch = prometheus.watch(status, live, reads=reads, admission=admission, writes=writes)
     restore_signals = _end_streams_on_signals(live)
     # What start-up built (the contract, compiled validators, the app) lives as long as the
     # process. Out of the collector's sight, a full collection no longer walks it: with it,

@@ -24,6 +24,7 @@ from sqlalchemy.pool import QueuePool
 
 from ingestion.status import IngestionStatus
 from live.broadcaster import Broadcaster
+from persistence.admission import Admission
 from persistence.pool import ReadPool
 
 __all__ = ["OPENMETRICS", "TEXT", "PrometheusMetrics"]
@@ -41,11 +42,17 @@ class _StateCollector(Collector):
     """Reads ingestion, pool and stream state at scrape time: nothing is counted twice."""
 
     def __init__(
-        self, status: IngestionStatus, live: Broadcaster, reads: ReadPool, writes: AsyncEngine
+        self,
+        status: IngestionStatus,
+        live: Broadcaster,
+        reads: ReadPool,
+        admission: Admission,
+        writes: AsyncEngine,
     ) -> None:
         self.status = status
         self.live = live
         self.reads = reads
+        self.admission = admission
         self.writes = writes
 
     def collect(self) -> Iterator[Metric]:
@@ -95,6 +102,11 @@ class _StateCollector(Collector):
             size.add_metric(["ingestion"], pool.size())
         yield checked_out
         yield size
+        yield GaugeMetricFamily(
+            "mdp_db_admission_waiting",
+            "Requests waiting for a read connection, served in arrival order.",
+            len(self.admission.waiters),
+        )
         yield GaugeMetricFamily(
             "mdp_streams_open", "Server-Sent Event streams open.", self.live.stream_count
         )
@@ -186,11 +198,17 @@ class PrometheusMetrics:
         self.requests.observe(operation, method, status, seconds)
 
     def watch(
-        self, status: IngestionStatus, live: Broadcaster, *, reads: ReadPool, writes: AsyncEngine
+        self,
+        status: IngestionStatus,
+        live: Broadcaster,
+        *,
+        reads: ReadPool,
+        admission: Admission,
+        writes: AsyncEngine,
     ) -> Callable[[], None]:
-        """Expose this lifespan's ingestion, streams and pools; returns the function that
-        stops it."""
-        collector = _StateCollector(status, live, reads, writes)
+        """Expose this lifespan's ingestion, streams, pools and admission queue; returns the
+        function that stops it."""
+        collector = _StateCollector(status, live, reads, admission, writes)
         self.registry.register(collector)
         return lambda: self.registry.unregister(collector)
 

@@ -27,12 +27,15 @@ from errors import (
     Unauthenticated,
 )
 from mdp.telemetry import current_request_id
+from persistence.admission import Abandoned
 
 __all__ = ["PROBLEM_TYPES", "install_error_handlers", "problem"]
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# What the logs and metrics record for a request whose client left before its answer.
+CLIENT_CLOSED_REQUEST = 499
 # How long clients should wait before retrying while the database is away.
 RETRY_AFTER_SECONDS = 5
 
@@ -146,7 +149,14 @@ def _unexpected(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
     )
 
 
+def _abandoned(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    # Nobody reads it: 499 (nginx's "client closed request") is for the logs and metrics.
+    logger.info("%s %s: the client went away while queued", request.method, request.url.path)
+    return ConnexionResponse(status_code=CLIENT_CLOSED_REQUEST)
+
+
 def install_error_handlers(app: AsyncApp) -> None:
+    app.add_error_handler(Abandoned, _abandoned)
     app.add_error_handler(ServiceError, _service_error)
     # Connexion registers its own ProblemException handler; ours must shadow it too.
     app.add_error_handler(ProblemException, _http_error)

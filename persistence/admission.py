@@ -5,18 +5,37 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 
 from errors import DatabaseUnavailable, Overloaded
 
-__all__ = ["Admission"]
+__all__ = ["Abandoned", "Admission", "client_gone"]
+
+
+class Abandoned(Exception):
+    """A request left the queue for a slot because nobody waits for its answer any more."""
+
+
+# Set per request by the web layer: returns once the request's client has gone away. A request
+# queued for a slot then leaves the queue at once instead of taking its turn (and a
+# connection) for an answer nobody reads.
+client_gone: ContextVar[Callable[[], Awaitable[object]] | None] = ContextVar(
+    "client_gone", default=None
+)
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
+
+
+def _abandon(waiter: asyncio.Future[None], watcher: asyncio.Future[object]) -> None:
+    if not watcher.cancelled() and watcher.exception() is None and not waiter.done():
+        waiter.set_exception(Abandoned())
 
 
 # How much one new hold time moves the running estimate (an exponential moving average).
@@ -31,7 +50,8 @@ class Admission:
     a released slot goes straight to the longest waiter. A request that would wait longer than
     `max_wait` seconds (estimated from the queue, recent hold times and how long the longest
     waiter has waited), or would find `max_waiting` requests ahead of it, is refused at once
-    with `Overloaded`, before any work is done for it.
+    with `Overloaded`, before any work is done for it. A waiter whose client goes away
+    (`client_gone`) leaves the queue at once with `Abandoned`.
     """
 
     def __init__(self, slots: int, *, max_waiting: int, max_wait: float, timeout: float) -> None:
@@ -71,6 +91,11 @@ class Admission:
         self.waiters.append(entry)
         # A timer, not asyncio.timeout(): most requests under load wait here, so it is hot.
         expiry = loop.call_later(timeout, _expire, waiter)
+        gone = client_gone.get()
+        watcher = None
+        if gone is not None:
+            watcher = asyncio.ensure_future(gone())
+            watcher.add_done_callback(functools.partial(_abandon, waiter))
         try:
             await waiter
         except BaseException:
@@ -84,6 +109,8 @@ class Admission:
             raise
         finally:
             expiry.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
     @asynccontextmanager
     async def slot(self, *, measured: bool = True) -> AsyncIterator[None]:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from errors import DatabaseUnavailable, ServiceError
-from persistence.admission import Admission
+from persistence.admission import Admission, client_gone
 from persistence.pool import ReadPool, session_settings
 
 __all__ = [
@@ -221,6 +221,8 @@ class Database:
         return await asyncio.shield(self._probing)
 
     async def _round_trip(self) -> Probe:
+        # Shared by every caller: the client of the request that started it may go away.
+        client_gone.set(None)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.probe_timeout):

@@ -15,8 +15,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from errors import DatabaseUnavailable, SymbolNotFound
-from persistence.admission import Admission
-from persistence.database import Database, describe_error, is_unavailable
+from persistence.admission import Admission, client_gone
+from persistence.database import Database, Probe, describe_error, is_unavailable
 from persistence.pool import ReadPool, read_connection
 from tests.support import dsn, open_test_engine, wait_until_async
 
@@ -332,3 +332,29 @@ async def test_a_failed_connection_drops_the_probe_cached_before_it(
             pytest.fail("connected to a port where nothing listens")
 
     assert await database.probe() is not first
+
+
+async def test_a_probe_waiting_for_a_connection_outlives_the_client_that_started_it(
+    database_url: URL, open_database: OpenDatabase
+) -> None:
+    database = open_database(database_url, probe_timeout=5, size=1)
+
+    async def gone_at_once() -> None:
+        return None
+
+    async def ask_as_a_request_whose_client_left() -> Probe:
+        # What the web layer sets for a request (mdp.connexion_adaptations).
+        client_gone.set(gone_at_once)
+        return await database.probe()
+
+    async with database.connect():
+        # The probe queues behind this holder; the client that asked for it is already gone.
+        asking = asyncio.create_task(ask_as_a_request_whose_client_left())
+        await asyncio.sleep(0.2)
+        other = asyncio.create_task(database.probe())
+        await asyncio.sleep(0.2)
+    # Shared by every caller, it is served in its turn, not abandoned with its first asker.
+    probes = await asyncio.gather(asking, other)
+
+    assert probes[0] is probes[1]
+    assert probes[0].ok, probes[0].detail

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from errors import DatabaseUnavailable, Overloaded
-from persistence.admission import Admission
+from persistence.admission import Abandoned, Admission, client_gone
 
 
 def _admission(slots: int = 1, *, max_waiting: int = 100, max_wait: float = 60) -> Admission:
@@ -159,3 +159,50 @@ async def test_an_unmeasured_hold_leaves_the_hold_time_estimate_alone() -> None:
     async with admission.slot():
         await asyncio.sleep(0.05)
     assert admission.hold_seconds > 0.005
+
+
+async def _hold_for(
+    admission: Admission, name: str, order: list[str], release: asyncio.Event, gone: asyncio.Event
+) -> None:
+    # The web layer's part: what this request's waits watch for (mdp.connexion_adaptations).
+    client_gone.set(gone.wait)
+    await _hold(admission, name, order, release)
+
+
+async def test_a_waiter_whose_client_goes_away_leaves_the_queue_at_once() -> None:
+    admission = _admission(slots=1)
+    order: list[str] = []
+    release = asyncio.Event()
+    gone = {name: asyncio.Event() for name in "abc"}
+    holder = asyncio.create_task(_hold_for(admission, "a", order, release, gone["a"]))
+    await _settle()
+    leaving = asyncio.create_task(_hold_for(admission, "b", order, release, gone["b"]))
+    staying = asyncio.create_task(_hold_for(admission, "c", order, release, gone["c"]))
+    await _settle()
+
+    gone["b"].set()
+    with pytest.raises(Abandoned):
+        await asyncio.wait_for(leaving, timeout=1)
+    # Out of the queue while the slot is still held, not when its turn would have come.
+    assert len(admission.waiters) == 1
+    release.set()
+    await asyncio.gather(holder, staying)
+
+    assert order == ["a", "c"]
+    assert admission.free == 1 and not admission.waiters
+
+
+async def test_a_holder_whose_client_goes_away_keeps_its_slot() -> None:
+    # Once admitted, the request's own code decides (a query is cancelled with its request).
+    admission = _admission(slots=1)
+    order: list[str] = []
+    release, gone = asyncio.Event(), asyncio.Event()
+    holder = asyncio.create_task(_hold_for(admission, "a", order, release, gone))
+    await _settle()
+    gone.set()
+    await _settle()
+
+    assert not holder.done() and admission.free == 0
+    release.set()
+    await holder
+    assert order == ["a"] and admission.free == 1
