@@ -19,6 +19,7 @@ __all__ = ["RateLimiter", "headers", "reset_seconds", "retry_after"]
 
 # draft-ietf-httpapi-ratelimit-headers-10: one quota policy, named after what it limits.
 _POLICY = '"key"'
+_POLICY_BYTES = _POLICY.encode()
 
 
 @functools.cache
@@ -38,7 +39,7 @@ def retry_after(limit: RateLimit, tokens: float) -> int:
 
 
 def headers(limit: RateLimit, tokens: float) -> list[tuple[bytes, bytes]]:
-    state = f"{_POLICY};r={int(tokens)};t={reset_seconds(limit, tokens)}".encode()
+    state = b"%s;r=%d;t=%d" % (_POLICY_BYTES, tokens, reset_seconds(limit, tokens))
     return [_policy(limit), (b"ratelimit", state)]
 
 
