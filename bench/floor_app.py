@@ -5,7 +5,7 @@ the service, imported from `persistence/`, so every service figure can be read a
 what the database and the HTTP stack alone allow. Candles are the seed's original model: one
 set-based aggregation over the window's trades per request.
 
-    BENCH_DATABASE_URL=postgresql://… uvicorn bench.floor_app:app --loop uvloop --http httptools
+    BENCH_DATABASE_URL=postgresql://… python -m bench.floor_app 8001
 
 Not part of the service: nothing imports it but the benchmark.
 """
@@ -319,3 +319,22 @@ def create_app() -> ASGIApp:
 
 
 app = create_app()
+
+
+def main() -> None:
+    """uvicorn (uvloop, httptools, no access log) on `mdp serve`'s listeners (mdp.cli), so
+    that a burst of new connections is accepted alike by both."""
+    import sys
+
+    import uvicorn
+
+    from mdp.cli import listeners
+
+    config = uvicorn.Config(
+        app, loop="uvloop", http="httptools", access_log=False, log_level="warning"
+    )
+    uvicorn.Server(config).run(sockets=listeners("127.0.0.1", int(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

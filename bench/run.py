@@ -106,13 +106,6 @@ class Servers:
 FROM_THE_DATABASE = {"price_latest"}
 
 
-def _uvicorn(app: str, port: int) -> list[str]:
-    return [
-        *(sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(port)),
-        *("--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"),
-    ]
-
-
 def start_servers(
     processes: Processes, server: Server, database: dict[str, Any], logs: Path
 ) -> Servers:
@@ -146,9 +139,8 @@ def start_servers(
     }
     reader = processes.start("reader", serve, reader_env, logs / "reader.log")
     floor_env = {**base_env, "BENCH_DATABASE_URL": as_asyncpg_dsn(database["dsn"])}
-    floor = processes.start(
-        "floor", _uvicorn("bench.floor_app:app", floor_port), floor_env, logs / "floor.log"
-    )
+    floor_command = [sys.executable, "-m", "bench.floor_app", str(floor_port)]
+    floor = processes.start("floor", floor_command, floor_env, logs / "floor.log")
     wait_http(f"http://{HOST}:{service_port}/health", service)
     wait_http(f"http://{HOST}:{reader_port}/health", reader)
     wait_http(f"http://{HOST}:{floor_port}/health", floor)
