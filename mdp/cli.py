@@ -43,6 +43,13 @@ def listeners(host: str, port: int, count: int = LISTENERS) -> list[socket.socke
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     shared = hasattr(socket, "SO_REUSEPORT")
+    if shared:
+        # SO_REUSEPORT would let a second `mdp serve` join the port and take half its
+        # connections: a socket without it must be able to bind first (it cannot while
+        # another server listens there).
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
     sockets = []
     try:
         for _ in range(count if shared else 1):

@@ -66,3 +66,17 @@ def test_a_port_in_use_is_reported_and_nothing_is_left_open() -> None:
         with pytest.raises(OSError):
             listeners("127.0.0.1", taken.getsockname()[1])
         assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_port_another_server_listens_on_is_refused_not_shared() -> None:
+    port = free_port()
+    serving = listeners("127.0.0.1", port, count=2)
+    try:
+        for sock in serving:
+            sock.listen()
+        # Without the check, SO_REUSEPORT would admit a second server to the port.
+        with pytest.raises(OSError):
+            listeners("127.0.0.1", port)
+    finally:
+        for sock in serving:
+            sock.close()
