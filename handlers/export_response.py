@@ -12,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from handlers.export_formats import Encoder, ExportFormat, make_compressor
 from persistence.database import describe_error
-from web.disconnect import disconnected
+from web.request import disconnected
 
 __all__ = ["ExportResponse", "Produce"]
 

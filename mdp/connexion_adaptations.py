@@ -40,7 +40,7 @@ from starlette.types import Receive, Scope, Send
 from mdp import security
 from mdp.validation import OperationParameters
 from persistence.admission import client_gone
-from web.disconnect import disconnected
+from web.request import disconnected
 
 __all__ = ["RESPONSE_VALIDATORS", "adapt"]
 

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from connexion.context import scope
 from connexion.jsonifier import Jsonifier
 from connexion.resolver import Resolver
 from starlette.responses import Response
@@ -16,6 +15,7 @@ from starlette.responses import Response
 from mdp import audit
 from mdp.caching import conditional
 from mdp.telemetry import current_request_id
+from web.request import current_scope
 
 __all__ = ["JsonResolver", "dumps", "jsonifier"]
 
@@ -35,9 +35,6 @@ def _loads(data: str | bytes) -> Any:
 jsonifier = Jsonifier(SimpleNamespace(dumps=dumps, loads=_loads))
 
 Handler = Callable[..., Awaitable[Any]]
-
-# The request's scope without the cost of a lookup through Connexion's proxy (handlers.context).
-_current_scope = scope._get_current_object
 
 
 def _respond(result: Any) -> Response:
@@ -63,7 +60,7 @@ def _respond(result: Any) -> Response:
             headers={**headers, "X-Request-ID": request_id} if request_id else headers,
             media_type="application/json",
         )
-    return conditional(response, _current_scope()["headers"])
+    return conditional(response, current_scope()["headers"])
 
 
 class JsonResolver(Resolver):  # type: ignore[misc]

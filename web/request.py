@@ -1,10 +1,15 @@
-"""Noticing that a request's client went away, from the ASGI `receive` channel."""
+"""The request being served, as the composing package and the handlers both reach it."""
 
 from __future__ import annotations
 
+from connexion.context import scope
 from starlette.types import Receive
 
-__all__ = ["disconnected"]
+__all__ = ["current_scope", "disconnected"]
+
+# The ASGI scope of the request being served, straight from the context variable behind
+# Connexion's `scope` proxy: each lookup through the proxy costs about a microsecond.
+current_scope = scope._get_current_object
 
 
 async def disconnected(receive: Receive) -> None:
