@@ -209,6 +209,9 @@ class ArrowEncoder:
             # PostgreSQL's text form of booleans.
             true_values=["t"],
             false_values=["f"],
+            # COPY's CSV writes NULL unquoted and empty, an empty string as "".
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
         )
 
     def _encode(self, block: bytes) -> bytes:

@@ -28,16 +28,15 @@ _BUCKETS = 5000
 
 logger = logging.getLogger(__name__)
 
-# The columns and types of the JSON operations: exact decimals, UTC microsecond timestamps.
-_PRICE = pa.decimal128(18, 6)
+# The columns and types of the JSON operations: exact decimals (the stored numeric(38, 18)),
+# UTC microsecond timestamps.
+_DECIMAL = pa.decimal128(38, 18)
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 CANDLES_SCHEMA = pa.schema(
     [
         ("symbol", pa.string()),
         ("timestamp", _TIMESTAMP),
-        *((name, _PRICE) for name in ("open", "high", "low", "close")),
-        ("volume", pa.int64()),
-        ("vwap", pa.decimal128(24, 6)),
+        *((name, _DECIMAL) for name in ("open", "high", "low", "close", "volume", "vwap")),
         ("trade_count", pa.int64()),
         ("closed", pa.bool_()),
     ]
@@ -46,9 +45,11 @@ TRADES_SCHEMA = pa.schema(
     [
         ("id", pa.int64()),
         ("symbol", pa.string()),
-        ("price", _PRICE),
-        ("volume", pa.int64()),
+        ("price", _DECIMAL),
+        ("volume", _DECIMAL),
         ("timestamp", _TIMESTAMP),
+        ("venue_trade_id", pa.string()),
+        ("side", pa.string()),
     ]
 )
 

@@ -20,6 +20,7 @@ import asyncpg
 
 from persistence.candles import MINUTES_FROM_TRADES
 from persistence.finality import HORIZON_SQL, WATERMARK_SQL
+from persistence.models import VWAP_SCALE
 
 __all__ = [
     "CANDLE_COLUMNS",
@@ -170,7 +171,7 @@ _ROLLED = f"""
     SELECT m.symbol, width_bucket(m.timestamp, {_S}) AS n,
            (array_agg(m.open ORDER BY m.timestamp))[1] AS open, max(m.high) AS high,
            min(m.low) AS low, (array_agg(m.close ORDER BY m.timestamp DESC))[1] AS close,
-           sum(m.volume)::bigint AS volume, round(sum(m.notional) / sum(m.volume), 6) AS vwap,
+           sum(m.volume) AS volume, round(sum(m.notional) / sum(m.volume), {VWAP_SCALE}) AS vwap,
            sum(m.trade_count)::bigint AS trade_count
     FROM minutes AS m
     GROUP BY 1, 2
@@ -181,10 +182,10 @@ _RFC3339 = f"to_char({_START} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\
 _SHAPES = {
     # JSON operations: exact prices as float8 (PostgreSQL prints their shortest form).
     "float": f"r.symbol, {_START}, r.open::float8, r.high::float8, r.low::float8, "
-    f"r.close::float8, r.volume, r.vwap::float8, r.trade_count, {_CLOSED}",
+    f"r.close::float8, r.volume::float8, r.vwap::float8, r.trade_count, {_CLOSED}",
     "text": f"r.symbol, {_RFC3339} AS timestamp, trim_scale(r.open) AS open, "
     "trim_scale(r.high) AS high, trim_scale(r.low) AS low, trim_scale(r.close) AS close, "
-    "r.volume, trim_scale(r.vwap) AS vwap, r.trade_count, "
+    "trim_scale(r.volume) AS volume, trim_scale(r.vwap) AS vwap, r.trade_count, "
     f"CASE WHEN {_CLOSED} THEN 'true' ELSE 'false' END AS closed",
     "typed": f"r.symbol, {_START} AS timestamp, r.open, r.high, r.low, r.close, r.volume, "
     f"r.vwap, r.trade_count, {_CLOSED} AS closed",

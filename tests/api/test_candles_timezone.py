@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
+from persistence.models import VWAP_SCALE
 from tests.api.support import (
     Row,
     SyncDatabase,
@@ -91,7 +92,7 @@ def reference(records: list[TradeRecord], tz: ZoneInfo, interval: str) -> list[d
             "close": rows[-1].price,
             "volume": sum(r.volume for r in rows),
             "vwap": (sum(r.price * r.volume for r in rows) / sum(r.volume for r in rows)).quantize(
-                Decimal("0.000001"), ROUND_HALF_UP
+                Decimal(1).scaleb(-VWAP_SCALE), ROUND_HALF_UP
             ),
             "trade_count": len(rows),
             "closed": True,
@@ -183,7 +184,7 @@ def _export_rows(data: bytes, fmt: str, reader: str) -> list[dict[str, Any]]:
     table = (
         pq.read_table(io.BytesIO(data)) if fmt == "parquet" else pa_ipc.open_stream(data).read_all()
     )
-    assert table.schema.field("open").type == pa.decimal128(18, 6)
+    assert table.schema.field("open").type == pa.decimal128(38, 18)
     assert table.schema.field("timestamp").type == pa.timestamp("us", tz="UTC")
     return table.to_pylist()
 
