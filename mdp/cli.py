@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tqdm import tqdm
 
-from mdp.settings import Settings, SettingsError
+from mdp.settings import DRAIN_SECONDS, Settings, SettingsError
 
 if TYPE_CHECKING:
     from mdp.database import Use
@@ -83,8 +83,8 @@ def _serve(settings: Settings) -> int:
         access_log=False,
         proxy_headers=True,
         forwarded_allow_ips="*",
-        # Cloud Run sends SIGTERM and waits 10 s: leave time for the lifespan's shutdown.
-        timeout_graceful_shutdown=7,
+        # Within Cloud Run's grace after SIGTERM: leave time for the lifespan's shutdown.
+        timeout_graceful_shutdown=DRAIN_SECONDS,
     )
     logger.info("serving on http://%s:%d", settings.host, settings.port)
     uvicorn.Server(config).run(sockets=sockets)
