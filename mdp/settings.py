@@ -207,6 +207,22 @@ class Settings:
     export_max_rows: int = 50_000_000
     export_max_days: int = 366
     export_timeout_seconds: float = 3600.0
+    # Fair shares: exports run on connections of their own (never the interactive read pool's),
+    # at most this many per instance (503 beyond); per API key, at most this many exports and
+    # streams at once (429 beyond), unless `mdp keys` gives the key its own caps.
+    export_max_concurrent: int = 4
+    export_max_per_key: int = 2
+    stream_max_per_key: int = 100
+    # A stream or export whose client has accepted no data for this long is closed.
+    slow_client_seconds: float = 30.0
+    # The request line and headers: at most this many bytes (414/431 beyond), arriving within
+    # this many seconds of the first byte (or of the connection opening), else it is closed.
+    http_max_url_bytes: int = 8192
+    http_max_head_bytes: int = 16384
+    http_head_timeout_seconds: float = 10.0
+    # Whose X-Forwarded-* headers are believed (addresses or networks, or `*`): loopback and
+    # link-local, where Cloud Run's front end connects from (docs/deploy.md).
+    forwarded_allow_ips: str = "127.0.0.1,::1,169.254.0.0/16"
     # None: `required` with DATABASE_URL (real data), `off` on the embedded database.
     auth_mode: AuthMode | None = None
     # Names the Cloud Trace resource in JSON logs, so Cloud Logging groups a request's lines.
@@ -297,6 +313,37 @@ class Settings:
             export_timeout_seconds=_float(
                 env, "EXPORT_TIMEOUT_SECONDS", defaults.export_timeout_seconds, minimum=1.0
             ),
+            export_max_concurrent=_int(
+                env,
+                "EXPORT_MAX_CONCURRENT",
+                defaults.export_max_concurrent,
+                minimum=0,
+                maximum=1000,
+            ),
+            export_max_per_key=_int(
+                env, "EXPORT_MAX_PER_KEY", defaults.export_max_per_key, minimum=0, maximum=1000
+            ),
+            stream_max_per_key=_int(
+                env, "STREAM_MAX_PER_KEY", defaults.stream_max_per_key, minimum=0, maximum=100_000
+            ),
+            slow_client_seconds=_float(
+                env, "SLOW_CLIENT_SECONDS", defaults.slow_client_seconds, minimum=0.1
+            ),
+            http_max_url_bytes=_int(
+                env, "HTTP_MAX_URL_BYTES", defaults.http_max_url_bytes, minimum=256, maximum=2**20
+            ),
+            http_max_head_bytes=_int(
+                env,
+                "HTTP_MAX_HEAD_BYTES",
+                defaults.http_max_head_bytes,
+                minimum=1024,
+                maximum=2**20,
+            ),
+            http_head_timeout_seconds=_float(
+                env, "HTTP_HEAD_TIMEOUT_SECONDS", defaults.http_head_timeout_seconds, minimum=0.1
+            ),
+            forwarded_allow_ips=env.get("FORWARDED_ALLOW_IPS", "").strip()
+            or defaults.forwarded_allow_ips,
             auth_mode=auth_mode,
             gcp_project=env.get("GOOGLE_CLOUD_PROJECT", "").strip() or None,
             redoc_script_url=env.get("REDOC_SCRIPT_URL", "").strip() or defaults.redoc_script_url,
