@@ -230,7 +230,7 @@ async def _serving(
         restore_signals()
         live.close()
         # Let the batch under way commit or roll back whole and the leader lock go, within
-        # Cloud Run's 10 s grace (uvicorn already spent up to 7 s draining requests).
+        # SHUTDOWN_GRACE_SECONDS (uvicorn already spent up to DRAIN_SECONDS draining requests).
         stop.set()
         try:
             await asyncio.wait_for(asyncio.shield(background), _STOP_GRACE_SECONDS)
