@@ -12,7 +12,7 @@ from mdp.apikeys import RateLimit, hash_key
 from mdp.keyring import Key
 from mdp.security import Guard, Unauthenticated
 
-OPERATION = "handlers.market.list_symbols"
+OPERATION = "listSymbols"
 SCOPE: dict[str, Any] = {"extensions": {"connexion_routing": {"operation_id": OPERATION}}}
 SECRET = f"mdp_{'a' * 12}_{'s' * 43}"
 OTHER_SECRET = f"mdp_{'a' * 12}_{'t' * 43}"
