@@ -285,5 +285,10 @@ async def test_the_one_call_decides_as_connexions_own_security_check(stack: list
         assert ours == connexions, headers
     assert await decide(operation, credentials[1]) == (
         "served",
-        [{"user": read_key.id, "token_info": {"sub": read_key.id}}],
+        [
+            {
+                "user": read_key.id,
+                "token_info": {"sub": read_key.id, "max_exports": None, "max_streams": None},
+            }
+        ],
     )
