@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence import api_keys
 from persistence.api_keys import KeyRow, insert_key, list_keys, revoke_key
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "parse_scopes",
     "redact",
     "revoke",
+    "set_caps",
 ]
 
 audit_logger = logging.getLogger("mdp.audit")
@@ -107,7 +109,13 @@ def _new_key() -> tuple[str, str]:
 
 
 async def create_key(
-    engine: AsyncEngine, *, name: str, scopes: Sequence[str], rate_limit: RateLimit
+    engine: AsyncEngine,
+    *,
+    name: str,
+    scopes: Sequence[str],
+    rate_limit: RateLimit,
+    max_exports: int | None = None,
+    max_streams: int | None = None,
 ) -> tuple[KeyRow, str]:
     """Store a new key's hash; returns the row and the key, which exists nowhere else."""
     name = name.strip()
@@ -123,6 +131,8 @@ async def create_key(
             scopes=scopes,
             rate_limit=rate_limit.requests,
             rate_window_seconds=rate_limit.window_seconds,
+            max_exports=max_exports,
+            max_streams=max_streams,
         )
     audit_logger.info(
         "API key %s (%s) created",
@@ -150,6 +160,31 @@ async def revoke(engine: AsyncEngine, key_id: str) -> KeyRow | None:
             row.id,
             row.name,
             extra={"audit": {"event": "key_revoked", "key_id": row.id, "key_name": row.name}},
+        )
+    return row
+
+
+async def set_caps(
+    engine: AsyncEngine, key_id: str, *, max_exports: int | None, max_streams: int | None
+) -> KeyRow | None:
+    """Give a key its own caps on concurrent exports and streams (None: the settings')."""
+    async with engine.begin() as conn:
+        row = await api_keys.set_caps(
+            conn, key_id, max_exports=max_exports, max_streams=max_streams
+        )
+    if row is not None:
+        audit_logger.info(
+            "API key %s (%s) caps set",
+            row.id,
+            row.name,
+            extra={
+                "audit": {
+                    "event": "key_caps_set",
+                    "key_id": row.id,
+                    "max_exports": row.max_exports,
+                    "max_streams": row.max_streams,
+                }
+            },
         )
     return row
 

@@ -215,7 +215,7 @@ def test_every_authenticated_request_is_audited_once_with_its_key_and_what_it_se
     read_id = key_id_of(keys["read"])
     assert served["event"] == "request"
     assert served["key_id"] == read_id and served["key_name"] == "reader"
-    assert served["operation"] == "handlers.market.list_symbols"
+    assert served["operation"] == "listSymbols"
     assert served["parameters"] == {"limit": "2"}
     assert served["status"] == 200
     assert served["rows"] == 2
@@ -225,7 +225,7 @@ def test_every_authenticated_request_is_audited_once_with_its_key_and_what_it_se
         "event": "request_refused",
         "key_id": read_id,
         "key_name": "reader",
-        "operation": "handlers.meta.get_metrics",
+        "operation": "getMetrics",
         "method": "GET",
         "path": "/metrics",
         "status": 403,

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from mdp.resolver import handler_name
 from tests.contract.support import SPEC_PATH, load_spec, operations
 from tests.support import Service
 
@@ -37,8 +38,7 @@ class GeneratedClient:
         self.types = importlib.import_module(f"{PACKAGE}.types")
 
     def api(self, tag: str, operation_id: str) -> ModuleType:
-        module = operation_id.replace(".", "_")
-        return importlib.import_module(f"{PACKAGE}.api.{tag}.{module}")
+        return importlib.import_module(f"{PACKAGE}.api.{tag}.{handler_name(operation_id)}")
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def _aware(value: datetime) -> datetime:
 
 
 def test_root(client: Any, client_module: GeneratedClient) -> None:
-    api = client_module.api("operations", "handlers.meta.get_root")
+    api = client_module.api("operations", "getRoot")
     root = api.sync(client=client)
     assert isinstance(root, client_module.models.Root)
     assert root.version == load_spec()["info"]["version"]
@@ -126,7 +126,7 @@ def test_root(client: Any, client_module: GeneratedClient) -> None:
 
 def test_health(client: Any, client_module: GeneratedClient) -> None:
     models = client_module.models
-    response = client_module.api("operations", "handlers.meta.get_health").sync_detailed(
+    response = client_module.api("operations", "getHealth").sync_detailed(
         client=client, x_request_id="client-health-1"
     )
     assert response.status_code == 200
@@ -140,7 +140,7 @@ def test_health(client: Any, client_module: GeneratedClient) -> None:
 
 
 def test_ingestion_status(client: Any, client_module: GeneratedClient) -> None:
-    api = client_module.api("operations", "handlers.meta.get_ingestion_status")
+    api = client_module.api("operations", "getIngestionStatus")
     status = api.sync(client=client)
     assert isinstance(status, client_module.models.IngestionStatus)
     assert isinstance(status.state, client_module.models.IngestionState)
@@ -150,7 +150,7 @@ def test_ingestion_status(client: Any, client_module: GeneratedClient) -> None:
 
 
 def test_metrics(client: Any, client_module: GeneratedClient) -> None:
-    metrics = client_module.api("operations", "handlers.meta.get_metrics").sync(client=client)
+    metrics = client_module.api("operations", "getMetrics").sync(client=client)
     assert isinstance(metrics, client_module.models.Metrics)
     assert metrics.requests.count >= 1
     assert metrics.database.status is client_module.models.MetricsDatabaseStatus.UP
@@ -158,7 +158,7 @@ def test_metrics(client: Any, client_module: GeneratedClient) -> None:
 
 
 def test_symbols_walk_every_page(client: Any, client_module: GeneratedClient) -> None:
-    api = client_module.api("market", "handlers.market.list_symbols")
+    api = client_module.api("market", "listSymbols")
     unset = client_module.types.UNSET
     seen: list[str] = []
     cursor = unset
@@ -178,7 +178,7 @@ def test_symbols_walk_every_page(client: Any, client_module: GeneratedClient) ->
 
 
 def test_latest_price(client: Any, client_module: GeneratedClient) -> None:
-    api = client_module.api("market", "handlers.market.get_latest_price")
+    api = client_module.api("market", "getLatestPrice")
     latest = api.sync(client=client, symbol="aapl")
     assert isinstance(latest, client_module.models.LatestPrice)
     assert latest.symbol == "AAPL"
@@ -189,14 +189,14 @@ def test_latest_price(client: Any, client_module: GeneratedClient) -> None:
 
 def test_trades(client: Any, client_module: GeneratedClient) -> None:
     models = client_module.models
-    api = client_module.api("market", "handlers.market.list_trades")
+    api = client_module.api("market", "listTrades")
     start = datetime.now(UTC) - timedelta(hours=1)
     page = api.sync(
         client=client,
         symbol="MSFT",
         start=start,
         limit=3,
-        order=models.HandlersMarketListTradesOrder.ASC,
+        order=models.ListTradesOrder.ASC,
     )
     assert isinstance(page, models.TradeList)
     assert page.order is models.TradeListOrder.ASC
@@ -212,7 +212,7 @@ def test_trades(client: Any, client_module: GeneratedClient) -> None:
             client=client,
             symbol="MSFT",
             start=start,
-            order=models.HandlersMarketListTradesOrder.ASC,
+            order=models.ListTradesOrder.ASC,
             cursor=page.next_cursor,
         )
         assert isinstance(following, models.TradeList)
@@ -220,10 +220,8 @@ def test_trades(client: Any, client_module: GeneratedClient) -> None:
 
 def test_candles(client: Any, client_module: GeneratedClient) -> None:
     models = client_module.models
-    api = client_module.api("market", "handlers.market.list_candles")
-    page = api.sync(
-        client=client, symbol="TSLA", interval=models.HandlersMarketListCandlesInterval.ONE_HOUR
-    )
+    api = client_module.api("market", "listCandles")
+    page = api.sync(client=client, symbol="TSLA", interval=models.ListCandlesInterval.ONE_HOUR)
     assert isinstance(page, models.CandleList)
     assert page.interval is models.Interval.ONE_HOUR
     assert page.count == len(page.candles) >= 1
@@ -236,16 +234,16 @@ def test_candles(client: Any, client_module: GeneratedClient) -> None:
 
 
 def test_openapi_json(client: Any, client_module: GeneratedClient) -> None:
-    api = client_module.api("docs", "handlers.docs.get_openapi_json")
+    api = client_module.api("docs", "getOpenapiJson")
     document = api.sync(client=client)
-    assert isinstance(document, client_module.models.HandlersDocsGetOpenapiJsonResponse200)
+    assert isinstance(document, client_module.models.GetOpenapiJsonResponse200)
     assert document.to_dict() == load_spec()
 
 
 def test_the_key_also_works_in_the_x_api_key_header(
     client_module: GeneratedClient, live_service: Service
 ) -> None:
-    api = client_module.api("market", "handlers.market.get_latest_price")
+    api = client_module.api("market", "getLatestPrice")
     with client_module.package.AuthenticatedClient(
         base_url=live_service.base,
         token=live_service.api_key,
@@ -260,7 +258,7 @@ def test_the_key_also_works_in_the_x_api_key_header(
 def test_no_key_parses_as_an_unauthenticated_problem(
     client_module: GeneratedClient, live_server: str
 ) -> None:
-    api = client_module.api("market", "handlers.market.list_symbols")
+    api = client_module.api("market", "listSymbols")
     with client_module.package.Client(base_url=live_server) as anonymous:
         response = api.sync_detailed(client=anonymous)
     assert response.status_code == 401
@@ -271,7 +269,7 @@ def test_no_key_parses_as_an_unauthenticated_problem(
 
 
 def test_openapi_yaml(client_module: GeneratedClient, live_server: str) -> None:
-    api = client_module.api("docs", "handlers.docs.get_openapi_yaml")
+    api = client_module.api("docs", "getOpenapiYaml")
     # Not the raising client: the generated function has no parser for its 200 (KNOWN_WARNING).
     with client_module.package.Client(base_url=live_server) as lenient:
         response = api.sync_detailed(client=lenient)
@@ -282,14 +280,14 @@ def test_openapi_yaml(client_module: GeneratedClient, live_server: str) -> None:
 
 
 def test_redoc(client: Any, client_module: GeneratedClient) -> None:
-    page = client_module.api("docs", "handlers.docs.get_redoc").sync(client=client)
+    page = client_module.api("docs", "getRedoc").sync(client=client)
     assert isinstance(page, str)
     assert '<redoc spec-url="/openapi.json">' in page
 
 
 def test_unknown_symbol_parses_as_problem(client: Any, client_module: GeneratedClient) -> None:
     models = client_module.models
-    response = client_module.api("market", "handlers.market.get_latest_price").sync_detailed(
+    response = client_module.api("market", "getLatestPrice").sync_detailed(
         client=client, symbol="ZZZZ", x_request_id="client-404"
     )
     assert response.status_code == 404
@@ -304,7 +302,7 @@ def test_invalid_parameters_parse_as_problem_naming_each(
     client: Any, client_module: GeneratedClient
 ) -> None:
     models = client_module.models
-    response = client_module.api("market", "handlers.market.list_trades").sync_detailed(
+    response = client_module.api("market", "listTrades").sync_detailed(
         client=client, symbol="AAPL", limit=0, cursor="!"
     )
     assert response.status_code == 400
@@ -319,7 +317,7 @@ def test_invalid_parameters_parse_as_problem_naming_each(
 
 def test_inverted_window_parses_as_problem(client: Any, client_module: GeneratedClient) -> None:
     start = datetime(2026, 1, 2, 4, tzinfo=UTC)
-    response = client_module.api("market", "handlers.market.list_candles").sync_detailed(
+    response = client_module.api("market", "listCandles").sync_detailed(
         client=client, symbol="AAPL", start=start, end=start - timedelta(hours=1)
     )
     assert response.status_code == 400

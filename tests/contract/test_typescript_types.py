@@ -38,7 +38,7 @@ def test_usage_type_checks_against_the_generated_types(tmp_path: Path) -> None:
     returncode, output = _typecheck_usage(SPEC_PATH, tmp_path)
     assert returncode == 0, output
     schema = (tmp_path / "schema.d.ts").read_text(encoding="utf-8")
-    assert '"handlers.market.get_latest_price": {' in schema
+    assert "\n    getLatestPrice: {" in schema
 
 
 def test_usage_fails_to_compile_when_a_property_disappears_or_an_enum_loosens(

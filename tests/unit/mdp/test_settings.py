@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+from pathlib import Path
+
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -10,8 +13,11 @@ from mdp.settings import (
     Settings,
     SettingsError,
     SymbolSpec,
+    declared,
+    markdown_table,
     normalise_database_url,
 )
+from persistence.trades import LIVE_RETENTION
 
 CLOUD_SQL_SOCKET = "/cloudsql/my-project:europe-west1:market-db"
 
@@ -338,3 +344,33 @@ def test_auth_is_required_with_a_database_url_and_off_on_the_embedded_one(
     env: dict[str, str], expected: str
 ) -> None:
     assert Settings.from_env(env).auth == expected
+
+
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+def test_readme_settings_table_is_the_one_the_declarations_print() -> None:
+    text = README.read_text()
+    begin = text.index("\n", text.index("<!-- settings table")) + 1
+    end = text.index("<!-- end of settings table -->")
+    assert text[begin:end] == markdown_table(), (
+        "README.md's settings table drifted: paste `python -m mdp.settings --markdown` over it"
+    )
+
+
+def test_every_settings_field_is_read_from_a_variable_of_its_own() -> None:
+    variables = [declaration.env for _, declaration in declared()]
+    assert len(variables) == len(fields(Settings))
+    assert len(set(variables)) == len(variables)
+
+
+def test_stream_replay_is_bounded_by_how_long_live_batches_are_kept() -> None:
+    kept = LIVE_RETENTION.total_seconds()
+    assert Settings.from_env({"STREAM_REPLAY_SECONDS": f"{kept:g}"}).stream_replay_seconds == kept
+    with pytest.raises(SettingsError, match=r"^STREAM_REPLAY_SECONDS must be at most 3600, got"):
+        Settings.from_env({"STREAM_REPLAY_SECONDS": f"{kept + 1:g}"})
+
+
+def test_an_empty_redoc_integrity_turns_the_check_off() -> None:
+    assert Settings.from_env({"REDOC_SCRIPT_INTEGRITY": ""}).redoc_script_integrity is None
+    assert Settings.from_env({}).redoc_script_integrity == Settings().redoc_script_integrity
