@@ -33,6 +33,7 @@ __all__ = [
     "parse_rate_limit",
     "parse_scopes",
     "redact",
+    "redact_line",
     "revoke",
     "set_caps",
 ]
@@ -101,6 +102,18 @@ _KEY_LIKE = re.compile(r"mdp_[0-9a-f]{12}_\S*")
 def redact(text: str) -> str:
     """`text` with every key-like token cut to its public id (for values a client sent)."""
     return _KEY_LIKE.sub(lambda m: m.group(0)[:17] + "[redacted]", text) if "mdp_" in text else text
+
+
+# The same within a formatted log line (JSON): only the characters a key is made of, so the
+# quote and the fields after it stay.
+_KEY_IN_LINE = re.compile(r"mdp_[0-9a-f]{12}_[A-Za-z0-9_-]*")
+
+
+def redact_line(line: str) -> str:
+    """A whole log line with every key-like token cut to its public id."""
+    return (
+        _KEY_IN_LINE.sub(lambda m: m.group(0)[:17] + "[redacted]", line) if "mdp_" in line else line
+    )
 
 
 def _new_key() -> tuple[str, str]:

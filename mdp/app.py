@@ -13,7 +13,7 @@ from mdp.lifespan import lifespan
 from mdp.metrics import PrometheusMetrics
 from mdp.problems import install_error_handlers
 from mdp.responses import JsonResolver, jsonifier
-from mdp.security import security_map
+from mdp.security import required_scopes, security_map
 from mdp.settings import Settings
 from mdp.spec import load_contract
 from mdp.telemetry import RequestMetrics, TelemetryMiddleware
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, *, validate_responses: bool = F
         position=MiddlewarePosition.BEFORE_EXCEPTION,
         metrics=metrics,
         prometheus=prometheus,
+        secured=frozenset(required_scopes(load_contract().document)),
     )
     install_error_handlers(app)
     # Last: it swaps middlewares that `add_middleware` positions are expressed against.

@@ -8,12 +8,17 @@ from collections.abc import Iterable
 
 from starlette.responses import Response
 
-__all__ = ["conditional", "none_match"]
+__all__ = ["NO_STORE", "UNCACHEABLE", "conditional", "none_match"]
 
 # Answers are the same for every client, but only for clients with a key: a shared cache (a CDN)
 # must not hand one to a request without the credentials it was fetched with.
 _VARY = "Authorization, X-API-Key"
 NO_STORE = b"no-store"
+# Every answer to a request that needs credentials says how it may be cached: the data
+# answers that are the same for every key that may read them set `public`/`no-cache` and
+# Vary on the credential headers (below); every other one (problems, /metrics, ingestion
+# status, streams, exports) is not stored at all. mdp.telemetry adds this where needed.
+UNCACHEABLE = (b"cache-control", NO_STORE)
 # What a 304 keeps of the 200 it stands for, besides the validators.
 _KEPT_BY_304 = ("cache-control", "x-request-id")
 
