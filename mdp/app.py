@@ -9,6 +9,7 @@ from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 
 from mdp.connexion_adaptations import RESPONSE_VALIDATORS, adapt
+from mdp.cors import install_cors
 from mdp.lifespan import lifespan
 from mdp.metrics import PrometheusMetrics
 from mdp.problems import install_error_handlers
@@ -52,6 +53,8 @@ def create_app(settings: Settings | None = None, *, validate_responses: bool = F
         prometheus=prometheus,
         secured=frozenset(required_scopes(load_contract().document)),
     )
+    # Inside the telemetry middleware: preflights are logged and counted too.
+    install_cors(app, settings.cors_allow_origins)
     install_error_handlers(app)
     # Last: it swaps middlewares that `add_middleware` positions are expressed against.
     adapt(app, validate_responses=validate_responses)
