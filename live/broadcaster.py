@@ -216,7 +216,13 @@ class Broadcaster:
 
     def _offer(self, subscription: Subscription, item: Item) -> None:
         if not subscription.offer(item):
+            # Once per stream: an ended subscription takes nothing more.
             self.overflows_total += 1
+            logger.info(
+                "stream of key %s fell %d batches behind: ends with `overflow`",
+                subscription.owner or "-",
+                self.queue_size,
+            )
 
     def subscribe(
         self, symbols: Iterable[str], owner: str | None = None, *, per_owner: int | None = None
