@@ -6,7 +6,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 STAMP_NODE := node_modules/.installed
 
-.PHONY: run test test-parallel lint lint-spec contract-check typecheck migrate clean system-deps
+.PHONY: run test test-parallel lint lint-spec contract-check typecheck migrate clean system-deps clients clients-python clients-typescript
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,17 @@ lint-spec: $(STAMP_TEST) $(STAMP_NODE)
 ## Fail on a breaking change against openapi/released/v<major>.yaml unless the major was bumped.
 contract-check: $(STAMP_TEST)
 	$(BIN)/python tools/contract_check.py
+
+## Generate the Python and TypeScript clients of the contract into clients/generated (clients/README.md).
+CLIENTS ?= clients/generated
+clients: clients-python clients-typescript
+
+clients-python: $(STAMP_TEST)
+	$(BIN)/openapi-python-client generate --path openapi/openapi.yaml --config clients/python.yaml --meta setup --output-path $(CLIENTS)/python --overwrite
+
+# Enums become string-literal unions (openapi-typescript's default; --enum is not used).
+clients-typescript: $(STAMP_NODE)
+	npx --no-install openapi-typescript openapi/openapi.yaml --output $(CLIENTS)/typescript/schema.d.ts
 
 ## Benchmark the service against the floor app with wrk (bench/README.md); BENCH_ARGS="--duration 5".
 .PHONY: bench

@@ -6,23 +6,26 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import asyncpg
 import pyarrow as pa
 
 from errors import ExportTooLarge, SymbolsNotFound
-from handlers.context import app_state, request_header
+from handlers.context import api_key_id, app_state, key_cap, request_header
 from handlers.export_formats import ExportFormat, choose_coding, choose_format, make_encoder
 from handlers.export_response import ExportResponse, Produce
 from handlers.params import parse_window, parse_zone, symbol_code
 from persistence import exports, zoned
+from persistence.budget import Claim
 from persistence.finality import INTERVALS
 
 __all__ = ["export_candles", "export_trades"]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 # Buckets per COPY statement of a candle export.
 _BUCKETS = 5000
 
@@ -72,17 +75,34 @@ def _filename(kind: str, codes: Sequence[str], start: datetime, end: datetime, e
     return f"{kind}_{named}_{start:{stamp}}_{end:{stamp}}.{ext}"
 
 
+@dataclass(frozen=True, slots=True)
+class Opened(Generic[T_co]):
+    """An export's snapshot: its connection (released by `stack`), its share of the export
+    budget, and what the handler's check found."""
+
+    stack: contextlib.AsyncExitStack
+    conn: asyncpg.Connection
+    claim: Claim
+    checked: T_co
+
+
 async def _snapshot(
     codes: Sequence[str], check: Callable[[asyncpg.Connection], Awaitable[T]]
-) -> tuple[contextlib.AsyncExitStack, asyncpg.Connection, T]:
+) -> Opened[T]:
     """A connection in the export's snapshot, once every symbol is known and `check` passed.
 
-    The connection outlives the handler: the response streams from it and releases it.
+    The connection outlives the handler: the response streams from it and releases it. It
+    comes from the export pool, within the instance's and the key's share of it.
     """
-    settings = app_state().settings
+    state = app_state()
+    settings = state.settings
+    claim = state.db.export_budget.claim(
+        api_key_id(), key_cap("max_exports", settings.export_max_per_key)
+    )
     stack = contextlib.AsyncExitStack()
+    stack.callback(claim.release)
     try:
-        conn = await stack.enter_async_context(app_state().db.connect(long=True))
+        conn = await stack.enter_async_context(state.db.export_connection())
         transaction = exports.snapshot(conn)
         await transaction.start()
 
@@ -102,7 +122,7 @@ async def _snapshot(
         if not await stack.__aexit__(type(exc), exc, exc.__traceback__):
             raise
         raise  # pragma: no cover - the context never swallows errors
-    return stack, conn, checked
+    return Opened(stack, conn, claim, checked)
 
 
 async def _release(
@@ -138,18 +158,18 @@ def _response(
     fmt: ExportFormat,
     schema: pa.Schema,
     produce: Produce,
-    opened: tuple[contextlib.AsyncExitStack, asyncpg.Connection, object],
+    opened: Opened[object],
     *,
     filename: str,
     rows: int | None,
     what: str,
 ) -> ExportResponse:
-    stack, conn, _ = opened
     return ExportResponse(
         fmt=fmt,
         encoder=make_encoder(fmt, schema),
         produce=produce,
-        release=functools.partial(_release, stack, conn),
+        release=functools.partial(_release, opened.stack, opened.conn),
+        ended=opened.claim.ended,
         coding=choose_coding(fmt, request_header("accept-encoding")),
         filename=filename,
         rows=rows,
@@ -176,7 +196,7 @@ async def export_trades(
 
     opened = await _snapshot(codes, within_limit)
     produce = functools.partial(
-        _copy(opened[1], fmt),
+        _copy(opened.conn, fmt),
         exports.trades_query(len(codes), _shape(fmt)),
         [start_at, end_at, *codes],
         header=fmt.name == "csv",
@@ -187,7 +207,7 @@ async def export_trades(
         produce,
         opened,
         filename=_filename("trades", codes, start_at, end_at, fmt.extension),
-        rows=opened[2],
+        rows=opened.checked,
         what=f"trades of {len(codes)} symbols as {fmt.name}",
     )
 
@@ -216,7 +236,7 @@ async def export_candles(
         )
 
     opened = await _snapshot(codes, zoned.clock)
-    copy, now, query = _copy(opened[1], fmt), opened[2], zoned.candles_query(_shape(fmt))
+    copy, now, query = _copy(opened.conn, fmt), opened.checked, zoned.candles_query(_shape(fmt))
 
     async def produce(sink: Callable[[bytes], Awaitable[None]]) -> None:
         # A few thousand buckets per statement, all in the export's one snapshot.

@@ -72,6 +72,8 @@ def listeners(host: str, port: int, count: int = LISTENERS) -> list[socket.socke
 def _serve(settings: Settings) -> int:
     import uvicorn
 
+    from mdp.http_protocol import Limits, bounded_protocol
+
     try:
         sockets = listeners(settings.host, settings.port)
     except OSError as exc:
@@ -83,8 +85,18 @@ def _serve(settings: Settings) -> int:
         lifespan="on",
         log_config=None,
         access_log=False,
+        http=bounded_protocol(
+            Limits(
+                max_url_bytes=settings.http_max_url_bytes,
+                max_head_bytes=settings.http_max_head_bytes,
+                head_timeout=settings.http_head_timeout_seconds,
+                slow_client_seconds=settings.slow_client_seconds,
+            )
+        ),
         proxy_headers=True,
-        forwarded_allow_ips="*",
+        # Host and X-Forwarded-* steer redirects and client addresses: believed only from
+        # the front end (docs/deploy.md), never from whoever connects.
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         # Within Cloud Run's grace after SIGTERM: leave time for the lifespan's shutdown.
         timeout_graceful_shutdown=DRAIN_SECONDS,
     )

@@ -208,6 +208,21 @@ class Declared:
     empty_is_none: bool = False
 
 
+# An origin as browsers send it: scheme, host and port only.
+_ORIGIN = re.compile(r"^https?://[a-z0-9.-]+(?::\d{1,5})?$|^https?://\[[0-9a-f:.]+\](?::\d{1,5})?$")
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    origins = [part.strip().rstrip("/").lower() for part in raw.split(",") if part.strip()]
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise SettingsError(
+                f"{name}: {origin!r} is not an origin like https://dash.example.com:8443"
+                " (scheme, host and port; no path, no `*`)"
+            )
+    return tuple(dict.fromkeys(origins))
+
+
 def setting(
     env: str,
     default: T,
@@ -351,6 +366,63 @@ class Settings:
         _float(1.0),
         "an export still running after this is cut off (truncated)",
     )
+    # Fair shares (README "Limits"): no client, key or slow reader takes the service away.
+    export_max_concurrent: int = setting(
+        "EXPORT_MAX_CONCURRENT",
+        4,
+        _int(0, 1000),
+        "exports running at once per instance, each on a connection of its own, never one of"
+        " `DB_POOL_SIZE`'s ([connection budget](docs/deploy.md#connection-budget)); beyond it"
+        " `503 exports_at_capacity`",
+    )
+    export_max_per_key: int = setting(
+        "EXPORT_MAX_PER_KEY",
+        2,
+        _int(0, 1000),
+        "exports one API key may run at once per instance (`mdp keys caps` sets a key's own);"
+        " beyond it `429 key_exports_at_capacity`",
+    )
+    stream_max_per_key: int = setting(
+        "STREAM_MAX_PER_KEY",
+        100,
+        _int(0, 100_000),
+        "streams one API key may hold open at once per instance (`mdp keys caps` sets a key's"
+        " own); beyond it `429 key_streams_at_capacity`",
+    )
+    slow_client_seconds: float = setting(
+        "SLOW_CLIENT_SECONDS",
+        30.0,
+        _float(0.1),
+        "a stream or export whose client accepts no data for this long is cut off, freeing its"
+        " slot",
+    )
+    http_max_url_bytes: int = setting(
+        "HTTP_MAX_URL_BYTES",
+        8192,
+        _int(256, 2**20),
+        "longest request target; beyond it `414` and the connection is closed",
+    )
+    http_max_head_bytes: int = setting(
+        "HTTP_MAX_HEAD_BYTES",
+        16384,
+        _int(1024, 2**20),
+        "largest request line and headers together; beyond it `431` and the connection is closed",
+    )
+    http_head_timeout_seconds: float = setting(
+        "HTTP_HEAD_TIMEOUT_SECONDS",
+        10.0,
+        _float(0.1),
+        "time for a request's line and headers to arrive, from the connection opening or the"
+        " request's first byte; then `408` (or just the close)",
+    )
+    forwarded_allow_ips: str = setting(
+        "FORWARDED_ALLOW_IPS",
+        "127.0.0.1,::1,169.254.0.0/16",
+        _text,
+        "addresses or networks whose `X-Forwarded-*` headers are believed: loopback, and"
+        " link-local, where Cloud Run's front end connects from"
+        " ([docs/deploy.md](docs/deploy.md#limits-in-front-of-and-in-the-service))",
+    )
     data_dir: Path = setting(
         "MDP_DATA_DIR",
         Path(".mdp"),
@@ -382,6 +454,14 @@ class Settings:
         cast(Parse[AuthMode], _choice(AUTH_MODES)),
         "`required`: data operations need an API key; `off`: open to anyone who reaches the port",
         shown="`required` with `DATABASE_URL`, else `off`",
+    )
+    cors_allow_origins: tuple[str, ...] = setting(
+        "CORS_ALLOW_ORIGINS",
+        (),
+        _origins,
+        "comma-separated origins (`https://dash.example.com`) whose pages may call the API"
+        " (CORS); preflights need no key",
+        shown="empty: no CORS",
     )
     gcp_project: str | None = setting(
         "GOOGLE_CLOUD_PROJECT",

@@ -83,7 +83,10 @@ async def open_database() -> AsyncIterator[OpenDatabase]:
         )
         admission = Admission(size, max_waiting=100, max_wait=probe_timeout, timeout=probe_timeout)
         database = Database(
-            ReadPool(connect, size), probe_timeout=probe_timeout, admission=admission
+            ReadPool(connect, size),
+            probe_timeout=probe_timeout,
+            admission=admission,
+            exports=ReadPool(connect, 1),
         )
         if ready:
             database.mark_ready()

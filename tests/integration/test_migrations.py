@@ -70,6 +70,8 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("created_at", "timestamp with time zone", None, "NO"),
         ("revoked_at", "timestamp with time zone", None, "YES"),
         ("last_used_at", "timestamp with time zone", None, "YES"),
+        ("max_exports", "integer", None, "YES"),
+        ("max_streams", "integer", None, "YES"),
     ],
     "api_key_changes": [
         ("id", "smallint", None, "NO"),
@@ -222,6 +224,8 @@ async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: 
         ("api_keys", "ck_api_keys_key_hash_sha256"): "c",
         ("api_keys", "ck_api_keys_known_scopes"): "c",
         ("api_keys", "ck_api_keys_name_length"): "c",
+        ("api_keys", "ck_api_keys_max_exports_not_negative"): "c",
+        ("api_keys", "ck_api_keys_max_streams_not_negative"): "c",
         ("api_keys", "ck_api_keys_rate_limit_positive"): "c",
         ("api_keys", "ck_api_keys_rate_window"): "c",
         ("api_keys", "pk_api_keys"): "p",
