@@ -41,7 +41,8 @@ def create_app(settings: Settings | None = None, *, validate_responses: bool = F
         strict_validation=True,
         validate_responses=validate_responses,
         validator_map={"response": RESPONSE_VALIDATORS},
-        # API keys, scopes and rate limits, judged per operation by Connexion's security layer.
+        # Names the handlers of the spec's schemes; for a request, mdp.connexion_adaptations
+        # calls mdp.security.judge in place of Connexion's per-scheme loop over them.
         security_map=security_map,
         # The contract is served verbatim by handlers.docs; Swagger UI points at it.
         swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui_path="/docs"),
