@@ -6,7 +6,8 @@ Measures, on one database and in one run: rows/s of a ~3M-row window exported as
 Arrow by the service, of `COPY (SELECT …) TO STDOUT` of the same rows (the export's own
 query), and of walking `/trades` pages; then the service's peak RSS while it exports every row
 (10M+) as CSV and as Arrow, against its idle RSS. Writes bench/results/exports/<commit>.json
-and latest.md. Stops everything it started, Ctrl-C included.
+and latest.md (under .mdp/bench/uncommitted/ instead when the tree has uncommitted changes).
+Stops everything it started, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -40,14 +41,15 @@ from bench.support import (  # noqa: E402
     Processes,
     Server,
     as_asyncpg_dsn,
-    free_port,
     git_revision,
     log,
     machine,
+    results_directory,
     terminate_on_sigterm,
     wait_http,
 )
 from persistence.exports import trades_query  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 RESULTS = BENCH / "results" / "exports"
 PLAIN = {"Accept-Encoding": "identity"}
@@ -295,14 +297,16 @@ def main(argv: list[str] | None = None) -> int:
                 else Server(as_asyncpg_dsn(args.database_url))
             )
             result = measure(args, server, processes)
-            RESULTS.mkdir(parents=True, exist_ok=True)
-            for stale in RESULTS.glob("*.json"):
+            results = results_directory(RESULTS)
+            results.mkdir(parents=True, exist_ok=True)
+            # Named by the commit measured: results of other commits go, never left stale.
+            for stale in results.glob("*.json"):
                 stale.unlink()
-            (RESULTS / f"{result['git']}.json").write_text(
+            (results / f"{result['git']}.json").write_text(
                 json.dumps(result, indent=2, default=str)
             )
-            (RESULTS / "latest.md").write_text(markdown(result))
-            print((RESULTS / "latest.md").read_text())
+            (results / "latest.md").write_text(markdown(result))
+            print((results / "latest.md").read_text())
             return 0
         except KeyboardInterrupt:
             log("interrupted: stopping everything this run started")

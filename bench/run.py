@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.run           # 5 symbols x 1 trade/s x 7 days, 10 s per run
     .venv/bin/python -m bench.run --duration 5 --repeat 3 --database-url postgresql://…/db
 
-Writes bench/results/<timestamp>.json and bench/results/latest.md. Everything it starts (the
+Writes bench/results/<commit>.json and bench/results/latest.md (under .mdp/bench/uncommitted/
+instead when the tree has uncommitted changes). Everything it starts (the
 embedded PostgreSQL, the service, the floor app, wrk) is stopped when it ends, Ctrl-C included.
 Load goes to 127.0.0.1 only, and every run is bounded in time.
 """
@@ -46,6 +47,7 @@ from bench.support import (  # noqa: E402
     log,
     machine,
     recreate_database,
+    results_directory,
     terminate_on_sigterm,
     wait_http,
 )
@@ -497,9 +499,9 @@ def main(argv: list[str] | None = None) -> int:
                     connections=max(args.connections),
                     out=WORK / "profiles" / stamp,
                 )
-            written = write_results(args.results, result)
+            written = write_results(results_directory(args.results), result)
             print()
-            print((args.results / "latest.md").read_text())
+            print((written.parent / "latest.md").read_text())
             log(f"wrote {written} and latest.md")
             return 0
         except KeyboardInterrupt:

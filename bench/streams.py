@@ -7,7 +7,8 @@ Commit-to-client is measured from the moment a batch's NOTIFY reaches a LISTEN c
 this script (PostgreSQL sends it at commit) to the moment each client has read that batch's
 first trade. The clients share this process and its core budget with the service: each is a
 bare protocol that parses only timestamps, so that their own cost stays out of the figures.
-Writes bench/results/streams-<timestamp>.json. Everything it starts is stopped.
+Writes bench/results/streams-<commit>-<timestamp>.json (under .mdp/bench/uncommitted/ instead
+when the tree has uncommitted changes). Everything it starts is stopped.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from bench.support import (  # noqa: E402
     log,
     machine,
     recreate_database,
+    results_directory,
     terminate_on_sigterm,
     wait_http,
 )
@@ -237,8 +239,14 @@ def main(argv: list[str] | None = None) -> int:
             processes.stop_all()
             if embedded is not None:
                 embedded.stop()
-    args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / f"streams-{stamp}.json"
+    results = results_directory(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    # Several runs of one commit sit side by side; runs of other commits go, never left stale.
+    commit = result["commit"]
+    for stale in results.glob("streams-*.json"):
+        if not stale.name.startswith(f"streams-{commit}-"):
+            stale.unlink()
+    path = results / f"streams-{commit}-{stamp}.json"
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {path}\n{json.dumps(result, indent=2)}")
     return 0

@@ -272,3 +272,16 @@ def git_revision() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{head}{'+dirty' if dirty else ''}"
+
+
+def results_directory(committed: Path) -> Path:
+    """Where a run writes results meant for `committed` (a folder under bench/): there when the
+    tree is a clean commit, else the same folder under .mdp/bench/uncommitted/ (git-ignored), so
+    a result measured on uncommitted changes is never committed beside the others."""
+    committed = committed.resolve()
+    revision = git_revision()
+    if committed.is_relative_to(BENCH) and (revision.endswith("+dirty") or revision == "unknown"):
+        where = WORK / "uncommitted" / committed.relative_to(BENCH)
+        log(f"uncommitted changes: results go to {where.relative_to(ROOT)}, not {committed.name}/")
+        return where
+    return committed

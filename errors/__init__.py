@@ -9,12 +9,17 @@ from typing import Any, ClassVar
 
 __all__ = [
     "BY_CODE",
+    "CorsRefused",
     "DatabaseUnavailable",
     "ExportTooLarge",
+    "ExportsAtCapacity",
     "Forbidden",
     "InternalError",
     "InvalidCursor",
+    "MAX_REPORTED_ISSUES",
     "InvalidTimeRange",
+    "KeyExportsAtCapacity",
+    "KeyStreamsAtCapacity",
     "MethodNotAllowed",
     "NoTrades",
     "NotAcceptable",
@@ -63,6 +68,10 @@ class ServiceError(Exception):
         return {}
 
 
+# A parameter name as a problem repeats it: long enough for any the contract knows.
+_MAX_NAME = 64
+
+
 @dataclass(frozen=True, slots=True)
 class ValidationIssue:
     location: str
@@ -70,24 +79,35 @@ class ValidationIssue:
     message: str
 
     def as_dict(self) -> dict[str, str]:
-        return {"in": self.location, "name": self.name, "message": self.message}
+        return {"in": self.location, "name": self.name[:_MAX_NAME], "message": self.message}
+
+
+# Offending parameters a problem names; the rest are counted (a hostile request with
+# thousands of unknown parameters must not inflate the answer or the log line).
+MAX_REPORTED_ISSUES = 20
 
 
 class RequestValidationFailed(ServiceError):
-    """Raised by the parameter validator with every offending parameter, not just the first."""
+    """Raised by the parameter validator with every offending parameter, not just the first
+    (up to MAX_REPORTED_ISSUES of them, then how many more)."""
 
     code, status, title = "validation_failed", 400, "Validation failed"
 
     def __init__(self, issues: Sequence[ValidationIssue]) -> None:
-        self.issues = list(issues)
-        names = ", ".join(dict.fromkeys(issue.name for issue in self.issues))
-        super().__init__(f"Invalid request parameters: {names}.")
+        self.issues = list(issues[:MAX_REPORTED_ISSUES])
+        self.omitted = len(issues) - len(self.issues)
+        names = ", ".join(dict.fromkeys(issue.name[:_MAX_NAME] for issue in self.issues))
+        more = f" and {self.omitted} more" if self.omitted else ""
+        super().__init__(f"Invalid request parameters: {names}{more}.")
 
     def __str__(self) -> str:
         return "; ".join(f"{i.name}: {i.message}" for i in self.issues)
 
     def members(self) -> dict[str, Any]:
-        return {"errors": [issue.as_dict() for issue in self.issues]}
+        members: dict[str, Any] = {"errors": [issue.as_dict() for issue in self.issues]}
+        if self.omitted:
+            members["errors_omitted"] = self.omitted
+        return members
 
 
 class InvalidTimeRange(ServiceError):
@@ -102,6 +122,12 @@ class ExportTooLarge(ServiceError):
     """An export window over the configured maximum of rows or days; refused before streaming."""
 
     code, status, title = "export_too_large", 400, "Export too large"
+
+
+class CorsRefused(ServiceError):
+    """A CORS preflight the configured origins, methods or headers do not allow."""
+
+    code, status, title = "cors_refused", 400, "CORS request refused"
 
 
 class Unauthenticated(ServiceError):
@@ -168,6 +194,20 @@ class RateLimited(ServiceError):
     code, status, title = "rate_limited", 429, "Too many requests"
 
 
+class KeyExportsAtCapacity(ServiceError):
+    """The key already runs as many exports as it may at once (EXPORT_MAX_PER_KEY, or its own
+    cap): one of them must end first."""
+
+    code, status, title = "key_exports_at_capacity", 429, "Too many exports for this key"
+
+
+class KeyStreamsAtCapacity(ServiceError):
+    """The key already holds as many streams as it may at once (STREAM_MAX_PER_KEY, or its
+    own cap): one of them must end first."""
+
+    code, status, title = "key_streams_at_capacity", 429, "Too many streams for this key"
+
+
 class InternalError(ServiceError):
     """A bug: logged with its traceback, answered without anything internal."""
 
@@ -184,6 +224,13 @@ class StreamsAtCapacity(ServiceError):
     """This instance already serves as many streams as its setting allows (or is stopping)."""
 
     code, status, title = "streams_at_capacity", 503, "Streams at capacity"
+
+
+class ExportsAtCapacity(ServiceError):
+    """This instance already runs as many exports as its export connections allow
+    (EXPORT_MAX_CONCURRENT): clients retry later, or reach another instance."""
+
+    code, status, title = "exports_at_capacity", 503, "Exports at capacity"
 
 
 class Overloaded(ServiceError):

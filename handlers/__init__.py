@@ -1,1 +1,1 @@
-"""HTTP handlers, one module per tag; each function is named by an operationId in the spec."""
+"""HTTP handlers, one module per tag; the spec's `listCandles` is `async def list_candles`."""

@@ -9,7 +9,7 @@ from connexion.context import context
 from web.request import current_scope
 from web.state import RequestState
 
-__all__ = ["api_key_id", "app_state", "request_header"]
+__all__ = ["api_key_id", "app_state", "key_cap", "request_header"]
 
 
 def app_state() -> RequestState:
@@ -20,6 +20,14 @@ def api_key_id() -> str | None:
     """The id of the API key the request was admitted with; None when access is off."""
     user: str | None = context.get("user")
     return user
+
+
+def key_cap(name: str, default: int) -> int:
+    """The request's key's own cap `name` (`max_exports`, `max_streams`, set with `mdp keys`),
+    else `default`, the instance's setting."""
+    token_info = context.get("token_info") or {}
+    own: int | None = token_info.get(name)
+    return default if own is None else own
 
 
 def request_header(name: str) -> str | None:

@@ -43,6 +43,7 @@ class ExportResponse(Response):
         encoder: Encoder,
         produce: Produce,
         release: Callable[..., Awaitable[object]],
+        ended: asyncio.Event,
         coding: str | None,
         filename: str,
         rows: int | None,
@@ -55,6 +56,8 @@ class ExportResponse(Response):
             "Content-Type": fmt.content_type,
             "Content-Disposition": f'attachment; filename="{filename}"',
             "Vary": "Accept, Accept-Encoding",
+            # Too big to keep, and fetched with a key: no cache stores it (mdp.caching).
+            "Cache-Control": "no-store",
         }
         if rows is not None:
             headers["X-Row-Count"] = str(rows)
@@ -64,6 +67,7 @@ class ExportResponse(Response):
         self._encoder = encoder
         self._produce = produce
         self._release = release
+        self._ended = ended
         self._compressor = make_compressor(coding)
         self._what = what
         self._held = b""
@@ -114,17 +118,26 @@ class ExportResponse(Response):
         logger.info("export %s complete: %d bytes", self._what, self._sent)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "HEAD":
+            # What GET would answer (its checks ran, X-Row-Count is counted), not the file.
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": b""})
+            await self._release(complete=True)
+            return
         stream = asyncio.ensure_future(self._stream(send))
         watch = asyncio.ensure_future(disconnected(receive))
+        revoked = asyncio.ensure_future(self._ended.wait())
         try:
-            await asyncio.wait((stream, watch), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((stream, watch, revoked), return_when=asyncio.FIRST_COMPLETED)
             if not stream.done():
                 logger.info(
-                    "export %s: client went away after %d bytes; query cancelled",
+                    "export %s: %s after %d bytes; query cancelled, response cut off",
                     self._what,
+                    "its API key was revoked" if revoked.done() else "client went away",
                     self._sent,
                 )
         finally:
+            revoked.cancel()
             watch.cancel()
             stream.cancel()
             # The COPY must have stopped before its connection goes back to the pool.

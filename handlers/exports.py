@@ -5,24 +5,33 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import asyncpg
 import pyarrow as pa
 
 from errors import ExportTooLarge, SymbolsNotFound
-from handlers.context import app_state, request_header
-from handlers.export_formats import ExportFormat, choose_coding, choose_format, make_encoder
+from handlers.context import api_key_id, app_state, key_cap, request_header
+from handlers.export_formats import (
+    ExportFormat,
+    choose_coding,
+    choose_format,
+    make_encoder,
+    with_price_type,
+)
 from handlers.export_response import ExportResponse, Produce
 from handlers.params import parse_window, parse_zone, symbol_code
 from persistence import exports, zoned
+from persistence.budget import Claim
 from persistence.finality import INTERVALS
 
 __all__ = ["export_candles", "export_trades"]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 # Buckets per COPY statement of a candle export.
 _BUCKETS = 5000
 
@@ -73,17 +82,34 @@ def _filename(kind: str, codes: Sequence[str], start: datetime, end: datetime, e
     return f"{kind}_{named}_{start:{stamp}}_{end:{stamp}}.{ext}"
 
 
+@dataclass(frozen=True, slots=True)
+class Opened(Generic[T_co]):
+    """An export's snapshot: its connection (released by `stack`), its share of the export
+    budget, and what the handler's check found."""
+
+    stack: contextlib.AsyncExitStack
+    conn: asyncpg.Connection
+    claim: Claim
+    checked: T_co
+
+
 async def _snapshot(
     codes: Sequence[str], check: Callable[[asyncpg.Connection], Awaitable[T]]
-) -> tuple[contextlib.AsyncExitStack, asyncpg.Connection, T]:
+) -> Opened[T]:
     """A connection in the export's snapshot, once every symbol is known and `check` passed.
 
-    The connection outlives the handler: the response streams from it and releases it.
+    The connection outlives the handler: the response streams from it and releases it. It
+    comes from the export pool, within the instance's and the key's share of it.
     """
-    settings = app_state().settings
+    state = app_state()
+    settings = state.settings
+    claim = state.db.export_budget.claim(
+        api_key_id(), key_cap("max_exports", settings.export_max_per_key)
+    )
     stack = contextlib.AsyncExitStack()
+    stack.callback(claim.release)
     try:
-        conn = await stack.enter_async_context(app_state().db.connect(long=True))
+        conn = await stack.enter_async_context(state.db.export_connection())
         transaction = exports.snapshot(conn)
         await transaction.start()
 
@@ -103,7 +129,7 @@ async def _snapshot(
         if not await stack.__aexit__(type(exc), exc, exc.__traceback__):
             raise
         raise  # pragma: no cover - the context never swallows errors
-    return stack, conn, checked
+    return Opened(stack, conn, claim, checked)
 
 
 async def _release(
@@ -139,18 +165,18 @@ def _response(
     fmt: ExportFormat,
     schema: pa.Schema,
     produce: Produce,
-    opened: tuple[contextlib.AsyncExitStack, asyncpg.Connection, object],
+    opened: Opened[object],
     *,
     filename: str,
     rows: int | None,
     what: str,
 ) -> ExportResponse:
-    stack, conn, _ = opened
     return ExportResponse(
         fmt=fmt,
         encoder=make_encoder(fmt, schema),
         produce=produce,
-        release=functools.partial(_release, stack, conn),
+        release=functools.partial(_release, opened.stack, opened.conn),
+        ended=opened.claim.ended,
         coding=choose_coding(fmt, request_header("accept-encoding")),
         filename=filename,
         rows=rows,
@@ -159,7 +185,11 @@ def _response(
 
 
 async def export_trades(
-    symbols: list[str], start: str, end: str, format: str | None = None
+    symbols: list[str],
+    start: str,
+    end: str,
+    format: str | None = None,
+    price_type: str = "decimal",
 ) -> ExportResponse:
     codes = list(dict.fromkeys(symbol_code(symbol) for symbol in symbols))
     start_at, end_at = _window(start, end)
@@ -177,18 +207,18 @@ async def export_trades(
 
     opened = await _snapshot(codes, within_limit)
     produce = functools.partial(
-        _copy(opened[1], fmt),
+        _copy(opened.conn, fmt),
         exports.trades_query(len(codes), _shape(fmt)),
         [start_at, end_at, *codes],
         header=fmt.name == "csv",
     )
     return _response(
         fmt,
-        TRADES_SCHEMA,
+        with_price_type(TRADES_SCHEMA, price_type),
         produce,
         opened,
         filename=_filename("trades", codes, start_at, end_at, fmt.extension),
-        rows=opened[2],
+        rows=opened.checked,
         what=f"trades of {len(codes)} symbols as {fmt.name}",
     )
 
@@ -199,6 +229,7 @@ async def export_candles(
     end: str,
     interval: str = "1m",
     format: str | None = None,
+    price_type: str = "decimal",
     timezone: str = "UTC",
 ) -> ExportResponse:
     codes = list(dict.fromkeys(symbol_code(symbol) for symbol in symbols))
@@ -216,22 +247,30 @@ async def export_candles(
             "shorter windows, fewer symbols or a longer interval."
         )
 
-    opened = await _snapshot(codes, zoned.clock)
-    copy, now, query = _copy(opened[1], fmt), opened[2], zoned.candles_query(_shape(fmt))
+    def pages() -> Iterator[list[datetime]]:
+        # A few thousand buckets per statement, all in the export's one snapshot.
+        return zoned.pages(tz, step, start_at, end_at, size=_BUCKETS)
+
+    async def counted(conn: asyncpg.Connection) -> tuple[zoned.Clock, int]:
+        now = await zoned.clock(conn)
+        return now, await zoned.count_candles(conn, codes, pages(), now)
+
+    opened = await _snapshot(codes, counted)
+    (now, rows), copy = opened.checked, _copy(opened.conn, fmt)
+    query = zoned.candles_query(_shape(fmt))
 
     async def produce(sink: Callable[[bytes], Awaitable[None]]) -> None:
-        # A few thousand buckets per statement, all in the export's one snapshot.
-        for n, bounds in enumerate(zoned.pages(tz, step, start_at, end_at, size=_BUCKETS)):
+        for n, bounds in enumerate(pages()):
             arguments = [codes, bounds, now.horizon, now.minutes_done]
             await copy(query, arguments, sink, header=n == 0 and fmt.name == "csv")
 
     kind = f"candles-{interval}" + ("" if timezone == "UTC" else f"-{timezone.replace('/', '-')}")
     return _response(
         fmt,
-        CANDLES_SCHEMA,
+        with_price_type(CANDLES_SCHEMA, price_type),
         produce,
         opened,
         filename=_filename(kind, codes, start_at, end_at, fmt.extension),
-        rows=None,
+        rows=rows,
         what=f"{interval} candles of {len(codes)} symbols in {timezone} as {fmt.name}",
     )

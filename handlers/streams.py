@@ -13,7 +13,7 @@ from starlette.responses import StreamingResponse
 
 from errors import DatabaseUnavailable, SymbolsNotFound
 from handlers import sse
-from handlers.context import api_key_id, app_state, request_header
+from handlers.context import api_key_id, app_state, key_cap, request_header
 from handlers.params import symbol_codes
 from live.broadcaster import Batch, Ended, Reset, Subscription
 from persistence import candles, finality, live
@@ -71,6 +71,11 @@ async def _known(state: RequestState, symbols: Sequence[str]) -> list[str]:
     if unknown:
         raise SymbolsNotFound(unknown)
     return codes
+
+
+def _subscribe(state: RequestState, codes: list[str]) -> Subscription:
+    per_key = key_cap("max_streams", state.settings.stream_max_per_key)
+    return state.live.subscribe(codes, api_key_id(), per_owner=per_key)
 
 
 def _respond(state: RequestState, subscription: Subscription, events: AsyncIterator[bytes]) -> Any:
@@ -133,7 +138,7 @@ async def stream_trades(
     codes = await _known(state, symbols)
     # Subscribe before replaying: what commits meanwhile is queued, and duplicates are
     # skipped by position, so the seam between replay and live has no gap.
-    subscription = state.live.subscribe(codes, api_key_id())
+    subscription = _subscribe(state, codes)
     heard = state.live.position
     bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
 
@@ -207,7 +212,7 @@ async def stream_candles(
     after = sse.decode_id(request_header("Last-Event-ID"))
     (code,) = await _known(state, [symbol])
     step = finality.INTERVALS[interval]
-    subscription = state.live.subscribe([code], api_key_id())
+    subscription = _subscribe(state, [code])
     bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
 
     async def fetch(lo: datetime) -> tuple[tuple[candles.CandleRow, ...], datetime]:

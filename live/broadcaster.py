@@ -9,8 +9,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from errors import StreamsAtCapacity
+from errors import KeyStreamsAtCapacity, StreamsAtCapacity
 from live.shared_reads import SharedReads
+from persistence.budget import Budget, Claim
 from persistence.trades import TradeRow
 
 __all__ = ["Batch", "Broadcaster", "Ended", "Reset", "Subscription"]
@@ -61,9 +62,10 @@ class Subscription:
     """One stream's view of the live feed: its symbols, the API key it was opened with (None
     without access control) and a bounded queue of batches."""
 
-    def __init__(self, symbols: frozenset[str], size: int, owner: str | None = None) -> None:
+    def __init__(self, symbols: frozenset[str], size: int, claim: Claim) -> None:
         self.symbols = symbols
-        self.owner = owner
+        self.claim = claim
+        self.owner = claim.owner
         self.ended: Ended | None = None
         # A deque and one waiter rather than an asyncio.Queue under a timeout: a thousand
         # streams wake for every batch, and this is the cheapest way they can.
@@ -150,6 +152,16 @@ class Broadcaster:
         self.position: tuple[datetime, int] | None = None
         self._latest: dict[str, TradeRow] = {}
         self._subscriptions: set[Subscription] = set()
+        # Stream slots, per instance and per key.
+        self._slots = Budget(
+            max_streams,
+            full=lambda total: StreamsAtCapacity(
+                f"This instance already serves {total} streams; retry later."
+            ),
+            owner_full=lambda cap: KeyStreamsAtCapacity(
+                f"This key already holds {cap} streams at once; retry when one has ended."
+            ),
+        )
         self._closed = False
         # Streams ended because their client fell behind, since start (for /metrics).
         self.overflows_total = 0
@@ -204,16 +216,23 @@ class Broadcaster:
 
     def _offer(self, subscription: Subscription, item: Item) -> None:
         if not subscription.offer(item):
+            # Once per stream: an ended subscription takes nothing more.
             self.overflows_total += 1
+            logger.info(
+                "stream of key %s fell %d batches behind: ends with `overflow`",
+                subscription.owner or "-",
+                self.queue_size,
+            )
 
-    def subscribe(self, symbols: Iterable[str], owner: str | None = None) -> Subscription:
+    def subscribe(
+        self, symbols: Iterable[str], owner: str | None = None, *, per_owner: int | None = None
+    ) -> Subscription:
+        """A stream of `symbols` for `owner` (an API key id), who may hold `per_owner` at
+        once (None: no cap of its own)."""
         if self._closed:
             raise StreamsAtCapacity("This instance is shutting down; retry (on another one).")
-        if len(self._subscriptions) >= self.max_streams:
-            raise StreamsAtCapacity(
-                f"This instance already serves {self.max_streams} streams; retry later."
-            )
-        subscription = Subscription(frozenset(symbols), self.queue_size, owner)
+        claim = self._slots.claim(owner, per_owner)
+        subscription = Subscription(frozenset(symbols), self.queue_size, claim)
         self._subscriptions.add(subscription)
         return subscription
 
@@ -226,6 +245,7 @@ class Broadcaster:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
+        subscription.claim.release()
         subscription.close()
 
     @property

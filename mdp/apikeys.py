@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence import api_keys
 from persistence.api_keys import KeyRow, insert_key, list_keys, revoke_key
 
 __all__ = [
@@ -32,7 +33,9 @@ __all__ = [
     "parse_rate_limit",
     "parse_scopes",
     "redact",
+    "redact_line",
     "revoke",
+    "set_caps",
 ]
 
 audit_logger = logging.getLogger("mdp.audit")
@@ -101,13 +104,31 @@ def redact(text: str) -> str:
     return _KEY_LIKE.sub(lambda m: m.group(0)[:17] + "[redacted]", text) if "mdp_" in text else text
 
 
+# The same within a formatted log line (JSON): only the characters a key is made of, so the
+# quote and the fields after it stay.
+_KEY_IN_LINE = re.compile(r"mdp_[0-9a-f]{12}_[A-Za-z0-9_-]*")
+
+
+def redact_line(line: str) -> str:
+    """A whole log line with every key-like token cut to its public id."""
+    return (
+        _KEY_IN_LINE.sub(lambda m: m.group(0)[:17] + "[redacted]", line) if "mdp_" in line else line
+    )
+
+
 def _new_key() -> tuple[str, str]:
     key_id = secrets.token_hex(_ID_HEX_DIGITS // 2)
     return key_id, f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(_SECRET_BYTES)}"
 
 
 async def create_key(
-    engine: AsyncEngine, *, name: str, scopes: Sequence[str], rate_limit: RateLimit
+    engine: AsyncEngine,
+    *,
+    name: str,
+    scopes: Sequence[str],
+    rate_limit: RateLimit,
+    max_exports: int | None = None,
+    max_streams: int | None = None,
 ) -> tuple[KeyRow, str]:
     """Store a new key's hash; returns the row and the key, which exists nowhere else."""
     name = name.strip()
@@ -123,6 +144,8 @@ async def create_key(
             scopes=scopes,
             rate_limit=rate_limit.requests,
             rate_window_seconds=rate_limit.window_seconds,
+            max_exports=max_exports,
+            max_streams=max_streams,
         )
     audit_logger.info(
         "API key %s (%s) created",
@@ -150,6 +173,31 @@ async def revoke(engine: AsyncEngine, key_id: str) -> KeyRow | None:
             row.id,
             row.name,
             extra={"audit": {"event": "key_revoked", "key_id": row.id, "key_name": row.name}},
+        )
+    return row
+
+
+async def set_caps(
+    engine: AsyncEngine, key_id: str, *, max_exports: int | None, max_streams: int | None
+) -> KeyRow | None:
+    """Give a key its own caps on concurrent exports and streams (None: the settings')."""
+    async with engine.begin() as conn:
+        row = await api_keys.set_caps(
+            conn, key_id, max_exports=max_exports, max_streams=max_streams
+        )
+    if row is not None:
+        audit_logger.info(
+            "API key %s (%s) caps set",
+            row.id,
+            row.name,
+            extra={
+                "audit": {
+                    "event": "key_caps_set",
+                    "key_id": row.id,
+                    "max_exports": row.max_exports,
+                    "max_streams": row.max_streams,
+                }
+            },
         )
     return row
 

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import Scope
 
+from errors import MAX_REPORTED_ISSUES
 from mdp.apikeys import redact
 
 __all__ = ["Outcome", "begin", "count_served", "current", "finish", "set_outcome"]
@@ -59,7 +60,14 @@ def count_served(rows: int) -> None:
 def _parameters(scope: Scope) -> dict[str, str]:
     # A key sent as a query parameter by mistake must not reach the log with it.
     pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-    return {redact(name[:_MAX_VALUE]): redact(value[:_MAX_VALUE]) for name, value in pairs}
+    # Bounded like a problem's `errors`: a hostile query must not make a huge log line.
+    kept = {
+        redact(name[:_MAX_VALUE]): redact(value[:_MAX_VALUE])
+        for name, value in pairs[:MAX_REPORTED_ISSUES]
+    }
+    if len(pairs) > MAX_REPORTED_ISSUES:
+        kept["…omitted"] = str(len(pairs) - MAX_REPORTED_ISSUES)
+    return kept
 
 
 def finish(

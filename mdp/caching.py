@@ -8,11 +8,17 @@ from collections.abc import Iterable
 
 from starlette.responses import Response
 
-__all__ = ["conditional", "none_match"]
+__all__ = ["NO_STORE", "UNCACHEABLE", "conditional", "none_match"]
 
 # Answers are the same for every client, but only for clients with a key: a shared cache (a CDN)
 # must not hand one to a request without the credentials it was fetched with.
 _VARY = "Authorization, X-API-Key"
+NO_STORE = b"no-store"
+# Every answer to a request that needs credentials says how it may be cached: the data
+# answers that are the same for every key that may read them set `public`/`no-cache` and
+# Vary on the credential headers (below); every other one (problems, /metrics, ingestion
+# status, streams, exports) is not stored at all. mdp.telemetry adds this where needed.
+UNCACHEABLE = (b"cache-control", NO_STORE)
 # What a 304 keeps of the 200 it stands for, besides the validators.
 _KEPT_BY_304 = ("cache-control", "x-request-id")
 
@@ -36,10 +42,11 @@ def none_match(if_none_match: str, etag: str) -> bool:
 
 
 def conditional(response: Response, headers: Iterable[tuple[bytes, bytes]]) -> Response:
-    """Tag a cacheable 200 (one that carries Cache-Control) and answer 304 when the request's
-    If-None-Match already holds that tag; any other response passes unchanged."""
+    """Tag a cacheable 200 (one that carries Cache-Control, other than `no-store`) and answer
+    304 when the request's If-None-Match already holds that tag; any other response passes
+    unchanged."""
     if response.status_code != 200 or not any(
-        name == b"cache-control" for name, _ in response.raw_headers
+        name == b"cache-control" and value != NO_STORE for name, value in response.raw_headers
     ):
         return response
     etag = _entity_tag(bytes(response.body))

@@ -1,4 +1,5 @@
-"""The `mdp` command: `serve` the API, `migrate` the schema, `backfill` history, manage `keys`."""
+"""The `mdp` command: `serve` the API, `migrate` the schema, `backfill` history, manage `keys`,
+run Alembic's own commands on the service's database (`mdp alembic revision --autogenerate`)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
+from importlib.metadata import version
 from importlib.util import find_spec
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tqdm import tqdm
 
-from mdp.settings import Settings, SettingsError
+from mdp.settings import DRAIN_SECONDS, Settings, SettingsError
 
 if TYPE_CHECKING:
     from mdp.database import Use
@@ -70,6 +73,8 @@ def listeners(host: str, port: int, count: int = LISTENERS) -> list[socket.socke
 def _serve(settings: Settings) -> int:
     import uvicorn
 
+    from mdp.http_protocol import Limits, bounded_protocol
+
     try:
         sockets = listeners(settings.host, settings.port)
     except OSError as exc:
@@ -81,10 +86,20 @@ def _serve(settings: Settings) -> int:
         lifespan="on",
         log_config=None,
         access_log=False,
+        http=bounded_protocol(
+            Limits(
+                max_url_bytes=settings.http_max_url_bytes,
+                max_head_bytes=settings.http_max_head_bytes,
+                head_timeout=settings.http_head_timeout_seconds,
+                slow_client_seconds=settings.slow_client_seconds,
+            )
+        ),
         proxy_headers=True,
-        forwarded_allow_ips="*",
-        # Cloud Run sends SIGTERM and waits 10 s: leave time for the lifespan's shutdown.
-        timeout_graceful_shutdown=7,
+        # Host and X-Forwarded-* steer redirects and client addresses: believed only from
+        # the front end (docs/deploy.md), never from whoever connects.
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        # Within Cloud Run's grace after SIGTERM: leave time for the lifespan's shutdown.
+        timeout_graceful_shutdown=DRAIN_SECONDS,
     )
     logger.info("serving on http://%s:%d", settings.host, settings.port)
     uvicorn.Server(config).run(sockets=sockets)
@@ -110,6 +125,29 @@ async def _migrate(settings: Settings) -> None:
     async with _engine(settings, "migrate") as engine:
         await upgrade(engine)
     logger.info("database schema is at head")
+
+
+async def _alembic(settings: Settings, argv: list[str]) -> int:
+    """Alembic's command line, on the connection `mdp migrate` would use (persistence/migrations
+    /env.py takes it from the config), so no second copy of the database set-up exists."""
+    from alembic.config import CommandLine
+
+    from persistence.migrate import alembic_config
+
+    alembic = CommandLine(prog="mdp alembic")
+    options = alembic.parser.parse_args(argv)
+    if not hasattr(options, "cmd"):
+        alembic.parser.error("too few arguments")
+    config = alembic_config()
+
+    def run(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        alembic.run_cmd(config, options)
+
+    async with _engine(settings, "migrate") as engine, engine.connect() as conn:
+        await conn.run_sync(run)
+        await conn.commit()
+    return 0
 
 
 async def _backfill(settings: Settings, args: argparse.Namespace) -> None:
@@ -187,9 +225,18 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mdp", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"mdp {version('market-data-platform')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve the HTTP API with live ingestion")
     commands.add_parser("migrate", help="bring the database schema to the newest revision")
+    # Everything after `alembic` is Alembic's, --help included.
+    commands.add_parser(
+        "alembic",
+        help="Alembic's command line on the service's database (docs/architecture.md)",
+        add_help=False,
+    )
     backfill = commands.add_parser(
         "backfill",
         help="write synthetic history before each symbol's oldest trade (safe beside ingestion)",
@@ -208,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     from mdp import keys_cli
 
     keys_cli.add_commands(commands)
-    args = parser.parse_args(argv)
+    args, alembic_arguments = parser.parse_known_args(argv)
+    if alembic_arguments and args.command != "alembic":
+        parser.error(f"unrecognized arguments: {' '.join(alembic_arguments)}")
 
     try:
         settings = Settings.from_env()
@@ -233,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings)
     if args.command == "migrate":
         asyncio.run(_migrate(settings))
+    elif args.command == "alembic":
+        return asyncio.run(_alembic(settings, alembic_arguments))
     elif args.command == "keys":
         return asyncio.run(_keys(settings, args))
     else:

@@ -42,25 +42,26 @@ async def database_server(settings: Settings) -> AsyncIterator[URL]:
     try:
         yield url
     finally:
-        await asyncio.to_thread(embedded.stop)
-        logger.info("embedded PostgreSQL stopped")
+        if await asyncio.to_thread(embedded.stop):
+            logger.info("embedded PostgreSQL stopped")
 
 
-def open_read_pool(settings: Settings, url: URL) -> ReadPool:
+def open_read_pool(settings: Settings, url: URL, *, exports: bool = False) -> ReadPool:
     """The API's read connections, on DATABASE_READ_URL when set; `mdp-api` on the server.
 
     Reads are single statements in autocommit (no BEGIN/ROLLBACK round trip). They may go to
     a read replica or through a pooler; everything else needs the primary, directly. They
     never write (the write path materialises candles): the server holds them to it.
+    `exports`: the export pool instead (EXPORT_MAX_CONCURRENT connections, `mdp-export`).
     """
     connect = read_connection(
         settings.database_read_url or url,
         connect_timeout=settings.db_connect_timeout_seconds,
         query_timeout=settings.db_query_timeout_seconds,
-        application_name="mdp-api",
+        application_name="mdp-export" if exports else "mdp-api",
         pooled=settings.database_read_pooler == "transaction",
     )
-    return ReadPool(connect, settings.db_pool_size)
+    return ReadPool(connect, settings.export_max_concurrent if exports else settings.db_pool_size)
 
 
 def open_engine(settings: Settings, url: URL, use: Use) -> AsyncEngine:

@@ -35,6 +35,9 @@ class Key:
     scopes: frozenset[str]
     limit: RateLimit
     revoked: bool
+    # Its own caps on concurrent exports and streams; None: the instance's settings.
+    max_exports: int | None = None
+    max_streams: int | None = None
 
 
 class KeyRing:
@@ -75,6 +78,8 @@ class KeyRing:
                 scopes=frozenset(row.scopes),
                 limit=RateLimit(row.rate_limit, row.rate_window_seconds),
                 revoked=row.revoked_at is not None,
+                max_exports=row.max_exports,
+                max_streams=row.max_streams,
             )
             for row in rows
         }

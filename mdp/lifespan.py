@@ -124,9 +124,13 @@ async def _run(
     if guard.mode == "required":
         # A revoked key's open streams end once this instance has heard of the revocation.
         ring = guard.ring
-        tasks.append(
-            ring.maintain(writes, stop, on_reload=lambda: live.keep_owners(ring.active_ids))
-        )
+        # Running exports too: a revoked key's access ends with everything it holds.
+
+        def revoked() -> None:
+            live.keep_owners(ring.active_ids)
+            db.export_budget.keep_owners(ring.active_ids)
+
+        tasks.append(ring.maintain(writes, stop, on_reload=revoked))
     if settings.ingestion_enabled:
         tasks.append(_ingest(settings, writes, status, stop))
     await asyncio.gather(*tasks)
@@ -183,6 +187,7 @@ async def _serving(
     else:
         logger.info("AUTH_MODE=required: data operations need an API key with the right scope")
     reads = open_read_pool(settings, url)
+    exports = open_read_pool(settings, url, exports=True)
     writes = open_engine(settings, url, "ingestion")
     admission = Admission(
         settings.db_pool_size,
@@ -195,6 +200,7 @@ async def _serving(
         reads,
         probe_timeout=min(2.0, settings.db_connect_timeout_seconds),
         admission=admission,
+        exports=exports,
     )
     status = IngestionStatus(
         enabled=settings.ingestion_enabled,
@@ -209,7 +215,9 @@ async def _serving(
         _run(settings, db, writes, status, live, guard, stop), name="mdp-background"
     )
     state = AppState(settings, load_contract(), db, status, metrics, prometheus, live, guard)
-    unwatch = prometheus.watch(status, live, reads=reads, admission=admission, writes=writes)
+    unwatch = prometheus.watch(
+        status, live, reads=reads, admission=admission, writes=writes, exports=db.export_budget
+    )
     restore_signals = _end_streams_on_signals(live)
     # What start-up built (the contract, compiled validators, the app) lives as long as the
     # process. Out of the collector's sight, a full collection no longer walks it: with it,
@@ -222,7 +230,7 @@ async def _serving(
         restore_signals()
         live.close()
         # Let the batch under way commit or roll back whole and the leader lock go, within
-        # Cloud Run's 10 s grace (uvicorn already spent up to 7 s draining requests).
+        # SHUTDOWN_GRACE_SECONDS (uvicorn already spent up to DRAIN_SECONDS draining requests).
         stop.set()
         try:
             await asyncio.wait_for(asyncio.shield(background), _STOP_GRACE_SECONDS)
@@ -233,4 +241,5 @@ async def _serving(
         status.stopped = True
         unwatch()
         await reads.close()
+        await exports.close()
         await writes.dispose()

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from mdp.apikeys import redact_line
 from mdp.telemetry import current_request_id, current_trace
 
 __all__ = ["configure_logging"]
@@ -51,14 +52,16 @@ class JsonFormatter(logging.Formatter):
             entry["audit"] = audit
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        # Every field a client may have filled (path, request id, parameters, messages) at
+        # once: a key pasted anywhere leaves only its public id in the log.
+        return redact_line(orjson.dumps(entry, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         request_id = current_request_id()
-        return f"{line} [request_id={request_id}]" if request_id else line
+        return redact_line(f"{line} [request_id={request_id}]" if request_id else line)
 
 
 def configure_logging(

@@ -24,7 +24,9 @@ from sqlalchemy.pool import QueuePool
 
 from ingestion.status import IngestionStatus
 from live.broadcaster import Broadcaster
+from mdp.http_protocol import closed_connections
 from persistence.admission import Admission
+from persistence.budget import Budget
 from persistence.pool import ReadPool
 
 __all__ = ["OPENMETRICS", "TEXT", "PrometheusMetrics"]
@@ -48,12 +50,14 @@ class _StateCollector(Collector):
         reads: ReadPool,
         admission: Admission,
         writes: AsyncEngine,
+        exports: Budget,
     ) -> None:
         self.status = status
         self.live = live
         self.reads = reads
         self.admission = admission
         self.writes = writes
+        self.exports = exports
 
     def collect(self) -> Iterator[Metric]:
         status = self.status
@@ -115,6 +119,21 @@ class _StateCollector(Collector):
             "Streams ended with `overflow` because their client fell behind.",
             self.live.overflows_total,
         )
+        if self.exports is not None:
+            yield GaugeMetricFamily(
+                "mdp_exports_open",
+                "Exports running (EXPORT_MAX_CONCURRENT at most).",
+                len(self.exports),
+            )
+        closed = CounterMetricFamily(
+            "mdp_connections_closed",
+            "Connections closed for a limit before or while serving: a request head too large "
+            "or too slow, or a client that accepted no data for SLOW_CLIENT_SECONDS.",
+            labels=["reason"],
+        )
+        for reason, count in closed_connections.items():
+            closed.add_metric([reason], count)
+        yield closed
 
 
 class _Latency:
@@ -205,10 +224,11 @@ class PrometheusMetrics:
         reads: ReadPool,
         admission: Admission,
         writes: AsyncEngine,
+        exports: Budget,
     ) -> Callable[[], None]:
         """Expose this lifespan's ingestion, streams, pools and admission queue; returns the
         function that stops it."""
-        collector = _StateCollector(status, live, reads, admission, writes)
+        collector = _StateCollector(status, live, reads, admission, writes, exports)
         self.registry.register(collector)
         return lambda: self.registry.unregister(collector)
 

@@ -91,8 +91,9 @@ def problem(
     if extra:
         body.update(extra)
     response_headers = dict(headers or {})
-    if status == 503:
-        response_headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    if status in (429, 503):
+        # A refusal for now, not for good: say when to come back (unless it already does).
+        response_headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     return ConnexionResponse(
         status_code=status,
         mimetype=PROBLEM_MEDIA_TYPE,

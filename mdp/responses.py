@@ -9,11 +9,11 @@ from typing import Any
 
 import orjson
 from connexion.jsonifier import Jsonifier
-from connexion.resolver import Resolver
 from starlette.responses import Response
 
 from mdp import audit
 from mdp.caching import conditional
+from mdp.resolver import HandlerResolver
 from mdp.telemetry import current_request_id
 from web.request import current_scope
 
@@ -63,7 +63,7 @@ def _respond(result: Any) -> Response:
     return conditional(response, current_scope()["headers"])
 
 
-class JsonResolver(Resolver):  # type: ignore[misc]
+class JsonResolver(HandlerResolver):
     """Wraps every handler so that a returned dict (or `(dict, status[, headers])`) becomes an
     `application/json` response encoded by orjson.
 

@@ -46,6 +46,8 @@ _CHALLENGE = 'Bearer realm="mdp"'
 _INVALID = f'{_CHALLENGE}, error="invalid_token"'
 # Longer than any key: a header this long is refused before it is even looked at.
 _MAX_CREDENTIAL = 200
+# What an unknown key id's secret is compared with: no SHA-256 is all zeros in practice.
+_NO_KEY_HASH = bytes(32)
 # Verified credentials remembered; all are forgotten when it is full (one per key in use).
 _VERIFIED_MAX = 1024
 
@@ -197,7 +199,8 @@ class Guard:
             )
         self.ring.mark_used(key.id)
         audit.set_outcome(audit.Outcome(key.id, key.name, headers=fields))
-        return {"sub": key.id}
+        # The key's own caps travel with it to the handlers (handlers.context.key_cap).
+        return {"sub": key.id, "max_exports": key.max_exports, "max_streams": key.max_streams}
 
     def _verify(self, presented: bytes) -> Key:
         """The key `presented` is the secret of, or Unauthenticated."""
@@ -209,7 +212,10 @@ class Guard:
                 reason="malformed_key",
             )
         key = self.ring.get(key_id)
-        if key is None or not hmac.compare_digest(key.key_hash, hash_key(text)):
+        # Hashed and compared even for an unknown id (against a hash nothing matches): the
+        # time a refusal takes must not tell which ids exist.
+        expected = key.key_hash if key is not None else _NO_KEY_HASH
+        if not hmac.compare_digest(expected, hash_key(text)) or key is None:
             raise Unauthenticated("The API key is not valid.", reason="invalid_key")
         return key
 

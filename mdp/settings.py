@@ -1,30 +1,55 @@
-"""Typed service settings, read once from the environment (the only module that reads it)."""
+"""Typed service settings, read once from the environment (the only module that reads it).
+
+Each setting is declared once, as a field of `Settings`: its variable, type, default, meaning and
+parser. `Settings.from_env` and the README's table (`python -m mdp.settings --markdown`) are
+derived from those declarations.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar, cast
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from persistence.trades import LIVE_RETENTION
+
 __all__ = [
     "DEFAULT_SYMBOLS",
+    "DRAIN_SECONDS",
+    "SHUTDOWN_GRACE_SECONDS",
     "AuthMode",
+    "Declared",
     "Settings",
     "SettingsError",
     "SymbolSpec",
+    "declared",
+    "markdown_table",
     "normalise_database_url",
 ]
+
+T = TypeVar("T")
 
 SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,16}$")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 AuthMode = Literal["required", "off"]
 AUTH_MODES: tuple[AuthMode, ...] = ("required", "off")
+# How reads reach the database: directly, or through a pooler in transaction mode.
+READ_POOLERS = ("none", "transaction")
+_SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+# Cloud Run sends SIGTERM and kills the instance this many seconds later. uvicorn drains requests
+# in flight for up to DRAIN_SECONDS of it; the lifespan's shutdown has what is left.
+SHUTDOWN_GRACE_SECONDS = 10
+DRAIN_SECONDS = 7
 
 
 class SettingsError(ValueError):
@@ -48,10 +73,8 @@ DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = (
 # Symbols named in SYMBOLS that are not defaults start their walk here.
 DEFAULT_START_PRICE = 100.00
 
-# How reads reach the database: directly, or through a pooler in transaction mode.
-READ_POOLERS = ("none", "transaction")
-
-_SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+# A parser gets the variable's name (for its error message) and its value, stripped, never empty.
+Parse = Callable[[str, str], T]
 
 
 def normalise_database_url(raw: str, name: str = "DATABASE_URL") -> URL:
@@ -85,135 +108,367 @@ def normalise_database_url(raw: str, name: str = "DATABASE_URL") -> URL:
     return url.set(drivername="postgresql+asyncpg", query=query)
 
 
-def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if not value >= minimum or value == float("inf"):
-        raise SettingsError(f"{name} must be a finite number >= {minimum}, got {raw!r}")
-    return value
+# Parsers, one per kind of value.
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if not minimum <= value <= maximum:
-        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {raw!r}")
-    return value
+def _text(name: str, raw: str) -> str:
+    return raw
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    lowered = raw.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
+def _database_url(name: str, raw: str) -> URL:
+    return normalise_database_url(raw, name)
+
+
+def _path(name: str, raw: str) -> Path:
+    return Path(raw).expanduser().resolve()
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in _TRUE:
         return True
-    if lowered in {"0", "false", "no", "off"}:
+    if lowered in _FALSE:
         return False
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
-def _replay_seconds(env: Mapping[str, str], default: float) -> float:
-    value = _float(env, "STREAM_REPLAY_SECONDS", default, minimum=0)
-    if value > 3600:
-        # Live batches are kept for an hour: a longer replay could not be exact.
-        raise SettingsError(f"STREAM_REPLAY_SECONDS must be at most 3600, got {value:g}")
-    return value
+def _whole(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
 
 
-def _symbols(raw: str | None) -> tuple[SymbolSpec, ...]:
-    if raw is None or raw.strip() == "":
-        return DEFAULT_SYMBOLS
+def _int(minimum: int, maximum: int) -> Parse[int]:
+    def parse(name: str, raw: str) -> int:
+        value = _whole(name, raw)
+        if not minimum <= value <= maximum:
+            raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _float(minimum: float, maximum: float | None = None) -> Parse[float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        if not value >= minimum or value == float("inf"):
+            raise SettingsError(f"{name} must be a finite number >= {minimum}, got {raw!r}")
+        if maximum is not None and value > maximum:
+            raise SettingsError(f"{name} must be at most {maximum:g}, got {value:g}")
+        return value
+
+    return parse
+
+
+def _choice(choices: tuple[str, ...], *, case: Callable[[str], str] = str.lower) -> Parse[str]:
+    def parse(name: str, raw: str) -> str:
+        value = case(raw)
+        if value not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _symbols(name: str, raw: str) -> tuple[SymbolSpec, ...]:
     defaults = {spec.symbol: spec for spec in DEFAULT_SYMBOLS}
     specs: dict[str, SymbolSpec] = {}
     for item in raw.split(","):
-        code, _, name = item.strip().partition(":")
+        code, _, label = item.strip().partition(":")
         code = code.strip()
         if not SYMBOL_PATTERN.match(code):
             raise SettingsError(
-                f"SYMBOLS entries must match {SYMBOL_PATTERN.pattern} (optionally CODE:Name), "
+                f"{name} entries must match {SYMBOL_PATTERN.pattern} (optionally CODE:Name), "
                 f"got {item.strip()!r}"
             )
         code = code.upper()
         known = defaults.get(code)
         specs[code] = SymbolSpec(
             code,
-            name.strip() or (known.name if known else code),
+            label.strip() or (known.name if known else code),
             known.start_price if known else DEFAULT_START_PRICE,
         )
     return tuple(specs.values())
 
 
-def _read_database(env: Mapping[str, str], raw_url: str) -> tuple[URL | None, str]:
-    raw = env.get("DATABASE_READ_URL", "").strip()
-    pooler = env.get("DATABASE_READ_POOLER", "").strip().lower() or "none"
-    if pooler not in READ_POOLERS:
-        raise SettingsError(
-            f"DATABASE_READ_POOLER must be one of {', '.join(READ_POOLERS)}, got {pooler!r}"
-        )
-    if raw and not raw_url:
-        # The embedded server has no replica; a read URL beside it would split the data.
-        raise SettingsError("DATABASE_READ_URL needs DATABASE_URL (the primary) to be set too")
-    if pooler != "none" and not raw:
-        # Leadership and migrations hold session state: they cannot go through the pooler.
-        raise SettingsError(
-            "DATABASE_READ_POOLER needs DATABASE_READ_URL: only reads may go through a pooler"
-        )
-    return (normalise_database_url(raw, "DATABASE_READ_URL") if raw else None), pooler
+@dataclass(frozen=True, slots=True)
+class Declared:
+    """What the environment side of a setting is: its variable, parser and documentation."""
+
+    env: str
+    parse: Parse[Any]
+    doc: str
+    # The README's default column; None: the default itself, in backticks.
+    shown: str | None = None
+    # True: a variable set but empty means None (turns the thing off); else it means unset.
+    empty_is_none: bool = False
+
+
+# An origin as browsers send it: scheme, host and port only.
+_ORIGIN = re.compile(r"^https?://[a-z0-9.-]+(?::\d{1,5})?$|^https?://\[[0-9a-f:.]+\](?::\d{1,5})?$")
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    origins = [part.strip().rstrip("/").lower() for part in raw.split(",") if part.strip()]
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise SettingsError(
+                f"{name}: {origin!r} is not an origin like https://dash.example.com:8443"
+                " (scheme, host and port; no path, no `*`)"
+            )
+    return tuple(dict.fromkeys(origins))
+
+
+def setting(
+    env: str,
+    default: T,
+    parse: Parse[T],
+    doc: str,
+    *,
+    shown: str | None = None,
+    empty_is_none: bool = False,
+    factory: Callable[[], T] | None = None,
+) -> T:
+    """Declare a field of `Settings`, read from the variable `env` by `parse`."""
+    metadata = {"setting": Declared(env, parse, doc, shown, empty_is_none)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    log_level: str = "INFO"
     # None means: start the embedded PostgreSQL under data_dir.
-    database_url: URL | None = None
-    # Every read goes here when set (a read replica, or a pooler); the rest stays on database_url.
-    database_read_url: URL | None = None
-    # "transaction": database_read_url is a transaction-mode pooler (PgBouncer, Cloud SQL managed
-    # connection pooling), so reads use no server-side prepared statement across transactions.
-    database_read_pooler: str = "none"
-    data_dir: Path = field(default_factory=lambda: Path.cwd() / ".mdp")
-    db_pool_size: int = 10
-    # Requests that may queue for a read connection before new ones are refused (503).
-    db_max_waiting: int = 100
-    db_connect_timeout_seconds: float = 5.0
-    db_query_timeout_seconds: float = 10.0
-    ingestion_enabled: bool = True
-    ingestion_interval_seconds: float = 1.0
-    ingestion_seed: int | None = None
-    ingestion_max_trades_per_symbol: int = 3
-    symbols: tuple[SymbolSpec, ...] = DEFAULT_SYMBOLS
-    # Server-Sent Event streams: at most this many per instance (503 beyond), each with a
-    # queue of this many batches (a client further behind is sent `overflow` and closed).
-    stream_max_clients: int = 2000
-    stream_queue_batches: int = 100
-    stream_heartbeat_seconds: float = 15.0
-    # How far back a Last-Event-ID may resume (older gets a `reset` event); at most 1 hour,
-    # the time live batches are kept.
-    stream_replay_seconds: float = 300.0
-    # Bulk exports: larger windows are refused up front; a longer export is cut off.
-    export_max_rows: int = 50_000_000
-    export_max_days: int = 366
-    export_timeout_seconds: float = 3600.0
+    database_url: URL | None = setting(
+        "DATABASE_URL",
+        None,
+        _database_url,
+        "`postgresql://user:pw@host:5432/db`; also `postgres://…`, `?sslmode=require`, and Cloud"
+        " SQL's `postgresql://user:pw@/db?host=/cloudsql/PROJECT:REGION:INSTANCE`",
+        shown="unset: embedded PostgreSQL",
+    )
+    host: str = setting("HOST", "127.0.0.1", _text, "bind address (`0.0.0.0` in a container)")
+    port: int = setting("PORT", 8000, _int(1, 65535), "listen port (Cloud Run sets it)")
+    log_level: str = setting(
+        "LOG_LEVEL",
+        "INFO",
+        _choice(LOG_LEVELS, case=str.upper),
+        "`DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`; logs are JSON lines unless stdout is"
+        " a terminal",
+    )
+    database_read_url: URL | None = setting(
+        "DATABASE_READ_URL",
+        None,
+        _database_url,
+        "every read goes here: a read replica, or a pooler; same forms as `DATABASE_URL`."
+        " Writes, migrations, leadership and ingestion stay on `DATABASE_URL`",
+        shown="unset: reads use `DATABASE_URL`",
+    )
+    database_read_pooler: str = setting(
+        "DATABASE_READ_POOLER",
+        "none",
+        _choice(READ_POOLERS),
+        "`transaction` when `DATABASE_READ_URL` is a transaction-mode pooler (PgBouncer, Cloud"
+        " SQL managed connection pooling): no prepared statements across transactions, no"
+        " session settings at connect"
+        " ([docs/deploy.md](docs/deploy.md#managed-connection-pooling-or-pgbouncer))",
+    )
+    db_pool_size: int = setting(
+        "DB_POOL_SIZE",
+        10,
+        _int(1, 200),
+        "read connections per instance (plus a write, a leader and a listener connection:"
+        " [connection budget](docs/deploy.md#connection-budget))",
+    )
+    db_max_waiting: int = setting(
+        "DB_MAX_WAITING",
+        100,
+        _int(0, 10_000),
+        "requests that may wait for a read connection (in arrival order); beyond it, or when"
+        " the wait would exceed half the connect timeout, a request is refused at once with"
+        " `503 overloaded`",
+    )
+    db_connect_timeout_seconds: float = setting(
+        "DB_CONNECT_TIMEOUT_SECONDS", 5.0, _float(0.1), "connect and pool-wait timeout"
+    )
+    db_query_timeout_seconds: float = setting(
+        "DB_QUERY_TIMEOUT_SECONDS",
+        10.0,
+        _float(0.1),
+        "per-statement timeout (client and server side)",
+    )
+    ingestion_enabled: bool = setting("INGESTION_ENABLED", True, _bool, "`false` serves reads only")
+    ingestion_interval_seconds: float = setting(
+        "INGESTION_INTERVAL_SECONDS",
+        1.0,
+        _float(0.01),
+        "one batch per interval; fractions allowed; stale after 3 × interval",
+    )
+    ingestion_seed: int | None = setting(
+        "INGESTION_SEED", None, _whole, "makes the random walk deterministic", shown="random"
+    )
+    ingestion_max_trades_per_symbol: int = setting(
+        "INGESTION_MAX_TRADES_PER_SYMBOL",
+        3,
+        _int(1, 1000),
+        "each batch prints 1..N trades per symbol",
+    )
+    symbols: tuple[SymbolSpec, ...] = setting(
+        "SYMBOLS",
+        DEFAULT_SYMBOLS,
+        _symbols,
+        "comma-separated `CODE` or `CODE:Name`",
+        shown=f"`{','.join(spec.symbol for spec in DEFAULT_SYMBOLS)}`",
+    )
+    stream_max_clients: int = setting(
+        "STREAM_MAX_CLIENTS",
+        2000,
+        _int(0, 100_000),
+        "open event streams per instance; beyond it `503` with `Retry-After`",
+    )
+    stream_queue_batches: int = setting(
+        "STREAM_QUEUE_BATCHES",
+        100,
+        _int(1, 100_000),
+        "batches buffered per stream; a client further behind gets `overflow` and is closed"
+        " (only once its socket buffers, up to a few MB, are full too)",
+    )
+    stream_heartbeat_seconds: float = setting(
+        "STREAM_HEARTBEAT_SECONDS",
+        15.0,
+        _float(0.1),
+        "a comment line on idle streams, so proxies keep them open",
+    )
+    # Live batches are kept for LIVE_RETENTION: a longer replay could not be exact.
+    stream_replay_seconds: float = setting(
+        "STREAM_REPLAY_SECONDS",
+        300.0,
+        _float(0, LIVE_RETENTION.total_seconds()),
+        "how old a `Last-Event-ID` may be and still be replayed exactly (at most"
+        f" {LIVE_RETENTION.total_seconds():g})",
+    )
+    export_max_rows: int = setting(
+        "EXPORT_MAX_ROWS",
+        50_000_000,
+        _int(1, 10**12),
+        "larger exports are refused up front (`400 export_too_large`)",
+    )
+    export_max_days: int = setting(
+        "EXPORT_MAX_DAYS", 366, _int(1, 100_000), "longer export windows are refused up front"
+    )
+    export_timeout_seconds: float = setting(
+        "EXPORT_TIMEOUT_SECONDS",
+        3600.0,
+        _float(1.0),
+        "an export still running after this is cut off (truncated)",
+    )
+    # Fair shares (README "Limits"): no client, key or slow reader takes the service away.
+    export_max_concurrent: int = setting(
+        "EXPORT_MAX_CONCURRENT",
+        4,
+        _int(0, 1000),
+        "exports running at once per instance, each on a connection of its own, never one of"
+        " `DB_POOL_SIZE`'s ([connection budget](docs/deploy.md#connection-budget)); beyond it"
+        " `503 exports_at_capacity`",
+    )
+    export_max_per_key: int = setting(
+        "EXPORT_MAX_PER_KEY",
+        2,
+        _int(0, 1000),
+        "exports one API key may run at once per instance (`mdp keys caps` sets a key's own);"
+        " beyond it `429 key_exports_at_capacity`",
+    )
+    stream_max_per_key: int = setting(
+        "STREAM_MAX_PER_KEY",
+        100,
+        _int(0, 100_000),
+        "streams one API key may hold open at once per instance (`mdp keys caps` sets a key's"
+        " own); beyond it `429 key_streams_at_capacity`",
+    )
+    slow_client_seconds: float = setting(
+        "SLOW_CLIENT_SECONDS",
+        30.0,
+        _float(0.1),
+        "a stream or export whose client accepts no data for this long is cut off, freeing its"
+        " slot",
+    )
+    http_max_url_bytes: int = setting(
+        "HTTP_MAX_URL_BYTES",
+        8192,
+        _int(256, 2**20),
+        "longest request target; beyond it `414` and the connection is closed",
+    )
+    http_max_head_bytes: int = setting(
+        "HTTP_MAX_HEAD_BYTES",
+        16384,
+        _int(1024, 2**20),
+        "largest request line and headers together; beyond it `431` and the connection is closed",
+    )
+    http_head_timeout_seconds: float = setting(
+        "HTTP_HEAD_TIMEOUT_SECONDS",
+        10.0,
+        _float(0.1),
+        "time for a request's line and headers to arrive, from the connection opening or the"
+        " request's first byte; then `408` (or just the close)",
+    )
+    forwarded_allow_ips: str = setting(
+        "FORWARDED_ALLOW_IPS",
+        "127.0.0.1,::1,169.254.0.0/16",
+        _text,
+        "addresses or networks whose `X-Forwarded-*` headers are believed: loopback, and"
+        " link-local, where Cloud Run's front end connects from"
+        " ([docs/deploy.md](docs/deploy.md#limits-in-front-of-and-in-the-service))",
+    )
+    data_dir: Path = setting(
+        "MDP_DATA_DIR",
+        Path(".mdp"),
+        _path,
+        "where the embedded PostgreSQL keeps its data",
+        shown="`./.mdp`",
+        factory=lambda: Path.cwd() / ".mdp",
+    )
+    redoc_script_url: str = setting(
+        "REDOC_SCRIPT_URL",
+        "https://cdn.jsdelivr.net/npm/redoc@2.5.0/bundles/redoc.standalone.js",
+        _text,
+        "the `/redoc` page's script",
+        shown="pinned ReDoc 2.5.0 on a CDN",
+    )
+    redoc_script_integrity: str | None = setting(
+        "REDOC_SCRIPT_INTEGRITY",
+        "sha384-4vOjrBu7SuDWXcAw1qFznVLA/sKL+0l4nn+J1HY8w7cpa6twQEYuh4b0Cwuo7CyX",
+        _text,
+        "subresource integrity; empty turns it off",
+        shown="its SHA-384",
+        # For a self-hosted script.
+        empty_is_none=True,
+    )
     # None: `required` with DATABASE_URL (real data), `off` on the embedded database.
-    auth_mode: AuthMode | None = None
-    # Names the Cloud Trace resource in JSON logs, so Cloud Logging groups a request's lines.
-    gcp_project: str | None = None
-    redoc_script_url: str = "https://cdn.jsdelivr.net/npm/redoc@2.5.0/bundles/redoc.standalone.js"
-    redoc_script_integrity: str | None = (
-        "sha384-4vOjrBu7SuDWXcAw1qFznVLA/sKL+0l4nn+J1HY8w7cpa6twQEYuh4b0Cwuo7CyX"
+    auth_mode: AuthMode | None = setting(
+        "AUTH_MODE",
+        None,
+        cast(Parse[AuthMode], _choice(AUTH_MODES)),
+        "`required`: data operations need an API key; `off`: open to anyone who reaches the port",
+        shown="`required` with `DATABASE_URL`, else `off`",
+    )
+    cors_allow_origins: tuple[str, ...] = setting(
+        "CORS_ALLOW_ORIGINS",
+        (),
+        _origins,
+        "comma-separated origins (`https://dash.example.com`) whose pages may call the API"
+        " (CORS); preflights need no key",
+        shown="empty: no CORS",
+    )
+    gcp_project: str | None = setting(
+        "GOOGLE_CLOUD_PROJECT",
+        None,
+        _text,
+        "names the Cloud Trace resource in JSON logs (`logging.googleapis.com/trace`)",
+        shown="unset",
     )
 
     @property
@@ -225,85 +480,55 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        defaults = cls()
-        raw_url = env.get("DATABASE_URL", "").strip()
-        level = env.get("LOG_LEVEL", "INFO").strip().upper()
-        if level not in LOG_LEVELS:
-            raise SettingsError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
-        seed_raw = env.get("INGESTION_SEED", "").strip()
-        try:
-            seed = int(seed_raw) if seed_raw else None
-        except ValueError:
+        values: dict[str, Any] = {}
+        for name, declaration in declared():
+            raw = env.get(declaration.env)
+            if raw is None:
+                continue
+            if raw.strip():
+                values[name] = declaration.parse(declaration.env, raw.strip())
+            elif declaration.empty_is_none:
+                values[name] = None
+        settings = cls(**values)
+        settings._check_read_database()
+        return settings
+
+    def _check_read_database(self) -> None:
+        if self.database_read_url is not None and self.database_url is None:
+            # The embedded server has no replica; a read URL beside it would split the data.
+            raise SettingsError("DATABASE_READ_URL needs DATABASE_URL (the primary) to be set too")
+        if self.database_read_pooler != "none" and self.database_read_url is None:
+            # Leadership and migrations hold session state: they cannot go through the pooler.
             raise SettingsError(
-                f"INGESTION_SEED must be a whole number, got {seed_raw!r}"
-            ) from None
-        read_url, pooler = _read_database(env, raw_url)
-        data_dir = env.get("MDP_DATA_DIR", "").strip()
-        auth_mode = env.get("AUTH_MODE", "").strip().lower() or None
-        if auth_mode is not None and auth_mode not in AUTH_MODES:
-            raise SettingsError(f"AUTH_MODE must be required or off, got {auth_mode!r}")
-        integrity = env.get("REDOC_SCRIPT_INTEGRITY")
-        return cls(
-            host=env.get("HOST", "").strip() or defaults.host,
-            port=_int(env, "PORT", defaults.port, minimum=1, maximum=65535),
-            log_level=level,
-            database_url=normalise_database_url(raw_url) if raw_url else None,
-            database_read_url=read_url,
-            database_read_pooler=pooler,
-            data_dir=Path(data_dir).expanduser().resolve() if data_dir else Path.cwd() / ".mdp",
-            db_pool_size=_int(env, "DB_POOL_SIZE", defaults.db_pool_size, minimum=1, maximum=200),
-            db_max_waiting=_int(
-                env, "DB_MAX_WAITING", defaults.db_max_waiting, minimum=0, maximum=10_000
-            ),
-            db_connect_timeout_seconds=_float(
-                env, "DB_CONNECT_TIMEOUT_SECONDS", defaults.db_connect_timeout_seconds, minimum=0.1
-            ),
-            db_query_timeout_seconds=_float(
-                env, "DB_QUERY_TIMEOUT_SECONDS", defaults.db_query_timeout_seconds, minimum=0.1
-            ),
-            ingestion_enabled=_bool(env, "INGESTION_ENABLED", defaults.ingestion_enabled),
-            ingestion_interval_seconds=_float(
-                env, "INGESTION_INTERVAL_SECONDS", defaults.ingestion_interval_seconds, minimum=0.01
-            ),
-            ingestion_seed=seed,
-            ingestion_max_trades_per_symbol=_int(
-                env,
-                "INGESTION_MAX_TRADES_PER_SYMBOL",
-                defaults.ingestion_max_trades_per_symbol,
-                minimum=1,
-                maximum=1000,
-            ),
-            symbols=_symbols(env.get("SYMBOLS")),
-            stream_max_clients=_int(
-                env, "STREAM_MAX_CLIENTS", defaults.stream_max_clients, minimum=0, maximum=100_000
-            ),
-            stream_queue_batches=_int(
-                env,
-                "STREAM_QUEUE_BATCHES",
-                defaults.stream_queue_batches,
-                minimum=1,
-                maximum=100_000,
-            ),
-            stream_heartbeat_seconds=_float(
-                env, "STREAM_HEARTBEAT_SECONDS", defaults.stream_heartbeat_seconds, minimum=0.1
-            ),
-            stream_replay_seconds=_replay_seconds(env, defaults.stream_replay_seconds),
-            export_max_rows=_int(
-                env, "EXPORT_MAX_ROWS", defaults.export_max_rows, minimum=1, maximum=10**12
-            ),
-            export_max_days=_int(
-                env, "EXPORT_MAX_DAYS", defaults.export_max_days, minimum=1, maximum=100_000
-            ),
-            export_timeout_seconds=_float(
-                env, "EXPORT_TIMEOUT_SECONDS", defaults.export_timeout_seconds, minimum=1.0
-            ),
-            auth_mode=auth_mode,
-            gcp_project=env.get("GOOGLE_CLOUD_PROJECT", "").strip() or None,
-            redoc_script_url=env.get("REDOC_SCRIPT_URL", "").strip() or defaults.redoc_script_url,
-            # An explicitly empty integrity turns the check off (for a self-hosted script).
-            redoc_script_integrity=(
-                defaults.redoc_script_integrity
-                if integrity is None
-                else (integrity.strip() or None)
-            ),
-        )
+                "DATABASE_READ_POOLER needs DATABASE_READ_URL: only reads may go through a pooler"
+            )
+
+
+def declared() -> list[tuple[str, Declared]]:
+    """Each setting's field name and declaration, in declaration order."""
+    return [(f.name, f.metadata["setting"]) for f in fields(Settings)]
+
+
+def _shown_default(f: Field[Any]) -> str:
+    value = f.default
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float):
+        return f"`{value:g}`"
+    return f"`{value}`"
+
+
+def markdown_table() -> str:
+    """The README's table of settings, derived from the declarations."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        declaration: Declared = f.metadata["setting"]
+        shown = declaration.shown if declaration.shown is not None else _shown_default(f)
+        rows.append(f"| `{declaration.env}` | {shown} | {declaration.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m mdp.settings --markdown  (prints the README's settings table)")
+    sys.stdout.write(markdown_table())

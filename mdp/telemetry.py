@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mdp import audit
+from mdp.caching import UNCACHEABLE
 from mdp.metrics import PrometheusMetrics
 
 __all__ = ["RequestMetrics", "TelemetryMiddleware", "current_request_id", "current_trace"]
@@ -66,11 +67,18 @@ class TelemetryMiddleware:
     """Outermost middleware, so error responses get a request id and count as requests too."""
 
     def __init__(
-        self, app: ASGIApp, metrics: RequestMetrics, prometheus: PrometheusMetrics
+        self,
+        app: ASGIApp,
+        metrics: RequestMetrics,
+        prometheus: PrometheusMetrics,
+        secured: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.prometheus = prometheus
+        # Operations that need credentials: an answer to one that says nothing of caching
+        # is sent `no-store` (see mdp.caching).
+        self.secured = secured
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -105,14 +113,20 @@ class TelemetryMiddleware:
                 # Starlette writes header names in lower case. Handlers already stamp the
                 # request id (see mdp.responses); never send it twice.
                 headers = list(message.get("headers", ()))
-                stamped = False
+                stamped = cached = False
                 for name, value in headers:
                     if name == b"x-request-id":
                         stamped = True
                     elif name == b"content-type":
                         events = value.startswith(b"text/event-stream")
+                    elif name == b"cache-control":
+                        cached = True
                 if not stamped:
                     headers.append((b"x-request-id", request_id))
+                if not cached and self.secured:
+                    routing = extensions.get("connexion_routing")
+                    if routing is not None and routing.get("operation_id") in self.secured:
+                        headers.append(UNCACHEABLE)
                 outcome = audit.current()
                 if outcome is not None:
                     # The RateLimit fields of an authenticated request (a refusal has none).

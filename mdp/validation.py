@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
@@ -107,6 +108,9 @@ class OperationParameters:
             return None
         if is_nullable(param) and is_null(value):
             return None
+        if isinstance(value, float) and not math.isfinite(value):
+            # JSON Schema's bounds compare false with NaN, so `duration=NaN` would pass them.
+            return ValidationIssue(location, name, f"{value!r} is not a finite number")
         error = next(iter(self.compiled[id(param)].iter_errors(value)), None)
         return ValidationIssue(location, name, error.message) if error is not None else None
 

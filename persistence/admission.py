@@ -113,10 +113,9 @@ class Admission:
                 watcher.cancel()
 
     @asynccontextmanager
-    async def slot(self, *, measured: bool = True) -> AsyncIterator[None]:
+    async def slot(self) -> AsyncIterator[None]:
         """Hold one slot for the block; waits at most `timeout` seconds in the queue (a
-        slot held that long means the database hangs, not that the instance is busy).
-        `measured=False` keeps a long hold (a bulk export) out of the hold-time estimate."""
+        slot held that long means the database hangs, not that the instance is busy)."""
         if self.free and not self.waiters:
             self.free -= 1
         elif self._refuse_now():
@@ -134,7 +133,6 @@ class Admission:
         try:
             yield
         finally:
-            if measured:
-                held = time.monotonic() - started
-                self.hold_seconds += _SMOOTHING * (held - self.hold_seconds)
+            held = time.monotonic() - started
+            self.hold_seconds += _SMOOTHING * (held - self.hold_seconds)
             self._release()

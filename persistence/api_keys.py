@@ -19,6 +19,7 @@ __all__ = [
     "load_keys",
     "record_last_used",
     "revoke_key",
+    "set_caps",
 ]
 
 _keys = cast(Table, ApiKey.__table__)
@@ -32,6 +33,8 @@ _COLUMNS = (
     "created_at",
     "revoked_at",
     "last_used_at",
+    "max_exports",
+    "max_streams",
 )
 
 
@@ -45,6 +48,8 @@ class KeyRow(NamedTuple):
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None
+    max_exports: int | None
+    max_streams: int | None
 
 
 async def insert_key(
@@ -56,6 +61,8 @@ async def insert_key(
     scopes: Sequence[str],
     rate_limit: int,
     rate_window_seconds: int,
+    max_exports: int | None = None,
+    max_streams: int | None = None,
 ) -> KeyRow:
     statement = (
         insert(_keys)
@@ -66,6 +73,8 @@ async def insert_key(
             scopes=list(scopes),
             rate_limit=rate_limit,
             rate_window_seconds=rate_window_seconds,
+            max_exports=max_exports,
+            max_streams=max_streams,
         )
         .returning(*(_keys.c[name] for name in _COLUMNS))
     )
@@ -83,6 +92,20 @@ async def revoke_key(conn: AsyncConnection, key_id: str) -> KeyRow | None:
         update(_keys)
         .where(_keys.c.id == key_id)
         .values(revoked_at=text("coalesce(revoked_at, now())"))
+        .returning(*(_keys.c[name] for name in _COLUMNS))
+    )
+    row = (await conn.execute(statement)).one_or_none()
+    return KeyRow(*row) if row is not None else None
+
+
+async def set_caps(
+    conn: AsyncConnection, key_id: str, *, max_exports: int | None, max_streams: int | None
+) -> KeyRow | None:
+    """Give `key_id` its own caps (None: the instance's settings); None if there is no such key."""
+    statement = (
+        update(_keys)
+        .where(_keys.c.id == key_id)
+        .values(max_exports=max_exports, max_streams=max_streams)
         .returning(*(_keys.c[name] for name in _COLUMNS))
     )
     row = (await conn.execute(statement)).one_or_none()

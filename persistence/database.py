@@ -15,8 +15,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from errors import DatabaseUnavailable, ServiceError
+from errors import DatabaseUnavailable, ExportsAtCapacity, KeyExportsAtCapacity, ServiceError
 from persistence.admission import Admission, client_gone
+from persistence.budget import Budget
 from persistence.pool import ReadPool, session_settings
 
 __all__ = [
@@ -146,12 +147,34 @@ PROBE_INTERVAL_SECONDS = 1.0
 
 class Database:
     """The read side's connections plus readiness (not ready until migrations and seeding
-    finished), admission in arrival order, and the shared database probe."""
+    finished), admission in arrival order, and the shared database probe.
 
-    def __init__(self, pool: ReadPool, *, probe_timeout: float, admission: Admission) -> None:
+    Exports hold a connection for minutes: they draw from `exports`, connections of their
+    own shared out by `export_budget`, never from the interactive read pool, so however many
+    exports run, reads keep every connection they are sized for.
+    """
+
+    def __init__(
+        self,
+        pool: ReadPool,
+        *,
+        probe_timeout: float,
+        admission: Admission,
+        exports: ReadPool,
+    ) -> None:
         self.pool = pool
         self.probe_timeout = probe_timeout
         self.admission = admission
+        self.exports = exports
+        self.export_budget = Budget(
+            exports.size,
+            full=lambda total: ExportsAtCapacity(
+                f"This instance already runs {total} exports (EXPORT_MAX_CONCURRENT); retry later."
+            ),
+            owner_full=lambda cap: KeyExportsAtCapacity(
+                f"This key already runs {cap} exports at once; retry when one has ended."
+            ),
+        )
         self._ready = asyncio.Event()
         self._probe: tuple[float, Probe] | None = None
         self._probing: asyncio.Future[Probe] | None = None
@@ -164,44 +187,57 @@ class Database:
         self._ready.set()
 
     @asynccontextmanager
-    async def connect(self, *, long: bool = False) -> AsyncIterator[asyncpg.Connection]:
+    async def connect(self) -> AsyncIterator[asyncpg.Connection]:
         """A read connection (autocommit, read-only sessions), once admitted; unreachable-
         database errors become domain errors. Plain statements only, no session state, so a
-        transaction-mode pooler works too. `long` for a connection held for minutes (an
-        export), whose hold time must not count as a typical request's."""
+        transaction-mode pooler works too."""
         if not self.ready:
             raise DatabaseUnavailable("The database is not ready yet.")
-        async with self.admission.slot(measured=not long):
-            try:
-                conn = await self.pool.take()
-            except Exception as exc:
-                self._check(exc)
-                raise
-            if self._probe is not None and not self._probe[1].ok:
-                # Connected: a failure probed a moment ago is news no more.
-                self._probe = None
-            try:
+        async with self.admission.slot():
+            async with self._hold(self.pool) as conn:
                 yield conn
-            except ServiceError:
-                # A domain answer (404, 409…): the connection did its job.
-                self.pool.give(conn)
-                raise
-            except BaseException as exc:
-                # Cut short: the query may still run, or the protocol be mid-statement.
-                closed = conn.is_closed()
-                await self.pool.retire(conn)
-                if isinstance(exc, Exception):
-                    self._check(exc, closed=closed)
-                raise
-            else:
-                self.pool.give(conn)
 
-    def _check(self, exc: Exception, *, closed: bool = False) -> None:
+    @asynccontextmanager
+    async def export_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the export pool, for a caller holding a claim on `export_budget`
+        (which never hands out more claims than the pool has connections)."""
+        if not self.ready:
+            raise DatabaseUnavailable("The database is not ready yet.")
+        async with self._hold(self.exports) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _hold(self, pool: ReadPool) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            conn = await pool.take()
+        except Exception as exc:
+            self._check(exc, pool)
+            raise
+        if self._probe is not None and not self._probe[1].ok:
+            # Connected: a failure probed a moment ago is news no more.
+            self._probe = None
+        try:
+            yield conn
+        except ServiceError:
+            # A domain answer (404, 409…): the connection did its job.
+            pool.give(conn)
+            raise
+        except BaseException as exc:
+            # Cut short: the query may still run, or the protocol be mid-statement.
+            closed = conn.is_closed()
+            await pool.retire(conn)
+            if isinstance(exc, Exception):
+                self._check(exc, pool, closed=closed)
+            raise
+        else:
+            pool.give(conn)
+
+    def _check(self, exc: Exception, pool: ReadPool, *, closed: bool = False) -> None:
         """Raises a 503 when a read's error means the database is gone (and its idle
         connections likely with it); any other error is the caller's to raise. `closed`:
         the server ended the connection (asyncpg then says only "connection is closed")."""
         if closed or is_unavailable(exc):
-            self.pool.discard_idle()
+            pool.discard_idle()
             raise self._unavailable(exc) from exc
 
     def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:

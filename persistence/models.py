@@ -74,7 +74,7 @@ _TRADE_ID = Sequence("trades_id_seq", data_type=BigInteger)
 
 
 class Trade(Base):
-    """Partitioned by RANGE (timestamp), a partition per UTC month (migration 0008): writers
+    """Partitioned by RANGE (timestamp), a partition per UTC month (migration 0009): writers
     create the partitions their rows need first (`persistence.partitions`)."""
 
     __tablename__ = "trades"
@@ -174,9 +174,15 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The key's own caps on concurrent exports and streams; NULL: the instance's settings
+    # (EXPORT_MAX_PER_KEY, STREAM_MAX_PER_KEY).
+    max_exports: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_streams: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     __table_args__ = (
         CheckConstraint("length(key_hash) = 32", name="key_hash_sha256"),
+        CheckConstraint("max_exports >= 0", name="max_exports_not_negative"),
+        CheckConstraint("max_streams >= 0", name="max_streams_not_negative"),
         CheckConstraint(
             "cardinality(scopes) > 0 AND scopes <@ ARRAY['read', 'stream', 'export', 'ops']",
             name="known_scopes",

@@ -1,4 +1,4 @@
-"""Monthly partitions of `trades`: created before the rows that need them (migration 0008)."""
+"""Monthly partitions of `trades`: created before the rows that need them (migration 0009)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,13 @@ property no longer required, a wider type or a newly nullable value are breaking
 only take more values within their type (a new enum value, a raised `maximum`) are reported as
 warnings: the contract asks clients to tolerate them, but code generators that model enums as
 closed types (openapi-python-client does) reject unknown values, so mention them in CHANGELOG.md.
-Widening what a client may *send* is additive.
+Widening what a client may *send* is additive. A renamed `operationId` is breaking: generated
+clients name their methods, modules and types after it.
+
+Breaking changes may also wait on main for the next major: the gate passes them when
+`CHANGELOG.md`'s `## Unreleased` section announces that major with a `### Migrating to N.0.0`
+heading and text under it. Releasing it then bumps `info.version` to N.0.0, turns the heading
+into `## N.0.0` and copies the spec to `openapi/released/vN.yaml`.
 
 Usage: python tools/contract_check.py [--spec PATH] [--released-dir DIR] [--changelog PATH]
 """
@@ -83,6 +89,8 @@ class Verdict:
     ok: bool
     changes: tuple[Change, ...]
     reasons: tuple[str, ...]
+    # The unreleased major the changelog announces, when breaking changes wait for it.
+    pending_major: int | None = None
 
     @property
     def breaking(self) -> tuple[Change, ...]:
@@ -146,6 +154,12 @@ class _Comparer:
         return self.changes
 
     def _operation(self, where: str, old: Mapping[str, Json], new: Mapping[str, Json]) -> None:
+        if old.get("operationId") != new.get("operationId"):
+            self.breaking(
+                where,
+                f"operationId renamed from {old.get('operationId')!r} to "
+                f"{new.get('operationId')!r} (generated clients name methods after it)",
+            )
         self._parameters(where, self._params(self.old, old), self._params(self.new, new))
         self._request_body(where, old.get("requestBody"), new.get("requestBody"))
         # Unquoted status codes parse as YAML integers; compare them as the strings they mean.
@@ -459,6 +473,18 @@ def _changelog_explains(changelog: str, major: int) -> bool:
     return bool(body.strip())
 
 
+def _unreleased_major(changelog: str) -> int | None:
+    """The major that `## Unreleased` announces with `### Migrating to N.0.0` and text under it."""
+    unreleased = re.search(r"^##\s+\[?Unreleased\b.*$", changelog, re.MULTILINE | re.IGNORECASE)
+    if unreleased is None:
+        return None
+    section = changelog[unreleased.end() :].split("\n## ", 1)[0]
+    heading = re.search(r"^###\s+Migrating to (\d+)\.0\.0\b.*$", section, re.MULTILINE)
+    if heading is None or not section[heading.end() :].split("\n### ", 1)[0].strip():
+        return None
+    return int(heading[1])
+
+
 def _released(released_dir: Path) -> dict[int, Path]:
     found = {}
     for path in released_dir.glob("v*.yaml"):
@@ -486,21 +512,30 @@ def check(spec: Path, released_dir: Path, changelog: Path) -> Verdict:
             f"info.version {_dotted(new_version)} is lower than the released {_dotted(old_version)}"
         )
     bumped = major > old_version[0]
-    explained = changelog.exists() and _changelog_explains(
-        changelog.read_text(encoding="utf-8"), major
-    )
+    text = changelog.read_text(encoding="utf-8") if changelog.exists() else ""
+    explained = _changelog_explains(text, major)
+    pending = _unreleased_major(text) if not bumped else None
+    if pending is not None and pending != old_version[0] + 1:
+        reasons.append(
+            f"{changelog.name} announces {pending}.0.0 under Unreleased, but the next major "
+            f"after {_dotted(old_version)} is {old_version[0] + 1}.0.0"
+        )
     if bumped and not explained:
         reasons.append(
             f"info.version's major was bumped to {major}, but {changelog.name} has no "
             f"'## {major}.x.y' section explaining why"
         )
-    if any(change.breaking for change in changes) and not bumped:
+    if any(change.breaking for change in changes) and not bumped and pending is None:
         reasons.append(
             f"breaking changes against {released[base_major].name} ({_dotted(old_version)}): "
             f"bump info.version to {old_version[0] + 1}.0.0 and explain it in {changelog.name}, "
-            "or make the change additive"
+            "or make the change additive (or announce the next major under Unreleased with "
+            "'### Migrating to N.0.0')"
         )
-    return Verdict(not reasons, changes, tuple(reasons))
+    breaking = any(change.breaking for change in changes)
+    return Verdict(
+        not reasons, changes, tuple(reasons), pending if breaking and not bumped else None
+    )
 
 
 def _dotted(version: tuple[int, int, int]) -> str:
@@ -525,7 +560,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if verdict.ok:
         breaking = len(verdict.breaking)
         warnings = sum(change.severity is Severity.WARNING for change in verdict.changes)
-        notes = [f"{breaking} breaking, allowed by the major bump"] if breaking else []
+        allowed_by = (
+            f"waiting for {verdict.pending_major}.0.0, announced under Unreleased"
+            if verdict.pending_major
+            else "allowed by the major bump"
+        )
+        notes = [f"{breaking} breaking, {allowed_by}"] if breaking else []
         notes += [f"{warnings} warning(s)"] if warnings else []
         note = f" ({'; '.join(notes)})" if notes else ""
         print(f"contract-check: OK, {len(verdict.changes)} change(s){note}")

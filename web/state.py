@@ -20,7 +20,12 @@ __all__ = ["ContractView", "MetricsView", "PrometheusView", "RequestState", "Set
 
 
 class SettingsView(Protocol):
-    """The settings handlers read (the rest configure the composition)."""
+    """The settings handlers read (the rest configure the composition).
+
+    Which of the settings declared in `mdp.settings.Settings` handlers may see, not a second
+    declaration: handlers may not import the composing package, and mypy checks that `Settings`
+    fits this view where the lifespan hands it to requests.
+    """
 
     @property
     def stream_heartbeat_seconds(self) -> float: ...
@@ -32,6 +37,10 @@ class SettingsView(Protocol):
     def export_max_days(self) -> int: ...
     @property
     def export_timeout_seconds(self) -> float: ...
+    @property
+    def export_max_per_key(self) -> int: ...
+    @property
+    def stream_max_per_key(self) -> int: ...
     @property
     def redoc_script_url(self) -> str: ...
     @property

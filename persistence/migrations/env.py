@@ -23,6 +23,7 @@ def run_migrations(connection: Connection) -> None:
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError(
-        "Run migrations with `mdp migrate` (it supplies the connection and DATABASE_URL)."
+        "Run Alembic as `mdp alembic …` and migrations with `mdp migrate`: they supply the"
+        " connection (DATABASE_URL, or the embedded PostgreSQL)."
     )
 run_migrations(connection)

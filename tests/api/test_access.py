@@ -215,7 +215,7 @@ def test_every_authenticated_request_is_audited_once_with_its_key_and_what_it_se
     read_id = key_id_of(keys["read"])
     assert served["event"] == "request"
     assert served["key_id"] == read_id and served["key_name"] == "reader"
-    assert served["operation"] == "handlers.market.list_symbols"
+    assert served["operation"] == "listSymbols"
     assert served["parameters"] == {"limit": "2"}
     assert served["status"] == 200
     assert served["rows"] == 2
@@ -225,7 +225,7 @@ def test_every_authenticated_request_is_audited_once_with_its_key_and_what_it_se
         "event": "request_refused",
         "key_id": read_id,
         "key_name": "reader",
-        "operation": "handlers.meta.get_metrics",
+        "operation": "getMetrics",
         "method": "GET",
         "path": "/metrics",
         "status": 403,
@@ -299,3 +299,22 @@ def test_a_key_sent_in_the_query_string_by_mistake_is_not_logged(
     assert lines and not [line for line in lines if secret in line]
     [record] = audit_records(caplog)
     assert record["parameters"] == {"api_key": f"{keys['read'][:17]}[redacted]"}
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["path", "request_id", "both"],
+)
+def test_a_key_sent_in_the_path_or_the_request_id_is_not_logged(
+    client: TestClient, keys: dict[str, str], caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    key = keys["read"]
+    path = f"/symbols/{key}" if where != "request_id" else "/symbols"
+    headers = {"X-Request-ID": f"req-{key}"} if where != "path" else {}
+    with captured_logs(caplog) as lines:
+        response = client.get(path, headers=headers)
+    assert response.status_code in (200, 404)
+    secret = key.split("_", 2)[2]
+    assert lines and not [line for line in lines if secret in line]
+    # What is left says where the key was, by its public id.
+    assert [line for line in lines if f"{key[:17]}[redacted]" in line]

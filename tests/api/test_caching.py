@@ -9,6 +9,7 @@ import httpx2 as httpx
 import pytest
 from starlette.testclient import TestClient
 
+from mdp.spec import load_contract
 from tests.api.support import SyncDatabase, iso, past_midnight
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -199,4 +200,67 @@ def test_problems_carry_no_etag(client: TestClient, market: SyncDatabase):
 
     assert response.status_code == 404
     assert "etag" not in response.headers
-    assert "cache-control" not in response.headers
+    # A problem to a credentialed request is not stored anywhere.
+    assert response.headers["cache-control"] == "no-store"
+
+
+# A request each secured operation answers 200 with the shared app's data; the walk below
+# fails when the contract gains an operation this table does not name.
+_WINDOW = {"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z"}
+_STREAM = {"limit": "1", "duration": "0.2"}
+SAMPLE_QUERIES: dict[str, dict[str, str]] = {
+    "/status/ingestion": {},
+    "/metrics": {},
+    "/symbols": {},
+    "/price/latest": {"symbol": "AAPL"},
+    "/prices/latest": {"symbols": "AAPL"},
+    "/ticker": {"symbols": "AAPL"},
+    "/trades": {"symbol": "AAPL"},
+    "/candles": {"symbol": "AAPL"},
+    "/stream/trades": {"symbols": "AAPL", **_STREAM},
+    "/stream/candles": {"symbol": "AAPL", **_STREAM},
+    "/export/trades": {"symbols": "AAPL", **_WINDOW},
+    "/export/candles": {"symbols": "AAPL", **_WINDOW},
+}
+_CREDENTIALS = {"authorization", "x-api-key"}
+
+
+def _secured_operations() -> list[tuple[str, str]]:
+    return [
+        (method.upper(), path)
+        for path, item in load_contract().document["paths"].items()
+        for method, operation in item.items()
+        if isinstance(operation, dict) and "x-required-scopes" in operation
+    ]
+
+
+def _says_how_to_cache(response: httpx.Response) -> None:
+    directives = {d.strip() for d in response.headers.get("cache-control", "").split(",")}
+    vary = {v.strip().lower() for v in response.headers.get("vary", "").split(",")}
+    # Not stored, or kept only per credential (the same answer for every key that may read it).
+    assert directives & {"no-store", "private"} or _CREDENTIALS <= vary, (
+        response.request.url,
+        response.status_code,
+        dict(response.headers),
+    )
+
+
+def test_the_sample_table_names_every_secured_operation() -> None:
+    assert {path for _, path in _secured_operations()} == set(SAMPLE_QUERIES)
+
+
+@pytest.mark.parametrize(("method", "path"), _secured_operations())
+def test_every_credentialed_answer_says_how_it_may_be_cached(
+    client: TestClient, market: SyncDatabase, method: str, path: str
+) -> None:
+    market.seed_trades("AAPL", [(BASE + timedelta(minutes=1), "100.5", 3)])
+    served = client.request(method, path, params=SAMPLE_QUERIES[path])
+    refused = client.request(
+        method, path, params=SAMPLE_QUERIES[path], headers={"X-API-Key": "mdp_x"}
+    )
+    invalid = client.request(method, path, params={**SAMPLE_QUERIES[path], "bogus": "1"})
+
+    assert served.status_code == 200, served.text
+    assert (refused.status_code, invalid.status_code) == (401, 400)
+    for response in (served, refused, invalid):
+        _says_how_to_cache(response)

@@ -52,12 +52,12 @@ def test_metrics_answer_prometheus_text_with_counts_by_operation_and_status(
     requests = {
         (labels["operation"], labels["status"]) for labels, _ in families["mdp_http_requests"]
     }
-    assert ("handlers.market.get_latest_price", "404") in requests
-    assert ("handlers.market.list_symbols", "200") in requests
+    assert ("getLatestPrice", "404") in requests
+    assert ("listSymbols", "200") in requests
     buckets = [
         labels
         for labels, _ in families["mdp_http_request_duration_seconds"]
-        if labels.get("operation") == "handlers.market.list_symbols"
+        if labels.get("operation") == "listSymbols"
     ]
     assert buckets
     assert {name for name in families} >= {

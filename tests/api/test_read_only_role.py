@@ -19,30 +19,30 @@ START = iso(datetime.now(UTC) - timedelta(hours=4))
 MINUTE = timedelta(minutes=1)
 # One request per operation of the contract (a new operation has to be added here).
 REQUESTS = {
-    "handlers.meta.get_root": ("/", {}),
-    "handlers.meta.get_health": ("/health", {}),
-    "handlers.meta.get_ingestion_status": ("/status/ingestion", {}),
-    "handlers.meta.get_metrics": ("/metrics", {}),
-    "handlers.market.list_symbols": ("/symbols", {}),
-    "handlers.market.get_latest_price": ("/price/latest", {"symbol": "AAPL"}),
-    "handlers.market.get_latest_prices": ("/prices/latest", {"symbols": "AAPL,MSFT"}),
-    "handlers.market.get_ticker": ("/ticker", {"symbols": "AAPL,MSFT"}),
-    "handlers.market.list_trades": ("/trades", {"symbol": "AAPL", "start": START}),
-    "handlers.market.list_candles": (
+    "getRoot": ("/", {}),
+    "getHealth": ("/health", {}),
+    "getIngestionStatus": ("/status/ingestion", {}),
+    "getMetrics": ("/metrics", {}),
+    "listSymbols": ("/symbols", {}),
+    "getLatestPrice": ("/price/latest", {"symbol": "AAPL"}),
+    "getLatestPrices": ("/prices/latest", {"symbols": "AAPL,MSFT"}),
+    "getTicker": ("/ticker", {"symbols": "AAPL,MSFT"}),
+    "listTrades": ("/trades", {"symbol": "AAPL", "start": START}),
+    "listCandles": (
         "/candles",
         {"symbol": "AAPL", "interval": "1h", "start": START, "limit": 100},
     ),
     # Bounded streams: one event (or a second of stream) and they end.
-    "handlers.streams.stream_trades": ("/stream/trades", {"symbols": "AAPL", "limit": 1}),
-    "handlers.streams.stream_candles": (
+    "streamTrades": ("/stream/trades", {"symbols": "AAPL", "limit": 1}),
+    "streamCandles": (
         "/stream/candles",
         {"symbol": "AAPL", "limit": 1, "duration": 1},
     ),
-    "handlers.exports.export_trades": (
+    "exportTrades": (
         "/export/trades",
         {"symbols": "AAPL", "start": START, "end": iso(datetime.now(UTC)), "format": "csv"},
     ),
-    "handlers.exports.export_candles": (
+    "exportCandles": (
         "/export/candles",
         {
             "symbols": "AAPL",
@@ -51,9 +51,9 @@ REQUESTS = {
             "timezone": "Asia/Tokyo",
         },
     ),
-    "handlers.docs.get_openapi_json": ("/openapi.json", {}),
-    "handlers.docs.get_openapi_yaml": ("/openapi.yaml", {}),
-    "handlers.docs.get_redoc": ("/redoc", {}),
+    "getOpenapiJson": ("/openapi.json", {}),
+    "getOpenapiYaml": ("/openapi.yaml", {}),
+    "getRedoc": ("/redoc", {}),
 }
 
 
@@ -120,7 +120,7 @@ def test_every_operation_answers_through_a_select_only_role(
                 bool,
                 what="the leader catching up the candles",
             )
-            path, params = REQUESTS["handlers.market.list_candles"]
+            path, params = REQUESTS["listCandles"]
             later = client.get(path, params=params).json()["candles"]
             readers = primary.fetchval(
                 "SELECT array_agg(DISTINCT usename::text) FROM pg_stat_activity "
@@ -133,7 +133,7 @@ def test_every_operation_answers_through_a_select_only_role(
         REQUESTS, 200
     )
     assert readers == [reader_url.username]
-    first = [c for c in answers["handlers.market.list_candles"].json()["candles"] if c["closed"]]
+    first = [c for c in answers["listCandles"].json()["candles"] if c["closed"]]
     assert (first[0]["timestamp"], first[0]["trade_count"]) == (iso(hour), 2)
     # Closed candles never change, whether read from trades or, later, from `candles`.
     assert [c for c in later if c["closed"]][: len(first)] == first

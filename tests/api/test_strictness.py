@@ -71,3 +71,28 @@ def test_an_accept_that_admits_a_media_type_of_the_operation_is_served(
 
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith(media_type)
+
+
+@pytest.mark.parametrize("value", ["NaN", "nan", "-NaN"])
+@pytest.mark.parametrize("path", ["/stream/trades?symbols=AAPL", "/stream/candles?symbol=AAPL"])
+def test_a_duration_that_is_not_a_finite_number_is_refused(
+    client: TestClient, market: SyncDatabase, path: str, value: str
+) -> None:
+    response = client.get(f"{path}&duration={value}")
+
+    assert_problem(response, 400, "validation_failed")
+    assert error_names(response) == ["duration"]
+
+
+def test_thousands_of_unknown_parameters_give_a_bounded_answer(
+    client: TestClient, market: SyncDatabase
+) -> None:
+    query = "&".join(f"p{n}=1" for n in range(7000))
+
+    response = client.get(f"/symbols?{query}")
+
+    body = assert_problem(response, 400, "validation_failed")
+    assert len(body["errors"]) == 20
+    assert body["errors_omitted"] == 6980
+    assert "and 6980 more" in body["detail"]
+    assert len(response.content) < 4096

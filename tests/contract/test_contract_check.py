@@ -126,6 +126,10 @@ def _remove_response_header(spec: Spec) -> None:
     spec["components"]["responses"]["ServiceUnavailable"]["headers"].pop("Retry-After")
 
 
+def _rename_operation_id(spec: Spec) -> None:
+    _get(spec, "/candles")["operationId"] = "getCandles"
+
+
 def _change_default(spec: Spec) -> None:
     _param(spec, "/trades", "order")["schema"]["default"] = "asc"
 
@@ -160,6 +164,7 @@ BREAKING: dict[str, tuple[Callable[[Spec], None], str]] = {
     "changed status code": (_change_status_code, "response 404: status code removed"),
     "changed media type": (_change_media_type, "application/json: media type removed"),
     "removed response header": (_remove_response_header, "header retry-after: response header"),
+    "renamed operationId": (_rename_operation_id, "operationId renamed from 'listCandles'"),
     "changed parameter default": (_change_default, "default changed from 'desc' to 'asc'"),
     "response became nullable": (_response_becomes_nullable, "became nullable"),
 }
@@ -315,6 +320,37 @@ def test_gate_passes_a_breaking_change_with_a_major_bump_and_changelog(tmp_path:
     verdict = check(*_write(tmp_path, spec, changelog=changelog))
     assert verdict.ok, verdict.reasons
     assert verdict.breaking
+
+
+def test_gate_passes_a_breaking_change_waiting_for_an_announced_major(tmp_path: Path) -> None:
+    spec = load_spec()
+    _rename_operation_id(spec)
+    changelog = CHANGELOG.replace(
+        "# Changelog\n",
+        "# Changelog\n\n## Unreleased\n\n### Migrating to 2.0.0\n\n- Renamed `listCandles`.\n",
+    )
+    verdict = check(*_write(tmp_path, spec, changelog=changelog))
+    assert verdict.ok, verdict.reasons
+    assert verdict.breaking and verdict.pending_major == 2
+
+
+def test_gate_fails_an_unreleased_section_without_a_migration_note(tmp_path: Path) -> None:
+    spec = load_spec()
+    _rename_operation_id(spec)
+    changelog = CHANGELOG.replace(
+        "# Changelog\n", "# Changelog\n\n## Unreleased\n\n### Migrating to 2.0.0\n\n## 1.0.0\n"
+    )
+    verdict = check(*_write(tmp_path, spec, changelog=changelog))
+    assert not verdict.ok
+
+
+def test_gate_fails_an_announced_major_that_is_not_the_next(tmp_path: Path) -> None:
+    changelog = CHANGELOG.replace(
+        "# Changelog\n", "# Changelog\n\n## Unreleased\n\n### Migrating to 3.0.0\n\nText.\n"
+    )
+    verdict = check(*_write(tmp_path, load_spec(), changelog=changelog))
+    assert not verdict.ok
+    assert any("next major after" in reason for reason in verdict.reasons)
 
 
 def test_gate_fails_a_major_bump_the_changelog_does_not_explain(tmp_path: Path) -> None:

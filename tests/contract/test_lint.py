@@ -67,11 +67,17 @@ def _operation(spec: Spec, path: str) -> Spec:
 
 
 def _rename_operation_id(spec: Spec) -> None:
-    _operation(spec, "/")["operationId"] = "handlers.meta.get_rooot"
+    _operation(spec, "/")["operationId"] = "getRooot"
 
 
-def _unknown_handler_module(spec: Spec) -> None:
-    _operation(spec, "/metrics")["operationId"] = "handlers.telemetry.get_metrics"
+def _dotted_operation_id(spec: Spec) -> None:
+    # The 1.x style: a module path in the id, which generated clients turn into method names.
+    _operation(spec, "/metrics")["operationId"] = "handlers.meta.get_metrics"
+
+
+def _operation_id_naming_a_helper(spec: Spec) -> None:
+    # handlers/params.py has `def symbol_code`: a helper, not an `async def` handler.
+    _operation(spec, "/symbols")["operationId"] = "symbolCode"
 
 
 def _drop_summary(spec: Spec) -> None:
@@ -146,7 +152,8 @@ def _invalid_example(spec: Spec) -> None:
 
 SEEDED_DEFECTS: dict[str, tuple[Callable[[Spec], None], str]] = {
     "renamed operationId": (_rename_operation_id, "mdp-operation-id-handler"),
-    "operationId in a missing module": (_unknown_handler_module, "mdp-operation-id-handler"),
+    "dotted operationId": (_dotted_operation_id, "mdp-operation-id-handler"),
+    "operationId naming a helper": (_operation_id_naming_a_helper, "mdp-operation-id-handler"),
     "operation without summary": (_drop_summary, "mdp-operation-summary"),
     "operation without description": (_drop_description, "operation-description"),
     "operation without tag": (_drop_tags, "operation-tags"),

@@ -133,6 +133,7 @@ def test_deploy_step_sets_every_cloud_run_flag(steps: list[dict[str, Any]]) -> N
     assert set(env) >= {"LOG_LEVEL", "INGESTION_INTERVAL_SECONDS"}
     # The pool size the budget was computed for is the one the service uses.
     assert env["DB_POOL_SIZE"] == "${_DB_POOL_SIZE}"
+    assert env["EXPORT_MAX_CONCURRENT"] == "${_EXPORT_MAX_CONCURRENT}"
     assert env["DATABASE_READ_POOLER"] == "${_DATABASE_READ_POOLER}"
     assert re.fullmatch(r"\d+s", _one(args, "--timeout"))
 
@@ -245,13 +246,14 @@ def _run_budget(
 @pytest.mark.parametrize(
     ("overrides", "instances", "secrets"),
     [
-        # 90 connections to share, 13 per instance.
-        ({}, 6, "DATABASE_URL=mdp-database-url:latest"),
-        ({"_DB_MAX_CONNECTIONS": "500", "_DB_POOL_SIZE": "5"}, 61, None),
-        # A replica takes the reads: 3 per instance on the primary, 10 on the replica.
+        # 90 connections to share, 17 per instance (10 reads, 4 exports, 3 on the primary).
+        ({}, 5, "DATABASE_URL=mdp-database-url:latest"),
+        ({"_DB_MAX_CONNECTIONS": "500", "_DB_POOL_SIZE": "5"}, 40, None),
+        ({"_EXPORT_MAX_CONCURRENT": "0"}, 6, None),
+        # A replica takes the reads: 3 per instance on the primary, 14 on the replica.
         (
             {"_DATABASE_READ_URL_SECRET": "mdp-read-url", "_DB_READ_MAX_CONNECTIONS": "200"},
-            19,
+            13,
             "DATABASE_URL=mdp-database-url:latest,DATABASE_READ_URL=mdp-read-url:latest",
         ),
         # Behind a pooler with 1000 client connections, the primary's 3 each bound it.
@@ -261,7 +263,7 @@ def _run_budget(
             None,
         ),
     ],
-    ids=["defaults", "bigger-primary", "replica", "pooler"],
+    ids=["defaults", "bigger-primary", "no-exports", "replica", "pooler"],
 )
 def test_max_instances_follow_the_connection_budget(
     config: dict[str, Any],

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import URL
 
+from mdp.settings import SHUTDOWN_GRACE_SECONDS
 from tests.deploy import (
     CONSTRAINTS,
     ROOT,
@@ -34,8 +35,6 @@ pytestmark = pytest.mark.slow
 IMAGE_VENV = "/opt/venv"
 IMAGE_WHEELS = "/wheels"
 DEFAULT_SYMBOLS = {"AAPL", "GOOGL", "MSFT", "TSLA", "AMZN"}
-# Cloud Run waits 10 s after SIGTERM before it kills the instance.
-SHUTDOWN_GRACE_SECONDS = 10
 START_TIMEOUT_SECONDS = 30
 
 

@@ -20,7 +20,7 @@ SERVICE_ENV = {
     "DB_CONNECT_TIMEOUT_SECONDS": "60",
 }
 TRADES = "/trades?symbol=AAPL"
-OPERATION = "handlers.market.list_trades"
+OPERATION = "listTrades"
 
 
 async def _send(base: str, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -65,7 +65,7 @@ async def _copy_backend(conn: asyncpg.Connection) -> int:
     async def find() -> int | None:
         pid: int | None = await conn.fetchval(
             # This test's database only: other runs may share the server.
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'mdp-api' "
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'mdp-export' "
             "AND datname = current_database() AND state = 'active' AND query LIKE 'COPY%'"
         )
         return pid
@@ -89,7 +89,7 @@ async def test_a_client_that_goes_away_cancels_the_query_and_frees_the_connectio
     # No COPY of the export is left running in this database once the client is gone.
     await wait_until_async(
         lambda: sql.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mdp-api' "
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mdp-export' "
             "AND datname = current_database() AND state = 'active' AND query LIKE 'COPY%'"
         ),
         lambda count: count == 0,
@@ -168,6 +168,6 @@ async def test_sigterm_ends_an_open_export_within_cloud_runs_grace(
                 # Cloud Run kills the instance 10 s after SIGTERM.
                 service.process.wait(timeout=10)
     assert not await sql.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mdp-api' "
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mdp-export' "
         "AND datname = current_database() AND query LIKE 'COPY%' AND state = 'active'"
     )

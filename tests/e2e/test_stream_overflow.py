@@ -37,6 +37,10 @@ def service(module_database: URL) -> Iterator[Service]:
         "INGESTION_INTERVAL_SECONDS": "0.5",
         "INGESTION_MAX_TRADES_PER_SYMBOL": "1000",
         "STREAM_QUEUE_BATCHES": "4",
+        # Long enough for the first test's client to read again after its overflow; short
+        # enough for the second's never-reading client to be cut soon.
+        "SLOW_CLIENT_SECONDS": "10",
+        "LOG_LEVEL": "INFO",
     }
     with serve_live(module_database, env) as live:
         yield live
@@ -123,3 +127,25 @@ async def test_a_stalled_client_gets_overflow_while_others_and_ingestion_keep_go
         len(on_time),
     )
     assert [event.data for event in on_time] == [stream_data(row) for row in stored]
+
+
+def test_a_client_that_never_reads_again_is_cut_and_its_slot_freed(service: Service) -> None:
+    def metric(name: str, **labels: str) -> float:
+        text = httpx.get(f"{service.base}/metrics", headers={"Accept": "text/plain"}).text
+        return metric_value(text, name, labels)
+
+    cut_before = metric("mdp_connections_closed_total", reason="slow_client")
+    with _open_stalled(service, ALL_SYMBOLS):
+        wait_until(lambda: metric("mdp_streams_open"), lambda n: n == 1, what="stream open")
+        # Never read again: the server cuts the connection, which frees the stream's slot.
+        wait_until(
+            lambda: metric("mdp_streams_open"),
+            lambda n: n == 0,
+            what="the stalled stream's slot freed",
+            timeout=_PATIENCE,
+            every=0.2,
+        )
+    assert metric("mdp_connections_closed_total", reason="slow_client") == cut_before + 1
+    cut = [line for line in service.output().splitlines() if "accepted no data" in line]
+    assert len(cut) == 1 + int(cut_before), cut
+    assert "Traceback" not in service.output()

@@ -102,13 +102,15 @@ async def test_list_shows_every_key_without_a_secret_and_revoke_marks_it(
     assert [r["event"] for r in audit_records(revoked.stderr)] == ["key_revoked"]
     assert listed.returncode == 0, listed.stderr
     header, *rows = listed.stdout.splitlines()
-    assert header.split() == "ID NAME SCOPES RATE LIMIT CREATED LAST USED REVOKED".split()
+    assert header.split() == (
+        "ID NAME SCOPES RATE LIMIT EXPORTS STREAMS CREATED LAST USED REVOKED".split()
+    )
     by_id = {row.split()[0]: row.split() for row in rows}
     ml, ops = by_id[str(key_id_of(first))], by_id[str(key_id_of(second))]
-    assert ml[1:4] == ["ml", "read", "600/min"]
-    assert ml[5] == "-" and ml[6] != "-"  # never used, revoked
+    assert ml[1:6] == ["ml", "read", "600/min", "default", "default"]
+    assert ml[7] == "-" and ml[8] != "-"  # never used, revoked
     assert ops[1:4] == ["ops", "ops", "50/s"]
-    assert ops[6] == "-"
+    assert ops[8] == "-"
     for key in (first, second):
         assert key.split("_", 2)[2] not in listed.stdout + listed.stderr
 
@@ -148,3 +150,28 @@ async def test_key_changes_bump_the_version_and_last_used_writes_do_not(
     assert after_use == after_create
     assert used is not None
     assert after_revoke > after_create
+
+
+async def test_a_key_gets_caps_of_its_own_and_back_to_the_settings(
+    empty_database: URL,
+) -> None:
+    key = (
+        await mdp_keys(
+            empty_database, "create", "--name", "etl", "--scopes", "export", "--max-exports", "3"
+        )
+    ).stdout.strip()
+    key_id = str(key_id_of(key))
+
+    changed = await mdp_keys(
+        empty_database, "caps", key_id, "--max-exports", "default", "--max-streams", "0"
+    )
+    listed = await mdp_keys(empty_database, "list")
+    unknown = await mdp_keys(empty_database, "caps", "0123456789ab", "--max-exports", "1")
+    bad = await mdp_keys(empty_database, "caps", key_id, "--max-exports", "-1")
+
+    assert changed.returncode == 0, changed.stderr
+    assert [r["event"] for r in audit_records(changed.stderr)] == ["key_caps_set"]
+    row = next(line.split() for line in listed.stdout.splitlines() if line.startswith(key_id))
+    assert row[4:6] == ["default", "0"]
+    assert unknown.returncode == 1 and "no key with id" in unknown.stderr
+    assert bad.returncode == 2

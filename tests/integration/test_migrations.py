@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.migrate import alembic_config, upgrade
 from persistence.models import metadata
-from tests.support import MakeDatabase, open_test_engine, wait_until_async
+from tests.support import MakeDatabase, dsn, open_test_engine, wait_until_async
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
@@ -72,6 +72,8 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("created_at", "timestamp with time zone", None, "NO"),
         ("revoked_at", "timestamp with time zone", None, "YES"),
         ("last_used_at", "timestamp with time zone", None, "YES"),
+        ("max_exports", "integer", None, "YES"),
+        ("max_streams", "integer", None, "YES"),
     ],
     "api_key_changes": [
         ("id", "smallint", None, "NO"),
@@ -231,6 +233,8 @@ async def test_upgrade_creates_foreign_keys_checks_and_id_sequence(empty_databas
         ("api_keys", "ck_api_keys_key_hash_sha256"): "c",
         ("api_keys", "ck_api_keys_known_scopes"): "c",
         ("api_keys", "ck_api_keys_name_length"): "c",
+        ("api_keys", "ck_api_keys_max_exports_not_negative"): "c",
+        ("api_keys", "ck_api_keys_max_streams_not_negative"): "c",
         ("api_keys", "ck_api_keys_rate_limit_positive"): "c",
         ("api_keys", "ck_api_keys_rate_window"): "c",
         ("api_keys", "pk_api_keys"): "p",
@@ -398,7 +402,7 @@ async def test_trades_v2_keeps_every_row_and_id_of_a_populated_database(
     engine = open_test_engine(empty_database)
     rows = 3000
     try:
-        await upgrade(engine, "0007")
+        await upgrade(engine, "0008")
         async with engine.begin() as conn:
             await conn.execute(text("INSERT INTO symbols (symbol, name) VALUES ('OLD', 'Old')"))
             # Spread over three months, ids out of time order, as a backfill leaves them.
@@ -479,3 +483,32 @@ async def test_trades_refuse_one_venue_trade_twice_but_keep_trades_without_a_ven
         await engine.dispose()
 
     assert kept == ["42", None, None]
+
+
+async def _mdp_alembic(url: URL, *arguments: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mdp.cli",
+        "alembic",
+        *arguments,
+        env={**os.environ, "DATABASE_URL": dsn(url), "LOG_LEVEL": "WARNING"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+async def test_alembic_commands_run_on_the_database_the_service_uses(
+    empty_database: URL,
+) -> None:
+    # `mdp alembic` is Alembic's own command line with the service's connection, so that
+    # `mdp alembic revision --autogenerate` (docs/architecture.md) compares against a real
+    # database; `check` is the same comparison without writing a file.
+    assert await _mdp_alembic(empty_database, "upgrade", "head") == (0, "")
+    code, output = await _mdp_alembic(empty_database, "current")
+    assert (code, output.strip()) == (0, f"{HEAD} (head)")
+    code, output = await _mdp_alembic(empty_database, "check")
+    assert (code, output.strip()) == (0, "No new upgrade operations detected.")

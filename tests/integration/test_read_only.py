@@ -68,7 +68,10 @@ async def test_every_read_works_through_a_select_only_role(
         await insert_live_batch(conn, live, stamped=now, leader_pid=None, lock_key=0)
 
     db = Database(
-        reader, probe_timeout=5, admission=Admission(1, max_waiting=1, max_wait=5, timeout=5)
+        reader,
+        probe_timeout=5,
+        admission=Admission(1, max_waiting=1, max_wait=5, timeout=5),
+        exports=reader,
     )
     db.mark_ready()
     assert (await db.probe()).ok

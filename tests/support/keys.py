@@ -34,8 +34,8 @@ async def provision_key(
     return key
 
 
-def provision_key_now(url: URL) -> str:
+def provision_key_now(url: URL, *, rate_limit: RateLimit = TEST_RATE_LIMIT) -> str:
     """`provision_key` from synchronous code, whether or not an event loop runs there (some
     callers are async tests): on a thread and loop of its own."""
     with concurrent.futures.ThreadPoolExecutor(1) as thread:
-        return thread.submit(asyncio.run, provision_key(url)).result()
+        return thread.submit(asyncio.run, provision_key(url, rate_limit=rate_limit)).result()

@@ -15,14 +15,15 @@ from pathlib import Path
 import httpx
 from sqlalchemy.engine import URL
 
+from mdp.settings import SHUTDOWN_GRACE_SECONDS
 from tests.support.keys import provision_key_now
 from tests.support.polling import wait_until
 
 __all__ = ["Service", "free_port", "serve", "serve_live"]
 
 MDP_SERVE: tuple[str, ...] = (sys.executable, "-m", "mdp.cli", "serve")
-# Cloud Run allows 10 s after SIGTERM; a generous margin before the process is killed.
-STOP_TIMEOUT_SECONDS = 15.0
+# A generous margin over Cloud Run's grace before the process is killed.
+STOP_TIMEOUT_SECONDS = SHUTDOWN_GRACE_SECONDS + 5.0
 
 
 def free_port() -> int:

@@ -131,7 +131,7 @@ async function redoc(page) {
     nodes.map((node) => node.textContent.trim()),
   );
   // One operation with its parameters, responses and example, as a reader sees it.
-  const latest = page.locator('[data-section-id="operation/handlers.market.get_latest_price"]');
+  const latest = page.locator('[data-section-id="operation/getLatestPrice"]');
   await latest.evaluate((node) => node.scrollIntoView({ block: 'start' }));
   await page.waitForTimeout(300);
   const screenshot = join(screenshotDir, 'redoc.png');

@@ -12,9 +12,9 @@ type Problem = Schemas['Problem'];
 type TradesQuery = paths['/trades']['get']['parameters']['query'];
 type CandlesQuery = NonNullable<paths['/candles']['get']['parameters']['query']>;
 
-export type LatestPrice = Json<'handlers.market.get_latest_price', 200>;
-export type TradePage = Json<'handlers.market.list_trades', 200>;
-export type CandlePage = Json<'handlers.market.list_candles', 200>;
+export type LatestPrice = Json<'getLatestPrice', 200>;
+export type TradePage = Json<'listTrades', 200>;
+export type CandlePage = Json<'listCandles', 200>;
 
 const query: TradesQuery = { symbol: 'AAPL', order: 'asc', limit: 1000, start: '2026-01-02T00:00:00Z' };
 const candles: CandlesQuery = { symbol: 'AAPL', interval: '1h', limit: 24 };
@@ -72,7 +72,7 @@ export async function allTrades(
 }
 
 // Secured operations declare their refusals: a missing or wrong key, a missing scope, a limit.
-type Refusal = operations['handlers.market.list_trades']['responses'][401 | 403 | 429];
+type Refusal = operations['listTrades']['responses'][401 | 403 | 429];
 type RefusalBody = Refusal extends { content: { 'application/problem+json': infer Body } } ? Body : never;
 
 // The key travels in `X-API-Key` (or `Authorization: Bearer`); both headers are declared in the
@@ -105,12 +105,12 @@ export function explain(problem: Problem): string {
   }
 }
 
-export function healthy(health: Json<'handlers.meta.get_health', 200>): boolean {
+export function healthy(health: Json<'getHealth', 200>): boolean {
   const latency: number | null = health.checks.database.latency_ms;
   return health.status !== 'fail' && latency !== null;
 }
 
-export function ingestionLag(status: Json<'handlers.meta.get_ingestion_status', 200>): number {
+export function ingestionLag(status: Json<'getIngestionStatus', 200>): number {
   // @ts-expect-error `seconds_since_last_batch` is nullable: it must be narrowed first.
   const unchecked: number = status.seconds_since_last_batch;
   return status.seconds_since_last_batch ?? Number.POSITIVE_INFINITY;

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from errors import StreamsAtCapacity
+from errors import KeyStreamsAtCapacity, StreamsAtCapacity
 from live.broadcaster import Broadcaster, Ended, Reset
 from persistence.trades import TradeRow
 
@@ -119,3 +119,18 @@ async def test_streams_beyond_the_cap_are_refused_and_shutdown_ends_all() -> Non
     broadcaster.unsubscribe(first)
     with pytest.raises(StreamsAtCapacity):
         broadcaster.subscribe(["AAA"])
+
+
+async def test_one_key_cannot_take_every_stream_slot() -> None:
+    broadcaster = Broadcaster(max_streams=3, queue_size=1)
+    greedy = [broadcaster.subscribe(["AAA"], owner="k1", per_owner=2) for _ in range(2)]
+    with pytest.raises(KeyStreamsAtCapacity):
+        broadcaster.subscribe(["AAA"], owner="k1", per_owner=2)
+    # Another key still gets the slot left; past it, the instance's cap.
+    broadcaster.subscribe(["AAA"], owner="k2", per_owner=2)
+    with pytest.raises(StreamsAtCapacity):
+        broadcaster.subscribe(["AAA"], owner="k3", per_owner=2)
+
+    broadcaster.unsubscribe(greedy[0])
+
+    broadcaster.subscribe(["AAA"], owner="k1", per_owner=2)

@@ -95,8 +95,8 @@ async def test_every_operation_is_routed_without_starlettes_router(stack: list[A
         routing.router, routing.app = original
 
     assert routed == [
-        ("/symbols", {"api_base_path": "", "operation_id": "handlers.market.list_symbols"}),
-        ("/health", {"api_base_path": "", "operation_id": "handlers.meta.get_health"}),
+        ("/symbols", {"api_base_path": "", "operation_id": "listSymbols"}),
+        ("/health", {"api_base_path": "", "operation_id": "getHealth"}),
     ]
     # A method or a path the contract does not have: Connexion's router answers (405, 404).
     assert fallback == ["/symbols", "/nope"]
@@ -173,7 +173,7 @@ def test_a_repeated_valid_request_is_parsed_once_and_each_gets_its_own_values(
 ) -> None:
     validation = _one(stack, adaptations._ValidationMiddleware)
     [api] = [api for apis in validation.apis.values() for api in apis]
-    parameters = api.operations["handlers.market.get_latest_prices"].parameters
+    parameters = api.operations["getLatestPrices"].parameters
     scope = {"type": "http", "headers": [], "query_string": b"symbols=AAPL,MSFT"}
     parsed: list[bytes] = []
     parse = parameters._parse
@@ -233,7 +233,7 @@ async def test_the_one_call_decides_as_connexions_own_security_check(stack: list
     # The ring as a reload from the database leaves it (tests/integration/test_keyring.py).
     guard.ring._keys = {key.id: key for key in (read_key, stream_key, revoked_key)}
     guard.ring.loaded = True
-    operation = _security_operations(stack)["handlers.market.list_symbols"]
+    operation = _security_operations(stack)["listSymbols"]
     credentials: list[list[tuple[bytes, bytes]]] = [
         [],
         [(b"x-api-key", reader.encode())],
@@ -260,7 +260,7 @@ async def test_the_one_call_decides_as_connexions_own_security_check(stack: list
             "extensions": {
                 "connexion_routing": {
                     "api_base_path": "",
-                    "operation_id": "handlers.market.list_symbols",
+                    "operation_id": "listSymbols",
                 }
             },
         }
@@ -285,5 +285,10 @@ async def test_the_one_call_decides_as_connexions_own_security_check(stack: list
         assert ours == connexions, headers
     assert await decide(operation, credentials[1]) == (
         "served",
-        [{"user": read_key.id, "token_info": {"sub": read_key.id}}],
+        [
+            {
+                "user": read_key.id,
+                "token_info": {"sub": read_key.id, "max_exports": None, "max_streams": None},
+            }
+        ],
     )

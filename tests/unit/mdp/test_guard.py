@@ -12,7 +12,7 @@ from mdp.apikeys import RateLimit, hash_key
 from mdp.keyring import Key
 from mdp.security import Guard, Unauthenticated
 
-OPERATION = "handlers.market.list_symbols"
+OPERATION = "listSymbols"
 SCOPE: dict[str, Any] = {"extensions": {"connexion_routing": {"operation_id": OPERATION}}}
 SECRET = f"mdp_{'a' * 12}_{'s' * 43}"
 OTHER_SECRET = f"mdp_{'a' * 12}_{'t' * 43}"
@@ -35,6 +35,7 @@ def _judge(guard: Guard, secret: str) -> Any:
 
 
 KEY = Key("a" * 12, "reader", hash_key(SECRET), frozenset({"read"}), RateLimit(10**6, 1), False)
+ADMITTED = {"sub": KEY.id, "max_exports": None, "max_streams": None}
 
 
 def test_a_repeated_credential_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,28 +45,52 @@ def test_a_repeated_credential_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -
 
     answers = [_judge(guard, SECRET) for _ in range(3)]
 
-    assert answers == [{"sub": KEY.id}] * 3
+    assert answers == [ADMITTED] * 3
     assert hashed == [SECRET]
 
 
 def test_a_credential_verified_before_a_key_rotation_is_refused_after_it() -> None:
     guard = _guard(KEY)
-    assert _judge(guard, SECRET) == {"sub": KEY.id}
+    assert _judge(guard, SECRET) == ADMITTED
 
     _reload(guard, dataclasses.replace(KEY, key_hash=hash_key(OTHER_SECRET)))
 
     with pytest.raises(Unauthenticated) as refused:
         _judge(guard, SECRET)
     assert refused.value.reason == "invalid_key"
-    assert _judge(guard, OTHER_SECRET) == {"sub": KEY.id}
+    assert _judge(guard, OTHER_SECRET) == ADMITTED
 
 
 def test_a_credential_verified_before_its_key_was_revoked_is_refused_after() -> None:
     guard = _guard(KEY)
-    assert _judge(guard, SECRET) == {"sub": KEY.id}
+    assert _judge(guard, SECRET) == ADMITTED
 
     _reload(guard, dataclasses.replace(KEY, revoked=True))
 
     with pytest.raises(Unauthenticated) as refused:
         _judge(guard, SECRET)
     assert refused.value.reason == "revoked"
+
+
+def test_an_unknown_key_id_costs_the_same_work_as_a_wrong_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hashing and comparing happen whether or not the id exists, so the time to refuse a
+    key does not tell a guesser which ids are real."""
+    guard = _guard(KEY)
+    hashed: list[str] = []
+    compared: list[bytes] = []
+    monkeypatch.setattr(security, "hash_key", lambda text: hashed.append(text) or hash_key(text))
+    real = security.hmac.compare_digest
+    monkeypatch.setattr(
+        security.hmac, "compare_digest", lambda a, b: compared.append(a) or real(a, b)
+    )
+    unknown = f"mdp_{'b' * 12}_{'s' * 43}"
+
+    for secret in (OTHER_SECRET, unknown):
+        with pytest.raises(Unauthenticated) as refused:
+            _judge(guard, secret)
+        assert refused.value.reason == "invalid_key"
+
+    assert hashed == [OTHER_SECRET, unknown]
+    assert len(compared) == 2 and all(len(digest) == 32 for digest in compared)

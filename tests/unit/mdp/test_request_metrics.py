@@ -19,7 +19,7 @@ def _samples(metrics: PrometheusMetrics) -> dict[tuple[str, tuple[tuple[str, str
 def test_requests_are_counted_by_operation_method_and_status() -> None:
     metrics = PrometheusMetrics()
     for status in (200, 200, 404):
-        metrics.observe("handlers.market.list_symbols", "GET", status, 0.001)
+        metrics.observe("listSymbols", "GET", status, 0.001)
     metrics.observe("unmatched", "POST", 405, 0.001)
 
     samples = _samples(metrics)
@@ -28,8 +28,8 @@ def test_requests_are_counted_by_operation_method_and_status() -> None:
         labels = (("method", method), ("operation", operation), ("status", status))
         return samples[("mdp_http_requests_total", labels)]
 
-    assert count("handlers.market.list_symbols", "GET", "200") == 2
-    assert count("handlers.market.list_symbols", "GET", "404") == 1
+    assert count("listSymbols", "GET", "200") == 2
+    assert count("listSymbols", "GET", "404") == 1
     assert count("unmatched", "POST", "405") == 1
 
 

@@ -10,11 +10,11 @@ from mdp.security import required_scopes
 from mdp.spec import load_contract
 
 PUBLIC = {
-    "handlers.meta.get_root",
-    "handlers.meta.get_health",
-    "handlers.docs.get_openapi_json",
-    "handlers.docs.get_openapi_yaml",
-    "handlers.docs.get_redoc",
+    "getRoot",
+    "getHealth",
+    "getOpenapiJson",
+    "getOpenapiYaml",
+    "getRedoc",
 }
 
 
@@ -33,8 +33,8 @@ def test_every_operation_is_public_or_names_its_scopes() -> None:
     operations = _operations(document)
     assert set(scopes) | PUBLIC == set(operations)
     assert not set(scopes) & PUBLIC
-    assert scopes["handlers.market.list_trades"] == {"read"}
-    assert scopes["handlers.meta.get_metrics"] == {"ops"}
+    assert scopes["listTrades"] == {"read"}
+    assert scopes["getMetrics"] == {"ops"}
 
 
 def test_each_secured_operation_documents_its_scope_and_refusals() -> None:
@@ -49,7 +49,7 @@ def test_each_secured_operation_documents_its_scope_and_refusals() -> None:
 def test_an_operation_that_forgets_its_scopes_stops_the_service() -> None:
     document = copy.deepcopy(load_contract().document)
     del document["paths"]["/trades"]["get"]["x-required-scopes"]
-    with pytest.raises(ValueError, match="handlers.market.list_trades needs x-required-scopes"):
+    with pytest.raises(ValueError, match="listTrades needs x-required-scopes"):
         required_scopes(document)
 
 
@@ -59,5 +59,5 @@ def test_unknown_scopes_and_scopes_on_public_operations_are_refused() -> None:
     document["paths"]["/health"]["get"]["x-required-scopes"] = ["ops"]
     with pytest.raises(ValueError) as raised:
         required_scopes(document)
-    assert "list_trades needs" in str(raised.value)
-    assert "get_health declares x-required-scopes but no security" in str(raised.value)
+    assert "listTrades needs" in str(raised.value)
+    assert "getHealth declares x-required-scopes but no security" in str(raised.value)

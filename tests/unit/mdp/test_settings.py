@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+from pathlib import Path
+
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -10,8 +13,11 @@ from mdp.settings import (
     Settings,
     SettingsError,
     SymbolSpec,
+    declared,
+    markdown_table,
     normalise_database_url,
 )
+from persistence.trades import LIVE_RETENTION
 
 CLOUD_SQL_SOCKET = "/cloudsql/my-project:europe-west1:market-db"
 
@@ -224,6 +230,10 @@ def test_settings_read_ingestion_enabled_as_a_boolean(raw: str, expected: bool) 
         ("SYMBOLS", ":Nameless"),
         ("DATABASE_URL", "mysql://mdp:secret@db.internal/market"),
         ("AUTH_MODE", "optional"),
+        ("CORS_ALLOW_ORIGINS", "*"),
+        ("CORS_ALLOW_ORIGINS", "https://dash.example.com/app"),
+        ("CORS_ALLOW_ORIGINS", "dash.example.com"),
+        ("CORS_ALLOW_ORIGINS", "ftp://dash.example.com"),
     ],
 )
 def test_settings_reject_a_bad_value_naming_the_variable(name: str, raw: str) -> None:
@@ -338,3 +348,43 @@ def test_auth_is_required_with_a_database_url_and_off_on_the_embedded_one(
     env: dict[str, str], expected: str
 ) -> None:
     assert Settings.from_env(env).auth == expected
+
+
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+def test_readme_settings_table_is_the_one_the_declarations_print() -> None:
+    text = README.read_text()
+    begin = text.index("\n", text.index("<!-- settings table")) + 1
+    end = text.index("<!-- end of settings table -->")
+    assert text[begin:end] == markdown_table(), (
+        "README.md's settings table drifted: paste `python -m mdp.settings --markdown` over it"
+    )
+
+
+def test_every_settings_field_is_read_from_a_variable_of_its_own() -> None:
+    variables = [declaration.env for _, declaration in declared()]
+    assert len(variables) == len(fields(Settings))
+    assert len(set(variables)) == len(variables)
+
+
+def test_stream_replay_is_bounded_by_how_long_live_batches_are_kept() -> None:
+    kept = LIVE_RETENTION.total_seconds()
+    assert Settings.from_env({"STREAM_REPLAY_SECONDS": f"{kept:g}"}).stream_replay_seconds == kept
+    with pytest.raises(SettingsError, match=r"^STREAM_REPLAY_SECONDS must be at most 3600, got"):
+        Settings.from_env({"STREAM_REPLAY_SECONDS": f"{kept + 1:g}"})
+
+
+def test_an_empty_redoc_integrity_turns_the_check_off() -> None:
+    assert Settings.from_env({"REDOC_SCRIPT_INTEGRITY": ""}).redoc_script_integrity is None
+    assert Settings.from_env({}).redoc_script_integrity == Settings().redoc_script_integrity
+
+
+def test_cors_origins_are_read_as_browsers_send_them() -> None:
+    settings = Settings.from_env(
+        {
+            "CORS_ALLOW_ORIGINS": " https://Dash.example.com/ , http://127.0.0.1:5173,https://dash.example.com"
+        }
+    )
+    assert settings.cors_allow_origins == ("https://dash.example.com", "http://127.0.0.1:5173")
+    assert Settings.from_env({}).cors_allow_origins == ()

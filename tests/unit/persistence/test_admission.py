@@ -150,17 +150,6 @@ async def test_a_waiter_that_timed_out_before_a_release_skipped_it_leaves_no_tra
     assert admission.free == 1 and not admission.waiters
 
 
-async def test_an_unmeasured_hold_leaves_the_hold_time_estimate_alone() -> None:
-    admission = _admission()
-    admission.hold_seconds = 0.005
-    async with admission.slot(measured=False):
-        await asyncio.sleep(0.05)  # a long hold, such as a bulk export
-    assert admission.hold_seconds == 0.005
-    async with admission.slot():
-        await asyncio.sleep(0.05)
-    assert admission.hold_seconds > 0.005
-
-
 async def _hold_for(
     admission: Admission, name: str, order: list[str], release: asyncio.Event, gone: asyncio.Event
 ) -> None:

@@ -1,10 +1,12 @@
-// An operationId such as `handlers.meta.get_root` must name a function that exists:
-// `def get_root` or `async def get_root` at the top level of handlers/meta.py. Connexion resolves
-// operationIds at start-up, so a typo would otherwise surface only when the service boots.
+// An operationId such as `listCandles` must be short camelCase and name exactly one handler:
+// `async def list_candles` at the top level of one module of the handlers package, the rule
+// mdp/resolver.py (HandlerResolver) applies at start-up. Checked here so that a typo or a
+// duplicate fails the lint, not the service's boot.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
-const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const CAMEL_CASE = /^[a-z][a-z0-9]*(?:[A-Z][a-z0-9]+)*$/;
+const PACKAGE = 'handlers';
 
 function repositoryRoot(options) {
   // The ruleset runs from the repository root (the Makefile and the tests cd there); a copied
@@ -16,24 +18,19 @@ export default (operationId, options) => {
   if (typeof operationId !== 'string') {
     return [{ message: 'operationId must be a string.' }];
   }
-  const parts = operationId.split('.');
-  if (parts.length < 2 || !parts.every((part) => IDENTIFIER.test(part))) {
-    return [{ message: `"${operationId}" is not a dotted module.function path.` }];
+  if (!CAMEL_CASE.test(operationId)) {
+    return [{ message: `"${operationId}" is not short camelCase (e.g. "listCandles").` }];
   }
-  const functionName = parts.pop();
-  const root = repositoryRoot(options);
-  const candidates = [
-    path.join(root, ...parts) + '.py',
-    path.join(root, ...parts, '__init__.py'),
-  ];
-  const file = candidates.find((candidate) => fs.existsSync(candidate));
-  if (file === undefined) {
-    return [{ message: `"${operationId}": module ${parts.join('.')} not found (no ${path.relative(root, candidates[0])}).` }];
-  }
-  const source = fs.readFileSync(file, 'utf8');
-  const definition = new RegExp(`^(?:async[ \\t]+)?def[ \\t]+${functionName}[ \\t]*\\(`, 'm');
-  if (!definition.test(source)) {
-    return [{ message: `"${operationId}": no top-level function ${functionName} in ${path.relative(root, file)}.` }];
+  const name = operationId.replace(/[A-Z]/g, (hump) => `_${hump.toLowerCase()}`);
+  const directory = path.join(repositoryRoot(options), PACKAGE);
+  const definition = new RegExp(`^async[ \\t]+def[ \\t]+${name}[ \\t]*\\(`, 'm');
+  const modules = fs
+    .readdirSync(directory)
+    .filter((file) => file.endsWith('.py'))
+    .filter((file) => definition.test(fs.readFileSync(path.join(directory, file), 'utf8')));
+  if (modules.length !== 1) {
+    const found = modules.length ? modules.map((file) => `${PACKAGE}/${file}`).join(', ') : 'none';
+    return [{ message: `"${operationId}": expected one top-level \`async def ${name}\` in ${PACKAGE}/, found ${found}.` }];
   }
   return [];
 };

@@ -1,0 +1,179 @@
+"""uvicorn's httptools protocol with the limits it lacks, before any request reaches the app.
+
+httptools (llhttp) buffers a header of any size and waits for the rest of a request forever:
+four connections sending 64 MiB headers took the process from 119 to 428 MiB, and slowloris
+connections stayed open indefinitely. h11's `h11_max_incomplete_event_size` bounds the size
+only, not the time, and costs every request h11's pure-Python parsing (bench/README.md). So
+this subclass adds, per connection:
+
+- a bound on the request line and headers: over `max_url_bytes` of target, `414`; over
+  `max_head_bytes` in all, `431`; both close the connection (RFC 9110 §15.5.15, RFC 6585 §5);
+- a time for a request's head to arrive, from the connection opening or the first byte of the
+  request: past `head_timeout`, `408` (or, with nothing received, just the close);
+- a time for a client to accept data: a response whose writes stay paused (the client's
+  socket and our buffer full) for `slow_client_seconds` is cut, which frees what its stream
+  or export holds (the app sees `http.disconnect`).
+
+Everything else is uvicorn's. `tests/unit/mdp/test_http_protocol.py` fails when an upgrade
+renames what is overridden here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+__all__ = ["Limits", "bounded_protocol", "closed_connections"]
+
+logger = logging.getLogger("mdp.http")
+
+# Connections this process closed for a limit, by reason (read by /metrics at scrape).
+closed_connections: dict[str, int] = {"head_too_large": 0, "head_timeout": 0, "slow_client": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_url_bytes: int
+    max_head_bytes: int
+    head_timeout: float
+    slow_client_seconds: float
+
+
+def _refusal(status: int, detail: str) -> bytes:
+    # A problem document like every other error, built here: the app never sees this request.
+    code = {408: "request_timeout", 414: "uri_too_long", 431: "header_too_large"}[status]
+    body = orjson.dumps(
+        {
+            "type": f"urn:mdp:problem:{code}",
+            "title": STATUS_LINE[status][13:-2].decode(),
+            "status": status,
+            "detail": detail,
+            "code": code,
+        }
+    )
+    return b"".join(
+        (
+            STATUS_LINE[status],
+            b"content-type: application/problem+json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        )
+    )
+
+
+class _BoundedProtocol(HttpToolsProtocol):
+    limits: Limits
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Bytes of the head being read, and whether one is being read (between requests, or
+        # before the first, anything received is the start of a head).
+        self._head_bytes = 0
+        self._in_head = True
+        self.url = b""
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # A connection that never sends a byte is as bounded as one that sends slowly.
+        self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_late)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._head_timer, self._write_timer):
+            if timer is not None:
+                timer.cancel()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(self.limits.head_timeout, self._head_late)
+        super().data_received(data)
+        # Still inside a head after this chunk: what llhttp buffered is bounded by one
+        # chunk beyond the limit, then the connection goes.
+        if self._in_head and self.parser is not None and not self.transport.is_closing():
+            if len(self.url) > self.limits.max_url_bytes:
+                self._refuse(414, f"The request target exceeds {self.limits.max_url_bytes} bytes.")
+            elif self._head_bytes > self.limits.max_head_bytes:
+                self._refuse(
+                    431,
+                    f"The request line and headers exceed {self.limits.max_head_bytes} bytes.",
+                )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # Whatever comes next on this connection starts the next request's head.
+        self._in_head = True
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(
+                self.limits.slow_client_seconds, self._slow_client
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _refuse(self, status: int, detail: str) -> None:
+        closed_connections["head_too_large"] += 1
+        logger.warning("%s from %s: %d, connection closed", detail, self._peer(), status)
+        self.transport.write(_refusal(status, detail))
+        self.transport.close()
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        closed_connections["head_timeout"] += 1
+        if self._head_bytes:
+            detail = f"The request head did not arrive within {self.limits.head_timeout:g} s."
+            logger.warning("%s from %s: 408, connection closed", detail, self._peer())
+            self.transport.write(_refusal(408, detail))
+        self.transport.close()
+
+    def _slow_client(self) -> None:
+        self._write_timer = None
+        if self.transport.is_closing():
+            return
+        closed_connections["slow_client"] += 1
+        path = self.scope.get("path", "?") if self.scope else "?"
+        logger.warning(
+            "client %s accepted no data for %g s on %s: connection closed",
+            self._peer(),
+            self.limits.slow_client_seconds,
+            path,
+        )
+        # abort(): close() would wait to flush what the client does not read.
+        self.transport.abort()
+
+    def _peer(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+
+
+def bounded_protocol(limits: Limits) -> type[HttpToolsProtocol]:
+    """The protocol class for `uvicorn.Config(http=...)`, with these limits."""
+    return type("BoundedHttpToolsProtocol", (_BoundedProtocol,), {"limits": limits})

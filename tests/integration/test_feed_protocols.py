@@ -1,0 +1,223 @@
+"""The venue feeds' client code against local venues speaking the documented protocols.
+
+What reaches the intake is what would be stored: each trade exactly once, none missing, with
+the venue's id, exact decimals, the aggressor's side and the venue's timestamp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from ingestion.feed import Feed, Intake, Mark
+from ingestion.sources import venue
+from ingestion.sources.base import VenueTrade
+from tests.support import wait_until_async
+from tests.support.venues import Print, VenueServer, venue_server
+
+VENUES = {"coinbase": ["BTC-USD", "ETH-USD"], "binance": ["BTCUSDT", "ETHUSDT"]}
+
+
+@pytest.fixture(params=sorted(VENUES))
+def server(request: pytest.FixtureRequest) -> Iterator[VenueServer]:
+    with venue_server(request.param, VENUES[request.param]) as local:
+        yield local
+
+
+class Collected:
+    """Everything the feed handed over, as the store would see it (keyed by venue id)."""
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+        self.trades: list[VenueTrade] = []
+
+    def drain(self) -> list[VenueTrade]:
+        self.trades.extend(self.intake.take())
+        return self.trades
+
+    def ids(self, symbol: str) -> list[int]:
+        return [t.trade_id for t in self.drain() if t.symbol == symbol]
+
+
+@asynccontextmanager
+async def running(
+    server: VenueServer, resume: dict[str, Mark] | None = None, *, stall: float = 1.0
+) -> AsyncIterator[tuple[Feed, Collected]]:
+    intake = Intake()
+    feed = Feed(
+        venue(server.venue),
+        server.products,
+        url=server.url,
+        rest_url=server.rest_url,
+        stall_seconds=stall,
+        lateness=timedelta(seconds=0),
+        intake=intake,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(feed.run(stop, resume or {}))
+    try:
+        yield feed, Collected(intake)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def connected(feed: Feed) -> None:
+    await wait_until_async(
+        lambda: {s.state for s in feed.symbols.values()},
+        lambda states: states == {"connected"},
+        what="every symbol connected",
+    )
+
+
+async def subscribed(feed: Feed, server: VenueServer) -> None:
+    """Until the venue streams to the feed (what it prints from now on reaches it live)."""
+    await connected(feed)
+    await wait_until_async(server.subscribed, what="the venue's subscriber")
+
+
+async def has(collected: Collected, symbol: str, ids: list[int]) -> None:
+    await wait_until_async(
+        lambda: collected.ids(symbol), lambda got: set(ids) <= set(got), what=f"{symbol} {ids}"
+    )
+
+
+def exactly_once(collected: Collected, symbol: str, tape: list[Print]) -> None:
+    got = collected.ids(symbol)
+    assert sorted(got) == [t.trade_id for t in tape], "each venue trade exactly once"
+
+
+async def test_a_clean_session_hands_over_trades_as_the_venue_printed_them(
+    server: VenueServer,
+) -> None:
+    symbol = server.products[0]
+    async with running(server) as (feed, collected):
+        await subscribed(feed, server)
+        first = server.trade(symbol, "64000.12345678", "0.00012345", maker_side="buy")
+        await has(collected, symbol, [first.trade_id])
+        second = server.trade(symbol, "64000.5", "1.5", maker_side="sell")
+        await has(collected, symbol, [second.trade_id])
+    stored = {t.trade_id: t for t in collected.drain()}
+    for printed in (first, second):
+        trade = stored[printed.trade_id]
+        assert (trade.price, trade.size) == (printed.price, printed.size)
+        assert trade.side == printed.aggressor  # the maker's side, inverted
+        assert trade.timestamp == printed.time  # microseconds, exactly
+    assert stored[first.trade_id].price == Decimal("64000.12345678")
+
+
+async def test_a_drop_with_trades_meanwhile_is_recovered_exactly_once(server: VenueServer) -> None:
+    symbol = server.products[0]
+    server.page_limit = 3  # the recovery takes several REST pages
+    async with running(server) as (feed, collected):
+        await subscribed(feed, server)
+        server.trade(symbol)
+        await wait_until_async(lambda: collected.ids(symbol), what="the first trade")
+        server.go_offline()
+        for _ in range(10):
+            server.trade(symbol)  # made while the feed is down
+        server.go_offline(False)
+        await wait_until_async(lambda: feed.symbols[symbol].reconnects_total, what="a reconnection")
+        server.trade(symbol)
+        await has(collected, symbol, [t.trade_id for t in server.tape[symbol]])
+        await connected(feed)
+        assert feed.symbols[symbol].recovered_total >= 10
+    exactly_once(collected, symbol, server.tape[symbol])
+    assert len(server.rest_requests) >= 4
+
+
+async def test_a_lost_message_is_noticed_by_the_next_id_and_recovered(
+    server: VenueServer,
+) -> None:
+    symbol = server.products[0]
+    async with running(server) as (feed, collected):
+        await subscribed(feed, server)
+        server.trade(symbol)
+        await has(collected, symbol, [1])
+        server.trade(symbol, publish=False)
+        server.trade(symbol)
+        await has(collected, symbol, [1, 2, 3])
+        await connected(feed)
+    exactly_once(collected, symbol, server.tape[symbol])
+
+
+async def test_duplicated_and_out_of_order_messages_are_stored_once(server: VenueServer) -> None:
+    symbol = server.products[0]
+    async with running(server) as (feed, collected):
+        await subscribed(feed, server)
+        first = server.trade(symbol)
+        await has(collected, symbol, [1])
+        later = [server.trade(symbol, publish=False) for _ in range(3)]
+        for trade in (later[2], later[0], first, later[1], later[2], later[0]):
+            server.send(trade)
+        await has(collected, symbol, [1, 2, 3, 4])
+        await connected(feed)
+        assert feed.symbols[symbol].duplicates_total >= 3
+    exactly_once(collected, symbol, server.tape[symbol])
+
+
+async def test_a_venue_429_is_waited_out(server: VenueServer) -> None:
+    symbol = server.products[0]
+    tape = [server.trade(symbol, publish=False) for _ in range(3)]
+    resume = {symbol: Mark(1, None, tape[0].time)}
+    server.throttle(1)
+    async with running(server, resume) as (feed, collected):
+        await has(collected, symbol, [2, 3])
+        await connected(feed)
+        assert feed.rest.throttled_total == 1
+    assert sorted(collected.ids(symbol)) == [2, 3]
+
+
+async def test_bad_messages_are_counted_and_skipped(server: VenueServer) -> None:
+    symbol = server.products[0]
+    async with running(server) as (feed, collected):
+        await subscribed(feed, server)
+        server.trade(symbol)
+        await has(collected, symbol, [1])
+        for raw in ("{not json", '{"type": "match", "product_id": "DOGE-EUR"}', "[]"):
+            server.send_raw(raw)
+        server.trade(symbol)
+        await has(collected, symbol, [1, 2])
+        await wait_until_async(lambda: feed.malformed_total, lambda n: n >= 3, what="counted")
+
+
+async def test_a_stalled_coinbase_connection_is_replaced() -> None:
+    with venue_server("coinbase", ["BTC-USD"]) as server:
+        async with running(server, stall=0.5) as (feed, collected):
+            await subscribed(feed, server)
+            server.trade("BTC-USD")
+            await has(collected, "BTC-USD", [1])
+            server.stall()
+            server.trade("BTC-USD")  # printed while nothing reaches us
+            await wait_until_async(
+                lambda: feed.symbols["BTC-USD"].reconnects_total, what="a reconnection"
+            )
+            server.stall(False)
+            await has(collected, "BTC-USD", [1, 2])
+        exactly_once(collected, "BTC-USD", server.tape["BTC-USD"])
+
+
+async def test_the_watermark_stands_still_while_the_symbol_recovers() -> None:
+    with venue_server("binance", ["BTCUSDT"]) as server:
+        server.page_limit = 1
+        async with running(server) as (feed, collected):
+            await subscribed(feed, server)
+            server.trade("BTCUSDT")
+            await has(collected, "BTCUSDT", [1])
+            await connected(feed)
+            symbol = feed.symbols["BTCUSDT"]
+            before = symbol.complete_through
+            assert before is not None
+            server.throttle(1000)  # the venue's history is unavailable for now
+            server.trade("BTCUSDT", publish=False)
+            server.trade("BTCUSDT")
+            await wait_until_async(lambda: symbol.state, lambda s: s == "recovering", what="")
+            assert symbol.complete_through == before
+            server.throttle(0)
+            await connected(feed)
+            assert symbol.complete_through is not None and symbol.complete_through > before
