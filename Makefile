@@ -6,7 +6,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 STAMP_NODE := node_modules/.installed
 
-.PHONY: run test lint lint-spec contract-check typecheck migrate clean system-deps clients clients-python clients-typescript
+.PHONY: run demo test test-parallel lint lint-spec contract-check typecheck migrate clean system-deps clients clients-python clients-typescript
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,15 @@ $(STAMP_NODE): package.json package-lock.json
 	touch $@
 
 ## Serve the API on http://127.0.0.1:8000 with live ingestion (embedded PostgreSQL unless DATABASE_URL is set).
+## On the embedded database, the first run loads DEMO_DAYS of demo history first (make demo).
 run: $(STAMP_RUN)
+	@if [ -z "$$DATABASE_URL" ]; then $(MAKE) --no-print-directory demo; fi
 	$(BIN)/mdp serve
+
+## Demo history: DEMO_DAYS (3) days of synthetic trades before the oldest stored one; a no-op once there.
+DEMO_DAYS ?= 3
+demo: $(STAMP_RUN)
+	$(BIN)/mdp backfill --days $(DEMO_DAYS)
 
 ## Bring the database named by DATABASE_URL (or the embedded one) to the newest schema.
 migrate: $(STAMP_RUN)
@@ -37,9 +44,22 @@ migrate: $(STAMP_RUN)
 system-deps:
 	bash tools/system-deps.sh
 
+# Test workers (pytest-xdist), each with a PostgreSQL server of its own; most tests wait on
+# processes and sockets, so more workers than the 2 cores CI has still pay.
+TEST_WORKERS ?= 3
+# A module's tests stay on one worker, so its module-scoped servers start once.
+PYTEST_PARALLEL = $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
+
 ## Lint, type-check and run the whole suite against a real PostgreSQL.
+# Two passes: everything else on TEST_WORKERS workers, then the tests marked `timing` (they
+# assert wall-clock bounds, which the other workers' load would break) one at a time.
 test: $(STAMP_TEST) $(STAMP_NODE) system-deps lint typecheck contract-check
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST_PARALLEL) -m "not timing" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m timing $(PYTEST_ARGS)
+
+## Only the parallel pass, on what PYTEST_ARGS names (.ci/run: the tests run on PostgreSQL 15).
+test-parallel: $(STAMP_TEST)
+	$(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 lint: $(STAMP_TEST) lint-spec
 	$(BIN)/ruff check .

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "BY_CODE",
+    "CorsRefused",
     "DatabaseUnavailable",
     "ExportTooLarge",
     "ExportsAtCapacity",
@@ -121,6 +122,12 @@ class ExportTooLarge(ServiceError):
     """An export window over the configured maximum of rows or days; refused before streaming."""
 
     code, status, title = "export_too_large", 400, "Export too large"
+
+
+class CorsRefused(ServiceError):
+    """A CORS preflight the configured origins, methods or headers do not allow."""
+
+    code, status, title = "cors_refused", 400, "CORS request refused"
 
 
 class Unauthenticated(ServiceError):

@@ -9,6 +9,7 @@ from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 
 from mdp.connexion_adaptations import RESPONSE_VALIDATORS, adapt
+from mdp.cors import install_cors
 from mdp.lifespan import lifespan
 from mdp.metrics import PrometheusMetrics
 from mdp.problems import install_error_handlers
@@ -40,7 +41,8 @@ def create_app(settings: Settings | None = None, *, validate_responses: bool = F
         strict_validation=True,
         validate_responses=validate_responses,
         validator_map={"response": RESPONSE_VALIDATORS},
-        # API keys, scopes and rate limits, judged per operation by Connexion's security layer.
+        # Names the handlers of the spec's schemes; for a request, mdp.connexion_adaptations
+        # calls mdp.security.judge in place of Connexion's per-scheme loop over them.
         security_map=security_map,
         # The contract is served verbatim by handlers.docs; Swagger UI points at it.
         swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui_path="/docs"),
@@ -52,6 +54,8 @@ def create_app(settings: Settings | None = None, *, validate_responses: bool = F
         prometheus=prometheus,
         secured=frozenset(required_scopes(load_contract().document)),
     )
+    # Inside the telemetry middleware: preflights are logged and counted too.
+    install_cors(app, settings.cors_allow_origins)
     install_error_handlers(app)
     # Last: it swaps middlewares that `add_middleware` positions are expressed against.
     adapt(app, validate_responses=validate_responses)

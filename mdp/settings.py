@@ -208,6 +208,21 @@ class Declared:
     empty_is_none: bool = False
 
 
+# An origin as browsers send it: scheme, host and port only.
+_ORIGIN = re.compile(r"^https?://[a-z0-9.-]+(?::\d{1,5})?$|^https?://\[[0-9a-f:.]+\](?::\d{1,5})?$")
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    origins = [part.strip().rstrip("/").lower() for part in raw.split(",") if part.strip()]
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise SettingsError(
+                f"{name}: {origin!r} is not an origin like https://dash.example.com:8443"
+                " (scheme, host and port; no path, no `*`)"
+            )
+    return tuple(dict.fromkeys(origins))
+
+
 def setting(
     env: str,
     default: T,
@@ -439,6 +454,14 @@ class Settings:
         cast(Parse[AuthMode], _choice(AUTH_MODES)),
         "`required`: data operations need an API key; `off`: open to anyone who reaches the port",
         shown="`required` with `DATABASE_URL`, else `off`",
+    )
+    cors_allow_origins: tuple[str, ...] = setting(
+        "CORS_ALLOW_ORIGINS",
+        (),
+        _origins,
+        "comma-separated origins (`https://dash.example.com`) whose pages may call the API"
+        " (CORS); preflights need no key",
+        shown="empty: no CORS",
     )
     gcp_project: str | None = setting(
         "GOOGLE_CLOUD_PROJECT",

@@ -11,7 +11,7 @@ start of the UTC minute that holds it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -151,7 +151,7 @@ CANDLE_COLUMNS = (
 # trades above it (the open tail), rolled up into the buckets by binary search in $2.
 _S = "($2::timestamptz[])"
 _END = f"{_S}[cardinality({_S})]"
-_ROLLED = f"""
+_MINUTES = f"""
     WITH minutes AS (
         SELECT c.symbol, c.timestamp, c.open, c.high, c.low, c.close, c.volume, c.notional,
                c.trade_count
@@ -167,6 +167,8 @@ _ROLLED = f"""
     )
 }
     )
+"""
+_ROLLED = f"""{_MINUTES}
     SELECT m.symbol, width_bucket(m.timestamp, {_S}) AS n,
            (array_agg(m.open ORDER BY m.timestamp))[1] AS open, max(m.high) AS high,
            min(m.low) AS low, (array_agg(m.close ORDER BY m.timestamp DESC))[1] AS close,
@@ -200,6 +202,27 @@ def candles_query(shape: str) -> str:
     else:
         select = f"{_SHAPES[shape]} FROM rolled AS r"
     return f"WITH rolled AS ({_ROLLED}) SELECT {select} ORDER BY {_START}, r.symbol"
+
+
+# The candles `candles_query` would return: one per symbol and bucket with a minute in it,
+# counted without rolling the minutes up. It takes no horizon: the watermark moves to $3.
+_COUNT = f"""{_MINUTES.replace("$4::", "$3::")}
+    SELECT count(*)
+    FROM (SELECT DISTINCT m.symbol, width_bucket(m.timestamp, {_S}) FROM minutes AS m) AS b
+"""
+
+
+async def count_candles(
+    conn: asyncpg.Connection,
+    symbols: Sequence[str],
+    pages: Iterable[Sequence[datetime]],
+    now: Clock,
+) -> int:
+    """How many candles the bucket lists of `pages` hold (as `pages()` yields them)."""
+    total = 0
+    for starts in pages:
+        total += await conn.fetchval(_COUNT, list(symbols), list(starts), now.minutes_done)
+    return total
 
 
 async def read_zoned_candles(

@@ -6,6 +6,7 @@ import threading
 import time
 
 import httpx2 as httpx
+import pytest
 from sqlalchemy.engine import URL
 
 from tests.api.support import SyncDatabase, app_settings, assert_problem, running_app
@@ -17,6 +18,7 @@ WAITING_ON_THE_LOCK = (
 )
 
 
+@pytest.mark.timing
 def test_a_request_that_would_queue_past_the_limit_is_refused_at_once_with_retry_after(
     api_database_url: URL, market: SyncDatabase
 ) -> None:

@@ -94,6 +94,7 @@ DATA_REQUESTS = [
 ]
 
 
+@pytest.mark.timing
 def test_a_hanging_database_gets_bounded_503s_and_the_service_recovers(
     proxied_url: tuple[URL, FreezableProxy],
 ) -> None:

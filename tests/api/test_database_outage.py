@@ -218,14 +218,13 @@ def test_health_does_not_pass_while_start_up_still_waits_for_the_database(
 
         # Until /symbols answers, a passing /health would send traffic to an instance whose
         # every data operation still answers 503 database_unavailable.
-        observed = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        observed: list[tuple[int, int]] = []
+
+        def observe() -> int:
             health = client.get("/health").status_code
             symbols = client.get("/symbols").status_code
             observed.append((health, symbols))
-            if symbols == 200:
-                break
-            time.sleep(0.01)
-        assert observed[-1][1] == 200, "start-up did not finish"
+            return symbols
+
+        wait_until(observe, lambda symbols: symbols == 200, what="start-up", every=0.01)
         assert (200, 503) not in observed, observed

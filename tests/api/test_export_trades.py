@@ -182,6 +182,32 @@ def test_binary_exports_read_back_row_for_row_as_trades_returns(
     assert _exact(_from_records(result)) == _exact(expected)
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_price_type_float64_gives_pandas_numeric_prices(
+    client: TestClient, expected: list[Row], fmt: str
+):
+    response = client.get("/export/trades", params=query(format=fmt, price_type="float64"))
+    assert response.status_code == 200
+    frame = _binary_readers()["pyarrow"](response.content, fmt).to_pandas()
+    assert str(frame["price"].dtype) == "float64"
+    assert "price" in frame.describe().columns  # an `object` column of Decimals is left out
+    assert list(frame["price"]) == [float(row[2]) for row in expected]
+    exact = client.get("/export/trades", params=query(format=fmt, price_type="decimal"))
+    assert str(_binary_readers()["pyarrow"](exact.content, fmt).to_pandas()["price"].dtype) == (
+        "object"
+    )
+
+
+def test_price_type_leaves_text_exports_exact(client: TestClient, trades: None):
+    exact = client.get("/export/trades", params=query(format="csv"))
+    assert client.get(
+        "/export/trades", params=query(format="csv", price_type="float64")
+    ).content == (exact.content)
+    assert error_names(client.get("/export/trades", params=query(price_type="float32"))) == [
+        "price_type"
+    ]
+
+
 def test_csv_export_is_rfc_4180_with_a_header_and_json_like_values(
     client: TestClient, expected: list[Row]
 ):

@@ -126,6 +126,7 @@ def test_health_passes_with_ingestion_disabled(client: TestClient):
     }
 
 
+@pytest.mark.timing
 def test_health_passes_with_ingestion_running(ingesting: TestClient):
     body = wait_until(
         lambda: ingesting.get("/health").json(),
@@ -187,6 +188,7 @@ def test_ingestion_status_is_disabled_when_ingestion_is_off(client: TestClient):
     assert (body["last_error"], body["last_error_at"]) == (None, None)
 
 
+@pytest.mark.timing
 def test_ingestion_status_becomes_running(ingesting: TestClient):
     body = wait_until(lambda: status(ingesting), lambda b: b["state"] == "running", what="running")
 

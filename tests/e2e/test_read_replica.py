@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -143,16 +142,27 @@ def test_nothing_reported_final_by_a_paused_replica_changes_after_it_resumes(
         }
         closed: dict[str, dict[str, object]] = {}
         immutable_trades: list[dict[str, object]] = []
+
+        def sample() -> datetime:
+            """What the replica answers now; returns the time of asking."""
+            for candle in client.get("/candles", params=candles_query).json()["candles"]:
+                if candle["closed"]:
+                    assert closed.setdefault(candle["timestamp"], candle) == candle
+            trades = client.get("/trades", params=trades_query)
+            if trades.headers["cache-control"] == "public, max-age=31536000, immutable":
+                immutable_trades.append(trades.json())
+            return datetime.now(UTC)
+
         standby.execute("SELECT pg_wal_replay_pause()")
         try:
-            while datetime.now(UTC) < boundary + timedelta(seconds=4):
-                for candle in client.get("/candles", params=candles_query).json()["candles"]:
-                    if candle["closed"]:
-                        assert closed.setdefault(candle["timestamp"], candle) == candle
-                trades = client.get("/trades", params=trades_query)
-                if trades.headers["cache-control"] == "public, max-age=31536000, immutable":
-                    immutable_trades.append(trades.json())
-                time.sleep(0.5)  # the wall clock must move on; nothing to wait for sooner
+            # Sampled every half second while the wall clock moves past the boundary.
+            wait_until(
+                sample,
+                lambda asked: asked >= boundary + timedelta(seconds=4),
+                what="the pause outlasting the minute",
+                timeout=90,
+                every=0.5,
+            )
         finally:
             standby.execute("SELECT pg_wal_replay_resume()")
         written_upto = primary.fetchval("SELECT pg_current_wal_lsn()::text")

@@ -33,6 +33,11 @@ async def _write(
         await engine.dispose()
 
 
+def _batches(base: str) -> int:
+    batches: int = httpx.get(f"{base}/status/ingestion").json()["batches_total"]
+    return batches
+
+
 def stream(
     base: str, path: str, params: dict[str, Any], headers: dict[str, str] | None = None
 ) -> contextlib.AbstractContextManager[httpx.Response]:
@@ -75,10 +80,12 @@ async def test_trade_stream_resumes_exactly_after_last_event_id_without_backfill
     with stream(service, "/stream/trades", {"symbols": "AAPL,TSLA", "limit": 3}) as r:
         seen = list(read_events(r))
     last = seen[-1]
+    away_from = _batches(service)
     # Backfill while the client is away: old timestamps, new ids, never live.
     day_ago = datetime.now(UTC) - timedelta(days=1)
     await _write(module_database, seed_trades, [NewTrade("AAPL", Decimal(1), 1, day_ago)])
-    time.sleep(0.5)  # away for a few batches (the server ingests every 0.2 s)
+    # Away for a few batches, so the resumed stream has live trades to replay too.
+    wait_until(lambda: _batches(service) >= away_from + 3, what="three more batches")
     headers = {"Last-Event-ID": last.id or ""}
     with stream(service, "/stream/trades", {"symbols": "AAPL,TSLA", "limit": 20}, headers) as r:
         resumed = list(read_events(r))

@@ -350,12 +350,21 @@ async def test_a_probe_waiting_for_a_connection_outlives_the_client_that_started
         client_gone.set(gone_at_once)
         return await database.probe()
 
+    joined = asyncio.Event()
+
+    async def ask_as_another_request() -> Probe:
+        joined.set()
+        # Joins the probe under way at once: nothing is awaited before it.
+        return await database.probe()
+
     async with database.connect():
         # The probe queues behind this holder; the client that asked for it is already gone.
         asking = asyncio.create_task(ask_as_a_request_whose_client_left())
-        await asyncio.sleep(0.2)
-        other = asyncio.create_task(database.probe())
-        await asyncio.sleep(0.2)
+        await wait_until_async(
+            lambda: len(database.admission.waiters) == 1, what="the probe queued"
+        )
+        other = asyncio.create_task(ask_as_another_request())
+        await wait_until_async(joined.is_set, what="a second caller joined the probe")
     # Shared by every caller, it is served in its turn, not abandoned with its first asker.
     probes = await asyncio.gather(asking, other)
 

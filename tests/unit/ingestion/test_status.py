@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime
 
 from ingestion.status import IngestionStatus
+from tests.support.polling import wait_until
 
 SYMBOLS = ("AAPL", "MSFT")
 
@@ -96,8 +97,7 @@ def test_status_goes_stale_by_itself_when_batches_stop() -> None:
     status = make_status(interval=0.01)
     status.record_success(1)
     assert status.state() == "running"
-    time.sleep(0.05)
-    assert status.state() == "stale"
+    wait_until(status.state, lambda state: state == "stale", what="stale", timeout=5)
 
 
 def test_status_is_stale_when_no_batch_arrives_within_three_intervals_of_start() -> None:

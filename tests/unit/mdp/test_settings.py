@@ -230,6 +230,10 @@ def test_settings_read_ingestion_enabled_as_a_boolean(raw: str, expected: bool) 
         ("SYMBOLS", ":Nameless"),
         ("DATABASE_URL", "mysql://mdp:secret@db.internal/market"),
         ("AUTH_MODE", "optional"),
+        ("CORS_ALLOW_ORIGINS", "*"),
+        ("CORS_ALLOW_ORIGINS", "https://dash.example.com/app"),
+        ("CORS_ALLOW_ORIGINS", "dash.example.com"),
+        ("CORS_ALLOW_ORIGINS", "ftp://dash.example.com"),
     ],
 )
 def test_settings_reject_a_bad_value_naming_the_variable(name: str, raw: str) -> None:
@@ -374,3 +378,13 @@ def test_stream_replay_is_bounded_by_how_long_live_batches_are_kept() -> None:
 def test_an_empty_redoc_integrity_turns_the_check_off() -> None:
     assert Settings.from_env({"REDOC_SCRIPT_INTEGRITY": ""}).redoc_script_integrity is None
     assert Settings.from_env({}).redoc_script_integrity == Settings().redoc_script_integrity
+
+
+def test_cors_origins_are_read_as_browsers_send_them() -> None:
+    settings = Settings.from_env(
+        {
+            "CORS_ALLOW_ORIGINS": " https://Dash.example.com/ , http://127.0.0.1:5173,https://dash.example.com"
+        }
+    )
+    assert settings.cors_allow_origins == ("https://dash.example.com", "http://127.0.0.1:5173")
+    assert Settings.from_env({}).cors_allow_origins == ()
