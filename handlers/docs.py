@@ -59,6 +59,7 @@ def _chart_page() -> str:
     <meta charset="utf-8">
     <meta name="viewport" content="width=device-width, initial-scale=1">
     <title>Chart — Market Data Platform</title>
+    <link rel="icon" href="data:,">
     <style>
       html, body {{ margin: 0; height: 100%; font: 14px system-ui, sans-serif; }}
       body {{ display: flex; flex-direction: column; }}

@@ -24,7 +24,6 @@ const context = await chromium.launchPersistentContext(profile, {
   executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1000, height: 600 },
 });
 try {
-  await context.route('**/favicon.ico', (route) => route.fulfill({ status: 204 }));
   const page = await context.newPage();
   const consoleErrors = [];
   page.on('console', (message) => message.type() === 'error' && consoleErrors.push(message.text()));
