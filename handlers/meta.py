@@ -109,6 +109,10 @@ async def get_ingestion_status() -> dict[str, Any]:
         "consecutive_failures": status.consecutive_failures,
         "last_error": status.last_error,
         "last_error_at": status.last_error_at,
+        "trades_retention_seconds": (
+            status.trades_retention.total_seconds() if status.trades_retention else None
+        ),
+        "oldest_trade_kept": status.oldest_trade_kept,
     }
 
 

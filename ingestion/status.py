@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 __all__ = ["IngestionRole", "IngestionState", "IngestionStatus"]
@@ -37,6 +37,9 @@ class IngestionStatus:
     # Candles materialised by this instance (as leader): the watermark it last saw.
     candles_until: datetime | None = None
     candle_failures_total: int = 0
+    # TRADES_RETENTION, and the oldest trade kept as the leader's housekeeping last saw it.
+    trades_retention: timedelta | None = None
+    oldest_trade_kept: datetime | None = None
 
     @property
     def stale_after_seconds(self) -> float:

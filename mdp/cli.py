@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from importlib.metadata import version
 from importlib.util import find_spec
@@ -162,6 +162,14 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> None:
     if unknown:
         raise SystemExit(f"mdp backfill: not in SYMBOLS: {', '.join(unknown)}")
     chosen = [specs[code] for code in wanted] if wanted else list(specs.values())
+    retention = settings.trades_retention
+    if retention is not None and timedelta(days=args.days) > retention:
+        # Past retention the raw trades are gone but their candles stay: history written
+        # there would replace real candles with synthetic ones.
+        raise SystemExit(
+            f"mdp backfill: --days {args.days:g} reaches past TRADES_RETENTION "
+            f"({retention.days} days), where candles are kept without their trades"
+        )
     async with _engine(settings, "backfill") as engine:
         await upgrade(engine)
         async with engine.begin() as conn:

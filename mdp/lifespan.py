@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingestion.generator import TradeGenerator
+from ingestion.housekeeping import TradeHousekeeping
 from ingestion.leader import LeaderLock
 from ingestion.loop import Ingestor
 from ingestion.status import IngestionStatus
@@ -96,8 +97,19 @@ async def _ingest(
         connect_timeout=settings.db_connect_timeout_seconds,
         timeout=max(settings.ingestion_interval_seconds, 1.0),
     )
+    housekeeping = TradeHousekeeping(
+        dedicated_connection(
+            writes.url,
+            connect_timeout=settings.db_connect_timeout_seconds,
+            application_name="mdp-housekeeping",
+        ),
+        status=status,
+        leading=lambda: leader.is_leader,
+    )
     logger.info("ingestion started: every %gs", settings.ingestion_interval_seconds)
-    await Ingestor(writes, generator, status, leader).run(stop)
+    await asyncio.gather(
+        Ingestor(writes, generator, status, leader).run(stop), housekeeping.run(stop)
+    )
 
 
 async def _run(
@@ -206,6 +218,7 @@ async def _serving(
         enabled=settings.ingestion_enabled,
         interval_seconds=settings.ingestion_interval_seconds,
         symbols=tuple(s.symbol for s in settings.symbols),
+        trades_retention=settings.trades_retention,
     )
     live = Broadcaster(
         max_streams=settings.stream_max_clients, queue_size=settings.stream_queue_batches

@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
@@ -130,6 +131,22 @@ def _bool(name: str, raw: str) -> bool:
     if lowered in _FALSE:
         return False
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+_DURATION = re.compile(r"^([0-9]+)\s*(d|h)$")
+_UNITS = {"d": timedelta(days=1), "h": timedelta(hours=1)}
+
+
+def _retention(name: str, raw: str) -> timedelta | None:
+    if raw.lower() == "off":
+        return None
+    match = _DURATION.match(raw.lower())
+    if match is None:
+        raise SettingsError(f"{name} must be `off` or a duration such as 400d or 36h, got {raw!r}")
+    value = int(match.group(1)) * _UNITS[match.group(2)]
+    if value < timedelta(days=1):
+        raise SettingsError(f"{name} must be at least a day (1d or 24h), got {raw!r}")
+    return value
 
 
 def _whole(name: str, raw: str) -> int:
@@ -323,6 +340,15 @@ class Settings:
         _symbols,
         "comma-separated `CODE` or `CODE:Name`",
         shown=f"`{','.join(spec.symbol for spec in DEFAULT_SYMBOLS)}`",
+    )
+    trades_retention: timedelta | None = setting(
+        "TRADES_RETENTION",
+        None,
+        _retention,
+        "raw trades older than this (`400d`, `36h`) are dropped by the ingestion leader, a whole "
+        "month at a time once the month is past it; candles are kept for ever. `/trades` and "
+        "`/export/trades` answer what is left",
+        shown="`off`",
     )
     stream_max_clients: int = setting(
         "STREAM_MAX_CLIENTS",

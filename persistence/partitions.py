@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.candles import typed
 
-__all__ = ["ensure_partitions", "include_name"]
+__all__ = [
+    "drop_expired",
+    "ensure_ahead",
+    "ensure_partitions",
+    "include_name",
+    "oldest_trade_kept",
+]
 
 # How mdp_ensure_trade_partitions names the partition of a month.
 _PARTITION = re.compile(r"^trades_y[0-9]{4}m[0-9]{2}$")
@@ -31,3 +38,81 @@ async def ensure_partitions(conn: AsyncConnection, lo: datetime, hi: datetime) -
     transaction (it holds the attach lock until it ends); returns how many were created."""
     created: int = (await conn.execute(_ensure, {"lo": lo, "hi": hi})).scalar_one()
     return created
+
+
+# A partition's month from its name: bounds are whole UTC months (mdp_ensure_trade_partitions).
+def _month(name: str) -> datetime:
+    return datetime(int(name[8:12]), int(name[13:15]), 1, tzinfo=UTC)
+
+
+def _next_month(month: datetime) -> datetime:
+    return month.replace(year=month.year + month.month // 12, month=month.month % 12 + 1)
+
+
+# Every partition table by name: attached, detaching (an interrupted DETACH CONCURRENTLY leaves
+# it pending) or detached but not dropped yet (the drop did not happen).
+_PARTITIONS = """
+    SELECT c.relname, i.inhrelid IS NOT NULL, coalesce(i.inhdetachpending, false)
+    FROM pg_class AS c
+    LEFT JOIN pg_inherits AS i ON i.inhrelid = c.oid AND i.inhparent = 'trades'::regclass
+    WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'
+      AND c.relname ~ '^trades_y[0-9]{4}m[0-9]{2}$'
+    ORDER BY c.relname
+"""
+# Raw trades may go only once their candles are stored: never past the candle watermark.
+_CANDLES_UNTIL = "SELECT candles_until FROM ingestion_state WHERE id = 1"
+# Creating a partition gives up rather than queue behind a detach that waits for an export.
+_ATTACH_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
+# A detach waits that long for the transactions still reading its partition (an export's);
+# past it, it stays pending and the next round finishes it.
+_DETACH_LOCK_TIMEOUT = "SET lock_timeout = '60s'"
+
+
+async def ensure_ahead(conn: asyncpg.Connection, now: datetime, ahead: timedelta) -> int:
+    """Create the partitions from `now`'s month to `now + ahead`'s (a transaction of its own,
+    giving up rather than queueing behind a retention detach); returns how many were new."""
+    async with conn.transaction():
+        await conn.execute(_ATTACH_LOCK_TIMEOUT)
+        created: int = await conn.fetchval(
+            "SELECT mdp_ensure_trade_partitions($1, $2)", now, now + ahead
+        )
+    return created
+
+
+async def drop_expired(conn: asyncpg.Connection, before: datetime) -> list[str]:
+    """Detach and drop every partition whose month ended at or before `before` and whose
+    candles are all stored (below the candle watermark); returns the partitions dropped.
+
+    Run on a connection outside any transaction: `DETACH ... CONCURRENTLY` cannot run in
+    one, and it waits for every transaction that may still read the partition (an export's
+    snapshot included) instead of locking readers out.
+    """
+    until: datetime | None = await conn.fetchval(_CANDLES_UNTIL)
+    if until is None:
+        return []
+    cutoff = min(before, until)
+    dropped = []
+    await conn.execute(_DETACH_LOCK_TIMEOUT)
+    for name, attached, pending in await conn.fetch(_PARTITIONS):
+        if _next_month(_month(name)) > cutoff:
+            continue
+        if pending:
+            await conn.execute(f'ALTER TABLE trades DETACH PARTITION "{name}" FINALIZE')
+        elif attached:
+            await conn.execute(f'ALTER TABLE trades DETACH PARTITION "{name}" CONCURRENTLY')
+        await conn.execute(f'DROP TABLE "{name}"')
+        dropped.append(name)
+    return dropped
+
+
+async def oldest_trade_kept(conn: asyncpg.Connection) -> datetime | None:
+    """The time of the oldest stored trade of any symbol: one ordered probe per symbol, which
+    stops in the first partition that has its rows."""
+    moment: datetime | None = await conn.fetchval(
+        """
+        SELECT min(o.timestamp) FROM symbols AS s, LATERAL (
+            SELECT timestamp FROM trades WHERE symbol = s.symbol ORDER BY timestamp LIMIT 1
+        ) AS o
+        """
+    )
+    return moment

@@ -40,7 +40,7 @@ class Outcome(NamedTuple):
     stderr: str
 
 
-def _env(url: URL, log_level: str) -> dict[str, str]:
+def _env(url: URL, log_level: str, **settings: str) -> dict[str, str]:
     """Only what a user would set: no SYMBOLS, so the default symbols apply."""
     kept = {
         name: os.environ[name] for name in ("PATH", "HOME", "LANG", "TMPDIR") if name in os.environ
@@ -49,10 +49,13 @@ def _env(url: URL, log_level: str) -> dict[str, str]:
         **kept,
         "DATABASE_URL": url.render_as_string(hide_password=False),
         "LOG_LEVEL": log_level,
+        **settings,
     }
 
 
-async def _start(url: URL, *args: str, log_level: str) -> asyncio.subprocess.Process:
+async def _start(
+    url: URL, *args: str, log_level: str, **settings: str
+) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -60,7 +63,7 @@ async def _start(url: URL, *args: str, log_level: str) -> asyncio.subprocess.Pro
         "backfill",
         *args,
         cwd=ROOT,
-        env=_env(url, log_level),
+        env=_env(url, log_level, **settings),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -79,8 +82,8 @@ async def _finish(process: asyncio.subprocess.Process) -> Outcome:
     return outcome
 
 
-async def _backfill(url: URL, *args: str, log_level: str = "INFO") -> Outcome:
-    return await _finish(await _start(url, *args, log_level=log_level))
+async def _backfill(url: URL, *args: str, log_level: str = "INFO", **settings: str) -> Outcome:
+    return await _finish(await _start(url, *args, log_level=log_level, **settings))
 
 
 def _progress(stdout: str) -> list[str]:
@@ -354,3 +357,12 @@ async def _largest_step(url: URL, symbol: str) -> Decimal:
             return step
     finally:
         await engine.dispose()
+
+
+async def test_backfill_refuses_to_reach_past_trades_retention(unused_database: URL) -> None:
+    # Past retention only candles are left: synthetic trades there would replace them.
+    outcome = await _backfill(unused_database, "--days", "31", TRADES_RETENTION="30d")
+
+    assert outcome.returncode != 0
+    assert "reaches past TRADES_RETENTION (30 days)" in outcome.stderr
+    assert "wrote" not in outcome.stdout

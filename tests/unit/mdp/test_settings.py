@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -234,6 +235,10 @@ def test_settings_read_ingestion_enabled_as_a_boolean(raw: str, expected: bool) 
         ("CORS_ALLOW_ORIGINS", "https://dash.example.com/app"),
         ("CORS_ALLOW_ORIGINS", "dash.example.com"),
         ("CORS_ALLOW_ORIGINS", "ftp://dash.example.com"),
+        ("TRADES_RETENTION", "400"),
+        ("TRADES_RETENTION", "1y"),
+        ("TRADES_RETENTION", "12h"),
+        ("TRADES_RETENTION", "-3d"),
     ],
 )
 def test_settings_reject_a_bad_value_naming_the_variable(name: str, raw: str) -> None:
@@ -388,3 +393,14 @@ def test_cors_origins_are_read_as_browsers_send_them() -> None:
     )
     assert settings.cors_allow_origins == ("https://dash.example.com", "http://127.0.0.1:5173")
     assert Settings.from_env({}).cors_allow_origins == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("400d", timedelta(days=400)), ("36h", timedelta(hours=36)), ("off", None), ("OFF", None)],
+)
+def test_trades_retention_is_off_by_default_or_days_or_hours(
+    raw: str, expected: timedelta | None
+) -> None:
+    assert Settings().trades_retention is None
+    assert Settings.from_env({"TRADES_RETENTION": raw}).trades_retention == expected

@@ -1,0 +1,132 @@
+"""Trades partitions over time: created ahead by the leader, dropped past TRADES_RETENTION."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ingestion.housekeeping import TradeHousekeeping
+from ingestion.status import IngestionStatus
+from persistence.database import dedicated_connection
+from persistence.materialise import advance_watermark
+from persistence.symbols import ensure_symbols
+from persistence.trades import NewTrade
+from tests.support import dsn, seed_trades, wait_until_async
+
+# "Now" for these tests: mid-April 2026, with trades from January to March.
+NOW = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)
+RETENTION = timedelta(days=60)  # NOW - 60 days is in February: only January has expired.
+STAMPS = [datetime(2026, month, day, 10, 30, tzinfo=UTC) for month in (1, 2, 3) for day in (5, 20)]
+
+
+def _housekeeping(url: URL, status: IngestionStatus) -> TradeHousekeeping:
+    connect = dedicated_connection(url, connect_timeout=5, application_name="mdp-housekeeping")
+    return TradeHousekeeping(connect, status=status, leading=lambda: True)
+
+
+def _status() -> IngestionStatus:
+    return IngestionStatus(
+        enabled=True, interval_seconds=1.0, symbols=("OLD",), trades_retention=RETENTION
+    )
+
+
+async def _history(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await ensure_symbols(conn, [("OLD", "Old")])
+        await seed_trades(conn, [NewTrade("OLD", Decimal("10.5"), Decimal(2), t) for t in STAMPS])
+        # The leader has materialised every final minute: the candles are all stored.
+        await advance_watermark(conn, span=timedelta(days=3650))
+
+
+async def _counts(engine: AsyncEngine) -> tuple[list[datetime], int]:
+    async with engine.connect() as conn:
+        kept = (await conn.execute(text("SELECT timestamp FROM trades ORDER BY 1"))).scalars()
+        candles = (
+            await conn.execute(text("SELECT count(*) FROM candles WHERE interval = '1m'"))
+        ).scalar_one()
+    return list(kept), candles
+
+
+async def _partitions(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT inhrelid::regclass::text FROM pg_inherits "
+                "WHERE inhparent = 'trades'::regclass ORDER BY 1"
+            )
+        )
+        return list(rows.scalars())
+
+
+async def test_retention_drops_expired_months_of_trades_and_keeps_every_candle(
+    fresh_engine: AsyncEngine, empty_database: URL
+) -> None:
+    await _history(fresh_engine)
+    status = _status()
+
+    dropped = await _housekeeping(empty_database, status).once(NOW)
+
+    kept, candles = await _counts(fresh_engine)
+    assert dropped == ["trades_y2026m01"]
+    assert kept == STAMPS[2:]
+    assert candles == len(STAMPS)
+    assert status.oldest_trade_kept == STAMPS[2]
+    # Created ahead: three months past now, so the live feed never meets a missing month.
+    ahead = {"trades_y2026m04", "trades_y2026m05", "trades_y2026m06", "trades_y2026m07"}
+    assert ahead <= set(await _partitions(fresh_engine))
+
+
+async def test_retention_never_drops_trades_whose_candles_are_not_stored_yet(
+    fresh_engine: AsyncEngine, empty_database: URL
+) -> None:
+    async with fresh_engine.begin() as conn:
+        await ensure_symbols(conn, [("OLD", "Old")])
+        await seed_trades(conn, [NewTrade("OLD", Decimal("10.5"), Decimal(2), t) for t in STAMPS])
+        # The watermark stands at the oldest trade: the leader has not caught up yet.
+
+    dropped = await _housekeeping(empty_database, _status()).once(NOW)
+
+    kept, _ = await _counts(fresh_engine)
+    assert dropped == []
+    assert kept == STAMPS
+
+
+async def test_retention_waits_for_a_reader_of_the_month_and_never_blocks_other_reads(
+    fresh_engine: AsyncEngine, empty_database: URL
+) -> None:
+    await _history(fresh_engine)
+    reader = await asyncpg.connect(dsn(empty_database))
+    other = await asyncpg.connect(dsn(empty_database))
+    month = "SELECT count(*) FROM trades WHERE symbol = 'OLD' AND timestamp < $1"
+    try:
+        # An export's snapshot, reading January while retention drops it.
+        snapshot = reader.transaction(isolation="repeatable_read", readonly=True)
+        await snapshot.start()
+        assert await reader.fetchval(month, STAMPS[2]) == 2
+        dropping = asyncio.create_task(_housekeeping(empty_database, _status()).once(NOW))
+
+        async def detach_waits() -> bool:
+            waiting = await other.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                "'mdp-housekeeping' AND wait_event_type = 'Lock'"
+            )
+            return bool(waiting)
+
+        await wait_until_async(detach_waits, what="the detach waiting for the snapshot")
+        # The snapshot still reads its rows; new reads go on and no longer see January.
+        assert await reader.fetchval(month, STAMPS[2]) == 2
+        assert await other.fetchval(month, STAMPS[2]) == 0
+        assert await other.fetchval("SELECT count(*) FROM trades") == len(STAMPS) - 2
+        assert not dropping.done()
+        await snapshot.commit()
+
+        assert await asyncio.wait_for(dropping, timeout=30) == ["trades_y2026m01"]
+    finally:
+        await reader.close()
+        await other.close()
