@@ -6,7 +6,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 STAMP_NODE := node_modules/.installed
 
-.PHONY: run test test-parallel lint lint-spec contract-check typecheck migrate clean system-deps clients clients-python clients-typescript
+.PHONY: run test test-parallel lint lint-python lint-spec contract-check typecheck migrate clean system-deps clients clients-python clients-typescript
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,9 @@ PYTEST_PARALLEL = $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 ## Lint, type-check and run the whole suite against a real PostgreSQL.
 # Two passes: everything else on TEST_WORKERS workers, then the tests marked `timing` (they
 # assert wall-clock bounds, which the other workers' load would break) one at a time.
-test: $(STAMP_TEST) $(STAMP_NODE) system-deps lint typecheck contract-check
+# lint-spec and contract-check run inside the suite (tests/contract/test_lint.py and
+# test_contract_check.py run the same commands): not twice.
+test: $(STAMP_TEST) $(STAMP_NODE) system-deps lint-python typecheck
 	$(PYTEST_PARALLEL) -m "not timing" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m timing $(PYTEST_ARGS)
 
@@ -54,7 +56,9 @@ test: $(STAMP_TEST) $(STAMP_NODE) system-deps lint typecheck contract-check
 test-parallel: $(STAMP_TEST)
 	$(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
-lint: $(STAMP_TEST) lint-spec
+lint: lint-spec lint-python
+
+lint-python: $(STAMP_TEST)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
