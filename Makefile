@@ -6,7 +6,7 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 STAMP_NODE := node_modules/.installed
 
-.PHONY: run test test-parallel lint lint-python lint-spec contract-check typecheck migrate clean system-deps clients clients-python clients-typescript
+.PHONY: run demo test test-parallel lint lint-python lint-spec contract-check typecheck migrate clean system-deps clients clients-python clients-typescript
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,15 @@ $(STAMP_NODE): package.json package-lock.json
 	touch $@
 
 ## Serve the API on http://127.0.0.1:8000 with live ingestion (embedded PostgreSQL unless DATABASE_URL is set).
+## On the embedded database, the first run loads DEMO_DAYS of demo history first (make demo).
 run: $(STAMP_RUN)
+	@if [ -z "$$DATABASE_URL" ]; then $(MAKE) --no-print-directory demo; fi
 	$(BIN)/mdp serve
+
+## Demo history: DEMO_DAYS (3) days of synthetic trades before the oldest stored one; a no-op once there.
+DEMO_DAYS ?= 3
+demo: $(STAMP_RUN)
+	$(BIN)/mdp backfill --days $(DEMO_DAYS)
 
 ## Bring the database named by DATABASE_URL (or the embedded one) to the newest schema.
 migrate: $(STAMP_RUN)

@@ -26,6 +26,7 @@ __all__ = [
     "choose_format",
     "make_compressor",
     "make_encoder",
+    "with_price_type",
 ]
 
 Emit = Callable[[bytes], Awaitable[None]]
@@ -209,6 +210,9 @@ class ArrowEncoder:
             # PostgreSQL's text form of booleans.
             true_values=["t"],
             false_values=["f"],
+            # COPY's CSV writes NULL unquoted and empty, an empty string as "".
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
         )
 
     def _encode(self, block: bytes) -> bytes:
@@ -253,6 +257,17 @@ class ArrowEncoder:
         if self._pending is not None:
             self._pending.cancel()
         self._buffer.clear()
+
+
+def with_price_type(schema: pa.Schema, price_type: str) -> pa.Schema:
+    """`schema` with every decimal column as float64 when `price_type` is `float64`: pandas
+    reads decimal128 as Python Decimal objects, which its numeric methods leave out."""
+    if price_type != "float64":
+        return schema
+    return pa.schema(
+        pa.field(f.name, pa.float64(), f.nullable) if pa.types.is_decimal(f.type) else f
+        for f in schema
+    )
 
 
 def make_encoder(fmt: ExportFormat, schema: pa.Schema) -> Encoder:

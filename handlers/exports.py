@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -15,7 +15,13 @@ import pyarrow as pa
 
 from errors import ExportTooLarge, SymbolsNotFound
 from handlers.context import api_key_id, app_state, key_cap, request_header
-from handlers.export_formats import ExportFormat, choose_coding, choose_format, make_encoder
+from handlers.export_formats import (
+    ExportFormat,
+    choose_coding,
+    choose_format,
+    make_encoder,
+    with_price_type,
+)
 from handlers.export_response import ExportResponse, Produce
 from handlers.params import parse_window, parse_zone, symbol_code
 from persistence import exports, zoned
@@ -31,16 +37,15 @@ _BUCKETS = 5000
 
 logger = logging.getLogger(__name__)
 
-# The columns and types of the JSON operations: exact decimals, UTC microsecond timestamps.
-_PRICE = pa.decimal128(18, 6)
+# The columns and types of the JSON operations: exact decimals (the stored numeric(38, 18)),
+# UTC microsecond timestamps.
+_DECIMAL = pa.decimal128(38, 18)
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 CANDLES_SCHEMA = pa.schema(
     [
         ("symbol", pa.string()),
         ("timestamp", _TIMESTAMP),
-        *((name, _PRICE) for name in ("open", "high", "low", "close")),
-        ("volume", pa.int64()),
-        ("vwap", pa.decimal128(24, 6)),
+        *((name, _DECIMAL) for name in ("open", "high", "low", "close", "volume", "vwap")),
         ("trade_count", pa.int64()),
         ("closed", pa.bool_()),
     ]
@@ -49,9 +54,11 @@ TRADES_SCHEMA = pa.schema(
     [
         ("id", pa.int64()),
         ("symbol", pa.string()),
-        ("price", _PRICE),
-        ("volume", pa.int64()),
+        ("price", _DECIMAL),
+        ("volume", _DECIMAL),
         ("timestamp", _TIMESTAMP),
+        ("venue_trade_id", pa.string()),
+        ("side", pa.string()),
     ]
 )
 
@@ -178,7 +185,11 @@ def _response(
 
 
 async def export_trades(
-    symbols: list[str], start: str, end: str, format: str | None = None
+    symbols: list[str],
+    start: str,
+    end: str,
+    format: str | None = None,
+    price_type: str = "decimal",
 ) -> ExportResponse:
     codes = list(dict.fromkeys(symbol_code(symbol) for symbol in symbols))
     start_at, end_at = _window(start, end)
@@ -203,7 +214,7 @@ async def export_trades(
     )
     return _response(
         fmt,
-        TRADES_SCHEMA,
+        with_price_type(TRADES_SCHEMA, price_type),
         produce,
         opened,
         filename=_filename("trades", codes, start_at, end_at, fmt.extension),
@@ -218,6 +229,7 @@ async def export_candles(
     end: str,
     interval: str = "1m",
     format: str | None = None,
+    price_type: str = "decimal",
     timezone: str = "UTC",
 ) -> ExportResponse:
     codes = list(dict.fromkeys(symbol_code(symbol) for symbol in symbols))
@@ -235,22 +247,30 @@ async def export_candles(
             "shorter windows, fewer symbols or a longer interval."
         )
 
-    opened = await _snapshot(codes, zoned.clock)
-    copy, now, query = _copy(opened.conn, fmt), opened.checked, zoned.candles_query(_shape(fmt))
+    def pages() -> Iterator[list[datetime]]:
+        # A few thousand buckets per statement, all in the export's one snapshot.
+        return zoned.pages(tz, step, start_at, end_at, size=_BUCKETS)
+
+    async def counted(conn: asyncpg.Connection) -> tuple[zoned.Clock, int]:
+        now = await zoned.clock(conn)
+        return now, await zoned.count_candles(conn, codes, pages(), now)
+
+    opened = await _snapshot(codes, counted)
+    (now, rows), copy = opened.checked, _copy(opened.conn, fmt)
+    query = zoned.candles_query(_shape(fmt))
 
     async def produce(sink: Callable[[bytes], Awaitable[None]]) -> None:
-        # A few thousand buckets per statement, all in the export's one snapshot.
-        for n, bounds in enumerate(zoned.pages(tz, step, start_at, end_at, size=_BUCKETS)):
+        for n, bounds in enumerate(pages()):
             arguments = [codes, bounds, now.horizon, now.minutes_done]
             await copy(query, arguments, sink, header=n == 0 and fmt.name == "csv")
 
     kind = f"candles-{interval}" + ("" if timezone == "UTC" else f"-{timezone.replace('/', '-')}")
     return _response(
         fmt,
-        CANDLES_SCHEMA,
+        with_price_type(CANDLES_SCHEMA, price_type),
         produce,
         opened,
         filename=_filename(kind, codes, start_at, end_at, fmt.extension),
-        rows=None,
+        rows=rows,
         what=f"{interval} candles of {len(codes)} symbols in {timezone} as {fmt.name}",
     )

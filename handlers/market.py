@@ -13,6 +13,7 @@ from handlers.context import app_state
 from handlers.params import parse_window, parse_zone, symbol_code, symbol_codes
 from persistence import candles, finality, live, symbols, ticker, trades, zoned
 from persistence.finality import VISIBILITY_DEADLINE
+from persistence.models import VWAP_SCALE
 
 __all__ = [
     "get_latest_price",
@@ -156,8 +157,16 @@ async def list_trades(
         "count": len(page),
         # Dict literals from the driver's records: big pages are hot.
         "trades": [
-            {"id": i, "symbol": s, "price": p, "volume": v, "timestamp": t}
-            for i, s, p, v, t in page
+            {
+                "id": i,
+                "symbol": s,
+                "price": p,
+                "volume": v,
+                "timestamp": t,
+                "venue_trade_id": venue_id,
+                "side": side,
+            }
+            for i, s, p, v, t, venue_id, side in page
         ],
         "next_cursor": next_cursor,
     }
@@ -323,8 +332,8 @@ def _ticker(code: str, stats: ticker.Stats, now: datetime) -> dict[str, Any]:
         "open": float(stats.open),
         "high": float(stats.high),
         "low": float(stats.low),
-        "volume": stats.volume,
-        "vwap": float(round(stats.notional / stats.volume, 6)),
+        "volume": float(stats.volume),
+        "vwap": float(round(stats.notional / stats.volume, VWAP_SCALE)),
         "trade_count": stats.trade_count,
         "change": float(change),
         "change_percent": float(round(100 * change / stats.open, 4)),

@@ -37,6 +37,7 @@ _LINKS = {
     "export_candles": "/export/candles",
     "docs": "/docs",
     "redoc": "/redoc",
+    "chart": "/chart",
     "openapi_json": "/openapi.json",
     "openapi_yaml": "/openapi.yaml",
 }

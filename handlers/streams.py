@@ -37,6 +37,8 @@ def _trade_event(trade: TradeRow) -> bytes:
         "price": trade.price,
         "volume": trade.volume,
         "timestamp": trade.timestamp,
+        "venue_trade_id": trade.venue_trade_id,
+        "side": trade.side,
     }
     return sse.event("trade", data, sse.encode_id(trade.timestamp, trade.id))
 

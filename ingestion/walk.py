@@ -58,9 +58,10 @@ class BoundedWalk:
         """How many trades this symbol prints in the next batch (1..maximum)."""
         return self._rng.randint(1, maximum)
 
-    def volume(self) -> int:
-        """A positive whole-number trade size, mostly small with the odd block."""
-        return min(100_000, int(self._rng.paretovariate(1.2) * 10))
+    def volume(self) -> Decimal:
+        """A positive whole-number trade size (an exact decimal, as a venue's), mostly small
+        with the odd block."""
+        return Decimal(min(100_000, int(self._rng.paretovariate(1.2) * 10)))
 
     def snapshot(self) -> tuple[int, object]:
         return self.ticks, self._rng.getstate()

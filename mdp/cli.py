@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
+from importlib.metadata import version
 from importlib.util import find_spec
 from typing import TYPE_CHECKING
 
@@ -224,6 +225,9 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mdp", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"mdp {version('market-data-platform')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="serve the HTTP API with live ingestion")
     commands.add_parser("migrate", help="bring the database schema to the newest revision")

@@ -42,8 +42,8 @@ async def database_server(settings: Settings) -> AsyncIterator[URL]:
     try:
         yield url
     finally:
-        await asyncio.to_thread(embedded.stop)
-        logger.info("embedded PostgreSQL stopped")
+        if await asyncio.to_thread(embedded.stop):
+            logger.info("embedded PostgreSQL stopped")
 
 
 def open_read_pool(settings: Settings, url: URL, *, exports: bool = False) -> ReadPool:

@@ -55,15 +55,18 @@ class EmbeddedPostgres:
             alive = [pid for pid in json.loads(handles.read_text()) if _alive(pid)]
             handles.write_text(json.dumps(alive))
 
-    def stop(self) -> None:
-        # Called from the lifespan, not left to atexit: uvicorn skips atexit on SIGTERM.
+    def stop(self) -> bool:
+        """Let go of the server: True if it stopped, False if another process still uses it
+        (that one's to stop). Called from the lifespan, not left to atexit: uvicorn skips
+        atexit on SIGTERM."""
         if self._server is not None:
             self._server.cleanup()
             self._server = None
         pidfile = self.pgdata / "postmaster.pid"
         if pidfile.exists() and _alive(int(pidfile.read_text().split()[0])):
-            # Another live handle kept it running: that is its owner's to stop.
             logger.info("embedded PostgreSQL in %s left running: another uses it", self.pgdata)
+            return False
+        return True
 
 
 def _alive(pid: int) -> bool:

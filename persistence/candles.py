@@ -19,6 +19,7 @@ from sqlalchemy.types import DateTime, TypeEngine
 
 from errors import SymbolNotFound
 from persistence.finality import HORIZON_SQL, WATERMARK_SQL, bin_sql
+from persistence.models import VWAP_SCALE
 
 __all__ = [
     "MINUTES_FROM_TRADES",
@@ -39,7 +40,7 @@ class CandleRow(NamedTuple):
     high: float
     low: float
     close: float
-    volume: int
+    volume: float
     vwap: float
     trade_count: int
     closed: bool
@@ -69,7 +70,7 @@ class MinuteCandle(NamedTuple):
     high: Decimal
     low: Decimal
     close: Decimal
-    volume: int
+    volume: Decimal
     notional: Decimal  # Σ price × volume: a rolled-up vwap is Σ notional / Σ volume
     trade_count: int
 
@@ -122,7 +123,7 @@ MINUTES_FROM_TRADES = f"""
         SELECT t.symbol, {bin_sql("INTERVAL '1 minute'", "t.timestamp")} AS timestamp,
                array_agg(t.price ORDER BY t.timestamp, t.id) AS prices,
                max(t.price) AS high, min(t.price) AS low,
-               sum(t.volume)::bigint AS volume, sum(t.price * t.volume) AS notional,
+               sum(t.volume) AS volume, sum(t.price * t.volume) AS notional,
                count(*)::integer AS trade_count
         FROM {{source}}
         WHERE {{where}}
@@ -136,7 +137,7 @@ ROLL_UP = f"""
            (array_agg(m.open ORDER BY m.timestamp))[1] AS open,
            max(m.high) AS high, min(m.low) AS low,
            (array_agg(m.close ORDER BY m.timestamp DESC))[1] AS close,
-           sum(m.volume)::bigint AS volume, sum(m.notional) AS notional,
+           sum(m.volume) AS volume, sum(m.notional) AS notional,
            sum(m.trade_count)::integer AS trade_count
     FROM ({{minutes}}) AS m
     GROUP BY 1, 2
@@ -169,7 +170,9 @@ _PAGE, _PAGE_PARAMETERS = _positional(
         WHERE c.symbol = :symbol AND c.interval = :interval
           AND c.timestamp >= page.lo AND c.timestamp < least(page.done, page.hi)
     ), computed AS (
-        SELECT timestamp, open, high, low, close, volume, round(notional / volume, 6) AS vwap,
+        SELECT timestamp, open, high, low, close, volume, round(notional / volume, {
+        VWAP_SCALE
+    }) AS vwap,
                trade_count
         FROM ({
         ROLL_UP.format(
@@ -193,7 +196,7 @@ _PAGE, _PAGE_PARAMETERS = _positional(
            greatest(page.lo, page.done) < least(page.final, page.hi),
            EXISTS (SELECT FROM symbols WHERE symbol = :symbol),
            c.timestamp, c.open::float8, c.high::float8, c.low::float8, c.close::float8,
-           c.volume, c.vwap::float8, c.trade_count, c.timestamp < page.final
+           c.volume::float8, c.vwap::float8, c.trade_count, c.timestamp < page.final
     FROM page LEFT JOIN (SELECT * FROM stored UNION ALL SELECT * FROM computed) AS c ON true
     ORDER BY c.timestamp
     """

@@ -25,15 +25,18 @@ __all__ = [
 # (shortest exact price, RFC 3339 UTC with microseconds); `json`: one JSON object per line;
 # `typed`: PostgreSQL's own text forms, exact and cheapest, for parsing into Arrow.
 RowShape = str
-TRADE_COLUMNS = ("id", "symbol", "price", "volume", "timestamp")
+TRADE_COLUMNS = ("id", "symbol", "price", "volume", "timestamp", "venue_trade_id", "side")
 _RFC3339 = "to_char(t.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-_TRADE_TEXT = f"t.id, t.symbol, trim_scale(t.price) AS price, t.volume, {_RFC3339} AS timestamp"
+_TRADE_TEXT = (
+    "t.id, t.symbol, trim_scale(t.price) AS price, trim_scale(t.volume) AS volume, "
+    f"{_RFC3339} AS timestamp, t.venue_trade_id, t.side"
+)
 # What each shape selects from the merged rows `t`.
 _TRADE_SELECT = {
     "text": f"SELECT {_TRADE_TEXT} FROM",
     # The object is built per merged row (LATERAL), so the merge's order is the output order.
     "json": "SELECT row_to_json(r) FROM",
-    "typed": "SELECT t.id, t.symbol, t.price, t.volume, t.timestamp FROM",
+    "typed": "SELECT t.id, t.symbol, t.price, t.volume, t.timestamp, t.venue_trade_id, t.side FROM",
 }
 _LATERAL = {"json": f" CROSS JOIN LATERAL (SELECT {_TRADE_TEXT}) AS r"}
 
@@ -48,7 +51,8 @@ def trades_query(symbol_count: int, shape: RowShape) -> str:
     never sorts the whole window (a single `symbol = ANY(…)` scan would sort it all first).
     """
     ranges = " UNION ALL ".join(
-        f"(SELECT id, symbol, price, volume, timestamp FROM trades WHERE symbol = ${n + 3} "
+        "(SELECT id, symbol, price, volume, timestamp, venue_trade_id, side FROM trades "
+        f"WHERE symbol = ${n + 3} "
         "AND timestamp >= $1 AND timestamp < $2 ORDER BY timestamp, id)"
         for n in range(symbol_count)
     )

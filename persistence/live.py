@@ -31,7 +31,9 @@ __all__ = [
 # The position before every live batch (when none has been written yet).
 START = datetime(1, 1, 1, tzinfo=UTC)
 
-_COLUMNS = "t.id, t.symbol, t.price::float8, t.volume, t.timestamp"
+_COLUMNS = (
+    "t.id, t.symbol, t.price::float8, t.volume::float8, t.timestamp, t.venue_trade_id, t.side"
+)
 
 # Trades of the live batches after a position (stamp, id), in stream order. The position's
 # own batch is included from the trade after `id`, so a resume is exact mid-batch.
@@ -75,7 +77,7 @@ def parse_notice(payload: str) -> BatchNotice | None:
 
 
 def _trade(row: asyncpg.Record, offset: int = 0) -> TradeRow:
-    return TradeRow(*(row[offset + i] for i in range(5)))
+    return TradeRow(*(row[offset + i] for i in range(len(TradeRow._fields))))
 
 
 async def trades_after(

@@ -21,17 +21,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.candles import MINUTES_FROM_TRADES, ROLL_UP, typed
 from persistence.finality import BASE, HORIZON_SQL, INTERVALS, bin_sql, bucket_floor
+from persistence.models import VWAP_SCALE
 
 __all__ = ["Advance", "advance_watermark", "lock_candles", "rematerialise"]
 
 _MINUTE = INTERVALS[BASE]
 
-_UPSERT = """
+_UPSERT = f"""
     INSERT INTO candles AS c (symbol, interval, timestamp, open, high, low, close, volume,
                               notional, vwap, trade_count)
     SELECT symbol, :interval, timestamp, open, high, low, close, volume, notional,
-           round(notional / volume, 6), trade_count
-    FROM ({source}) AS a
+           round(notional / volume, {VWAP_SCALE}), trade_count
+    FROM ({{source}}) AS a
     ORDER BY symbol, timestamp
     ON CONFLICT (symbol, interval, timestamp) DO UPDATE
     SET open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,

@@ -10,15 +10,16 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
-    Identity,
     Index,
     Integer,
     MetaData,
     Numeric,
+    Sequence,
     SmallInteger,
     String,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -32,6 +33,7 @@ __all__ = [
     "LiveBatch",
     "Symbol",
     "Trade",
+    "VWAP_SCALE",
     "metadata",
 ]
 
@@ -46,9 +48,12 @@ metadata = MetaData(
     }
 )
 
-# Prices are exact decimals: the API promises them back exactly as stored.
-PRICE = Numeric(18, 6)
-VWAP = Numeric(24, 6)
+# Prices and sizes are exact decimals with every digit a venue gives (18 decimals, 20 integer
+# digits: Arrow's decimal128(38, 18) in exports); the API promises them back as stored.
+PRICE = Numeric(38, 18)
+VOLUME = Numeric(38, 18)
+# Decimals a vwap (Σ price × volume / Σ volume) is rounded to (half away from zero).
+VWAP_SCALE = 12
 
 
 class Base(DeclarativeBase):
@@ -65,20 +70,44 @@ class Symbol(Base):
     __table_args__ = (CheckConstraint("symbol = upper(symbol)", name="symbol_upper"),)
 
 
+_TRADE_ID = Sequence("trades_id_seq", data_type=BigInteger)
+
+
 class Trade(Base):
+    """Partitioned by RANGE (timestamp), a partition per UTC month (migration 0009): writers
+    create the partitions their rows need first (`persistence.partitions`)."""
+
     __tablename__ = "trades"
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    # A sequence, not an identity: identity columns on partitioned tables need PostgreSQL 17.
+    # Every unique key of a partitioned table holds the partition column, the primary key too.
+    id: Mapped[int] = mapped_column(
+        BigInteger, _TRADE_ID, server_default=_TRADE_ID.next_value(), primary_key=True
+    )
     # No foreign key to symbols: its per-row check halved bulk-load speed (migration 0003);
-    # the writers (ingestion, backfill) create their symbols first.
+    # the writers (ingestion, backfill, import) create their symbols first.
     symbol: Mapped[str] = mapped_column(String(16))
     price: Mapped[Decimal] = mapped_column(PRICE)
-    volume: Mapped[int] = mapped_column(BigInteger)
-    timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    volume: Mapped[Decimal] = mapped_column(VOLUME)
+    timestamp: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    # The venue's own id of the trade; NULL for synthetic and backfilled trades.
+    venue_trade_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The aggressor's side (`buy`: the buyer took the offer); NULL where unknown.
+    side: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
-        CheckConstraint("price > 0", name="price_positive"),
-        CheckConstraint("volume > 0", name="volume_positive"),
+        CheckConstraint("price > 0 AND price <> 'NaN'", name="price_positive"),
+        CheckConstraint("volume > 0 AND volume <> 'NaN'", name="volume_positive"),
+        CheckConstraint("side IN ('buy', 'sell')", name="side"),
+        # One venue trade is stored once: writers insert ON CONFLICT DO NOTHING.
+        Index(
+            "uq_trades_symbol_venue_trade_id_timestamp",
+            "symbol",
+            "venue_trade_id",
+            "timestamp",
+            unique=True,
+            postgresql_where=text("venue_trade_id IS NOT NULL"),
+        ),
         # Every read is "one symbol, a time range, ordered by (timestamp, id)"; the INCLUDE
         # columns let latest-price, trade pages and candle aggregation run as index-only scans.
         Index(
@@ -88,6 +117,7 @@ class Trade(Base):
             "id",
             postgresql_include=["price", "volume"],
         ),
+        {"postgresql_partition_by": 'RANGE ("timestamp")'},
     )
 
 
@@ -103,8 +133,9 @@ class Candle(Base):
     high: Mapped[Decimal] = mapped_column(PRICE)
     low: Mapped[Decimal] = mapped_column(PRICE)
     close: Mapped[Decimal] = mapped_column(PRICE)
-    volume: Mapped[int] = mapped_column(BigInteger)
-    vwap: Mapped[Decimal] = mapped_column(VWAP)
+    volume: Mapped[Decimal] = mapped_column(VOLUME)
+    # Rounded to VWAP_SCALE decimals; `notional` keeps the exact sum.
+    vwap: Mapped[Decimal] = mapped_column(PRICE)
     trade_count: Mapped[int] = mapped_column(Integer)
     # Σ price × volume, exact: longer candles roll up from 1m ones with an exact vwap.
     notional: Mapped[Decimal] = mapped_column(Numeric())

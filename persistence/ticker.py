@@ -28,7 +28,7 @@ class Stats:
     low: Decimal
     close: Decimal
     last_at: datetime | None  # the newest trade's time, when the stretch knows it
-    volume: int
+    volume: Decimal
     notional: Decimal  # Σ price × volume
     trade_count: int
 
@@ -53,7 +53,7 @@ _EDGES = """
            (array_agg(price ORDER BY timestamp, id))[1],
            max(price), min(price),
            (array_agg(price ORDER BY timestamp DESC, id DESC))[1],
-           max(timestamp), sum(volume)::bigint, sum(price * volume), count(*)
+           max(timestamp), sum(volume), sum(price * volume), count(*)
     FROM (
         SELECT symbol, price, volume, timestamp, id, 0 AS edge FROM trades
         WHERE symbol = ANY($1::varchar[]) AND timestamp >= $2 AND timestamp < $3

@@ -24,14 +24,18 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.models import Trade
+from persistence.partitions import ensure_partitions
 
 __all__ = [
+    "COLUMNS",
     "LIVE_CHANNEL",
     "LIVE_RETENTION",
     "LATEST",
     "NewTrade",
     "TradeRow",
+    "VenueTrade",
     "insert_live_batch",
+    "insert_trades",
     "last_prices",
     "oldest_trade",
     "latest_trade",
@@ -52,24 +56,42 @@ _c = _trades.c
 class TradeRow(NamedTuple):
     id: int
     symbol: str
-    # float8 on the way out: PostgreSQL prints the shortest exact form, so 100.1 stays 100.1.
+    # float8 on the way out: PostgreSQL prints the shortest exact form, so 100.1 stays 100.1
+    # (exact up to 15 significant digits, every venue's prices and sizes).
     price: float
-    volume: int
+    volume: float
     timestamp: datetime
+    venue_trade_id: str | None
+    side: str | None
 
 
 class NewTrade(NamedTuple):
     symbol: str
     price: Decimal
-    volume: int
+    volume: Decimal
     timestamp: datetime
 
 
-_COLUMNS = "id, symbol, price::float8 AS price, volume, timestamp"
+class VenueTrade(NamedTuple):
+    """A trade as a venue printed it: its own id (None when it has none) and the aggressor's
+    side (`buy` | `sell` | None)."""
+
+    symbol: str
+    price: Decimal
+    volume: Decimal
+    timestamp: datetime
+    venue_trade_id: str | None
+    side: str | None
+
+
+# The columns of a TradeRow, for the asyncpg reads.
+COLUMNS = (
+    "id, symbol, price::float8 AS price, volume::float8 AS volume, timestamp, venue_trade_id, side"
+)
 
 # Hot reads, sent on the read pool's asyncpg connections (see persistence.pool).
 LATEST = f"""
-SELECT {_COLUMNS} FROM trades
+SELECT {COLUMNS} FROM trades
 WHERE symbol = $1
 ORDER BY timestamp DESC, id DESC
 LIMIT 1
@@ -94,7 +116,7 @@ def page_sql(*, start: bool, end: bool, after: bool, descending: bool) -> str:
         number += 2
     direction = "DESC" if descending else "ASC"
     return f"""
-SELECT {_COLUMNS} FROM trades
+SELECT {COLUMNS} FROM trades
 WHERE {" AND ".join(conditions)}
 ORDER BY timestamp {direction}, id {direction}
 LIMIT ${number}
@@ -153,7 +175,7 @@ _insert_live_batch = text(
         INSERT INTO trades (symbol, price, volume, timestamp)
         SELECT * FROM unnest(
             CAST(:symbols AS varchar[]), CAST(:prices AS numeric[]),
-            CAST(:volumes AS bigint[]), CAST(:timestamps AS timestamptz[])
+            CAST(:volumes AS numeric[]), CAST(:timestamps AS timestamptz[])
         )
         WHERE EXISTS (SELECT 1 FROM claim)
         RETURNING id
@@ -175,7 +197,7 @@ _insert_live_batch = text(
 ).bindparams(
     bindparam("symbols", type_=ARRAY(String)),
     bindparam("prices", type_=ARRAY(Numeric)),
-    bindparam("volumes", type_=ARRAY(BigInteger)),
+    bindparam("volumes", type_=ARRAY(Numeric)),
     bindparam("timestamps", type_=ARRAY(DateTime(timezone=True))),
     bindparam("stamped", type_=DateTime(timezone=True)),
     bindparam("horizon", type_=DateTime(timezone=True)),
@@ -204,6 +226,9 @@ async def insert_live_batch(
     if any(moment != stamped for moment in timestamps):
         # Streams find a batch's trades by its stamp: one timestamp per batch, always.
         raise ValueError("every trade of a live batch must carry the batch's stamp")
+    # The leader keeps partitions months ahead; this only checks (a catalog lookup), except
+    # for a writer whose clock is where no partition is yet.
+    await ensure_partitions(conn, stamped, stamped)
     result = await conn.execute(
         _insert_live_batch,
         {
@@ -221,6 +246,50 @@ async def insert_live_batch(
     )
     size: int = result.scalar_one()
     return size
+
+
+# Venue trades, each stored at most once: a re-delivered message or an overlapping recovery
+# conflicts on uq_trades_symbol_venue_trade_id_timestamp and is skipped, inside PostgreSQL.
+_insert_trades = text(
+    """
+    INSERT INTO trades (symbol, price, volume, timestamp, venue_trade_id, side)
+    SELECT * FROM unnest(
+        CAST(:symbols AS varchar[]), CAST(:prices AS numeric[]), CAST(:volumes AS numeric[]),
+        CAST(:timestamps AS timestamptz[]), CAST(:ids AS text[]), CAST(:sides AS text[])
+    )
+    ON CONFLICT DO NOTHING
+    RETURNING id
+    """
+).bindparams(
+    bindparam("symbols", type_=ARRAY(String)),
+    bindparam("prices", type_=ARRAY(Numeric)),
+    bindparam("volumes", type_=ARRAY(Numeric)),
+    bindparam("timestamps", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("ids", type_=ARRAY(String)),
+    bindparam("sides", type_=ARRAY(String)),
+)
+
+
+async def insert_trades(conn: AsyncConnection, trades: Sequence[VenueTrade]) -> list[int]:
+    """Store the trades not stored yet (by symbol, venue trade id and timestamp; trades without
+    a venue id are always stored), in the caller's transaction, ids in the order given; returns
+    the ids of the rows stored. The partitions of their months are created when missing."""
+    if not trades:
+        return []
+    symbols, prices, volumes, timestamps, ids, sides = zip(*trades, strict=True)
+    await ensure_partitions(conn, min(timestamps), max(timestamps))
+    result = await conn.execute(
+        _insert_trades,
+        {
+            "symbols": list(symbols),
+            "prices": list(prices),
+            "volumes": list(volumes),
+            "timestamps": list(timestamps),
+            "ids": list(ids),
+            "sides": list(sides),
+        },
+    )
+    return list(result.scalars())
 
 
 async def oldest_trade(conn: AsyncConnection, symbol: str) -> tuple[datetime, Decimal] | None:

@@ -11,7 +11,7 @@ start of the UTC minute that holds it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -20,6 +20,7 @@ import asyncpg
 
 from persistence.candles import MINUTES_FROM_TRADES
 from persistence.finality import HORIZON_SQL, WATERMARK_SQL
+from persistence.models import VWAP_SCALE
 
 __all__ = [
     "CANDLE_COLUMNS",
@@ -151,7 +152,7 @@ CANDLE_COLUMNS = (
 # trades above it (the open tail), rolled up into the buckets by binary search in $2.
 _S = "($2::timestamptz[])"
 _END = f"{_S}[cardinality({_S})]"
-_ROLLED = f"""
+_MINUTES = f"""
     WITH minutes AS (
         SELECT c.symbol, c.timestamp, c.open, c.high, c.low, c.close, c.volume, c.notional,
                c.trade_count
@@ -167,10 +168,12 @@ _ROLLED = f"""
     )
 }
     )
+"""
+_ROLLED = f"""{_MINUTES}
     SELECT m.symbol, width_bucket(m.timestamp, {_S}) AS n,
            (array_agg(m.open ORDER BY m.timestamp))[1] AS open, max(m.high) AS high,
            min(m.low) AS low, (array_agg(m.close ORDER BY m.timestamp DESC))[1] AS close,
-           sum(m.volume)::bigint AS volume, round(sum(m.notional) / sum(m.volume), 6) AS vwap,
+           sum(m.volume) AS volume, round(sum(m.notional) / sum(m.volume), {VWAP_SCALE}) AS vwap,
            sum(m.trade_count)::bigint AS trade_count
     FROM minutes AS m
     GROUP BY 1, 2
@@ -181,10 +184,10 @@ _RFC3339 = f"to_char({_START} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\
 _SHAPES = {
     # JSON operations: exact prices as float8 (PostgreSQL prints their shortest form).
     "float": f"r.symbol, {_START}, r.open::float8, r.high::float8, r.low::float8, "
-    f"r.close::float8, r.volume, r.vwap::float8, r.trade_count, {_CLOSED}",
+    f"r.close::float8, r.volume::float8, r.vwap::float8, r.trade_count, {_CLOSED}",
     "text": f"r.symbol, {_RFC3339} AS timestamp, trim_scale(r.open) AS open, "
     "trim_scale(r.high) AS high, trim_scale(r.low) AS low, trim_scale(r.close) AS close, "
-    "r.volume, trim_scale(r.vwap) AS vwap, r.trade_count, "
+    "trim_scale(r.volume) AS volume, trim_scale(r.vwap) AS vwap, r.trade_count, "
     f"CASE WHEN {_CLOSED} THEN 'true' ELSE 'false' END AS closed",
     "typed": f"r.symbol, {_START} AS timestamp, r.open, r.high, r.low, r.close, r.volume, "
     f"r.vwap, r.trade_count, {_CLOSED} AS closed",
@@ -200,6 +203,27 @@ def candles_query(shape: str) -> str:
     else:
         select = f"{_SHAPES[shape]} FROM rolled AS r"
     return f"WITH rolled AS ({_ROLLED}) SELECT {select} ORDER BY {_START}, r.symbol"
+
+
+# The candles `candles_query` would return: one per symbol and bucket with a minute in it,
+# counted without rolling the minutes up. It takes no horizon: the watermark moves to $3.
+_COUNT = f"""{_MINUTES.replace("$4::", "$3::")}
+    SELECT count(*)
+    FROM (SELECT DISTINCT m.symbol, width_bucket(m.timestamp, {_S}) FROM minutes AS m) AS b
+"""
+
+
+async def count_candles(
+    conn: asyncpg.Connection,
+    symbols: Sequence[str],
+    pages: Iterable[Sequence[datetime]],
+    now: Clock,
+) -> int:
+    """How many candles the bucket lists of `pages` hold (as `pages()` yields them)."""
+    total = 0
+    for starts in pages:
+        total += await conn.fetchval(_COUNT, list(symbols), list(starts), now.minutes_done)
+    return total
 
 
 async def read_zoned_candles(

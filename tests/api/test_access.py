@@ -25,7 +25,7 @@ SECURED = {
     for method, operation in item.items()
     if "x-required-scopes" in operation
 }
-PUBLIC = ["/", "/health", "/openapi.json", "/openapi.yaml", "/redoc", "/docs/"]
+PUBLIC = ["/", "/health", "/openapi.json", "/openapi.yaml", "/redoc", "/chart", "/docs/"]
 PARAMS = {"/price/latest": {"symbol": "AAPL"}, "/trades": {"symbol": "AAPL"}}
 PARAMS["/candles"] = PARAMS["/trades"]
 CHALLENGE = 'Bearer realm="mdp"'

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import pytest
 from starlette.testclient import TestClient
 
+from persistence.models import VWAP_SCALE
 from tests.api.support import (
     Row,
     SyncDatabase,
@@ -75,7 +76,7 @@ def reference(trades: Sequence[TradeRecord], step: timedelta) -> list[dict[str, 
                 "low": min(row.price for row in rows),
                 "close": rows[-1].price,
                 "volume": volume,
-                "vwap": (turnover / volume).quantize(Decimal("0.000001"), ROUND_HALF_UP),
+                "vwap": (turnover / volume).quantize(Decimal(1).scaleb(-VWAP_SCALE), ROUND_HALF_UP),
                 "trade_count": len(rows),
                 "closed": True,
             }
@@ -151,8 +152,8 @@ def test_candles_aggregate_ohlcv_vwap_and_trade_count(client: TestClient, aapl: 
             "low": Decimal("99.90"),
             "close": Decimal("100.70"),
             "volume": 41,
-            # (1001 + 2004 + 507.5 + 199.8 + 402.8) / 41 = 100.36829268…
-            "vwap": Decimal("100.368293"),
+            # (1001 + 2004 + 507.5 + 199.8 + 402.8) / 41 = 100.36829268292682…
+            "vwap": Decimal("100.368292682927"),
             "trade_count": 5,
             "closed": True,
         },

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
+from persistence.models import VWAP_SCALE
 from tests.api.support import (
     Row,
     SyncDatabase,
@@ -91,7 +92,7 @@ def reference(records: list[TradeRecord], tz: ZoneInfo, interval: str) -> list[d
             "close": rows[-1].price,
             "volume": sum(r.volume for r in rows),
             "vwap": (sum(r.price * r.volume for r in rows) / sum(r.volume for r in rows)).quantize(
-                Decimal("0.000001"), ROUND_HALF_UP
+                Decimal(1).scaleb(-VWAP_SCALE), ROUND_HALF_UP
             ),
             "trade_count": len(rows),
             "closed": True,
@@ -183,7 +184,7 @@ def _export_rows(data: bytes, fmt: str, reader: str) -> list[dict[str, Any]]:
     table = (
         pq.read_table(io.BytesIO(data)) if fmt == "parquet" else pa_ipc.open_stream(data).read_all()
     )
-    assert table.schema.field("open").type == pa.decimal128(18, 6)
+    assert table.schema.field("open").type == pa.decimal128(38, 18)
     assert table.schema.field("timestamp").type == pa.timestamp("us", tz="UTC")
     return table.to_pylist()
 
@@ -227,7 +228,24 @@ def test_candle_exports_read_back_as_the_zoned_candles_of_every_symbol(
     response = client.get("/export/candles", params={"symbols": "MSFT,AAPL", "format": fmt, **zone})
     assert response.status_code == 200
     assert "America-New_York" in response.headers["content-disposition"]
+    assert int(response.headers["x-row-count"]) == len(expected)
     assert [_normal(row) for row in _export_rows(response.content, fmt, reader)] == expected
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_candle_exports_in_float64_have_numeric_price_columns(
+    client: TestClient, trades: dict[str, list[TradeRecord]], fmt: str
+):
+    params = {"symbols": "AAPL", "interval": "1h", "format": fmt, "price_type": "float64"}
+    response = client.get("/export/candles", params={**params, **WINDOW})
+    assert response.status_code == 200
+    data = response.content
+    table = (
+        pq.read_table(io.BytesIO(data)) if fmt == "parquet" else pa_ipc.open_stream(data).read_all()
+    )
+    for column in ("open", "high", "low", "close", "vwap"):
+        assert table.schema.field(column).type == pa.float64(), column
+    assert table.num_rows == int(response.headers["x-row-count"]) >= 1
 
 
 def test_a_candle_export_that_may_exceed_the_row_limit_is_refused_naming_it(

@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from mdp.settings import Settings
 from mdp.spec import load_contract
-from tests.api.support import app_settings, running_app
+from tests.api.support import app_settings, error_names, running_app
 
 SPEC_FILE = load_contract().path
 
@@ -87,3 +87,21 @@ def test_swagger_ui_page_loads_the_served_contract(client: TestClient):
     assert response.headers["content-type"].startswith("text/html")
     assert "swagger-ui" in response.text
     assert '"/openapi.json"' in response.text
+
+
+def test_the_chart_page_carries_its_library_and_needs_no_key(client: TestClient):
+    response = client.get(
+        "/chart", params={"symbol": "msft", "interval": "1h"}, headers={"X-API-Key": ""}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    # Served offline: lightweight-charts is in the page, nothing is loaded from elsewhere.
+    assert "TradingView Lightweight Charts" in page
+    assert "<script src=" not in page
+    assert 'id="chart"' in page and 'id="key-form"' in page
+
+
+def test_the_chart_refuses_parameters_it_does_not_know(client: TestClient):
+    response = client.get("/chart", params={"interval": "2m", "colour": "red"})
+    assert sorted(error_names(response)) == ["colour", "interval"]

@@ -174,12 +174,40 @@ def test_binary_exports_read_back_row_for_row_as_trades_returns(
         assert result.schema.types == [
             pa.int64(),
             pa.string(),
-            pa.decimal128(18, 6),
-            pa.int64(),
+            pa.decimal128(38, 18),
+            pa.decimal128(38, 18),
             pa.timestamp("us", tz="UTC"),
+            pa.string(),
+            pa.string(),
         ]
         result = result.to_pylist()
     assert _exact(_from_records(result)) == _exact(expected)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_price_type_float64_gives_pandas_numeric_prices(
+    client: TestClient, expected: list[Row], fmt: str
+):
+    response = client.get("/export/trades", params=query(format=fmt, price_type="float64"))
+    assert response.status_code == 200
+    frame = _binary_readers()["pyarrow"](response.content, fmt).to_pandas()
+    assert str(frame["price"].dtype) == "float64"
+    assert "price" in frame.describe().columns  # an `object` column of Decimals is left out
+    assert list(frame["price"]) == [float(row[2]) for row in expected]
+    exact = client.get("/export/trades", params=query(format=fmt, price_type="decimal"))
+    assert str(_binary_readers()["pyarrow"](exact.content, fmt).to_pandas()["price"].dtype) == (
+        "object"
+    )
+
+
+def test_price_type_leaves_text_exports_exact(client: TestClient, trades: None):
+    exact = client.get("/export/trades", params=query(format="csv"))
+    assert client.get(
+        "/export/trades", params=query(format="csv", price_type="float64")
+    ).content == (exact.content)
+    assert error_names(client.get("/export/trades", params=query(price_type="float32"))) == [
+        "price_type"
+    ]
 
 
 def test_csv_export_is_rfc_4180_with_a_header_and_json_like_values(
@@ -188,11 +216,14 @@ def test_csv_export_is_rfc_4180_with_a_header_and_json_like_values(
     response = client.get("/export/trades", params=query())
     assert response.headers["content-type"].startswith("text/csv")
     lines = response.content.split(b"\r\n")
-    assert lines[0] == b"id,symbol,price,volume,timestamp"
+    assert lines[0] == b"id,symbol,price,volume,timestamp,venue_trade_id,side"
     assert lines[-1] == b"" and all(b"\n" not in line for line in lines)
     rows = list(csv.reader(io.StringIO(response.text)))
     # Shortest exact prices and RFC 3339 UTC with microseconds, as the JSON operations write.
     assert [row[2] for row in rows[1:]] == [str(p.normalize()) for _, _, p, _, _ in expected]
+    assert [row[3] for row in rows[1:]] == [f"{v.normalize():f}" for _, _, _, v, _ in expected]
+    # Trades without a venue id or side: NULL, an empty field.
+    assert {(row[5], row[6]) for row in rows[1:]} == {("", "")}
     assert [row[4] for row in rows[1:]] == [
         t.strftime("%Y-%m-%dT%H:%M:%S.%fZ") for _, _, _, _, t in expected
     ]
@@ -269,7 +300,7 @@ def test_binary_exports_are_not_compressed_again(client: TestClient, trades: Non
 def test_an_empty_window_is_a_file_with_no_rows(client: TestClient, trades: None):
     empty = {"start": iso(BASE - timedelta(days=3)), "end": iso(BASE - timedelta(days=2))}
     csv_text = client.get("/export/trades", params=query(**empty)).text
-    assert csv_text == "id,symbol,price,volume,timestamp\r\n"
+    assert csv_text == "id,symbol,price,volume,timestamp,venue_trade_id,side\r\n"
     arrow = client.get("/export/trades", params=query(format="arrow", **empty))
     assert pa_ipc.open_stream(arrow.content).read_all().num_rows == 0
     parquet = client.get("/export/trades", params=query(format="parquet", **empty))

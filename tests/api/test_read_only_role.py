@@ -54,6 +54,7 @@ REQUESTS = {
     "getOpenapiJson": ("/openapi.json", {}),
     "getOpenapiYaml": ("/openapi.yaml", {}),
     "getRedoc": ("/redoc", {}),
+    "getChart": ("/chart", {}),
 }
 
 

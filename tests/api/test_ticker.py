@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
+from persistence.models import VWAP_SCALE
 from tests.api.support import SyncDatabase, assert_problem, decimal_json, error_names
 from tests.support import dsn
 
@@ -87,7 +88,7 @@ def test_ticker_equals_the_decimal_statistics_of_the_last_24_hours(
         "high": expected["high"],
         "low": expected["low"],
         "volume": expected["volume"],
-        "vwap": round(expected["notional"] / expected["volume"], 6),
+        "vwap": round(expected["notional"] / expected["volume"], VWAP_SCALE),
         "trade_count": 6,
         "change": change,
         "change_percent": round(100 * change / expected["open"], 4),

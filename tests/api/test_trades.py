@@ -56,6 +56,8 @@ def as_json(record: TradeRecord) -> dict[str, Any]:
         "price": float(record.price),
         "volume": record.volume,
         "timestamp": iso(record.timestamp),
+        "venue_trade_id": None,
+        "side": None,
     }
 
 

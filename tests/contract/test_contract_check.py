@@ -89,7 +89,7 @@ def _narrow_parameter_type(spec: Spec) -> None:
 
 
 def _narrow_response_type_to_wider(spec: Spec) -> None:
-    _schema(spec, "Volume")["type"] = "number"
+    _schema(spec, "Candle")["properties"]["trade_count"]["type"] = "number"
 
 
 def _remove_enum_value(spec: Spec) -> None:

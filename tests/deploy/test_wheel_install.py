@@ -203,6 +203,9 @@ def test_mdp_serve_answers_on_port_and_exits_cleanly_on_sigterm(
         assert health.json()["status"] in {"pass", "warn"}
         symbols = service.wait_ready("/symbols", timeout=START_TIMEOUT_SECONDS)
         assert {item["symbol"] for item in symbols.json()["symbols"]} == DEFAULT_SYMBOLS
+        # The chart's vendored script is package data of the wheel.
+        chart = service.wait_ready("/chart", timeout=START_TIMEOUT_SECONDS)
+        assert "TradingView Lightweight Charts" in chart.text
         service.process.send_signal(signal.SIGTERM)
         started = time.monotonic()
         code = service.process.wait(timeout=SHUTDOWN_GRACE_SECONDS)

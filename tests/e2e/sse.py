@@ -108,6 +108,8 @@ def stream_data(row: asyncpg.Record) -> dict[str, Any]:
         "id": row["id"],
         "symbol": row["symbol"],
         "price": float(row["price"]),
-        "volume": row["volume"],
+        "volume": float(row["volume"]),
         "timestamp": row["timestamp"].isoformat().replace("+00:00", "Z"),
+        "venue_trade_id": row["venue_trade_id"],
+        "side": row["side"],
     }

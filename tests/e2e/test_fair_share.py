@@ -52,6 +52,7 @@ def server(module_database: URL) -> Iterator[Service]:
 async def trades(server: Service, module_database: URL) -> AsyncIterator[None]:
     conn = await asyncpg.connect(dsn(module_database))
     # Raw SQL, as in test_export_streams: enough rows that an unread export never finishes.
+    await conn.execute("SELECT mdp_ensure_trade_partitions('2026-01-01Z', '2026-01-02Z')")
     await conn.execute(
         "INSERT INTO trades (symbol, price, volume, timestamp) "
         "SELECT 'AAPL', 100 + n % 1000 / 100.0, 1 + n % 7, "

@@ -41,6 +41,7 @@ async def _history(url: URL) -> None:
     """Enough rows that an unread export never finishes (raw SQL as in test_export_streams)."""
     conn = await asyncpg.connect(dsn(url))
     try:
+        await conn.execute("SELECT mdp_ensure_trade_partitions('2026-01-01Z', '2026-01-02Z')")
         await conn.execute(
             "INSERT INTO trades (symbol, price, volume, timestamp) "
             "SELECT 'AAPL', 100 + n % 1000 / 100.0, 1 + n % 7, "

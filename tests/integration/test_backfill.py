@@ -23,6 +23,7 @@ from persistence.candles import read_candle_page
 from persistence.database import driver_connection
 from persistence.finality import INTERVALS, VISIBILITY_DEADLINE
 from persistence.materialise import advance_watermark, lock_candles
+from persistence.models import VWAP_SCALE
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, insert_live_batch
 from tests.support import MakeDatabase, open_test_engine, wait_until_async
@@ -258,7 +259,7 @@ async def test_backfilled_volumes_are_positive_whole_numbers(
 
     volumes = [row.volume for row in _backfilled(await _rows(live_engine))]
     assert len(volumes) == len(BASES) * ROWS
-    assert all(isinstance(volume, int) and volume > 0 for volume in volumes)
+    assert all(volume > 0 and volume == volume.to_integral_value() for volume in volumes)
     assert len(set(volumes)) > 1
 
 
@@ -422,7 +423,7 @@ async def test_backfill_cancelled_during_a_copy_leaves_no_part_of_that_chunk(
 
 # --- candles --------------------------------------------------------------------------------
 
-VWAP_PLACES = Decimal("0.000001")
+VWAP_PLACES = Decimal(1).scaleb(-VWAP_SCALE)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

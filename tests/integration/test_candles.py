@@ -23,6 +23,7 @@ from persistence.candles import read_candle_page
 from persistence.database import driver_connection
 from persistence.finality import horizon
 from persistence.materialise import Advance, advance_watermark
+from persistence.models import VWAP_SCALE
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade
 from tests.support import restore_trades, wait_until_async
@@ -40,7 +41,7 @@ STEPS = {
 TICK = Decimal("0.01")
 # Long enough for one step to materialise everything these tests store.
 EVERYTHING = timedelta(days=365 * 200)
-VWAP_PLACES = Decimal("0.000001")
+VWAP_PLACES = Decimal(1).scaleb(-VWAP_SCALE)
 
 
 @dataclass(frozen=True)
@@ -281,22 +282,23 @@ async def test_candle_open_and_close_break_timestamp_ties_by_id(conn: AsyncConne
         await materialise(conn)
 
 
-async def test_vwap_rounds_half_away_from_zero_to_six_places(conn: AsyncConnection) -> None:
-    # (127 × 100.00 + 1 × 100.04) / 128 = 100.0003125 exactly: half-even would give ...312.
+async def test_vwap_rounds_half_away_from_zero_to_twelve_places(conn: AsyncConnection) -> None:
+    # (2047 × 100.00 + 1 × 100.01) / 2048 = 100.0000048828125 exactly: half-even would give
+    # ...812.
     await ensure_symbols(conn, [("HALF", "Half")])
     moment = datetime(2026, 2, 3, 10, 0, tzinfo=UTC)
     await restore_trades(
         conn,
         [
-            NewTrade("HALF", Decimal("100.00"), 127, moment),
-            NewTrade("HALF", Decimal("100.04"), 1, moment + MICROSECOND),
+            NewTrade("HALF", Decimal("100.00"), Decimal(2047), moment),
+            NewTrade("HALF", Decimal("100.01"), Decimal(1), moment + MICROSECOND),
         ],
     )
 
     for _ in range(2):
         (candle,), _ = await read(conn, "HALF", "1m", moment, moment + timedelta(minutes=1))
 
-        assert (candle[6], candle[5]) == (100.000313, 128)
+        assert (candle[6], candle[5]) == (100.000004882813, 2048)
         await materialise(conn)
 
 

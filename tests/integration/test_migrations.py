@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from persistence.migrate import alembic_config, upgrade
 from persistence.models import metadata
+from persistence.partitions import include_name
 from tests.support import MakeDatabase, dsn, open_test_engine, wait_until_async
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -33,20 +34,22 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
     "trades": [
         ("id", "bigint", None, "NO"),
         ("symbol", "character varying", 16, "NO"),
-        ("price", "numeric", (18, 6), "NO"),
-        ("volume", "bigint", None, "NO"),
+        ("price", "numeric", (38, 18), "NO"),
+        ("volume", "numeric", (38, 18), "NO"),
         ("timestamp", "timestamp with time zone", None, "NO"),
+        ("venue_trade_id", "text", None, "YES"),
+        ("side", "text", None, "YES"),
     ],
     "candles": [
         ("symbol", "character varying", 16, "NO"),
         ("interval", "character varying", 4, "NO"),
         ("timestamp", "timestamp with time zone", None, "NO"),
-        ("open", "numeric", (18, 6), "NO"),
-        ("high", "numeric", (18, 6), "NO"),
-        ("low", "numeric", (18, 6), "NO"),
-        ("close", "numeric", (18, 6), "NO"),
-        ("volume", "bigint", None, "NO"),
-        ("vwap", "numeric", (24, 6), "NO"),
+        ("open", "numeric", (38, 18), "NO"),
+        ("high", "numeric", (38, 18), "NO"),
+        ("low", "numeric", (38, 18), "NO"),
+        ("close", "numeric", (38, 18), "NO"),
+        ("volume", "numeric", (38, 18), "NO"),
+        ("vwap", "numeric", (38, 18), "NO"),
         ("trade_count", "integer", None, "NO"),
         ("notional", "numeric", (None, None), "NO"),
     ],
@@ -111,6 +114,8 @@ _CONSTRAINTS = text(
     FROM pg_constraint
     -- PostgreSQL 18 also catalogues NOT NULL as constraints ('n'); columns cover those.
     WHERE connamespace = 'public'::regnamespace AND contype <> 'n'
+      -- Partitions repeat their parent's constraints.
+      AND conrelid::regclass::text !~ '^trades_y[0-9]'
     ORDER BY 1, 2
     """
 )
@@ -132,7 +137,8 @@ async def _schema(engine: AsyncEngine) -> dict[str, Any]:
             await conn.execute(
                 text(
                     "SELECT table_name FROM information_schema.tables "
-                    "WHERE table_schema = 'public' ORDER BY table_name"
+                    "WHERE table_schema = 'public' AND table_name !~ '^trades_y[0-9]' "
+                    "ORDER BY table_name"
                 )
             )
         ).all()
@@ -180,9 +186,13 @@ async def test_upgrade_creates_trades_index_on_symbol_timestamp_id_covering_pric
     finally:
         await engine.dispose()
 
-    by_keys = {tuple(keys): (primary, tuple(included)) for _, primary, _, keys, included in indexes}
-    assert by_keys[("symbol", "timestamp", "id")] == (False, ("price", "volume"))
-    assert by_keys[("id",)] == (True, ())
+    by_keys = {
+        tuple(keys): (primary, unique, tuple(included))
+        for _, primary, unique, keys, included in indexes
+    }
+    assert by_keys[("symbol", "timestamp", "id")] == (False, False, ("price", "volume"))
+    assert by_keys[("id", "timestamp")] == (True, True, ())
+    assert by_keys[("symbol", "venue_trade_id", "timestamp")] == (False, True, ())
 
 
 async def test_upgrade_makes_symbol_interval_timestamp_the_candles_primary_key(
@@ -200,20 +210,20 @@ async def test_upgrade_makes_symbol_interval_timestamp_the_candles_primary_key(
     assert primary == [["symbol", "interval", "timestamp"]]
 
 
-async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: URL) -> None:
+async def test_upgrade_creates_foreign_keys_checks_and_id_sequence(empty_database: URL) -> None:
     engine = open_test_engine(empty_database)
     try:
         await upgrade(engine)
         schema = await _schema(engine)
         async with engine.connect() as conn:
-            identity = (
+            id_default = (
                 await conn.execute(
                     text(
-                        "SELECT is_identity, identity_generation FROM information_schema.columns "
+                        "SELECT column_default FROM information_schema.columns "
                         "WHERE table_name = 'trades' AND column_name = 'id'"
                     )
                 )
-            ).one()
+            ).scalar_one()
     finally:
         await engine.dispose()
 
@@ -239,6 +249,7 @@ async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: 
         ("symbols", "ck_symbols_symbol_upper"): "c",
         ("symbols", "pk_symbols"): "p",
         ("trades", "ck_trades_price_positive"): "c",
+        ("trades", "ck_trades_side"): "c",
         ("trades", "ck_trades_volume_positive"): "c",
         ("trades", "pk_trades"): "p",
         ("alembic_version", "alembic_version_pkc"): "p",
@@ -247,7 +258,8 @@ async def test_upgrade_creates_foreign_keys_checks_and_identity(empty_database: 
     assert definitions["fk_candles_symbol_symbols"] == (
         "FOREIGN KEY (symbol) REFERENCES symbols(symbol) ON DELETE CASCADE"
     )
-    assert tuple(identity) == ("YES", "ALWAYS")
+    # Identity columns on partitioned tables need PostgreSQL 17: a sequence default instead.
+    assert id_default == "nextval('trades_id_seq'::regclass)"
 
 
 async def test_upgrade_records_head_revision_in_alembic_version(empty_database: URL) -> None:
@@ -267,7 +279,8 @@ async def test_migrated_schema_matches_the_models(empty_database: URL) -> None:
     engine = open_test_engine(empty_database)
 
     def differences(connection: Connection) -> list[Any]:
-        return list(compare_metadata(MigrationContext.configure(connection), metadata))
+        context = MigrationContext.configure(connection, opts={"include_name": include_name})
+        return list(compare_metadata(context, metadata))
 
     try:
         await upgrade(engine)
@@ -378,6 +391,95 @@ async def test_two_migrate_processes_serialise_on_advisory_lock_and_leave_one_he
     assert schema["versions"] == [HEAD]
     for table, expected in EXPECTED_COLUMNS.items():
         assert schema[f"{table}.columns"] == expected, table
+
+
+async def test_trades_v2_keeps_every_row_and_id_of_a_populated_database(
+    empty_database: URL,
+) -> None:
+    engine = open_test_engine(empty_database)
+    rows = 3000
+    try:
+        await upgrade(engine, "0008")
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO symbols (symbol, name) VALUES ('OLD', 'Old')"))
+            # Spread over three months, ids out of time order, as a backfill leaves them.
+            await conn.execute(
+                text(
+                    "INSERT INTO trades (symbol, price, volume, timestamp) "
+                    "SELECT 'OLD', 100 + n % 97 / 100.0, 1 + n % 13, "
+                    "'2026-09-30T23:59:59.999999Z'::timestamptz - n * interval '43 minutes' "
+                    "FROM generate_series(1, :rows) AS n"
+                ),
+                {"rows": rows},
+            )
+            before = (
+                await conn.execute(
+                    text("SELECT id, symbol, price, volume, timestamp FROM trades ORDER BY id")
+                )
+            ).all()
+
+        await upgrade(engine)
+
+        async with engine.begin() as conn:
+            after = (
+                await conn.execute(
+                    text(
+                        "SELECT id, symbol, price, volume, timestamp, venue_trade_id, side "
+                        "FROM trades ORDER BY id"
+                    )
+                )
+            ).all()
+            partitions = (
+                await conn.execute(
+                    text(
+                        "SELECT count(DISTINCT tableoid::regclass) FROM trades "
+                        "WHERE tableoid <> 'trades'::regclass"
+                    )
+                )
+            ).scalar_one()
+            new_id = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO trades (symbol, price, volume, timestamp) "
+                        "VALUES ('OLD', 1.123456789, 0.00012345, now()) RETURNING id"
+                    )
+                )
+            ).scalar_one()
+    finally:
+        await engine.dispose()
+
+    assert len(after) == rows
+    assert [tuple(row[:5]) for row in after] == [tuple(row) for row in before]
+    assert {(row.venue_trade_id, row.side) for row in after} == {(None, None)}
+    # 3000 × 43 minutes back from the end of September: July, August and September.
+    assert partitions == 3
+    assert new_id == max(row.id for row in before) + 1
+
+
+async def test_trades_refuse_one_venue_trade_twice_but_keep_trades_without_a_venue_id(
+    empty_database: URL,
+) -> None:
+    engine = open_test_engine(empty_database)
+    insert = text(
+        "INSERT INTO trades (symbol, price, volume, timestamp, venue_trade_id, side) "
+        "VALUES ('VEN', 10, 0.5, now(), :venue_id, 'buy') ON CONFLICT DO NOTHING"
+    )
+    try:
+        await upgrade(engine)
+        async with engine.begin() as conn:
+            moment = (await conn.execute(text("SELECT now()"))).scalar_one()
+            for venue_id in ("42", "42", None, None):
+                await conn.execute(insert, {"venue_id": venue_id})
+            stored = (
+                await conn.execute(
+                    text("SELECT venue_trade_id FROM trades WHERE timestamp = :t"), {"t": moment}
+                )
+            ).scalars()
+            kept = sorted(stored, key=str)
+    finally:
+        await engine.dispose()
+
+    assert kept == ["42", None, None]
 
 
 async def _mdp_alembic(url: URL, *arguments: str) -> tuple[int, str]:

@@ -76,8 +76,9 @@ def test_batch_trades_are_valid_prices_and_volumes(seed: int, count: int) -> Non
             base = BASE_PRICES[trade.symbol]
             assert base * Decimal("0.8") <= trade.price <= base * Decimal("1.2")
             assert trade.price.as_tuple().exponent == -2
-            assert type(trade.volume) is int
-            assert trade.volume > 0
+            # Exact decimals, as a venue's sizes; the walk's are whole units.
+            assert type(trade.volume) is Decimal
+            assert trade.volume > 0 and trade.volume == trade.volume.to_integral_value()
 
 
 @settings(max_examples=100, deadline=None)

@@ -102,8 +102,8 @@ def test_walk_volumes_are_positive_whole_numbers(seed: int, base: Decimal, steps
     walk = make_walk(base, seed)
     for _ in range(steps):
         volume = walk.volume()
-        assert type(volume) is int
-        assert 1 <= volume <= 100_000
+        assert type(volume) is Decimal
+        assert 1 <= volume <= 100_000 and volume == volume.to_integral_value()
 
 
 @settings(max_examples=100, deadline=None)

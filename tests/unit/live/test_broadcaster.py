@@ -15,7 +15,7 @@ T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
 def _trade(trade_id: int, symbol: str = "AAA", seconds: int = 0, price: float = 1.0) -> TradeRow:
-    return TradeRow(trade_id, symbol, price, 1, T0 + timedelta(seconds=seconds))
+    return TradeRow(trade_id, symbol, price, 1.0, T0 + timedelta(seconds=seconds), None, None)
 
 
 def test_memory_answers_only_while_listening() -> None:

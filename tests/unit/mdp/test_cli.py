@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mdp.cli import main
+from mdp.spec import load_contract
 
 # Variables Settings.from_env reads before or beside the one under test: unset them so the
 # machine's own environment cannot change which error comes first.
@@ -75,3 +76,10 @@ def test_cli_rejects_an_unknown_command_with_usage(capsys: pytest.CaptureFixture
         main(["launch"])
     assert caught.value.code == 2
     assert "usage: mdp" in capsys.readouterr().err
+
+
+def test_cli_prints_its_version_which_is_the_contracts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"mdp {load_contract().document['info']['version']}\n"

@@ -134,10 +134,19 @@ def test_the_protocol_still_overrides_what_uvicorn_calls() -> None:
         "connection_made",
         "connection_lost",
         "data_received",
-        "on_message_begin",
         "on_headers_complete",
         "on_message_complete",
         "pause_writing",
         "resume_writing",
     ):
         assert callable(getattr(HttpToolsProtocol, name)), name
+
+
+def test_a_stalled_second_request_on_a_kept_alive_connection_gets_408(server: int) -> None:
+    with _connect(server) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = sock.recv(65536)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # the next head, never finished
+        rest = _answer(sock)
+    assert first.startswith(b"HTTP/1.1 200")
+    assert rest.startswith(b"HTTP/1.1 408")

@@ -15,6 +15,7 @@ PUBLIC = {
     "getOpenapiJson",
     "getOpenapiYaml",
     "getRedoc",
+    "getChart",
 }
 
 
