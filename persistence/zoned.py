@@ -23,7 +23,6 @@ from persistence.finality import HORIZON_SQL, WATERMARK_SQL
 from persistence.models import VWAP_SCALE
 
 __all__ = [
-    "CANDLE_COLUMNS",
     "Clock",
     "UnknownZone",
     "bucket_ceil",
@@ -135,18 +134,6 @@ async def clock(conn: asyncpg.Connection) -> Clock:
     return Clock(row[0], row[1])
 
 
-CANDLE_COLUMNS = (
-    "symbol",
-    "timestamp",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "vwap",
-    "trade_count",
-    "closed",
-)
 # $1 symbols, $2 bucket starts followed by the end of the last bucket, $3 the horizon, $4 the
 # materialisation watermark. Materialised minutes below the watermark, minutes aggregated from
 # trades above it (the open tail), rolled up into the buckets by binary search in $2.

@@ -243,7 +243,7 @@ def test_candle_exports_in_float64_have_numeric_price_columns(
     table = (
         pq.read_table(io.BytesIO(data)) if fmt == "parquet" else pa_ipc.open_stream(data).read_all()
     )
-    for column in ("open", "high", "low", "close", "vwap"):
+    for column in ("open", "high", "low", "close", "volume", "vwap"):
         assert table.schema.field(column).type == pa.float64(), column
     assert table.num_rows == int(response.headers["x-row-count"]) >= 1
 

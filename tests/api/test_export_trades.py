@@ -191,8 +191,9 @@ def test_price_type_float64_gives_pandas_numeric_prices(
     response = client.get("/export/trades", params=query(format=fmt, price_type="float64"))
     assert response.status_code == 200
     frame = _binary_readers()["pyarrow"](response.content, fmt).to_pandas()
-    assert str(frame["price"].dtype) == "float64"
-    assert "price" in frame.describe().columns  # an `object` column of Decimals is left out
+    # Every decimal column: the price, and the volume (exact decimal since trades v2).
+    assert str(frame["price"].dtype) == str(frame["volume"].dtype) == "float64"
+    assert {"price", "volume"} <= set(frame.describe().columns)  # Decimals would be left out
     assert list(frame["price"]) == [float(row[2]) for row in expected]
     exact = client.get("/export/trades", params=query(format=fmt, price_type="decimal"))
     assert str(_binary_readers()["pyarrow"](exact.content, fmt).to_pandas()["price"].dtype) == (
