@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import NamedTuple, cast
 
@@ -30,6 +30,7 @@ __all__ = [
     "COLUMNS",
     "LIVE_CHANNEL",
     "LIVE_RETENTION",
+    "RECENT",
     "LATEST",
     "NewTrade",
     "TradeRow",
@@ -113,6 +114,9 @@ def page_sql(*, start: bool, end: bool, after: bool, descending: bool) -> str:
     if after:
         operator = "<" if descending else ">"
         conditions.append(f"(timestamp, id) {operator} (${number}, ${number + 1})")
+        # Implied by the row comparison, but only a plain bound lets the planner prune the
+        # partitions on the far side of the cursor.
+        conditions.append(f"timestamp {operator}= ${number}")
         number += 2
     direction = "DESC" if descending else "ASC"
     return f"""
@@ -123,8 +127,23 @@ LIMIT ${number}
 """
 
 
+# Reads without a window get a time bound first: with one the planner prunes to the few
+# partitions it touches (planning every monthly partition costs milliseconds), and it holds
+# the answer whenever the symbol traded within it. Only when it does not is the unbounded
+# query run.
+RECENT = timedelta(days=7)
+_LATEST_SINCE = f"""
+SELECT {COLUMNS} FROM trades
+WHERE symbol = $1 AND timestamp >= $2
+ORDER BY timestamp DESC, id DESC
+LIMIT 1
+"""
+
+
 async def latest_trade(conn: asyncpg.Connection, symbol: str) -> TradeRow | None:
-    row = await conn.fetchrow(LATEST, symbol)
+    row = await conn.fetchrow(_LATEST_SINCE, symbol, datetime.now(UTC) - RECENT)
+    if row is None:
+        row = await conn.fetchrow(LATEST, symbol)
     return TradeRow(*row) if row is not None else None
 
 
@@ -138,8 +157,32 @@ async def list_trades(
     after: tuple[datetime, int] | None,
     limit: int,
 ) -> list[asyncpg.Record]:
-    """A page of (id, symbol, price, volume, timestamp) records ordered by (timestamp, id),
-    continuing strictly after `after`."""
+    """A page of (id, symbol, price, volume, timestamp, venue_trade_id, side) records ordered
+    by (timestamp, id), continuing strictly after `after`."""
+    # An open side toward which the page reads gets a bound RECENT past its anchor first: a
+    # page it fills is exactly the unbounded one (the order reads the bounded part first).
+    if descending and start is None:
+        anchor = after[0] if after is not None else end or datetime.now(UTC)
+        rows = await _page(conn, symbol, anchor - RECENT, end, descending, after, limit)
+    elif not descending and end is None and (start is not None or after is not None):
+        anchor = after[0] if after is not None else cast(datetime, start)
+        rows = await _page(conn, symbol, start, anchor + RECENT, descending, after, limit)
+    else:
+        return await _page(conn, symbol, start, end, descending, after, limit)
+    if len(rows) == limit:
+        return rows
+    return await _page(conn, symbol, start, end, descending, after, limit)
+
+
+async def _page(
+    conn: asyncpg.Connection,
+    symbol: str,
+    start: datetime | None,
+    end: datetime | None,
+    descending: bool,
+    after: tuple[datetime, int] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
     sql = page_sql(
         start=start is not None, end=end is not None, after=after is not None, descending=descending
     )
