@@ -73,7 +73,13 @@ class ExportResponse(Response):
         self._held = b""
         self._sent = 0
         self._complete = False
+        self._released = False
         self._send: Send | None = None
+
+    async def _release_once(self) -> None:
+        if not self._released:
+            self._released = True
+            await self._release(complete=self._complete)
 
     async def _body(self, data: bytes, *, more: bool = True) -> None:
         assert self._send is not None
@@ -113,16 +119,20 @@ class ExportResponse(Response):
         tail = self._held
         if self._compressor is not None:
             tail = self._compressor.compress(tail) + self._compressor.flush()
-        await self._body(tail, more=False)
         self._complete = True
+        # Give back the connection and the key's share before the last byte goes out: a
+        # client that starts its next export as soon as this one is whole must find them free.
+        await self._release_once()
+        await self._body(tail, more=False)
         logger.info("export %s complete: %d bytes", self._what, self._sent)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] == "HEAD":
             # What GET would answer (its checks ran, X-Row-Count is counted), not the file.
+            self._complete = True
+            await self._release_once()
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await send({"type": "http.response.body", "body": b""})
-            await self._release(complete=True)
             return
         stream = asyncio.ensure_future(self._stream(send))
         watch = asyncio.ensure_future(disconnected(receive))
@@ -143,6 +153,6 @@ class ExportResponse(Response):
             # The COPY must have stopped before its connection goes back to the pool.
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait((stream,))
-            await self._release(complete=self._complete)
+            await self._release_once()
         if not stream.cancelled():
             stream.result()
