@@ -222,6 +222,15 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> None:
             )
 
 
+async def _import(settings: Settings, args: argparse.Namespace) -> int:
+    from mdp import import_cli
+    from persistence.migrate import upgrade
+
+    async with _engine(settings, "backfill") as engine:
+        await upgrade(engine)
+        return await import_cli.run(engine, args)
+
+
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from mdp import keys_cli
     from persistence.migrate import upgrade
@@ -260,9 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         help="trades per second per symbol (default 1)",
     )
     backfill.add_argument("--seed", type=int, help="makes the generated history repeatable")
-    from mdp import keys_cli
+    from mdp import import_cli, keys_cli
 
     keys_cli.add_commands(commands)
+    import_cli.add_command(commands)
     args, alembic_arguments = parser.parse_known_args(argv)
     if alembic_arguments and args.command != "alembic":
         parser.error(f"unrecognized arguments: {' '.join(alembic_arguments)}")
@@ -294,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_alembic(settings, alembic_arguments))
     elif args.command == "keys":
         return asyncio.run(_keys(settings, args))
+    elif args.command == "import":
+        try:
+            return asyncio.run(_import(settings, args))
+        except KeyboardInterrupt:
+            # Whole files only: the interrupted one rolled back. A rerun carries on.
+            print("mdp import: interrupted; rerun the same command to carry on", file=sys.stderr)
+            return 130
     else:
         try:
             asyncio.run(_backfill(settings, args))
