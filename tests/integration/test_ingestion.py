@@ -192,10 +192,11 @@ async def test_run_keeps_going_through_failures_and_stops_when_cancelled(
     try:
         await wait_until_async(lambda: status.batches_total >= 2, what="the first batches")
 
+        # Read before the block: a batch may fail against it while the rows are counted.
+        failures_when_broken = status.failures_total
         async with ingest_engine.begin() as conn:
             await conn.execute(text(_BLOCK_INSERTS))
         rows_when_broken = await _count(ingest_engine)
-        failures_when_broken = status.failures_total
         await wait_until_async(
             lambda: status.consecutive_failures >= 3, what="failed cycles to be recorded"
         )
