@@ -11,11 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingestion.files import FORMATS, FileRefused, read_trades
+from ingestion.files import COLUMNS, FORMATS, FileRefused, Options, read_trades
 from persistence.imports import BucketsTaken, TooNew, import_trades
 from persistence.symbols import ensure_symbols
+from persistence.trades import VenueTrade
 
 __all__ = ["add_command", "run"]
 
@@ -34,47 +37,87 @@ def add_command(commands: Any) -> None:
         "--format", choices=sorted(FORMATS), help="the file's layout (default: from its name)"
     )
     parser.add_argument(
+        "--columns",
+        type=_columns,
+        default={},
+        help="map fields to a header's columns: timestamp=ts,price=px,size=qty,trade_id=id,"
+        "side=side,symbol=sym (default: those names)",
+    )
+    parser.add_argument(
+        "--time-unit",
+        choices=("s", "ms", "us", "ns"),
+        help="epoch timestamps in this unit (default: ISO 8601 with an offset)",
+    )
+    parser.add_argument(
         "--repair",
         action="store_true",
         help="allow changing minutes that already hold trades (lists them, for a CDN purge)",
     )
 
 
+def _columns(value: str) -> dict[str, str]:
+    mapping = {}
+    for item in value.split(","):
+        name, _, column = item.partition("=")
+        if name.strip() not in COLUMNS or not column.strip():
+            raise argparse.ArgumentTypeError(
+                f"expected field=column with a field among {', '.join(COLUMNS)}, got {item!r}"
+            )
+        mapping[name.strip()] = column.strip()
+    return mapping
+
+
 def _format(path: Path, given: str | None) -> str:
+    """The format given, else from the name (Binance's dumps), else from the header."""
     if given is not None:
         return given
     if _BINANCE_NAME.match(path.name):
         return "binance-trades"
+    if re.search(r"\.csv(\.gz|\.zst)?$", path.name):
+        try:
+            header = set(pa_csv.open_csv(path).schema.names)
+        except (pa.ArrowInvalid, OSError):
+            header = set()
+        return "polygon-trades" if {"ticker", "sip_timestamp"} <= header else "csv"
     raise FileRefused(f"{path}: cannot tell the format from the name: give --format")
 
 
-def _symbol(path: Path, given: str | None) -> str:
+def _symbol(path: Path, given: str | None) -> str | None:
     match = _BINANCE_NAME.match(path.name)
     symbol = given or (match.group(1) if match else None)
-    if symbol is None or not _SYMBOL.match(symbol):
-        raise FileRefused(f"{path}: give --symbol (a code like BTCUSDT)")
-    return symbol.upper()
+    if symbol is not None and not _SYMBOL.match(symbol):
+        raise FileRefused(f"{path}: --symbol {symbol!r} is not a code like BTCUSDT")
+    return symbol.upper() if symbol is not None else None
 
 
 async def _one(engine: AsyncEngine, path: Path, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    symbol = _symbol(path, args.symbol)
+    options = Options(_symbol(path, args.symbol), args.columns, args.time_unit)
     # Decoded and checked whole before anything is written: a refused file leaves nothing.
-    trades = await asyncio.to_thread(read_trades, path, _format(path, args.format), symbol)
+    trades = await asyncio.to_thread(read_trades, path, _format(path, args.format), options)
+    by_symbol: dict[str, list[VenueTrade]] = {}
+    for trade in trades:
+        by_symbol.setdefault(trade.symbol, []).append(trade)
+    stored = skipped = 0
+    repaired: list[str] = []
+    # One transaction per file, whatever symbols it holds.
     async with engine.begin() as conn:
-        await ensure_symbols(conn, [(symbol, symbol)])
-        result = await import_trades(conn, symbol, trades, repair=args.repair)
+        await ensure_symbols(conn, ((symbol, symbol) for symbol in by_symbol))
+        for symbol, rows in sorted(by_symbol.items()):
+            result = await import_trades(conn, symbol, rows, repair=args.repair)
+            stored, skipped = stored + result.stored, skipped + result.skipped
+            repaired += [f"{symbol} {minute.isoformat()}" for minute in result.repaired]
     elapsed = time.perf_counter() - started
     return {
         "file": str(path),
-        "symbol": symbol,
+        "symbols": sorted(by_symbol),
         "rows": len(trades),
-        "stored": result.stored,
-        "skipped": result.skipped,
+        "stored": stored,
+        "skipped": skipped,
         "bytes": path.stat().st_size,
         "seconds": round(elapsed, 3),
         "rows_per_second": round(len(trades) / elapsed) if elapsed else None,
-        "repaired_minutes": [minute.isoformat() for minute in result.repaired],
+        "repaired_minutes": repaired,
     }
 
 

@@ -23,9 +23,12 @@ from persistence.trades import VenueTrade
 __all__ = ["BucketsTaken", "Imported", "TooNew", "import_trades"]
 
 _COLUMNS = ("symbol", "price", "volume", "timestamp", "venue_trade_id", "side")
+# One staging table per transaction, emptied for each symbol of a file.
 _STAGE = text(
-    "CREATE TEMPORARY TABLE import_staging (LIKE trades INCLUDING DEFAULTS) ON COMMIT DROP"
+    "CREATE TEMPORARY TABLE IF NOT EXISTS import_staging "
+    "(LIKE trades INCLUDING DEFAULTS) ON COMMIT DROP"
 )
+_EMPTY = text("TRUNCATE import_staging")
 # New rows only; RETURNING says which (what the minute check and the candles need).
 _MOVE = text(
     """
@@ -96,6 +99,7 @@ async def import_trades(
     await lock_candles(conn, symbol)
     await ensure_partitions(conn, oldest, newest)
     await conn.execute(_STAGE)
+    await conn.execute(_EMPTY)
     raw = await conn.get_raw_connection()
     await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
         "import_staging", records=trades, columns=_COLUMNS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import shutil
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -26,8 +27,21 @@ MICROSECONDS = FIXTURES / "BTCUSDT-trades-2025-01-01.csv"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _args(*files: Path, symbol: str | None = None, repair: bool = False) -> argparse.Namespace:
-    return argparse.Namespace(files=list(files), symbol=symbol, format=None, repair=repair)
+def _args(
+    *files: Path,
+    symbol: str | None = None,
+    repair: bool = False,
+    columns: dict[str, str] | None = None,
+    time_unit: str | None = None,
+) -> argparse.Namespace:
+    return argparse.Namespace(
+        files=list(files),
+        symbol=symbol,
+        format=None,
+        repair=repair,
+        columns=columns or {},
+        time_unit=time_unit,
+    )
 
 
 def _expected(path: Path) -> list[tuple[str, Decimal, Decimal, datetime, str]]:
@@ -140,14 +154,15 @@ async def test_a_malformed_file_is_refused_naming_it_and_leaves_nothing(
     assert await _stored(fresh_engine) == []
 
 
-async def test_a_file_without_a_known_name_needs_its_format(
+async def test_a_dump_under_another_name_is_read_as_a_csv_and_refused_for_its_header(
     fresh_engine: AsyncEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     renamed = tmp_path / "history.csv"
     shutil.copy(MILLISECONDS, renamed)
 
     assert await import_cli.run(fresh_engine, _args(renamed, symbol="BTCUSDT")) == 1
-    assert "give --format" in capsys.readouterr().err
+    assert f"{renamed}:1: no column 'timestamp'" in capsys.readouterr().err
+    assert await _stored(fresh_engine) == []
 
 
 async def test_minutes_that_hold_stored_trades_change_only_with_repair(
@@ -165,7 +180,7 @@ async def test_minutes_that_hold_stored_trades_change_only_with_repair(
 
     assert await import_cli.run(fresh_engine, _args(MILLISECONDS, repair=True)) == 0
     minute = first.replace(second=0, microsecond=0).isoformat()
-    assert f'"repaired_minutes": ["{minute}"]' in capsys.readouterr().out
+    assert f'"repaired_minutes": ["BTCUSDT {minute}"]' in capsys.readouterr().out
     assert len(await _stored(fresh_engine)) == 301
 
 
@@ -194,9 +209,94 @@ async def test_a_rerun_after_an_interruption_carries_on(
     assert len(await _stored(fresh_engine)) == 600
 
 
-def test_an_unknown_format_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--format", "xml"], "invalid choice: 'xml'"),
+        (["--time-unit", "fortnights"], "invalid choice: 'fortnights'"),
+        (["--columns", "when=ts"], "expected field=column"),
+    ],
+)
+def test_an_unknown_flag_value_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["import", "--format", "xml", str(MILLISECONDS)])
+        main(["import", *flags, str(MILLISECONDS)])
 
     assert exited.value.code == 2
-    assert "invalid choice: 'xml'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+OWN_CSV = Path(__file__).resolve().parents[1] / "fixtures" / "csv" / "ethusd-2025-02-03.csv.gz"
+POLYGON = Path(__file__).resolve().parents[1] / "fixtures" / "polygon" / "2025-01-02.csv"
+
+
+async def _all_stored(engine: AsyncEngine) -> list[tuple[object, ...]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text(
+                "SELECT symbol, venue_trade_id, price, volume, timestamp, side FROM trades "
+                "ORDER BY symbol, timestamp, id"
+            )
+        )
+        return [tuple(row) for row in rows]
+
+
+async def test_a_gzip_csv_with_its_own_column_names_and_epoch_milliseconds(
+    fresh_engine: AsyncEngine,
+) -> None:
+    columns = {"timestamp": "ts", "price": "px", "size": "qty", "trade_id": "id"}
+    columns["side"] = "taker_side"
+    args = _args(OWN_CSV, symbol="ethusd", columns=columns, time_unit="ms")
+
+    assert await import_cli.run(fresh_engine, args) == 0
+
+    with gzip.open(OWN_CSV, "rt") as handle:
+        expected = [
+            (
+                "ETHUSD",
+                row["id"],
+                Decimal(row["px"]),
+                Decimal(row["qty"]),
+                EPOCH + timedelta(milliseconds=int(row["ts"])),
+                row["taker_side"],
+            )
+            for row in csv.DictReader(handle)
+        ]
+    assert await _all_stored(fresh_engine) == sorted(expected, key=lambda r: (r[4], int(r[1])))
+
+
+async def test_a_polygon_flat_file_is_recognised_with_nanosecond_sip_times_per_ticker(
+    fresh_engine: AsyncEngine,
+) -> None:
+    assert await import_cli.run(fresh_engine, _args(POLYGON)) == 0
+
+    with POLYGON.open() as handle:
+        expected = [
+            (
+                row["ticker"],
+                f"{row['exchange']}:{row['trf_id']}:{row['id']}",
+                Decimal(row["price"]),
+                Decimal(row["size"]),
+                # PostgreSQL keeps microseconds.
+                EPOCH + timedelta(microseconds=int(row["sip_timestamp"]) // 1000),
+                None,
+            )
+            for row in csv.DictReader(handle)
+        ]
+    assert await _all_stored(fresh_engine) == sorted(expected, key=lambda r: (r[0], r[4], r[1]))
+
+
+async def test_iso_timestamps_need_an_offset(
+    fresh_engine: AsyncEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    naive = tmp_path / "naive.csv"
+    naive.write_text(
+        "timestamp,price,size\n2025-01-02T10:00:00Z,1.5,2\n2025-01-02T10:00:01,1.5,2\n"
+    )
+
+    assert await import_cli.run(fresh_engine, _args(naive, symbol="NAIVE")) == 1
+    assert f"{naive}:3: timestamp '2025-01-02T10:00:01' is not ISO 8601 with an offset" in (
+        capsys.readouterr().err
+    )
+    assert await _all_stored(fresh_engine) == []
