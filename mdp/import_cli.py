@@ -14,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 from sqlalchemy.ext.asyncio import AsyncEngine
+from tqdm import tqdm
 
 from ingestion.files import COLUMNS, FORMATS, FileRefused, Options, read_trades
 from persistence.imports import BucketsTaken, TooNew, import_trades
@@ -124,15 +125,33 @@ async def _one(engine: AsyncEngine, path: Path, args: argparse.Namespace) -> dic
 
 
 async def run(engine: AsyncEngine, args: argparse.Namespace) -> int:
-    """Each file in its own transaction: a rerun after Ctrl-C skips what is stored."""
-    for path in args.files:
-        try:
-            line = await _one(engine, path, args)
-        except (FileRefused, TooNew, OSError) as exc:
-            print(f"mdp import: {exc}", file=sys.stderr)
-            return 1
-        except BucketsTaken as exc:
-            print(f"mdp import: {path}: {exc}; rerun with --repair to change them", file=sys.stderr)
-            return 1
-        print(json.dumps(line), flush=True)
+    """Each file in its own transaction: a rerun after Ctrl-C skips what is stored. A bar on
+    a terminal; a JSON line per file otherwise (and the changed minutes with --repair)."""
+    sizes = {path: path.stat().st_size if path.is_file() else 0 for path in args.files}
+    bar = tqdm(
+        total=sum(sizes.values()), unit="B", unit_scale=True, disable=not sys.stderr.isatty()
+    )
+    try:
+        for path in args.files:
+            bar.set_description(path.name)
+            try:
+                line = await _one(engine, path, args)
+            except (FileRefused, TooNew, OSError) as exc:
+                print(f"mdp import: {exc}", file=sys.stderr)
+                return 1
+            except BucketsTaken as exc:
+                print(
+                    f"mdp import: {path}: {exc}; rerun with --repair to change them",
+                    file=sys.stderr,
+                )
+                return 1
+            bar.update(sizes[path])
+            if bar.disable:
+                print(json.dumps(line), flush=True)
+            else:
+                bar.set_postfix(rows=line["rows"], stored=line["stored"])
+                for minute in line["repaired_minutes"]:
+                    bar.write(f"repaired {minute}")
+    finally:
+        bar.close()
     return 0
