@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
 from persistence.trades import VenueTrade
 
@@ -136,7 +138,11 @@ def _needed_symbol(path: Path, options: Options) -> str:
     return options.symbol
 
 
-def _moment(path: Path, line: int, raw: str, unit: str | None) -> datetime:
+def _moment(path: Path, line: int, raw: str | datetime | None, unit: str | None) -> datetime:
+    if isinstance(raw, datetime):
+        # A typed timestamp column (Parquet): naive ones are UTC, as Arrow's convention has it.
+        return raw.astimezone(UTC) if raw.tzinfo is not None else raw.replace(tzinfo=UTC)
+    raw = raw or ""
     if unit is not None:
         if not raw.isdigit():
             raise FileRefused(f"{path}:{line}: timestamp {raw!r} is not a whole number of {unit}")
@@ -162,7 +168,7 @@ def _moment(path: Path, line: int, raw: str, unit: str | None) -> datetime:
 def _headed(
     path: Path,
     options: Options,
-    venue_id: Callable[[dict[str, str]], str] | None = None,
+    venue_id: Callable[[dict[str, Any]], str] | None = None,
     extra: tuple[str, ...] = (),
 ) -> list[VenueTrade]:
     """A CSV file with a header (gzip or zstd by its extension), columns mapped to fields."""
@@ -188,11 +194,25 @@ def _headed(
         )
     except pa.ArrowInvalid as exc:
         raise FileRefused(_parse_error(path, len(header), exc)) from None
+    # Line 1 is the header.
+    return _mapped(path, table, names, options, venue_id, first=2)
+
+
+def _mapped(
+    path: Path,
+    table: pa.Table,
+    names: Mapping[str, str],
+    options: Options,
+    venue_id: Callable[[dict[str, Any]], str] | None,
+    *,
+    first: int,
+) -> list[VenueTrade]:
+    """Trades from a table whose columns are named by `names` (`first`: the first row's
+    line, or row number, for messages)."""
     if table.num_rows == 0:
         raise FileRefused(f"{path}: the file holds no trades")
-    rows = table.to_pylist()
     trades = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in enumerate(table.to_pylist(), start=first):
         symbol = row.get(names["symbol"]) or options.symbol
         if symbol is None or not _SYMBOL.match(symbol):
             raise FileRefused(f"{path}:{line}: symbol {symbol!r}: give --symbol or a column")
@@ -205,12 +225,37 @@ def _headed(
                 symbol.upper(),
                 _decimal(path, line, "price", row[names["price"]] or ""),
                 _decimal(path, line, "size", row[names["size"]] or ""),
-                _moment(path, line, row[names["timestamp"]] or "", options.time_unit),
+                _moment(path, line, row[names["timestamp"]], options.time_unit),
                 trade_id or None,
                 side,
             )
         )
     return trades
+
+
+def _parquet(path: Path, options: Options) -> list[VenueTrade]:
+    """A Parquet file, columns mapped to fields like a CSV header's. Decimal and integer
+    columns keep their exact digits; float columns (lossy already) their shortest form;
+    timestamp columns their instants; epoch numbers need --time-unit."""
+    names = {name: options.columns.get(name, name) for name in COLUMNS}
+    try:
+        schema = pq.read_schema(path)
+        for name in _REQUIRED:
+            if names[name] not in schema.names:
+                raise FileRefused(f"{path}: no column {names[name]!r} for the {name}")
+        wanted = [column for column in names.values() if column in schema.names]
+        table = pq.read_table(path, columns=wanted)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise FileRefused(f"{path}: not a Parquet file this can read ({exc})") from None
+    columns = {
+        column: (
+            table.column(column)
+            if pa.types.is_timestamp(table.schema.field(column).type)
+            else table.column(column).cast(pa.string())
+        )
+        for column in wanted
+    }
+    return _mapped(path, pa.table(columns), names, options, None, first=1)
 
 
 _POLYGON = {"timestamp": "sip_timestamp", "price": "price", "size": "size", "symbol": "ticker"}
@@ -232,6 +277,7 @@ def _polygon_trades(path: Path, options: Options) -> list[VenueTrade]:
 FORMATS: dict[str, Callable[[Path, Options], list[VenueTrade]]] = {
     "binance-trades": _binance_trades,
     "csv": _headed,
+    "parquet": _parquet,
     "polygon-trades": _polygon_trades,
 }
 

@@ -73,6 +73,8 @@ def _format(path: Path, given: str | None) -> str:
         return given
     if _BINANCE_NAME.match(path.name):
         return "binance-trades"
+    if path.suffix == ".parquet":
+        return "parquet"
     if re.search(r"\.csv(\.gz|\.zst)?$", path.name):
         try:
             header = set(pa_csv.open_csv(path).schema.names)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -300,3 +301,20 @@ async def test_iso_timestamps_need_an_offset(
         capsys.readouterr().err
     )
     assert await _all_stored(fresh_engine) == []
+
+
+PARQUET = (
+    Path(__file__).resolve().parents[1] / "fixtures" / "parquet" / "shibusd-2025-03-04.parquet"
+)
+
+
+async def test_a_parquet_file_keeps_decimal_digits_instants_ids_and_sides(
+    fresh_engine: AsyncEngine,
+) -> None:
+    assert await import_cli.run(fresh_engine, _args(PARQUET)) == 0
+
+    expected = [
+        (r["symbol"], r["trade_id"], r["price"], r["size"], r["timestamp"], r["side"])
+        for r in pq.read_table(PARQUET).to_pylist()
+    ]
+    assert await _all_stored(fresh_engine) == sorted(expected, key=lambda r: (r[4], r[1]))
