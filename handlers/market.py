@@ -32,6 +32,10 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
 
 
+def _settlement() -> timedelta:
+    return timedelta(seconds=app_state().settings.feed_settlement_seconds)
+
+
 def _cache_control(*, final: bool) -> dict[str, str]:
     """The headers a data handler returns: whether its answer is final decides how it caches."""
     return {"Cache-Control": IMMUTABLE if final else REVALIDATE}
@@ -133,7 +137,7 @@ async def list_trades(
         # serving the read decides (a replica only as far as it has replayed), before the
         # query, so that every trade before its horizon is visible to the query.
         if end_at is not None and end_at <= datetime.now(UTC) - VISIBILITY_DEADLINE:
-            final = end_at <= await finality.driver_horizon(conn)
+            final = end_at <= await finality.driver_settled(conn, code, _settlement())
         rows = await trades.list_trades(
             conn,
             symbol=code,
@@ -207,6 +211,8 @@ async def list_candles(
     hi = finality.bucket_ceil(end_at, step)
     state = app_state()
     async with state.db.connect() as conn:
+        # Before the page: what is settled then is settled in the page's later snapshot too.
+        settled = await finality.driver_settled(conn, code, _settlement())
         page = await candles.read_candle_page(
             conn, symbol=code, interval=interval, step=step, lo=lo, hi=hi, limit=limit
         )
@@ -216,8 +222,9 @@ async def list_candles(
     if page.until < hi:
         next_cursor = cursors.encode("candles", filters, (page.until, start_at, end_at))
     window = _Window(code, interval, step, start_at, end_at, limit, filters)
-    # Final when every bucket the page spans is closed: no trade can join it or start it.
-    return _candle_answer(window, "UTC", page.candles, next_cursor, final=page.closed)
+    # Final when every bucket the page spans is closed and settled: nothing can change it.
+    final = page.closed and min(page.until, hi) <= settled
+    return _candle_answer(window, "UTC", page.candles, next_cursor, final=final)
 
 
 class _Window(NamedTuple):
@@ -283,6 +290,7 @@ async def _zoned_candles(
     until = hi
     state = app_state()
     async with state.db.connect() as conn:
+        settled = await finality.driver_settled(conn, code, _settlement())
         now = await zoned.clock(conn)
         first = await zoned.first_trade(conn, code, lo, hi) if lo < hi else None
         if first is not None:
@@ -299,7 +307,11 @@ async def _zoned_candles(
         next_cursor = cursors.encode("candles", window.filters, (until, start_at, end_at))
     answered = window._replace(start=start_at, end=end_at)
     return _candle_answer(
-        answered, timezone, [row[1:] for row in rows], next_cursor, final=until <= now.horizon
+        answered,
+        timezone,
+        [row[1:] for row in rows],
+        next_cursor,
+        final=until <= min(now.horizon, settled),
     )
 
 

@@ -11,6 +11,7 @@ from prometheus_client.openmetrics import exposition as openmetrics_format
 from starlette.responses import Response
 
 from handlers.context import app_state, request_header
+from ingestion.feed import Feed
 from web.negotiation import media_range
 
 __all__ = ["get_health", "get_ingestion_status", "get_metrics", "get_root", "negotiate"]
@@ -64,7 +65,8 @@ async def get_health() -> Any:
     database_ok = probe.ok and state.db.ready
     detail = probe.detail if not probe.ok else None if state.db.ready else "starting up"
     ingestion_state = state.ingestion.state()
-    stale = ingestion_state == "stale"
+    behind = state.ingestion.feeds_behind()
+    stale = ingestion_state == "stale" or bool(behind)
     status = "fail" if not database_ok else "warn" if stale else "pass"
     body = {
         "status": status,
@@ -82,6 +84,7 @@ async def get_health() -> Any:
                 "status": "warn" if stale else "pass",
                 "state": ingestion_state,
                 "heartbeat_age_seconds": _rounded(state.ingestion.heartbeat_age()),
+                "feeds_behind": behind,
             },
         },
     }
@@ -92,7 +95,7 @@ async def get_health() -> Any:
 
 async def get_ingestion_status() -> dict[str, Any]:
     status = app_state().ingestion
-    return {
+    body: dict[str, Any] = {
         "state": status.state(),
         "role": status.role,
         "leader_since": status.leader_since,
@@ -113,6 +116,36 @@ async def get_ingestion_status() -> dict[str, Any]:
             status.trades_retention.total_seconds() if status.trades_retention else None
         ),
         "oldest_trade_kept": status.oldest_trade_kept,
+    }
+    if status.feed is not None and status.role == "leader":
+        body["feed"] = _feed(status.feed)
+    return body
+
+
+def _feed(feed: Feed) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "venue": feed.venue.name,
+        "symbols": [
+            {
+                "symbol": s.symbol,
+                "state": s.state,
+                "complete_through": s.complete_through,
+                "lag_seconds": (
+                    _rounded(max((now - s.complete_through).total_seconds(), 0.0))
+                    if s.complete_through is not None
+                    else None
+                ),
+                "reconnects_total": s.reconnects_total,
+                "recovered_total": s.recovered_total,
+                "late_total": s.late_total,
+                "duplicates_total": s.duplicates_total,
+            }
+            for s in feed.symbols.values()
+        ],
+        "malformed_total": feed.malformed_total,
+        "throttled_total": feed.rest.throttled_total,
+        "last_error": feed.last_error,
     }
 
 

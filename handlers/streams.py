@@ -40,7 +40,7 @@ def _trade_event(trade: TradeRow) -> bytes:
         "venue_trade_id": trade.venue_trade_id,
         "side": trade.side,
     }
-    return sse.event("trade", data, sse.encode_id(trade.timestamp, trade.id))
+    return sse.event("trade", data, sse.encode_id(*live.position(trade)))
 
 
 def _batch_events(batch: Batch) -> bytes:
@@ -51,7 +51,7 @@ def _batch_events(batch: Batch) -> bytes:
 
 
 def _key(trade: TradeRow) -> tuple[datetime, int]:
-    return trade.timestamp, trade.id
+    return live.position(trade)
 
 
 def _reset_event(position: tuple[datetime, int], reason: str) -> bytes:
@@ -127,7 +127,7 @@ async def _replay(
             yield trade
         if len(page) < _REPLAY_PAGE:
             return
-        after = (page[-1].timestamp, page[-1].id)
+        after = live.position(page[-1])
 
 
 async def stream_trades(

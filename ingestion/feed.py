@@ -88,6 +88,17 @@ class SymbolFeed:
     late_total: int = 0
     duplicates_total: int = 0
     resets_total: int = 0
+    # Monotonic time the symbol was last connected and caught up (or the feed was made).
+    behind_since: float = field(default_factory=time.monotonic)
+
+    def become(self, state: FeedState) -> None:
+        if self.state == "connected" and state != "connected":
+            self.behind_since = time.monotonic()
+        self.state = state
+
+    def behind_for(self) -> float:
+        """Seconds this symbol has not been connected and caught up (0 while it is)."""
+        return 0.0 if self.state == "connected" else time.monotonic() - self.behind_since
 
     @property
     def caught_up(self) -> bool:
@@ -154,13 +165,20 @@ class Feed:
     # -- the connection ---------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, resume: Mapping[str, Mark]) -> None:
-        """Ingest until `stop` is set, continuing each symbol after its stored `resume` mark."""
-        for symbol, mark in resume.items():
-            feed = self.symbols.get(symbol)
-            if feed is not None:
-                feed.contiguous = mark.last_trade_id
-                feed.complete_through = mark.complete_through
-                feed.since = mark.since
+        """Ingest until `stop` is set, continuing each symbol after its stored `resume` mark
+        (what this instance handed over in an earlier term but never stored is forgotten)."""
+        for feed in self.symbols.values():
+            mark = resume.get(feed.symbol)
+            feed.contiguous = mark.last_trade_id if mark is not None else None
+            feed.contiguous_time = None
+            feed.ahead.clear()
+            feed.want_through = None
+            feed.complete_through = mark.complete_through if mark is not None else None
+            feed.since = mark.since if mark is not None else None
+        # A client per run: the last run closed its own. The count goes on.
+        throttled = self.rest.throttled_total
+        self.rest = Rest(self.rest.base_url)
+        self.rest.throttled_total = throttled
         delay = _BACKOFF_FIRST
         try:
             while not stop.is_set():
@@ -192,7 +210,7 @@ class Feed:
     async def _session(self) -> None:
         names = sorted(self.symbols)
         for feed in self.symbols.values():
-            feed.state = "connecting"
+            feed.become("connecting")
         heartbeats = self.venue.sends_heartbeats
         async with connect(
             self.venue.stream_url(self.url, names),
@@ -224,7 +242,7 @@ class Feed:
         self.last_error = why if why != "stopped" else self.last_error
         for feed in self.symbols.values():
             if feed.state != "down":
-                feed.state = "down"
+                feed.become("down")
                 if why != "stopped":
                     feed.reconnects_total += 1
             if feed.recovering is not None:
@@ -257,7 +275,7 @@ class Feed:
         for symbol in symbols:
             feed = self.symbols[symbol]
             if feed.contiguous is None:
-                feed.state = "connected"  # nothing stored yet: ingestion starts now
+                feed.become("connected")  # nothing stored yet: ingestion starts now
             else:
                 self._recover(feed)
         missing = self._names - symbols
@@ -344,7 +362,7 @@ class Feed:
     def _recover(self, feed: SymbolFeed) -> None:
         if feed.recovering is not None and not feed.recovering.done():
             return
-        feed.state = "recovering"
+        feed.become("recovering")
         feed.recovering = asyncio.get_running_loop().create_task(
             self._recovery(feed), name=f"mdp-recover-{feed.symbol}"
         )
@@ -401,7 +419,7 @@ class Feed:
                     "%s feed: recovered %d trades of %s", self.venue.name, fetched, feed.symbol
                 )
             if feed.caught_up:
-                feed.state = "connected"
+                feed.become("connected")
                 feed.recovering = None
                 self._advance_watermark(feed)
                 return

@@ -16,7 +16,7 @@ from persistence.database import describe_error, is_unavailable
 from persistence.finality import VISIBILITY_DEADLINE
 from persistence.trades import insert_live_batch, last_prices
 
-__all__ = ["Ingestor"]
+__all__ = ["BatchRefused", "BatchTooLate", "IngestionLoop", "Ingestor"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,19 +29,15 @@ class BatchRefused(RuntimeError):
     """The database refused the batch: not the leader any more, or not newer than the last."""
 
 
-class Ingestor:
-    """Writes through its own engine (one connection) so read traffic can never starve it."""
+class IngestionLoop:
+    """One batch per interval from a source, written through its own engine (one connection)
+    so read traffic can never starve it; only while this instance leads."""
 
     def __init__(
-        self,
-        engine: AsyncEngine,
-        generator: TradeGenerator,
-        status: IngestionStatus,
-        leader: LeaderLock | None = None,
+        self, engine: AsyncEngine, status: IngestionStatus, leader: LeaderLock | None = None
     ) -> None:
         """Without a `leader`, this is the only writer (no election)."""
         self.engine = engine
-        self.generator = generator
         self.status = status
         self.leader = leader
         # Candles: a quarter of each cycle at most, so the next batch still starts on time.
@@ -49,34 +45,11 @@ class Ingestor:
         self._resumed = False
 
     async def run_once(self) -> int:
-        """Generate and store one batch; on any failure nothing is stored and the walk rewinds."""
-        if not self._resumed:
-            # After a restart each walk continues from its symbol's last stored price.
-            async with self.engine.connect() as conn:
-                self.generator.resume(await last_prices(conn, list(self.generator.walks)))
-            self._resumed = True
-        snapshot = self.generator.snapshot()
-        stamped = datetime.now(UTC)
-        try:
-            async with self.engine.begin() as conn:
-                size = await insert_live_batch(
-                    conn,
-                    self.generator.batch(stamped),
-                    stamped=stamped,
-                    leader_pid=self.leader.backend_pid if self.leader is not None else None,
-                    lock_key=LEADER_LOCK_KEY,
-                )
-                if not size:
-                    raise BatchRefused("not the leader any more, or not newer than the last batch")
-                if datetime.now(UTC) - stamped > VISIBILITY_DEADLINE / 2:
-                    # Readers treat buckets older than the deadline as final: never let a
-                    # slow commit add trades behind their back. Roll back; the next cycle retries.
-                    raise BatchTooLate(f"batch took longer than {VISIBILITY_DEADLINE / 2}")
-        except BaseException:
-            self.generator.restore(snapshot)
-            raise
-        self.status.record_success(size)
-        return size
+        """Store one batch; returns how many trades it stored."""
+        raise NotImplementedError
+
+    async def stop_source(self) -> None:
+        """This instance stopped leading, or the loop ends: let go of the source."""
 
     def _fail(self, exc: Exception) -> None:
         error = describe_error(exc)
@@ -108,10 +81,13 @@ class Ingestor:
             # Cannot even tell who leads: this instance is not ingesting, and that is a failure.
             self.status.became(None, None)
             self._fail(exc)
+            await self.stop_source()
             return False
         if leading and not was_leader:
-            # Taking over: continue from the prices the previous leader stored.
+            # Taking over: continue from what the previous leader stored.
             self._resumed = False
+        if was_leader and not leading:
+            await self.stop_source()
         self.status.became("leader" if leading else "standby", self.leader.leader_since)
         return leading
 
@@ -142,6 +118,51 @@ class Ingestor:
                     pass
         finally:
             self.status.stopped = True
+            await self.stop_source()
             if self.leader is not None:
                 # Hand over at once rather than when the session times out.
                 await self.leader.release()
+
+
+class Ingestor(IngestionLoop):
+    """The synthetic source: a batch of walk steps per interval, all stamped alike."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        generator: TradeGenerator,
+        status: IngestionStatus,
+        leader: LeaderLock | None = None,
+    ) -> None:
+        super().__init__(engine, status, leader)
+        self.generator = generator
+
+    async def run_once(self) -> int:
+        """Generate and store one batch; on any failure nothing is stored and the walk rewinds."""
+        if not self._resumed:
+            # After a restart each walk continues from its symbol's last stored price.
+            async with self.engine.connect() as conn:
+                self.generator.resume(await last_prices(conn, list(self.generator.walks)))
+            self._resumed = True
+        snapshot = self.generator.snapshot()
+        stamped = datetime.now(UTC)
+        try:
+            async with self.engine.begin() as conn:
+                size = await insert_live_batch(
+                    conn,
+                    self.generator.batch(stamped),
+                    stamped=stamped,
+                    leader_pid=self.leader.backend_pid if self.leader is not None else None,
+                    lock_key=LEADER_LOCK_KEY,
+                )
+                if not size:
+                    raise BatchRefused("not the leader any more, or not newer than the last batch")
+                if datetime.now(UTC) - stamped > VISIBILITY_DEADLINE / 2:
+                    # Readers treat buckets older than the deadline as final: never let a
+                    # slow commit add trades behind their back. Roll back; the next cycle retries.
+                    raise BatchTooLate(f"batch took longer than {VISIBILITY_DEADLINE / 2}")
+        except BaseException:
+            self.generator.restore(snapshot)
+            raise
+        self.status.record_success(size)
+        return size

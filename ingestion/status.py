@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from ingestion.feed import Feed
 
 __all__ = ["IngestionRole", "IngestionState", "IngestionStatus"]
 
@@ -37,6 +40,10 @@ class IngestionStatus:
     # Candles materialised by this instance (as leader): the watermark it last saw.
     candles_until: datetime | None = None
     candle_failures_total: int = 0
+    # The venue feed, when FEED names one (its per-symbol state is reported as is).
+    feed: Feed | None = None
+    # Venue trades stored into buckets whose candles were already materialised (revised).
+    late_prints_total: int = 0
     # TRADES_RETENTION, and the oldest trade kept as the leader's housekeeping last saw it.
     trades_retention: timedelta | None = None
     oldest_trade_kept: datetime | None = None
@@ -66,6 +73,14 @@ class IngestionStatus:
             self.started_monotonic = time.monotonic()
         self.role = role
         self.leader_since = since
+
+    def feeds_behind(self) -> list[str]:
+        """Venue symbols not connected and caught up for longer than the stale window (only
+        the leader runs the feed)."""
+        if self.feed is None or self.role != "leader":
+            return []
+        limit = self.stale_after_seconds
+        return [s.symbol for s in self.feed.symbols.values() if s.behind_for() > limit]
 
     def heartbeat_age(self) -> float | None:
         """Seconds since the last committed batch (monotonic: immune to clock steps)."""

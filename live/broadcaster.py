@@ -12,6 +12,7 @@ from datetime import datetime
 from errors import KeyStreamsAtCapacity, StreamsAtCapacity
 from live.shared_reads import SharedReads
 from persistence.budget import Budget, Claim
+from persistence.live import position
 from persistence.trades import TradeRow
 
 __all__ = ["Batch", "Broadcaster", "Ended", "Reset", "Subscription"]
@@ -48,6 +49,7 @@ Item = Batch | Reset | Ended
 
 
 def _key(trade: TradeRow) -> tuple[datetime, int]:
+    """Which of two trades of a symbol is the newer (the latest price)."""
     return trade.timestamp, trade.id
 
 
@@ -55,7 +57,7 @@ def _batch(symbols: frozenset[str], by_symbol: Mapping[str, list[TradeRow]]) -> 
     matched = symbols & by_symbol.keys()
     if len(matched) == 1:
         return Batch(by_symbol[next(iter(matched))])  # one symbol's trades: already in order
-    return Batch(sorted((t for s in matched for t in by_symbol[s]), key=_key))
+    return Batch(sorted((t for s in matched for t in by_symbol[s]), key=position))
 
 
 class Subscription:
@@ -194,7 +196,7 @@ class Broadcaster:
         if not trades:
             return
         self._merge(trades)
-        self.position = _key(trades[-1])
+        self.position = position(trades[-1])
         by_symbol: dict[str, list[TradeRow]] = {}
         for trade in trades:
             by_symbol.setdefault(trade.symbol, []).append(trade)

@@ -9,6 +9,7 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from decimal import Decimal
 from types import FrameType
 from typing import Any
@@ -16,11 +17,14 @@ from typing import Any
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ingestion.feed import Feed, Intake
 from ingestion.generator import TradeGenerator
 from ingestion.housekeeping import TradeHousekeeping
 from ingestion.leader import LeaderLock
-from ingestion.loop import Ingestor
+from ingestion.loop import IngestionLoop, Ingestor
+from ingestion.sources import venue
 from ingestion.status import IngestionStatus
+from ingestion.venue_loop import VenueIngestor
 from live.broadcaster import Broadcaster
 from live.listener import Listener
 from mdp.database import database_server, open_engine, open_read_pool
@@ -87,16 +91,31 @@ async def _bootstrap(settings: Settings, db: Database, writes: AsyncEngine, guar
 async def _ingest(
     settings: Settings, writes: AsyncEngine, status: IngestionStatus, stop: asyncio.Event
 ) -> None:
-    generator = TradeGenerator(
-        {s.symbol: Decimal(str(s.start_price)) for s in settings.symbols},
-        seed=settings.ingestion_seed,
-        max_trades_per_symbol=settings.ingestion_max_trades_per_symbol,
-    )
     leader = LeaderLock(
         writes.url,
         connect_timeout=settings.db_connect_timeout_seconds,
         timeout=max(settings.ingestion_interval_seconds, 1.0),
     )
+    loop: IngestionLoop
+    if settings.feed == "synthetic":
+        generator = TradeGenerator(
+            {s.symbol: Decimal(str(s.start_price)) for s in settings.symbols},
+            seed=settings.ingestion_seed,
+            max_trades_per_symbol=settings.ingestion_max_trades_per_symbol,
+        )
+        loop = Ingestor(writes, generator, status, leader)
+    else:
+        source = venue(settings.feed)
+        feed = Feed(
+            source,
+            (s.symbol for s in settings.symbols),
+            url=settings.feed_url or source.default_url,
+            rest_url=settings.feed_rest_url or source.default_rest_url,
+            stall_seconds=settings.feed_stall_seconds,
+            lateness=timedelta(seconds=settings.feed_lateness_seconds),
+            intake=Intake(),
+        )
+        loop = VenueIngestor(writes, feed, status, leader)
     housekeeping = TradeHousekeeping(
         dedicated_connection(
             writes.url,
@@ -106,10 +125,9 @@ async def _ingest(
         status=status,
         leading=lambda: leader.is_leader,
     )
-    logger.info("ingestion started: every %gs", settings.ingestion_interval_seconds)
-    await asyncio.gather(
-        Ingestor(writes, generator, status, leader).run(stop), housekeeping.run(stop)
-    )
+    interval = settings.ingestion_interval_seconds
+    logger.info("ingestion started: %s, a batch every %gs", settings.feed, interval)
+    await asyncio.gather(loop.run(stop), housekeeping.run(stop))
 
 
 async def _run(

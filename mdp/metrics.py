@@ -22,6 +22,7 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
+from ingestion.feed import Feed
 from ingestion.status import IngestionStatus
 from live.broadcaster import Broadcaster
 from mdp.http_protocol import closed_connections
@@ -94,6 +95,8 @@ class _StateCollector(Collector):
             "1 when this instance is the ingestion leader.",
             1 if status.role == "leader" else 0,
         )
+        if status.feed is not None and status.role == "leader":
+            yield from _feed_metrics(status.feed)
         checked_out = GaugeMetricFamily(
             "mdp_db_pool_checked_out", "Connections in use.", labels=["pool"]
         )
@@ -134,6 +137,58 @@ class _StateCollector(Collector):
         for reason, count in closed_connections.items():
             closed.add_metric([reason], count)
         yield closed
+
+
+def _feed_metrics(feed: Feed) -> Iterator[Metric]:
+    """The venue feed per symbol (only the leader runs it)."""
+    labels = ["venue", "symbol"]
+    state = GaugeMetricFamily(
+        "mdp_feed_state",
+        "1 for the feed state each symbol is in (connecting, connected, recovering, down).",
+        labels=[*labels, "state"],
+    )
+    through = GaugeMetricFamily(
+        "mdp_feed_complete_through_seconds",
+        "Watermark (Unix time): every trade the venue stamped up to it is stored.",
+        labels=labels,
+    )
+    counters = {
+        "reconnects_total": CounterMetricFamily(
+            "mdp_feed_reconnects", "Venue connections lost (drops, stalls).", labels=labels
+        ),
+        "recovered_total": CounterMetricFamily(
+            "mdp_feed_recovered_trades", "Trades recovered from venue REST history.", labels=labels
+        ),
+        "late_total": CounterMetricFamily(
+            "mdp_feed_late_trades", "Trades stamped within an already final range.", labels=labels
+        ),
+        "duplicates_total": CounterMetricFamily(
+            "mdp_feed_duplicate_trades", "Re-delivered venue trades skipped.", labels=labels
+        ),
+    }
+    venue = feed.venue.name
+    for symbol in feed.symbols.values():
+        for name in ("connecting", "connected", "recovering", "down"):
+            state.add_metric([venue, symbol.symbol, name], 1 if symbol.state == name else 0)
+        if symbol.complete_through is not None:
+            through.add_metric([venue, symbol.symbol], symbol.complete_through.timestamp())
+        for attribute, family in counters.items():
+            family.add_metric([venue, symbol.symbol], getattr(symbol, attribute))
+    yield state
+    yield through
+    yield from counters.values()
+    malformed = CounterMetricFamily(
+        "mdp_feed_malformed_messages",
+        "Venue messages skipped as unusable (logged, truncated).",
+        labels=["venue"],
+    )
+    malformed.add_metric([venue], feed.malformed_total)
+    throttled = CounterMetricFamily(
+        "mdp_feed_throttled_requests", "Venue REST answers 429/418, waited out.", labels=["venue"]
+    )
+    throttled.add_metric([venue], feed.rest.throttled_total)
+    yield malformed
+    yield throttled
 
 
 class _Latency:

@@ -15,10 +15,12 @@ from dataclasses import Field, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from ingestion.sources import FEEDS, VENUES
 from persistence.trades import LIVE_RETENTION
 
 __all__ = [
@@ -191,6 +193,22 @@ def _choice(choices: tuple[str, ...], *, case: Callable[[str], str] = str.lower)
     return parse
 
 
+def _url(*schemes: str) -> Parse[str]:
+    def parse(name: str, raw: str) -> str:
+        parts = urlsplit(raw)
+        try:
+            parts.port  # noqa: B018 - reading it is the check
+        except ValueError:
+            raise SettingsError(f"{name} has an invalid port, got {raw!r}") from None
+        if parts.scheme not in schemes or not parts.hostname:
+            raise SettingsError(
+                f"{name} must be a {' or '.join(schemes)} URL with a host, got {raw!r}"
+            )
+        return raw
+
+    return parse
+
+
 def _symbols(name: str, raw: str) -> tuple[SymbolSpec, ...]:
     defaults = {spec.symbol: spec for spec in DEFAULT_SYMBOLS}
     specs: dict[str, SymbolSpec] = {}
@@ -338,8 +356,50 @@ class Settings:
         "SYMBOLS",
         DEFAULT_SYMBOLS,
         _symbols,
-        "comma-separated `CODE` or `CODE:Name`",
-        shown=f"`{','.join(spec.symbol for spec in DEFAULT_SYMBOLS)}`",
+        "comma-separated `CODE` or `CODE:Name`; with a venue `FEED`, required: its products as"
+        " it spells them (`BTC-USD` on Coinbase, `BTCUSDT` on Binance)",
+        shown=f"`{','.join(spec.symbol for spec in DEFAULT_SYMBOLS)}` (synthetic only)",
+    )
+    feed: str = setting(
+        "FEED",
+        "synthetic",
+        _choice(FEEDS),
+        "where trades come from: `synthetic` (a random walk), or a venue's public market data:"
+        " `coinbase` (Exchange `matches` channel), `binance` (Spot `<symbol>@trade`)",
+    )
+    feed_url: str | None = setting(
+        "FEED_URL",
+        None,
+        _url("ws", "wss"),
+        "the venue's WebSocket endpoint (a proxy, a regional endpoint, a test server)",
+        shown="the venue's documented public one",
+    )
+    feed_rest_url: str | None = setting(
+        "FEED_REST_URL",
+        None,
+        _url("http", "https"),
+        "the venue's REST endpoint, for recovering gaps from its trade history",
+        shown="the venue's documented public one",
+    )
+    feed_stall_seconds: float = setting(
+        "FEED_STALL_SECONDS",
+        10.0,
+        _float(0.1),
+        "a venue connection with no message and no heartbeat for this long is stalled:"
+        " replaced, and the gap recovered",
+    )
+    feed_lateness_seconds: float = setting(
+        "FEED_LATENESS_SECONDS",
+        2.0,
+        _float(0),
+        "lateness allowance: a venue symbol is complete through the venue's clock less this",
+    )
+    feed_settlement_seconds: float = setting(
+        "FEED_SETTLEMENT_SECONDS",
+        3600.0,
+        _float(0),
+        "settlement horizon: a venue symbol's answers are cached as `immutable` only once they"
+        " ended this long before its watermark (a late print may still revise a final candle)",
     )
     trades_retention: timedelta | None = setting(
         "TRADES_RETENTION",
@@ -517,7 +577,25 @@ class Settings:
                 values[name] = None
         settings = cls(**values)
         settings._check_read_database()
+        settings._check_feed(symbols_given="symbols" in values)
         return settings
+
+    def _check_feed(self, *, symbols_given: bool) -> None:
+        if self.feed == "synthetic":
+            for name, value in (("FEED_URL", self.feed_url), ("FEED_REST_URL", self.feed_rest_url)):
+                if value is not None:
+                    raise SettingsError(f"{name} needs FEED to name a venue ({', '.join(VENUES)})")
+            return
+        if not symbols_given:
+            raise SettingsError(f"SYMBOLS is required with FEED={self.feed}: the venue's products")
+        pattern = VENUES[self.feed].product_pattern
+        for spec in self.symbols:
+            if not pattern.match(spec.symbol):
+                # Syntax only: whether the venue lists it shows when subscribing (a feed state).
+                raise SettingsError(
+                    f"SYMBOLS entry {spec.symbol!r} is not a {self.feed} product name"
+                    f" (as the venue spells it: {pattern.pattern})"
+                )
 
     def _check_read_database(self) -> None:
         if self.database_read_url is not None and self.database_url is None:

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import DateTime, TypeEngine
 
 from errors import SymbolNotFound
-from persistence.finality import HORIZON_SQL, WATERMARK_SQL, bin_sql
+from persistence.finality import WATERMARK_SQL, bin_sql, symbol_horizon_sql
 from persistence.models import VWAP_SCALE
 
 __all__ = [
@@ -152,7 +152,8 @@ _CANDLE_COLUMNS = "c.symbol, c.timestamp, c.open, c.high, c.low, c.close, c.volu
 _PAGE, _PAGE_PARAMETERS = _positional(
     f"""
     WITH clock AS MATERIALIZED (
-        SELECT {bin_sql(":step", HORIZON_SQL)} AS final, {WATERMARK_SQL} AS minutes_done
+        SELECT {bin_sql(":step", symbol_horizon_sql(":symbol"))} AS final,
+               {WATERMARK_SQL} AS minutes_done
     ), page AS MATERIALIZED (
         SELECT first.lo, least(:hi, first.lo + :step * :limit) AS hi, clock.final,
                clock.minutes_done, {bin_sql(":step", "clock.minutes_done")} AS done

@@ -10,6 +10,19 @@
   deadline was committed before that transaction, hence replayed: a lagging replica only ever
   reports fewer buckets final, never one it has not received all trades of. A standby that has
   replayed nothing since it started reports nothing final.
+- A venue feed's symbol is final only as far as its own watermark says too: `feed_watermarks`
+  holds, per symbol, the time up to which every venue trade is stored (`complete_through`),
+  committed in the same transaction as those trades, and read by the same statement that
+  judges `closed` (`symbol_horizon_sql`), so no database, primary or replica, ever sees a
+  watermark ahead of its own data. It stands still while the feed is down or recovering.
+  Symbols without a row (the synthetic walk) keep the clock rule alone. Materialisation is
+  final for every symbol at once (`MATERIALISE_HORIZON_SQL`): the slowest feed holds it back,
+  and reads aggregate the rest from trades meanwhile.
+- A print that still arrives for a final bucket (a venue's late print, beyond the lateness
+  allowance) is stored and counted, and its bucket's candles are recomputed in the same
+  transaction: a final candle may still be revised, which is why a venue symbol's answers are
+  cached as immutable only once they ended a settlement horizon before its watermark
+  (`driver_settled`, `FEED_SETTLEMENT_SECONDS`).
 - `ingestion_state.candles_until` is the materialisation watermark: every 1m bucket starting
   before it, and every longer bucket ending at or before it, is in `candles` for every symbol
   (NULL: nothing yet). A final bucket below the watermark without a row had no trades.
@@ -27,6 +40,7 @@ __all__ = [
     "BASE",
     "EPOCH",
     "HORIZON_SQL",
+    "MATERIALISE_HORIZON_SQL",
     "INTERVALS",
     "VISIBILITY_DEADLINE",
     "WATERMARK_SQL",
@@ -34,7 +48,11 @@ __all__ = [
     "bucket_ceil",
     "bucket_floor",
     "driver_horizon",
+    "driver_settled",
+    "driver_symbol_horizon",
+    "feed_watermark_sql",
     "horizon",
+    "symbol_horizon_sql",
 ]
 
 VISIBILITY_DEADLINE = timedelta(seconds=2)
@@ -59,6 +77,30 @@ HORIZON_SQL = f"""(
          THEN coalesce(pg_last_xact_replay_timestamp(), TIMESTAMPTZ '1970-01-01 00:00:00+00')
          ELSE now()
     END - {_DEADLINE_SQL}
+)"""
+
+_EPOCH_SQL = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
+
+
+def feed_watermark_sql(symbol: str) -> str:
+    """SQL for the venue feed's watermark of `symbol` (an SQL expression): NULL without a
+    feed row (the synthetic walk), the epoch before the feed has one."""
+    return (
+        f"(SELECT coalesce(w.complete_through, {_EPOCH_SQL}) FROM feed_watermarks AS w"
+        f" WHERE w.symbol = {symbol})"
+    )
+
+
+def symbol_horizon_sql(symbol: str) -> str:
+    """SQL for the horizon of `symbol`: the clock's, held back by its feed's watermark
+    (`least` ignores the NULL of a symbol without one)."""
+    return f"least({HORIZON_SQL}, {feed_watermark_sql(symbol)})"
+
+
+# Final for every symbol: what materialisation may treat as final.
+MATERIALISE_HORIZON_SQL = f"""least(
+    {HORIZON_SQL},
+    (SELECT min(coalesce(complete_through, {_EPOCH_SQL})) FROM feed_watermarks)
 )"""
 
 # The watermark, with "nothing materialised" as a time before any trade a request can name.
@@ -101,5 +143,31 @@ async def horizon(conn: AsyncConnection) -> datetime:
 async def driver_horizon(conn: asyncpg.Connection) -> datetime:
     """`horizon` through a bare asyncpg connection (the hot reads' path)."""
     value = await conn.fetchval(_HORIZON)
+    assert isinstance(value, datetime)
+    return value
+
+
+_SYMBOL_HORIZON = f"SELECT {symbol_horizon_sql('$1::varchar')}"
+
+
+async def driver_symbol_horizon(conn: asyncpg.Connection, symbol: str) -> datetime:
+    """The horizon of `symbol` (its feed's watermark included) through asyncpg."""
+    value = await conn.fetchval(_SYMBOL_HORIZON, symbol)
+    assert isinstance(value, datetime)
+    return value
+
+
+_SETTLED = f"""SELECT least(
+    {HORIZON_SQL},
+    (SELECT coalesce(w.complete_through, {_EPOCH_SQL}) - $2::interval
+     FROM feed_watermarks AS w WHERE w.symbol = $1::varchar)
+)"""
+
+
+async def driver_settled(conn: asyncpg.Connection, symbol: str, settlement: timedelta) -> datetime:
+    """Answers about `symbol` ending at or before this never change again: may be cached as
+    immutable. The horizon for the synthetic walk (nothing arrives late); for a venue symbol,
+    `settlement` before its watermark (a late print may still revise a final candle)."""
+    value = await conn.fetchval(_SETTLED, symbol, settlement)
     assert isinstance(value, datetime)
     return value

@@ -1,8 +1,9 @@
 """Live batches: parsing their NOTIFY payloads, and reading back the trades they carried.
 
-A live batch is exactly the trades whose timestamp is the batch's stamp and whose id lies in
-the batch's [first_id, last_id] (backfill may take ids in that range concurrently, but never
-with that timestamp: it writes only before the oldest stored trade, or 2 s short of now).
+A live batch is exactly the trades whose id lies in the batch's [first_id, last_id] and whose
+timestamp is the batch's stamp (synthetic) or that carry a venue trade id (a venue batch).
+Backfill may take ids in that range concurrently, but never with that timestamp (it writes
+only before the oldest stored trade, or 2 s short of now) nor with a venue id.
 Streams resume from `live_batches`, so backfilled history can never reach a live client.
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "newest_position",
     "oldest_live_batch",
     "parse_notice",
+    "position",
     "trades_after",
 ]
 
@@ -35,15 +37,19 @@ _COLUMNS = (
     "t.id, t.symbol, t.price::float8, t.volume::float8, t.timestamp, t.venue_trade_id, t.side"
 )
 
-# Trades of the live batches after a position (stamp, id), in stream order. The position's
-# own batch is included from the trade after `id`, so a resume is exact mid-batch.
+# Trades of the live batches after a position (stamp, id), in stream order: commit order,
+# batch by batch, by id within one. The position's own batch is included from the trade after
+# `id`, so a resume is exact mid-batch. A synthetic batch's trades carry its stamp; a venue
+# batch's keep their venue timestamps (recovered ones older than live ones committed
+# before) and are the venue trades in its id range.
 _AFTER = f"""
-    SELECT {_COLUMNS}
+    SELECT {_COLUMNS}, b.stamped
     FROM live_batches b
-    JOIN trades t ON t.id BETWEEN b.first_id AND b.last_id AND t.timestamp = b.stamped
-    WHERE b.stamped >= $1 AND (t.timestamp, t.id) > ($1, $2)
+    JOIN trades t ON t.id BETWEEN b.first_id AND b.last_id
+        AND (t.timestamp = b.stamped OR t.venue_trade_id IS NOT NULL)
+    WHERE b.stamped >= $1 AND (b.stamped, t.id) > ($1, $2)
       AND ($3::varchar[] IS NULL OR t.symbol = ANY($3::varchar[]))
-    ORDER BY t.timestamp, t.id
+    ORDER BY b.stamped, t.id
     LIMIT $4
 """
 
@@ -77,7 +83,13 @@ def parse_notice(payload: str) -> BatchNotice | None:
 
 
 def _trade(row: asyncpg.Record, offset: int = 0) -> TradeRow:
-    return TradeRow(*(row[offset + i] for i in range(len(TradeRow._fields))))
+    # Every field but `stamped`, which only live reads add (after them).
+    return TradeRow(*(row[offset + i] for i in range(len(TradeRow._fields) - 1)))
+
+
+def position(trade: TradeRow) -> tuple[datetime, int]:
+    """Where a live trade stands in stream (commit) order: its batch's stamp and its id."""
+    return (trade.stamped or trade.timestamp), trade.id
 
 
 async def trades_after(
@@ -87,9 +99,10 @@ async def trades_after(
     symbols: Sequence[str] | None = None,
     limit: int,
 ) -> list[TradeRow]:
-    """Live trades after `after` = (stamp, id) in (timestamp, id) order, at most `limit`."""
+    """Live trades after the position `after` = (stamp, id) in stream order, at most `limit`,
+    each with its batch's stamp."""
     rows = await conn.fetch(_AFTER, after[0], after[1], symbols, limit)
-    return [_trade(row) for row in rows]
+    return [TradeRow(*row) for row in rows]
 
 
 async def oldest_live_batch(conn: asyncpg.Connection) -> datetime | None:

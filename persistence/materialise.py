@@ -20,7 +20,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.candles import MINUTES_FROM_TRADES, ROLL_UP, typed
-from persistence.finality import BASE, HORIZON_SQL, INTERVALS, bin_sql, bucket_floor
+from persistence.finality import (
+    BASE,
+    INTERVALS,
+    MATERIALISE_HORIZON_SQL,
+    bin_sql,
+    bucket_floor,
+)
 from persistence.models import VWAP_SCALE
 
 __all__ = ["Advance", "advance_watermark", "lock_candles", "rematerialise"]
@@ -78,7 +84,7 @@ _try_lock_all = text(
 # symbol (nothing before it to materialise), at the horizon without trades. Never later than
 # the horizon: the watermark only ever covers final buckets. Once set, the WHERE matches no
 # row and locks none (live batches update this row every cycle).
-_HORIZON_MINUTE = bin_sql("INTERVAL '1 minute'", HORIZON_SQL)
+_HORIZON_MINUTE = bin_sql("INTERVAL '1 minute'", MATERIALISE_HORIZON_SQL)
 _initialise = text(
     f"""
     UPDATE ingestion_state SET candles_until = least(

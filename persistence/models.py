@@ -29,6 +29,8 @@ __all__ = [
     "ApiKeyChanges",
     "Base",
     "Candle",
+    "FeedWatermark",
+    "IngestionInterval",
     "IngestionState",
     "LiveBatch",
     "Symbol",
@@ -214,3 +216,29 @@ class LiveBatch(Base):
     last_id: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (CheckConstraint("first_id <= last_id", name="id_range"),)
+
+
+class FeedWatermark(Base):
+    """How far a venue feed has stored a symbol (see migration 0010 and persistence.feeds)."""
+
+    __tablename__ = "feed_watermarks"
+
+    symbol: Mapped[str] = mapped_column(String(16), primary_key=True)
+    feed: Mapped[str] = mapped_column(String(16))
+    last_trade_id: Mapped[int] = mapped_column(BigInteger)
+    complete_through: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class IngestionInterval(Base):
+    """An unbroken stretch during which a venue feed stored every trade of a symbol."""
+
+    __tablename__ = "ingestion_intervals"
+
+    symbol: Mapped[str] = mapped_column(String(16), primary_key=True)
+    feed: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    complete_through: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (CheckConstraint("started_at <= complete_through", name="ordered"),)

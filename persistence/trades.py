@@ -64,6 +64,9 @@ class TradeRow(NamedTuple):
     timestamp: datetime
     venue_trade_id: str | None
     side: str | None
+    # Live reads only: the stamp of the batch that stored it (streams follow commit order,
+    # and a venue batch holds many venue timestamps). None elsewhere.
+    stamped: datetime | None = None
 
 
 class NewTrade(NamedTuple):

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import asyncpg
 
 from persistence.candles import MINUTES_FROM_TRADES
-from persistence.finality import HORIZON_SQL, WATERMARK_SQL
+from persistence.finality import HORIZON_SQL, WATERMARK_SQL, feed_watermark_sql
 from persistence.models import VWAP_SCALE
 
 __all__ = [
@@ -166,7 +166,8 @@ _ROLLED = f"""{_MINUTES}
     GROUP BY 1, 2
 """
 _START = f"{_S}[r.n]"
-_CLOSED = f"{_S}[r.n + 1] <= $3::timestamptz"
+# $3 is the clock's horizon; a venue symbol's own watermark holds it back, read here.
+_CLOSED = f"{_S}[r.n + 1] <= least($3::timestamptz, {feed_watermark_sql('r.symbol')})"
 _RFC3339 = f"to_char({_START} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 _SHAPES = {
     # JSON operations: exact prices as float8 (PostgreSQL prints their shortest form).

@@ -123,6 +123,7 @@ def test_health_passes_with_ingestion_disabled(client: TestClient):
         "status": "pass",
         "state": "disabled",
         "heartbeat_age_seconds": None,
+        "feeds_behind": [],
     }
 
 
@@ -159,6 +160,7 @@ def test_health_warns_when_ingestion_is_stale(rejecting_database_url: URL):
         "status": "warn",
         "state": "stale",
         "heartbeat_age_seconds": None,
+        "feeds_behind": [],
     }
     assert ingestion["state"] == "stale"
     assert ingestion["batches_total"] == 0

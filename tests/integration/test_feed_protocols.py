@@ -46,7 +46,7 @@ class Collected:
 
 @asynccontextmanager
 async def running(
-    server: VenueServer, resume: dict[str, Mark] | None = None, *, stall: float = 1.0
+    server: VenueServer, resume: dict[str, Mark] | None = None, *, stall: float = 5.0
 ) -> AsyncIterator[tuple[Feed, Collected]]:
     intake = Intake()
     feed = Feed(
@@ -186,6 +186,7 @@ async def test_bad_messages_are_counted_and_skipped(server: VenueServer) -> None
         await wait_until_async(lambda: feed.malformed_total, lambda n: n >= 3, what="counted")
 
 
+@pytest.mark.timing
 async def test_a_stalled_coinbase_connection_is_replaced() -> None:
     with venue_server("coinbase", ["BTC-USD"]) as server:
         async with running(server, stall=0.5) as (feed, collected):

@@ -15,9 +15,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingestion.generator import TradeGenerator
-from ingestion.loop import Ingestor
+from ingestion.loop import BatchTooLate, Ingestor
 from ingestion.status import IngestionStatus
 from ingestion.walk import TICK
+from persistence.finality import VISIBILITY_DEADLINE
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, insert_live_batch
 from tests.support import wait_until_async
@@ -229,3 +230,35 @@ async def test_run_keeps_going_through_failures_and_stops_when_cancelled(
     for code in BASES:
         max_step = generator.walks[code].max_step_ticks * TICK
         assert _largest_move(stored, code) <= max_step, code
+
+
+@pytest.mark.timing
+async def test_a_batch_that_commits_too_late_is_rolled_back(ingest_engine: AsyncEngine) -> None:
+    """Readers take buckets older than the visibility deadline as final: a synthetic batch
+    that could not commit within half of it must leave nothing behind."""
+    ingestor, generator, status = _ingestor(ingest_engine)
+    await ingestor.run_once()
+    stored = await _count(ingest_engine)
+    walk_before = generator.snapshot()
+    async with ingest_engine.connect() as blocker:
+        # The batch's claim on the state row waits behind this lock.
+        await blocker.execute(text("SELECT 1 FROM ingestion_state WHERE id = 1 FOR UPDATE"))
+        batch = asyncio.create_task(ingestor.run_once())
+
+        async def waiting() -> bool:
+            return bool(
+                await blocker.scalar(
+                    # pg_locks, not pg_stat_activity: that one is a snapshot per transaction.
+                    text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                )
+            )
+
+        await wait_until_async(waiting, what="the batch waiting for its claim")
+        # The slow commit is what is tested: time must pass, past half the deadline.
+        await asyncio.sleep(VISIBILITY_DEADLINE.total_seconds() / 2 + 0.1)
+        await blocker.rollback()
+    with pytest.raises(BatchTooLate):
+        await batch
+    assert await _count(ingest_engine) == stored
+    assert generator.snapshot() == walk_before
+    assert status.batches_total == 1

@@ -80,6 +80,20 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("id", "smallint", None, "NO"),
         ("version", "bigint", None, "NO"),
     ],
+    "feed_watermarks": [
+        ("symbol", "character varying", 16, "NO"),
+        ("feed", "character varying", 16, "NO"),
+        ("last_trade_id", "bigint", None, "NO"),
+        ("complete_through", "timestamp with time zone", None, "YES"),
+        ("since", "timestamp with time zone", None, "NO"),
+        ("updated_at", "timestamp with time zone", None, "NO"),
+    ],
+    "ingestion_intervals": [
+        ("symbol", "character varying", 16, "NO"),
+        ("feed", "character varying", 16, "NO"),
+        ("started_at", "timestamp with time zone", None, "NO"),
+        ("complete_through", "timestamp with time zone", None, "NO"),
+    ],
 }
 
 _COLUMNS = text(
@@ -242,6 +256,9 @@ async def test_upgrade_creates_foreign_keys_checks_and_id_sequence(empty_databas
         ("candles", "ck_candles_interval"): "c",
         ("candles", "fk_candles_symbol_symbols"): "f",
         ("candles", "pk_candles"): "p",
+        ("feed_watermarks", "pk_feed_watermarks"): "p",
+        ("ingestion_intervals", "ck_ingestion_intervals_ordered"): "c",
+        ("ingestion_intervals", "pk_ingestion_intervals"): "p",
         ("ingestion_state", "ck_ingestion_state_single_row"): "c",
         ("ingestion_state", "pk_ingestion_state"): "p",
         ("live_batches", "ck_live_batches_id_range"): "c",

@@ -114,6 +114,28 @@ class VenueServer:
             self.send(trade)
         return trade
 
+    def burst(self, count: int, *, publish: bool = True) -> int:
+        """Print `count` trades spread over the products, in one go (a load generator);
+        returns how many."""
+        now = datetime.now(UTC)
+        printed: list[Print] = []
+        for n in range(count):
+            symbol = self.products[n % len(self.products)]
+            tape = self.tape[symbol]
+            trade = Print(
+                symbol,
+                (tape[-1].trade_id + 1) if tape else 1,
+                Decimal("100.5"),
+                Decimal("0.01"),
+                "buy" if n % 2 else "sell",
+                now,
+            )
+            tape.append(trade)
+            printed.append(trade)
+        if publish:
+            self._call(self._publish_all(printed))
+        return count
+
     def send(self, trade: Print) -> None:
         """Deliver `trade` on the stream now (again, or out of order, as the test likes)."""
         self._call(self._publish(trade))
@@ -187,6 +209,10 @@ class VenueServer:
             lambda subscribed: self._match(trade, sequence) if trade.symbol in subscribed else None
         )
 
+    async def _publish_all(self, trades: list[Print]) -> None:
+        for trade in trades:
+            await self._publish(trade)
+
     async def _heartbeats(self) -> None:
         if self.venue != "coinbase":
             return  # Binance sends no application heartbeats
@@ -242,7 +268,8 @@ class VenueServer:
         self.connections_total += 1
         try:
             if self.venue == "coinbase":
-                await self._coinbase_session(connection)
+                with contextlib.suppress(ConnectionClosed):  # the client went away: fine
+                    await self._coinbase_session(connection)
             else:
                 assert connection.request is not None
                 query = parse_qs(urlsplit(connection.request.path).query)

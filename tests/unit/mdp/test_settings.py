@@ -385,6 +385,42 @@ def test_an_empty_redoc_integrity_turns_the_check_off() -> None:
     assert Settings.from_env({}).redoc_script_integrity == Settings().redoc_script_integrity
 
 
+def test_a_venue_feed_takes_its_products_and_the_documented_endpoints_by_default() -> None:
+    settings = Settings.from_env({"FEED": "Coinbase", "SYMBOLS": "BTC-USD,eth-usd"})
+    assert settings.feed == "coinbase"
+    assert [spec.symbol for spec in settings.symbols] == ["BTC-USD", "ETH-USD"]
+    assert (settings.feed_url, settings.feed_rest_url) == (None, None)
+    binance = Settings.from_env(
+        {"FEED": "binance", "SYMBOLS": "BTCUSDT", "FEED_URL": "ws://127.0.0.1:9000"}
+    )
+    assert binance.feed_url == "ws://127.0.0.1:9000"
+    assert Settings.from_env({}).feed == "synthetic"
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"FEED": "kraken", "SYMBOLS": "XBTUSD"}, "FEED"),
+        ({"FEED": "coinbase"}, "SYMBOLS"),
+        ({"FEED": "coinbase", "SYMBOLS": "BTCUSD"}, "SYMBOLS"),
+        ({"FEED": "binance", "SYMBOLS": "BTC-USDT"}, "SYMBOLS"),
+        ({"FEED": "coinbase", "SYMBOLS": "BTC-USD", "FEED_URL": "https://ws-feed"}, "FEED_URL"),
+        ({"FEED": "coinbase", "SYMBOLS": "BTC-USD", "FEED_URL": "wss://"}, "FEED_URL"),
+        ({"FEED": "coinbase", "SYMBOLS": "BTC-USD", "FEED_URL": "ws://h:99999"}, "FEED_URL"),
+        ({"FEED": "binance", "SYMBOLS": "BTCUSDT", "FEED_REST_URL": "ws://api"}, "FEED_REST_URL"),
+        ({"FEED_URL": "wss://ws-feed.exchange.coinbase.com"}, "FEED_URL"),
+        ({"FEED": "binance", "SYMBOLS": "BTCUSDT", "FEED_STALL_SECONDS": "0"}, "FEED_STALL"),
+    ],
+)
+def test_a_misconfigured_feed_stops_start_up_naming_the_setting(
+    env: dict[str, str], name: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value).startswith(name)
+    assert "\n" not in str(caught.value)
+
+
 def test_cors_origins_are_read_as_browsers_send_them() -> None:
     settings = Settings.from_env(
         {

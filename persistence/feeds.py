@@ -1,0 +1,177 @@
+"""Venue feed batches: their trades, the watermarks they make true and the ingesting intervals,
+committed together; and the marks a new leader resumes from.
+
+A venue batch is fenced and ordered like a live batch (`persistence.trades`): written only
+while the writer holds the leader lock, stamped later than every batch before it, recorded in
+`live_batches` and announced on `LIVE_CHANNEL` by its own transaction. Its trades keep their
+venue timestamps; streams find them by the batch's id range (`persistence.live`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import NamedTuple
+
+from sqlalchemy import BigInteger, DateTime, Integer, String, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from persistence.materialise import lock_candles, rematerialise
+from persistence.trades import LIVE_CHANNEL, LIVE_RETENTION, VenueTrade, insert_trades
+
+__all__ = ["StoredMark", "VenueBatch", "insert_venue_batch", "stored_marks"]
+
+
+class StoredMark(NamedTuple):
+    """Every trade id of the symbol up to `last_trade_id` is stored, and every trade stamped
+    up to `complete_through`; `since` began the current unbroken stretch."""
+
+    last_trade_id: int
+    complete_through: datetime | None
+    since: datetime
+
+
+class VenueBatch(NamedTuple):
+    stored: int
+    # Trades stamped in buckets already materialised: stored, their candles revised.
+    late: int
+
+
+_claim = text(
+    """
+    UPDATE ingestion_state SET last_batch_at = :stamped
+    WHERE id = 1 AND last_batch_at < :stamped
+      AND (CAST(:leader_pid AS integer) IS NULL OR EXISTS (
+          SELECT 1 FROM pg_locks
+          WHERE locktype = 'advisory' AND granted AND pid = :leader_pid
+            AND classid = (:lock_key >> 32)::oid
+            AND objid = (:lock_key & 4294967295)::oid
+            AND objsubid = 1
+      ))
+    RETURNING coalesce(candles_until, TIMESTAMPTZ '0001-01-01 00:00:00+00')
+    """
+).bindparams(
+    bindparam("stamped", type_=DateTime(timezone=True)),
+    bindparam("leader_pid", type_=Integer),
+    bindparam("lock_key", type_=BigInteger),
+)
+
+_publish = text(
+    """
+    WITH pruned AS (DELETE FROM live_batches WHERE stamped < :horizon),
+    recorded AS (
+        INSERT INTO live_batches (stamped, first_id, last_id) VALUES (:stamped, :first, :last)
+    )
+    SELECT pg_notify(:channel, concat_ws(' ', :stamp_text, :first, :last))
+    """
+).bindparams(
+    bindparam("stamped", type_=DateTime(timezone=True)),
+    bindparam("horizon", type_=DateTime(timezone=True)),
+    bindparam("first", type_=BigInteger),
+    bindparam("last", type_=BigInteger),
+    bindparam("channel", type_=String),
+    bindparam("stamp_text", type_=String),
+)
+
+# A mark only moves forward within a stretch; a later stretch (a venue that restarted its
+# ids) replaces it. Intervals grow as their stretch's mark does.
+_marks = text(
+    """
+    WITH marks AS (
+        SELECT * FROM unnest(
+            CAST(:symbols AS varchar[]), CAST(:ids AS bigint[]),
+            CAST(:through AS timestamptz[]), CAST(:since AS timestamptz[])
+        ) AS m(symbol, last_trade_id, complete_through, since)
+    ), upserted AS (
+        INSERT INTO feed_watermarks AS w (symbol, feed, last_trade_id, complete_through, since)
+        SELECT symbol, :feed, last_trade_id, complete_through, since FROM marks
+        ON CONFLICT (symbol) DO UPDATE SET
+            feed = EXCLUDED.feed,
+            last_trade_id = CASE WHEN EXCLUDED.since > w.since THEN EXCLUDED.last_trade_id
+                                 ELSE greatest(w.last_trade_id, EXCLUDED.last_trade_id) END,
+            complete_through = CASE WHEN EXCLUDED.since > w.since THEN EXCLUDED.complete_through
+                                    ELSE greatest(w.complete_through, EXCLUDED.complete_through)
+                               END,
+            since = greatest(w.since, EXCLUDED.since),
+            updated_at = now()
+    )
+    INSERT INTO ingestion_intervals AS i (symbol, feed, started_at, complete_through)
+    SELECT symbol, :feed, since, complete_through FROM marks WHERE complete_through >= since
+    ON CONFLICT (symbol, started_at) DO UPDATE
+        SET complete_through = greatest(i.complete_through, EXCLUDED.complete_through)
+    """
+).bindparams(
+    bindparam("symbols", type_=ARRAY(String)),
+    bindparam("ids", type_=ARRAY(BigInteger)),
+    bindparam("through", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("since", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("feed", type_=String),
+)
+
+_stored = text(
+    "SELECT symbol, last_trade_id, complete_through, since FROM feed_watermarks WHERE feed = :feed"
+)
+
+
+async def insert_venue_batch(
+    conn: AsyncConnection,
+    trades: Sequence[VenueTrade],
+    marks: Mapping[str, StoredMark],
+    *,
+    feed: str,
+    stamped: datetime,
+    leader_pid: int | None,
+    lock_key: int,
+) -> VenueBatch | None:
+    """Store `trades` (each venue trade once) and move `marks`, in the caller's transaction;
+    None when refused (not the leader any more, or not newer than the last batch). A trade
+    stamped in a bucket already materialised revises that bucket's candles here."""
+    materialised = (
+        await conn.execute(
+            _claim, {"stamped": stamped, "leader_pid": leader_pid, "lock_key": lock_key}
+        )
+    ).scalar_one_or_none()
+    if materialised is None:
+        return None
+    late: dict[str, list[datetime]] = {}
+    for trade in trades:
+        if trade.timestamp < materialised:
+            late.setdefault(trade.symbol, []).append(trade.timestamp)
+    for symbol in sorted(late):
+        # Before the rows go in, as for a backfill: the leader's roll-up cannot miss them.
+        await lock_candles(conn, symbol)
+    ids = await insert_trades(conn, trades)
+    if ids:
+        await conn.execute(
+            _publish,
+            {
+                "stamped": stamped,
+                "horizon": stamped - LIVE_RETENTION,
+                "first": min(ids),
+                "last": max(ids),
+                "channel": LIVE_CHANNEL,
+                "stamp_text": stamped.isoformat(),
+            },
+        )
+    for symbol, moments in late.items():
+        await rematerialise(conn, symbol, min(moments), max(moments))
+    if marks:
+        symbols = sorted(marks)
+        await conn.execute(
+            _marks,
+            {
+                "symbols": symbols,
+                "ids": [marks[s].last_trade_id for s in symbols],
+                "through": [marks[s].complete_through for s in symbols],
+                "since": [marks[s].since for s in symbols],
+                "feed": feed,
+            },
+        )
+    return VenueBatch(len(ids), sum(len(m) for m in late.values()))
+
+
+async def stored_marks(conn: AsyncConnection, feed: str) -> dict[str, StoredMark]:
+    """Where `feed` stands for each symbol it wrote: where a (new) leader resumes."""
+    rows = (await conn.execute(_stored, {"feed": feed})).all()
+    return {row[0]: StoredMark(row[1], row[2], row[3]) for row in rows}

@@ -1,0 +1,335 @@
+"""`mdp serve` with FEED=coinbase|binance against local venues, seen through the HTTP API.
+
+Each venue trade is served once, with its venue id, the aggressor's side and its exact
+decimals; drops, stalls, re-deliveries, long recoveries, a 429 and a killed leader lose none
+and repeat none; and a bucket is not reported closed while its feed is behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import URL
+
+from handlers.sse import decode_id
+from tests.e2e.sse import Event, consuming, read_events
+from tests.support import MakeDatabase, Service, serve, wait_until
+from tests.support.venues import VenueServer, venue_server
+
+pytestmark = pytest.mark.slow
+
+PRODUCTS = {"coinbase": ["BTC-USD", "ETH-USD"], "binance": ["BTCUSDT", "ETHUSDT"]}
+
+Launch = Callable[..., Service]
+
+
+@pytest.fixture
+async def database(make_database: MakeDatabase) -> URL:
+    return await make_database(migrated=False)
+
+
+@pytest.fixture(params=sorted(PRODUCTS))
+def venue(request: pytest.FixtureRequest) -> Iterator[VenueServer]:
+    with venue_server(request.param, PRODUCTS[request.param]) as server:
+        yield server
+
+
+@pytest.fixture
+def coinbase() -> Iterator[VenueServer]:
+    with venue_server("coinbase", PRODUCTS["coinbase"]) as server:
+        yield server
+
+
+@pytest.fixture
+def binance() -> Iterator[VenueServer]:
+    with venue_server("binance", PRODUCTS["binance"]) as server:
+        yield server
+
+
+@pytest.fixture
+def launch(database: URL) -> Iterator[Launch]:
+    """Start `mdp serve` on `server`'s feed (as many instances as called)."""
+    with contextlib.ExitStack() as stack:
+
+        def start(server: VenueServer, **env: str) -> Service:
+            settings = {
+                "FEED": server.venue,
+                "SYMBOLS": ",".join(server.products),
+                "FEED_URL": server.url,
+                "FEED_REST_URL": server.rest_url,
+                "INGESTION_INTERVAL_SECONDS": "0.2",
+                "FEED_STALL_SECONDS": "5",
+                "FEED_LATENESS_SECONDS": "0",
+                **env,
+            }
+            return stack.enter_context(serve(database, settings, ready="/status/ingestion"))
+
+        yield start
+
+
+def _json(service: Service, path: str) -> Any:
+    response = service.get(path)
+    return response.json() if response is not None and response.status_code == 200 else None
+
+
+def feed(service: Service) -> dict[str, dict[str, Any]]:
+    """The feed's symbols by name from /status/ingestion (empty unless it leads)."""
+    body = _json(service, "/status/ingestion") or {}
+    return {s["symbol"]: s for s in (body.get("feed") or {}).get("symbols", [])}
+
+
+def connected(service: Service, symbols: list[str]) -> None:
+    wait_until(
+        lambda: feed(service),
+        lambda f: all(f.get(s, {}).get("state") == "connected" for s in symbols),
+        what=f"{symbols} connected",
+        every=0.05,
+    )
+
+
+def served(service: Service, symbol: str) -> list[dict[str, Any]]:
+    body = _json(service, f"/trades?symbol={symbol}&order=asc&limit=1000")
+    return body["trades"] if body is not None else []
+
+
+def serves_exactly(service: Service, server: VenueServer, symbol: str) -> list[dict[str, Any]]:
+    """Until /trades serves the venue's whole tape of `symbol`: each trade once."""
+    expected = [str(t.trade_id) for t in server.tape[symbol]]
+    trades = wait_until(
+        lambda: served(service, symbol),
+        lambda got: sorted(t["venue_trade_id"] for t in got) == sorted(expected),
+        what=f"{symbol}'s {len(expected)} trades served once each",
+        every=0.1,
+    )
+    return trades
+
+
+def subscribed(server: VenueServer) -> None:
+    wait_until(server.subscribed, what="the venue streaming to the service", every=0.05)
+
+
+def test_a_clean_session_serves_each_trade_as_the_venue_printed_it(
+    venue: VenueServer, launch: Launch
+) -> None:
+    symbol = venue.products[0]
+    service = launch(venue)
+    connected(service, venue.products)
+    subscribed(venue)
+    printed = [
+        venue.trade(symbol, "64000.12345678", "0.00012345", maker_side="buy"),
+        venue.trade(symbol, "64001.5", "2", maker_side="sell"),
+    ]
+    trades = serves_exactly(service, venue, symbol)
+    for trade, venue_trade in zip(trades, printed, strict=True):
+        assert trade["venue_trade_id"] == str(venue_trade.trade_id)
+        assert trade["side"] == venue_trade.aggressor
+        assert Decimal(str(trade["price"])) == venue_trade.price
+        assert Decimal(str(trade["volume"])) == venue_trade.size
+        assert datetime.fromisoformat(trade["timestamp"]) == venue_trade.time
+    status = feed(service)[symbol]
+    assert status["reconnects_total"] == 0 and status["complete_through"] is not None
+
+
+def test_a_drop_mid_stream_serves_what_was_printed_meanwhile_once(
+    venue: VenueServer, launch: Launch
+) -> None:
+    symbol = venue.products[0]
+    venue.page_limit = 4  # the recovery takes several pages
+    service = launch(venue)
+    connected(service, venue.products)
+    subscribed(venue)
+    venue.trade(symbol)
+    serves_exactly(service, venue, symbol)
+    venue.go_offline()
+    for _ in range(10):
+        venue.trade(symbol)
+    wait_until(
+        lambda: feed(service)[symbol]["state"], lambda s: s != "connected", what="the drop seen"
+    )
+    venue.go_offline(False)
+    connected(service, venue.products)
+    venue.trade(symbol)
+    serves_exactly(service, venue, symbol)
+    status = feed(service)[symbol]
+    # Coinbase sends the newest trade (`last_match`) on subscribing: the rest came from REST.
+    assert status["reconnects_total"] >= 1 and status["recovered_total"] >= 9
+
+
+@pytest.mark.timing
+def test_a_stalled_connection_is_replaced_and_nothing_is_missed(launch: Launch) -> None:
+    with venue_server("coinbase", ["BTC-USD"]) as venue:
+        service = launch(venue, FEED_STALL_SECONDS="1")
+        connected(service, ["BTC-USD"])
+        subscribed(venue)
+        venue.trade("BTC-USD")
+        venue.stall()
+        venue.trade("BTC-USD")  # never reaches the service live
+        wait_until(lambda: feed(service)["BTC-USD"]["reconnects_total"], what="the stall noticed")
+        venue.stall(False)
+        serves_exactly(service, venue, "BTC-USD")
+
+
+def test_duplicated_and_out_of_order_messages_are_served_once(
+    coinbase: VenueServer, launch: Launch
+) -> None:
+    venue = coinbase
+    symbol = venue.products[0]
+    service = launch(venue)
+    connected(service, venue.products)
+    subscribed(venue)
+    first = venue.trade(symbol)
+    later = [venue.trade(symbol, publish=False) for _ in range(3)]
+    for trade in (later[1], first, later[0], later[2], later[1], first):
+        venue.send(trade)
+    serves_exactly(service, venue, symbol)
+    connected(service, venue.products)
+
+
+def test_a_venue_429_during_recovery_is_waited_out(binance: VenueServer, launch: Launch) -> None:
+    venue = binance
+    symbol = venue.products[0]
+    service = launch(venue)
+    connected(service, venue.products)
+    subscribed(venue)
+    venue.trade(symbol)
+    serves_exactly(service, venue, symbol)
+    venue.throttle(2)
+    venue.trade(symbol, publish=False)
+    venue.trade(symbol)
+    serves_exactly(service, venue, symbol)
+    body = _json(service, "/status/ingestion")
+    assert body["feed"]["throttled_total"] == 2
+
+
+def test_a_bad_message_is_skipped_and_counted(launch: Launch) -> None:
+    with venue_server("coinbase", ["BTC-USD"]) as venue:
+        service = launch(venue)
+        connected(service, ["BTC-USD"])
+        subscribed(venue)
+        venue.send_raw('{"type": "match", "product_id": "BTC-USD", "price": "abc"}')
+        venue.trade("BTC-USD")
+        serves_exactly(service, venue, "BTC-USD")
+        body = _json(service, "/status/ingestion")
+        assert body["feed"]["malformed_total"] == 1
+
+
+def test_a_standby_resumes_from_the_stored_trade_ids_when_the_leader_is_killed(
+    coinbase: VenueServer, launch: Launch
+) -> None:
+    venue = coinbase
+    symbol = venue.products[0]
+    first, second = launch(venue), launch(venue)
+
+    def leader() -> Service | None:
+        for instance in (first, second):
+            if (_json(instance, "/status/ingestion") or {}).get("role") == "leader":
+                return instance
+        return None
+
+    leading = wait_until(leader, what="a leader", every=0.05)
+    assert leading is not None
+    connected(leading, venue.products)
+    subscribed(venue)
+    venue.trade(symbol)
+    serves_exactly(leading, venue, symbol)
+    leading.process.send_signal(signal.SIGKILL)
+    leading.process.wait(timeout=10)
+    for _ in range(5):
+        venue.trade(symbol)  # printed while nobody listens
+    standby = second if leading is first else first
+    wait_until(lambda: feed(standby), what="the standby taking over", every=0.05)
+    venue.trade(symbol)
+    serves_exactly(standby, venue, symbol)
+
+
+def test_a_bucket_does_not_close_while_its_feed_recovers(launch: Launch) -> None:
+    """Binance has no heartbeats: the venue's clock is the trades' own, set by the test."""
+    with venue_server("binance", ["BTCUSDT"]) as venue:
+        service = launch(venue)
+        connected(service, ["BTCUSDT"])
+        subscribed(venue)
+        base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=30)
+        minute = timedelta(minutes=1)
+
+        def closed(start: datetime) -> bool | None:
+            window = f"start={start.isoformat()}&end={(start + minute).isoformat()}"
+            window = window.replace("+", "%2B")
+            body = _json(service, f"/candles?symbol=BTCUSDT&interval=1m&{window}")
+            candles = (body or {}).get("candles") or []
+            return candles[0]["closed"] if candles else None
+
+        venue.trade("BTCUSDT", time=base + timedelta(seconds=10))
+        venue.trade("BTCUSDT", time=base + timedelta(seconds=70))
+        wait_until(lambda: closed(base), lambda c: c is True, what="the first minute closed")
+        assert closed(base + minute) is False  # the venue's clock is inside it
+        venue.throttle(10_000)  # its history is out of reach for now
+        venue.trade("BTCUSDT", time=base + timedelta(seconds=100), publish=False)
+        venue.trade("BTCUSDT", time=base + timedelta(seconds=130))
+        wait_until(
+            lambda: feed(service)["BTCUSDT"]["state"], lambda s: s == "recovering", what="behind"
+        )
+        # The venue's clock passed the second minute, but a trade of it is still missing.
+        for _ in range(10):
+            assert closed(base + minute) is False
+        venue.throttle(0)
+        wait_until(lambda: closed(base + minute), lambda c: c is True, what="closed once caught up")
+        serves_exactly(service, venue, "BTCUSDT")
+
+
+def _stream(service: Service, symbol: str, after: str, limit: int) -> list[Event]:
+    params = {"symbols": symbol, "limit": limit, "duration": 30}
+    headers = {**service.headers, "Last-Event-ID": after}
+    with httpx.stream(
+        "GET", f"{service.base}/stream/trades", params=params, headers=headers, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        return list(read_events(response))
+
+
+def test_streams_replay_venue_trades_in_commit_order_and_resume_exactly(
+    coinbase: VenueServer, launch: Launch
+) -> None:
+    """Recovered trades commit after newer live ones: a resumed stream follows commit order,
+    skipping and repeating nothing."""
+    venue, symbol = coinbase, "BTC-USD"
+    service = launch(venue)
+    connected(service, venue.products)
+    subscribed(venue)
+    url = f"{service.base}/stream/trades"
+    params = {"symbols": symbol, "limit": 1, "duration": 30}
+    with consuming(url, params, headers=service.headers) as live:
+
+        def heard() -> list[Event]:
+            trades = [e for e in live if e.kind == "trade"]
+            if not trades:
+                venue.trade(symbol)  # until the stream, subscribing meanwhile, hears one
+            return trades
+
+        (first,) = wait_until(heard, what="a live trade", every=0.5)
+    venue.go_offline()
+    for _ in range(3):
+        venue.trade(symbol)
+    wait_until(
+        lambda: feed(service)[symbol]["state"], lambda s: s != "connected", what="the drop seen"
+    )
+    venue.go_offline(False)
+    connected(service, venue.products)
+    venue.trade(symbol)
+    serves_exactly(service, venue, symbol)
+
+    # Everything committed after the first trade heard: later ids (a sequence, in commit order).
+    stored = sorted(t["id"] for t in served(service, symbol) if t["id"] > first.data["id"])
+    events = _stream(service, symbol, first.id or "", len(stored))
+    assert [e.kind for e in events] == ["trade"] * len(stored)
+    assert sorted(e.data["id"] for e in events) == stored
+    ids = [decode_id(e.id) for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    resumed = _stream(service, symbol, events[1].id or "", 2)
+    assert [e.data for e in resumed] == [e.data for e in events[2:]]

@@ -1,0 +1,208 @@
+"""Finality follows each venue symbol's watermark: the boundary, the transaction, late prints.
+
+These pin the rules that replace the clock-only ones (`BatchTooLate` and the `<=` of the
+closed rule): each test fails when its rule is broken.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ingestion.leader import LEADER_LOCK_KEY
+from persistence import zoned
+from persistence.candles import read_candle_page
+from persistence.database import driver_connection
+from persistence.feeds import StoredMark, insert_venue_batch, stored_marks
+from persistence.materialise import advance_watermark
+from persistence.partitions import ensure_partitions
+from persistence.symbols import ensure_symbols
+from persistence.trades import VenueTrade
+
+MINUTE = timedelta(minutes=1)
+MICROSECOND = timedelta(microseconds=1)
+# Well in the past: the clock's horizon has long passed it, only the watermark decides.
+BASE = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
+SYMBOL = "BTC-USD"
+
+
+def trade(at: datetime, venue_id: int, price: str = "64000.12345678") -> VenueTrade:
+    return VenueTrade(SYMBOL, Decimal(price), Decimal("0.001"), at, str(venue_id), "buy")
+
+
+async def prepare(conn: AsyncConnection, *symbols: str) -> None:
+    await ensure_symbols(conn, [(symbol, symbol) for symbol in symbols])
+    await ensure_partitions(conn, BASE, BASE + MINUTE)
+
+
+async def write(
+    conn: AsyncConnection,
+    trades: list[VenueTrade],
+    through: datetime | None,
+    *,
+    last_id: int,
+    stamped: datetime,
+) -> int:
+    batch = await insert_venue_batch(
+        conn,
+        trades,
+        {SYMBOL: StoredMark(last_id, through, BASE)},
+        feed="coinbase",
+        stamped=stamped,
+        leader_pid=None,
+        lock_key=LEADER_LOCK_KEY,
+    )
+    assert batch is not None
+    return batch.late
+
+
+async def closed(conn: AsyncConnection, start: datetime) -> bool:
+    page = await read_candle_page(
+        await driver_connection(conn),
+        symbol=SYMBOL,
+        interval="1m",
+        step=MINUTE,
+        lo=start,
+        hi=start + MINUTE,
+        limit=1,
+    )
+    (candle,) = page.candles
+    return candle.closed
+
+
+async def zoned_closed(conn: AsyncConnection, start: datetime) -> bool:
+    raw = await driver_connection(conn)
+    now = await zoned.clock(raw)
+    (row,) = await zoned.read_zoned_candles(raw, [SYMBOL], [start, start + MINUTE], now)
+    return bool(row[-1])
+
+
+async def test_a_bucket_closes_exactly_when_the_watermark_reaches_its_end(
+    fresh_engine: AsyncEngine,
+) -> None:
+    stamped = datetime.now(UTC)
+    async with fresh_engine.begin() as conn:
+        await prepare(conn, SYMBOL)
+        await write(
+            conn,
+            [trade(BASE + timedelta(seconds=5), 1)],
+            BASE + MINUTE - MICROSECOND,
+            last_id=1,
+            stamped=stamped,
+        )
+        # A microsecond short of the bucket's end: a trade could still be missing from it.
+        assert not await closed(conn, BASE)
+        assert not await zoned_closed(conn, BASE)
+        await write(conn, [], BASE + MINUTE, last_id=1, stamped=stamped + MICROSECOND)
+        # At its end exactly: every trade stamped before it is stored.
+        assert await closed(conn, BASE)
+        assert await zoned_closed(conn, BASE)
+
+
+async def test_trades_and_their_watermark_commit_together_or_not_at_all(
+    fresh_engine: AsyncEngine,
+) -> None:
+    stamped = datetime.now(UTC)
+    async with fresh_engine.begin() as conn:
+        await prepare(conn, SYMBOL)
+        await write(conn, [trade(BASE, 1)], BASE, last_id=1, stamped=stamped)
+    # Not newer than the last batch (a raced or retried writer): refused, nothing of it stays.
+    async with fresh_engine.begin() as conn:
+        refused = await insert_venue_batch(
+            conn,
+            [trade(BASE + timedelta(seconds=30), 2)],
+            {SYMBOL: StoredMark(2, BASE + MINUTE, BASE)},
+            feed="coinbase",
+            stamped=stamped,
+            leader_pid=None,
+            lock_key=LEADER_LOCK_KEY,
+        )
+        assert refused is None
+    async with fresh_engine.connect() as conn:
+        assert (await stored_marks(conn, "coinbase"))[SYMBOL] == StoredMark(1, BASE, BASE)
+        count = await conn.scalar(text("SELECT count(*) FROM trades"))
+        assert count == 1
+
+
+async def test_a_trade_stored_twice_is_stored_once(fresh_engine: AsyncEngine) -> None:
+    stamped = datetime.now(UTC)
+    async with fresh_engine.begin() as conn:
+        await prepare(conn, SYMBOL)
+        await write(conn, [trade(BASE, 1), trade(BASE, 1)], BASE, last_id=1, stamped=stamped)
+        await write(conn, [trade(BASE, 1)], BASE, last_id=1, stamped=stamped + MICROSECOND)
+        assert await conn.scalar(text("SELECT count(*) FROM trades")) == 1
+
+
+async def test_a_late_print_into_a_materialised_bucket_is_stored_and_revises_it(
+    fresh_engine: AsyncEngine,
+) -> None:
+    stamped = datetime.now(UTC)
+    async with fresh_engine.begin() as conn:
+        await prepare(conn, SYMBOL)
+        await write(
+            conn,
+            [trade(BASE + timedelta(seconds=1), 1, "100")],
+            BASE + 2 * MINUTE,
+            last_id=1,
+            stamped=stamped,
+        )
+    async with fresh_engine.begin() as conn:
+        advance = await advance_watermark(conn, span=timedelta(days=1))
+        assert advance is not None and advance.after == BASE + 2 * MINUTE
+    async with fresh_engine.begin() as conn:
+        late = await write(
+            conn,
+            [trade(BASE + timedelta(seconds=2), 2, "90")],
+            BASE + 2 * MINUTE,
+            last_id=2,
+            stamped=stamped + MICROSECOND,
+        )
+        assert late == 1
+    async with fresh_engine.connect() as conn:
+        low = await conn.scalar(
+            text(
+                "SELECT low FROM candles WHERE symbol = :s AND interval = '1m' AND timestamp = :t"
+            ),
+            {"s": SYMBOL, "t": BASE},
+        )
+        assert low == Decimal("90")
+
+
+async def test_materialisation_waits_for_the_slowest_feed(fresh_engine: AsyncEngine) -> None:
+    stamped = datetime.now(UTC)
+    async with fresh_engine.begin() as conn:
+        await prepare(conn, SYMBOL)
+        await write(
+            conn,
+            [trade(BASE + timedelta(seconds=1), 1)],
+            BASE + MINUTE + MINUTE / 2,
+            last_id=1,
+            stamped=stamped,
+        )
+    async with fresh_engine.begin() as conn:
+        advance = await advance_watermark(conn, span=timedelta(days=1))
+        # Final for every symbol only up to the minute the watermark has passed.
+        assert advance is not None and advance.after == BASE + MINUTE
+
+
+async def test_without_a_feed_a_bucket_closes_exactly_at_the_clock_horizon(
+    fresh_engine: AsyncEngine,
+) -> None:
+    """The synthetic walk keeps the clock rule: a bucket ending at the horizon is final."""
+    async with fresh_engine.begin() as conn:
+        await prepare(conn, "AAPL")
+        await conn.execute(
+            text(
+                "INSERT INTO trades (symbol, price, volume, timestamp) VALUES ('AAPL', 190, 1, :at)"
+            ),
+            {"at": BASE + timedelta(seconds=5)},
+        )
+        raw = await driver_connection(conn)
+        starts = [BASE, BASE + MINUTE]
+        for horizon, final in ((BASE + MINUTE, True), (BASE + MINUTE - MICROSECOND, False)):
+            clock = zoned.Clock(horizon, BASE)
+            (row,) = await zoned.read_zoned_candles(raw, ["AAPL"], starts, clock)
+            assert row[-1] is final, horizon
