@@ -58,6 +58,13 @@ _TAKEN = text(
 )
 
 
+# A venue feed's symbol: up to where the feed has stored everything (before it knows, from
+# where its current stretch began). persistence.feeds writes it.
+_COMPLETE = text(
+    "SELECT coalesce(complete_through, since) FROM feed_watermarks WHERE symbol = :symbol"
+).bindparams(bindparam("symbol", type_=String))
+
+
 class TooNew(ValueError):
     """A trade is newer than what the service holds complete (its final horizon)."""
 
@@ -95,6 +102,12 @@ async def import_trades(
     newest = max(trade.timestamp for trade in trades)
     if newest >= await horizon(conn):
         raise TooNew(f"a trade at {newest.isoformat()} is newer than the live data's horizon")
+    complete = (await conn.execute(_COMPLETE, {"symbol": symbol})).scalar_one_or_none()
+    if complete is not None and newest > complete:
+        raise TooNew(
+            f"a trade at {newest.isoformat()} is newer than the live feed's complete-through "
+            f"watermark of {symbol} ({complete.isoformat()}): the feed fills that itself"
+        )
     oldest = min(trade.timestamp for trade in trades)
     await lock_candles(conn, symbol)
     await ensure_partitions(conn, oldest, newest)

@@ -318,3 +318,24 @@ async def test_a_parquet_file_keeps_decimal_digits_instants_ids_and_sides(
         for r in pq.read_table(PARQUET).to_pylist()
     ]
     assert await _all_stored(fresh_engine) == sorted(expected, key=lambda r: (r[4], r[1]))
+
+
+async def test_a_trade_newer_than_the_feeds_complete_through_watermark_is_refused(
+    fresh_engine: AsyncEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = max(row[3] for row in _expected(MILLISECONDS))
+    async with fresh_engine.begin() as conn:
+        # A venue feed of this symbol has stored everything up to just before the last trade.
+        await conn.execute(
+            text(
+                "INSERT INTO feed_watermarks (symbol, feed, last_trade_id, complete_through, since)"
+                " VALUES ('BTCUSDT', 'binance', 1, :through, :through)"
+            ),
+            {"through": last - timedelta(microseconds=1)},
+        )
+
+    assert await import_cli.run(fresh_engine, _args(MILLISECONDS)) == 1
+    assert "newer than the live feed's complete-through watermark of BTCUSDT" in (
+        capsys.readouterr().err
+    )
+    assert await _stored(fresh_engine) == []
