@@ -104,5 +104,10 @@ bench: $(STAMP_TEST)
 bench-exports: $(STAMP_TEST)
 	$(BIN)/python -m bench.exports $(BENCH_ARGS)
 
+## A venue feed replayed: ingestion rate, heartbeat, read latency, recovery rate (bench/feeds.py).
+.PHONY: bench-feeds
+bench-feeds: $(STAMP_TEST)
+	$(BIN)/python -m bench.feeds $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info node_modules
