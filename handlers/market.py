@@ -7,11 +7,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
+import asyncpg
+
 from errors import NoTrades, SymbolNotFound, SymbolsNotFound
 from handlers import cursors
 from handlers.context import app_state
 from handlers.params import parse_window, parse_zone, symbol_code, symbol_codes
 from persistence import candles, finality, live, symbols, ticker, trades, zoned
+from persistence import fill as filling
 from persistence.finality import VISIBILITY_DEADLINE
 from persistence.models import VWAP_SCALE
 
@@ -187,15 +190,17 @@ async def list_candles(
     limit: int = 500,
     cursor: str | None = None,
     timezone: str = "UTC",
+    fill: str = "none",
 ) -> Answer:
     code = symbol_code(symbol)
     step = finality.INTERVALS[interval]
     start_at, end_at = parse_window(start, end)
     filters = (code, interval, _iso(start_at), _iso(end_at))
-    if timezone != "UTC":
-        # Cursors are bound to the zone too (UTC cursors keep their old form).
-        window = _Window(code, interval, step, start_at, end_at, limit, (*filters, timezone))
-        return await _zoned_candles(window, parse_zone(timezone), timezone, cursor)
+    if timezone != "UTC" or fill != "none":
+        # Cursors are bound to the zone and the fill too (UTC cursors keep their old form).
+        bound = (*filters, timezone, *((fill,) if fill != "none" else ()))
+        window = _Window(code, interval, step, start_at, end_at, limit, bound)
+        return await _zoned_candles(window, parse_zone(timezone), timezone, cursor, fill)
     if cursor is not None:
         # The window is pinned by the first page, so "now" moving on cannot shift it.
         position = cursors.decode(cursor, "candles", filters, (datetime, datetime, datetime))
@@ -263,8 +268,10 @@ def _candle_answer(
                 "vwap": w,
                 "trade_count": n,
                 "closed": closed,
+                # Only with `fill`: whether the symbol was not being ingested through it.
+                **({"gap": marks[0]} if marks else {}),
             }
-            for t, o, h, lo_, c, v, w, n, closed in rows
+            for t, o, h, lo_, c, v, w, n, closed, *marks in rows
         ],
         "next_cursor": next_cursor,
     }
@@ -272,9 +279,10 @@ def _candle_answer(
 
 
 async def _zoned_candles(
-    window: _Window, tz: ZoneInfo, timezone: str, cursor: str | None
+    window: _Window, tz: ZoneInfo, timezone: str, cursor: str | None, fill: str = "none"
 ) -> Answer:
-    """`/candles` with buckets aligned to local time in `tz`: rolled up from 1m candles."""
+    """`/candles` with buckets aligned to local time in `tz`: rolled up from 1m candles; with
+    `fill`, every bucket of the window (persistence/fill.py)."""
     code, step, start_at, end_at = window.symbol, window.step, window.start, window.end
     if cursor is not None:
         position = cursors.decode(cursor, "candles", window.filters, (datetime,) * 3)
@@ -292,6 +300,9 @@ async def _zoned_candles(
     async with state.db.connect() as conn:
         settled = await finality.driver_settled(conn, code, _settlement())
         now = await zoned.clock(conn)
+        if fill != "none":
+            answered = window._replace(start=start_at, end=end_at)
+            return await _filled_candles(conn, answered, tz, timezone, (lo, hi), now, fill)
         first = await zoned.first_trade(conn, code, lo, hi) if lo < hi else None
         if first is not None:
             # Skip the stretch without trades; at most `limit` buckets per page.
@@ -313,6 +324,39 @@ async def _zoned_candles(
         next_cursor,
         final=until <= min(now.horizon, settled),
     )
+
+
+async def _filled_candles(
+    conn: asyncpg.Connection,
+    window: _Window,
+    tz: ZoneInfo,
+    timezone: str,
+    bounds: tuple[datetime, datetime],
+    now: zoned.Clock,
+    fill: str,
+) -> Answer:
+    """Every bucket of the page, not only those with trades: no stretch is skipped."""
+    code, step, (lo, hi) = window.symbol, window.step, bounds
+    starts, until = zoned.bucket_starts(tz, step, lo, hi, limit=window.limit)
+    if not await symbols.symbol_exists(conn, code):
+        raise SymbolNotFound(code)
+    rows: list[Any] = []
+    filled: list[tuple[Any, ...]] = []
+    if starts:
+        edges = [*starts, until]
+        rows = await zoned.read_zoned_candles(conn, [code], edges, now)
+        filled = filling.fill_buckets(
+            [row[1:] for row in rows],
+            edges,
+            fill,
+            horizon=now.horizon,
+            spans=await filling.ingested_spans(conn, code, lo, until),
+            before=await filling.last_trade_before(conn, code, lo) if fill == "previous" else None,
+        )
+    next_cursor = None
+    if until < hi:
+        next_cursor = cursors.encode("candles", window.filters, (until, window.start, window.end))
+    return _candle_answer(window, timezone, filled, next_cursor, final=until <= now.horizon)
 
 
 async def get_ticker(symbols: list[str]) -> Answer:

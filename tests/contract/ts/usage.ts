@@ -48,7 +48,8 @@ export function vwapOf(page: CandlePage): number | null {
   let volume = 0;
   for (const candle of page.candles) {
     const closed: boolean = candle.closed;
-    if (closed) {
+    // An empty bucket that `fill` returns has no vwap: the compiler insists on the check.
+    if (closed && candle.vwap !== null) {
       notional += candle.vwap * candle.volume;
       volume += candle.volume;
     }
