@@ -268,10 +268,11 @@ def _candle_answer(
                 "vwap": w,
                 "trade_count": n,
                 "closed": closed,
+                "revision": revision,
                 # Only with `fill`: whether the symbol was not being ingested through it.
                 **({"gap": marks[0]} if marks else {}),
             }
-            for t, o, h, lo_, c, v, w, n, closed, *marks in rows
+            for t, o, h, lo_, c, v, w, n, closed, revision, *marks in rows
         ],
         "next_cursor": next_cursor,
     }

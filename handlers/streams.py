@@ -190,7 +190,7 @@ async def stream_trades(
 
 
 def _candle_event(row: candles.CandleRow) -> bytes:
-    t, o, h, lo, c, v, w, n, closed = row
+    t, o, h, lo, c, v, w, n, closed, revision = row
     data = {
         "timestamp": t,
         "open": o,
@@ -201,6 +201,7 @@ def _candle_event(row: candles.CandleRow) -> bytes:
         "vwap": w,
         "trade_count": n,
         "closed": closed,
+        "revision": revision,
     }
     return sse.event("candle", data, sse.encode_id(t, int(closed)))
 

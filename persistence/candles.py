@@ -44,6 +44,9 @@ class CandleRow(NamedTuple):
     vwap: float
     trade_count: int
     closed: bool
+    # Changes since the candle was materialised as final (late prints); 0 when rolled up
+    # from trades here (not materialised yet, or the open bucket).
+    revision: int
 
 
 class CandlePage(NamedTuple):
@@ -166,7 +169,8 @@ _PAGE, _PAGE_PARAMETERS = _positional(
             ), :hi) AS lo
         ) AS first
     ), stored AS (
-        SELECT c.timestamp, c.open, c.high, c.low, c.close, c.volume, c.vwap, c.trade_count
+        SELECT c.timestamp, c.open, c.high, c.low, c.close, c.volume, c.vwap, c.trade_count,
+               c.revision
         FROM page, candles AS c
         WHERE c.symbol = :symbol AND c.interval = :interval
           AND c.timestamp >= page.lo AND c.timestamp < least(page.done, page.hi)
@@ -174,7 +178,7 @@ _PAGE, _PAGE_PARAMETERS = _positional(
         SELECT timestamp, open, high, low, close, volume, round(notional / volume, {
         VWAP_SCALE
     }) AS vwap,
-               trade_count
+               trade_count, 0 AS revision
         FROM ({
         ROLL_UP.format(
             minutes=f'''
@@ -197,7 +201,8 @@ _PAGE, _PAGE_PARAMETERS = _positional(
            greatest(page.lo, page.done) < least(page.final, page.hi),
            EXISTS (SELECT FROM symbols WHERE symbol = :symbol),
            c.timestamp, c.open::float8, c.high::float8, c.low::float8, c.close::float8,
-           c.volume::float8, c.vwap::float8, c.trade_count, c.timestamp < page.final
+           c.volume::float8, c.vwap::float8, c.trade_count, c.timestamp < page.final,
+           c.revision
     FROM page LEFT JOIN (SELECT * FROM stored UNION ALL SELECT * FROM computed) AS c ON true
     ORDER BY c.timestamp
     """

@@ -7,7 +7,9 @@ Two writers, serialised per symbol by a transaction-level advisory lock:
 - `mdp backfill` writes history below the oldest trade and recomputes, in the transaction of
   each chunk, every candle whose bucket holds one of its trades (`rematerialise`).
 Either way a bucket below the watermark is in `candles` exactly when it has trades (see
-`persistence.finality`). Recomputations replace rows: a bucket only ever gains trades.
+`persistence.finality`). Recomputations replace rows: a bucket only ever gains trades. A row
+that changes once its bucket is below the watermark (a late print, a backfill into it) counts
+one more `revision`, in the transaction that changes it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from persistence.finality import (
     BASE,
     INTERVALS,
     MATERIALISE_HORIZON_SQL,
+    WATERMARK_SQL,
     bin_sql,
     bucket_floor,
 )
@@ -43,7 +46,12 @@ _UPSERT = f"""
     ON CONFLICT (symbol, interval, timestamp) DO UPDATE
     SET open = excluded.open, high = excluded.high, low = excluded.low, close = excluded.close,
         volume = excluded.volume, notional = excluded.notional, vwap = excluded.vwap,
-        trade_count = excluded.trade_count
+        trade_count = excluded.trade_count,
+        -- A bucket that ended below the watermark was served final: changing it is a
+        -- revision. Above it the row is a partial roll-up nobody reads yet (a late minute's
+        -- longer bucket), which the leader completes later: still the first version.
+        revision = c.revision
+                   + CASE WHEN c.timestamp + :step <= {WATERMARK_SQL} THEN 1 ELSE 0 END
     -- A re-materialised final bucket is unchanged: leave its row (and the WAL) alone.
     WHERE (c.volume, c.trade_count, c.notional, c.open, c.close)
           IS DISTINCT FROM (excluded.volume, excluded.trade_count, excluded.notional,
@@ -116,11 +124,9 @@ async def _upsert(
     if lo >= hi:
         return
     params: dict[str, object] = {"symbols": list(symbols), "interval": interval, "lo": lo, "hi": hi}
-    if interval == BASE:
-        await conn.execute(_upsert_minutes, params)
-    else:
-        # Roll-ups read the minutes: callers store those first.
-        await conn.execute(_upsert_rollup, {**params, "step": INTERVALS[interval]})
+    params["step"] = INTERVALS[interval]
+    # Roll-ups read the minutes: callers store those first.
+    await conn.execute(_upsert_minutes if interval == BASE else _upsert_rollup, params)
 
 
 async def _watermark(conn: AsyncConnection) -> tuple[datetime, datetime] | None:

@@ -141,6 +141,8 @@ class Candle(Base):
     trade_count: Mapped[int] = mapped_column(Integer)
     # Σ price × volume, exact: longer candles roll up from 1m ones with an exact vwap.
     notional: Mapped[Decimal] = mapped_column(Numeric())
+    # 0 when materialised as final; +1 each time a late print changes it afterwards.
+    revision: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
     __table_args__ = (
         CheckConstraint("interval IN ('1m', '5m', '15m', '1h', '4h', '1d')", name="interval"),

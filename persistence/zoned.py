@@ -142,18 +142,18 @@ _END = f"{_S}[cardinality({_S})]"
 _MINUTES = f"""
     WITH minutes AS (
         SELECT c.symbol, c.timestamp, c.open, c.high, c.low, c.close, c.volume, c.notional,
-               c.trade_count
+               c.trade_count, c.revision
         FROM candles AS c
         WHERE c.symbol = ANY($1::varchar[]) AND c.interval = '1m'
           AND c.timestamp >= {_S}[1] AND c.timestamp < least({_END}, $4::timestamptz)
         UNION ALL
-        {
+        SELECT f.*, 0 FROM ({
     MINUTES_FROM_TRADES.format(
         source="trades AS t",
         where=f"t.symbol = ANY($1::varchar[]) AND t.timestamp < {_END}"
         f" AND t.timestamp >= greatest({_S}[1], $4::timestamptz)",
     )
-}
+}) AS f
     )
 """
 _ROLLED = f"""{_MINUTES}
@@ -161,7 +161,9 @@ _ROLLED = f"""{_MINUTES}
            (array_agg(m.open ORDER BY m.timestamp))[1] AS open, max(m.high) AS high,
            min(m.low) AS low, (array_agg(m.close ORDER BY m.timestamp DESC))[1] AS close,
            sum(m.volume) AS volume, round(sum(m.notional) / sum(m.volume), {VWAP_SCALE}) AS vwap,
-           sum(m.trade_count)::bigint AS trade_count
+           sum(m.trade_count)::bigint AS trade_count,
+           -- Rises whenever one of its minutes is revised (a late print changed it).
+           sum(m.revision)::integer AS revision
     FROM minutes AS m
     GROUP BY 1, 2
 """
@@ -172,7 +174,8 @@ _RFC3339 = f"to_char({_START} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\
 _SHAPES = {
     # JSON operations: exact prices as float8 (PostgreSQL prints their shortest form).
     "float": f"r.symbol, {_START}, r.open::float8, r.high::float8, r.low::float8, "
-    f"r.close::float8, r.volume::float8, r.vwap::float8, r.trade_count, {_CLOSED}",
+    f"r.close::float8, r.volume::float8, r.vwap::float8, r.trade_count, {_CLOSED} AS closed, "
+    "r.revision",
     "text": f"r.symbol, {_RFC3339} AS timestamp, trim_scale(r.open) AS open, "
     "trim_scale(r.high) AS high, trim_scale(r.low) AS low, trim_scale(r.close) AS close, "
     "trim_scale(r.volume) AS volume, trim_scale(r.vwap) AS vwap, r.trade_count, "
@@ -217,8 +220,8 @@ async def count_candles(
 async def read_zoned_candles(
     conn: asyncpg.Connection, symbols: Sequence[str], starts: Sequence[datetime], now: Clock
 ) -> list[Any]:
-    """Rows (symbol, timestamp, open, high, low, close, volume, vwap, trade_count, closed)
-    for the buckets `starts` (the last element is where the last bucket ends)."""
+    """Rows (symbol, timestamp, open, high, low, close, volume, vwap, trade_count, closed,
+    revision) for the buckets `starts` (the last element is where the last bucket ends)."""
     rows: list[Any] = await conn.fetch(
         candles_query("float"), list(symbols), list(starts), now.horizon, now.minutes_done
     )

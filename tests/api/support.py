@@ -18,11 +18,13 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.testclient import TestClient
 
+from ingestion.leader import LEADER_LOCK_KEY
 from mdp.app import create_app
 from mdp.settings import DEFAULT_SYMBOLS, Settings, SymbolSpec
+from persistence.feeds import StoredMark, insert_venue_batch
 from persistence.materialise import advance_watermark
 from persistence.symbols import ensure_symbols
-from persistence.trades import NewTrade, insert_live_batch
+from persistence.trades import NewTrade, VenueTrade, insert_live_batch
 from tests.support import (
     dsn,
     open_test_engine,
@@ -165,6 +167,9 @@ class TradeRecord:
     timestamp: datetime
 
 
+_VENUE_SINCE = datetime(2000, 1, 1, tzinfo=UTC)
+
+
 class SyncDatabase:
     """Committed writes and reads from synchronous tests, on a private event loop.
 
@@ -219,19 +224,22 @@ class SyncDatabase:
 
         self._run(register())
 
+    async def _ensure_ingestion_state(self) -> None:
+        async with self._engine.begin() as conn:
+            # The row migrations create, which `reset` empties with every table.
+            await conn.execute(
+                text(
+                    "INSERT INTO ingestion_state (id, last_batch_at) "
+                    "VALUES (1, '-infinity') ON CONFLICT (id) DO NOTHING"
+                )
+            )
+
     def materialise(self) -> None:
         """What the ingestion leader does as minutes become final (these apps run without
         ingestion): candles of every final bucket stored, the watermark caught up."""
 
         async def run() -> None:
-            async with self._engine.begin() as conn:
-                # The row migrations create, which `reset` empties with every table.
-                await conn.execute(
-                    text(
-                        "INSERT INTO ingestion_state (id, last_batch_at) "
-                        "VALUES (1, '-infinity') ON CONFLICT (id) DO NOTHING"
-                    )
-                )
+            await self._ensure_ingestion_state()
             while True:
                 async with self._engine.begin() as conn:
                     advance = await advance_watermark(conn, span=timedelta(days=3))
@@ -266,6 +274,42 @@ class SyncDatabase:
             assert stored == len(new), f"a live batch at {stamped} is not newer than the last"
 
         return self._store(write, symbol, trades)
+
+    def insert_venue_batch(
+        self,
+        symbol: str,
+        trades: Sequence[tuple[datetime, str, str]],
+        *,
+        complete_through: datetime,
+        stamped: datetime,
+    ) -> int:
+        """A venue feed's batch of `symbol` (venue trade id, time, price; size 1), committed
+        with the watermark `complete_through` as the leader writes one (its feed ingesting
+        without a break since `_VENUE_SINCE`); how many were late (stamped in buckets already
+        materialised)."""
+        new = [
+            VenueTrade(symbol, Decimal(price), Decimal(1), moment, venue_id, "buy")
+            for moment, venue_id, price in trades
+        ]
+        last_id = max((int(trade.venue_trade_id) for trade in new), default=0)
+
+        async def write() -> int:
+            await self._ensure_ingestion_state()
+            async with self._engine.begin() as conn:
+                batch = await insert_venue_batch(
+                    conn,
+                    new,
+                    {symbol: StoredMark(last_id, complete_through, _VENUE_SINCE)},
+                    feed="coinbase",
+                    stamped=stamped,
+                    leader_pid=None,
+                    lock_key=LEADER_LOCK_KEY,
+                )
+                assert batch is not None, f"a venue batch at {stamped} is not newer than the last"
+                return batch.late
+
+        late: int = self._run(write())
+        return late
 
     def _store(self, write: StoreTrades, symbol: str, trades: Sequence[Row]) -> list[TradeRecord]:
         """Write `trades` in the order given, then read back the ids they were given."""

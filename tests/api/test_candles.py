@@ -8,6 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
 from persistence.models import VWAP_SCALE
@@ -15,11 +16,13 @@ from tests.api.support import (
     Row,
     SyncDatabase,
     TradeRecord,
+    app_settings,
     assert_problem,
     decimal_json,
     error_names,
     iso,
     past_midnight,
+    running_app,
 )
 from tests.support import metric_value
 
@@ -79,6 +82,7 @@ def reference(trades: Sequence[TradeRecord], step: timedelta) -> list[dict[str, 
                 "vwap": (turnover / volume).quantize(Decimal(1).scaleb(-VWAP_SCALE), ROUND_HALF_UP),
                 "trade_count": len(rows),
                 "closed": True,
+                "revision": 0,
             }
         )
     return candles
@@ -156,6 +160,7 @@ def test_candles_aggregate_ohlcv_vwap_and_trade_count(client: TestClient, aapl: 
             "vwap": Decimal("100.368292682927"),
             "trade_count": 5,
             "closed": True,
+            "revision": 0,
         },
         {
             "timestamp": iso(at(minutes=2)),
@@ -167,6 +172,7 @@ def test_candles_aggregate_ohlcv_vwap_and_trade_count(client: TestClient, aapl: 
             "vwap": Decimal("102.00"),
             "trade_count": 1,
             "closed": True,
+            "revision": 0,
         },
     ]
 
@@ -449,3 +455,79 @@ def test_candles_not_materialised_yet_are_answered_from_trades_and_counted(
 
     assert materialised.json() == unmaterialised.json()
     assert _pages_from_trades(client, "1h") == before + 1
+
+
+def test_candles_late_print_raises_the_revision_once_and_changes_the_etag(
+    fresh_database_url: URL,
+):
+    # An app of its own: a venue batch is announced, and the shared app's listener would go
+    # on answering its prices from memory after `reset`.
+    with running_app(app_settings(fresh_database_url)) as client:
+        market = SyncDatabase(fresh_database_url)
+        try:
+            _late_print_revises_once(client, market)
+        finally:
+            market.close()
+
+
+def _late_print_revises_once(client: TestClient, market: SyncDatabase) -> None:
+    # A venue symbol whose feed is complete through 90 minutes past BASE: its first 1m and
+    # 1h buckets are final, materialised as revision 0, and not settled (a late print may
+    # still revise them), so not cached as immutable.
+    through = at(minutes=90)
+    stamped = datetime.now(UTC)
+    market.insert_venue_batch(
+        "AAPL", [(at(seconds=1), "1", "100")], complete_through=through, stamped=stamped
+    )
+    market.materialise()
+    window = {"start": iso(BASE), "end": iso(at(hours=1))}
+    queries = {
+        "1m": {"symbol": "AAPL", "interval": "1m", **window},
+        "1h": {"symbol": "AAPL", "interval": "1h", **window},
+        # Rolled up from its minutes: the sum of their revisions.
+        "1h London": {"symbol": "AAPL", "interval": "1h", "timezone": "Europe/London", **window},
+    }
+
+    def answers() -> dict[str, tuple[str, dict[str, Any]]]:
+        found = {}
+        for name, params in queries.items():
+            response = client.get("/candles", params=params)
+            assert response.status_code == 200, response.text
+            (candle,) = response.json()["candles"]
+            assert candle["closed"] is True
+            assert response.headers["cache-control"] == "no-cache"
+            found[name] = (response.headers["etag"], candle)
+        return found
+
+    first = answers()
+    assert {name: c["revision"] for name, (_, c) in first.items()} == dict.fromkeys(queries, 0)
+
+    late = market.insert_venue_batch(
+        "AAPL",
+        [(at(seconds=2), "2", "90")],
+        complete_through=through,
+        stamped=stamped + timedelta(seconds=1),
+    )
+    revised = answers()
+
+    assert late == 1
+    for name, (etag, candle) in revised.items():
+        assert candle["revision"] == 1, name
+        assert (candle["low"], candle["trade_count"]) == (90, 2), name
+        assert etag != first[name][0], name
+        current = client.get("/candles", params=queries[name], headers={"If-None-Match": etag})
+        assert current.status_code == 304, name
+        stale = client.get(
+            "/candles", params=queries[name], headers={"If-None-Match": first[name][0]}
+        )
+        assert stale.status_code == 200, name
+
+    # The same venue trade re-delivered: stored once, nothing revised, the same answer.
+    market.insert_venue_batch(
+        "AAPL",
+        [(at(seconds=2), "2", "90")],
+        complete_through=through,
+        stamped=stamped + timedelta(seconds=2),
+    )
+
+    assert answers() == revised

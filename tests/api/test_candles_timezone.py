@@ -96,6 +96,7 @@ def reference(records: list[TradeRecord], tz: ZoneInfo, interval: str) -> list[d
             ),
             "trade_count": len(rows),
             "closed": True,
+            "revision": 0,
         }
         for start, rows in sorted(buckets.items())
     ]

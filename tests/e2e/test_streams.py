@@ -180,15 +180,11 @@ async def test_candle_stream_sends_the_open_candle_and_resumed_ones_final(
     assert [e.kind for e in events] == ["candle"] * 3
     first = events[0].data
     assert first["timestamp"] == past.isoformat().replace("+00:00", "Z")
-    assert (first["open"], first["volume"], first["trade_count"], first["closed"]) == (
-        140.5,
-        7,
-        1,
-        True,
-    )
+    candle = (first["open"], first["volume"], first["trade_count"], first["closed"])
+    assert (*candle, first["revision"]) == (140.5, 7, 1, True, 0)
     assert events[0].id == encode_id(past, 1)
     # Then the open candle (maybe after the one that just closed), changing batch by batch.
-    assert events[-1].data["closed"] is False
+    assert (events[-1].data["closed"], events[-1].data["revision"]) == (False, 0)
     assert events[-1].data["timestamp"] >= minute.isoformat().replace("+00:00", "Z")
 
 

@@ -77,7 +77,7 @@ async def zoned_closed(conn: AsyncConnection, start: datetime) -> bool:
     raw = await driver_connection(conn)
     now = await zoned.clock(raw)
     (row,) = await zoned.read_zoned_candles(raw, [SYMBOL], [start, start + MINUTE], now)
-    return bool(row[-1])
+    return bool(row["closed"])
 
 
 async def test_a_bucket_closes_exactly_when_the_watermark_reaches_its_end(
@@ -162,13 +162,46 @@ async def test_a_late_print_into_a_materialised_bucket_is_stored_and_revises_it(
         )
         assert late == 1
     async with fresh_engine.connect() as conn:
-        low = await conn.scalar(
-            text(
-                "SELECT low FROM candles WHERE symbol = :s AND interval = '1m' AND timestamp = :t"
-            ),
-            {"s": SYMBOL, "t": BASE},
+        assert await candle(conn, "1m") == (Decimal("90"), 1)
+        # The hour is not final: the print's roll-up of it is not a revision.
+        assert await candle(conn, "1h") == (Decimal("90"), 0)
+    async with fresh_engine.begin() as conn:
+        # Re-delivered: stored once, and the candle is not revised again.
+        await write(
+            conn,
+            [trade(BASE + timedelta(seconds=2), 2, "90")],
+            BASE + 2 * MINUTE,
+            last_id=2,
+            stamped=stamped + 2 * MICROSECOND,
         )
-        assert low == Decimal("90")
+        # The hour becomes final: the leader completing it is its first version, not a revision.
+        await write(
+            conn,
+            [trade(BASE + 30 * MINUTE, 3, "95")],
+            BASE + 61 * MINUTE,
+            last_id=3,
+            stamped=stamped + 3 * MICROSECOND,
+        )
+    async with fresh_engine.begin() as conn:
+        await advance_watermark(conn, span=timedelta(days=1))
+    async with fresh_engine.connect() as conn:
+        assert await candle(conn, "1m") == (Decimal("90"), 1)
+        assert await candle(conn, "1h") == (Decimal("90"), 0)
+        assert await conn.scalar(text("SELECT count(*) FROM trades")) == 3
+
+
+async def candle(conn: AsyncConnection, interval: str) -> tuple[Decimal, int]:
+    """(low, revision) of the stored `interval` candle at BASE."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT low, revision FROM candles"
+                " WHERE symbol = :s AND interval = :i AND timestamp = :t"
+            ),
+            {"s": SYMBOL, "i": interval, "t": BASE},
+        )
+    ).one()
+    return row[0], row[1]
 
 
 async def test_materialisation_waits_for_the_slowest_feed(fresh_engine: AsyncEngine) -> None:
@@ -205,4 +238,4 @@ async def test_without_a_feed_a_bucket_closes_exactly_at_the_clock_horizon(
         for horizon, final in ((BASE + MINUTE, True), (BASE + MINUTE - MICROSECOND, False)):
             clock = zoned.Clock(horizon, BASE)
             (row,) = await zoned.read_zoned_candles(raw, ["AAPL"], starts, clock)
-            assert row[-1] is final, horizon
+            assert row["closed"] is final, horizon

@@ -52,6 +52,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("vwap", "numeric", (38, 18), "NO"),
         ("trade_count", "integer", None, "NO"),
         ("notional", "numeric", (None, None), "NO"),
+        ("revision", "integer", None, "NO"),
     ],
     "ingestion_state": [
         ("id", "smallint", None, "NO"),
