@@ -3,7 +3,7 @@ filled across a time the symbol was not being ingested (such a bucket is a gap).
 
 When a symbol was being ingested comes from `ingestion_intervals`, the stretches during which
 its feed stored everything (written with the feed watermarks). A symbol without such a record
-(the synthetic walk, history from `mdp backfill`) has no proof of ingestion: its empty buckets
+(history from `mdp backfill`, trades stored by hand) has no proof of ingestion: its empty buckets
 are gaps, never a quiet market.
 """
 
