@@ -18,7 +18,13 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.materialise import lock_candles, rematerialise
-from persistence.trades import LIVE_CHANNEL, LIVE_RETENTION, VenueTrade, insert_trades
+from persistence.trades import (
+    LEADER_HELD,
+    LIVE_CHANNEL,
+    LIVE_RETENTION,
+    VenueTrade,
+    insert_trades,
+)
 
 __all__ = [
     "StoredMark",
@@ -45,16 +51,9 @@ class VenueBatch(NamedTuple):
 
 
 _claim = text(
-    """
+    f"""
     UPDATE ingestion_state SET last_batch_at = :stamped
-    WHERE id = 1 AND last_batch_at < :stamped
-      AND (CAST(:leader_pid AS integer) IS NULL OR EXISTS (
-          SELECT 1 FROM pg_locks
-          WHERE locktype = 'advisory' AND granted AND pid = :leader_pid
-            AND classid = (:lock_key >> 32)::oid
-            AND objid = (:lock_key & 4294967295)::oid
-            AND objsubid = 1
-      ))
+    WHERE id = 1 AND last_batch_at < :stamped AND {LEADER_HELD}
     RETURNING coalesce(candles_until, TIMESTAMPTZ '0001-01-01 00:00:00+00')
     """
 ).bindparams(
