@@ -3,15 +3,21 @@ time the symbol was not being ingested (a gap)."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import pyarrow.ipc as pa_ipc
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
+from handlers import exports
 from ingestion.generator import TradeGenerator
 from ingestion.loop import Ingestor
 from ingestion.status import IngestionStatus
@@ -210,3 +216,81 @@ async def test_the_running_synthetic_feed_records_what_it_ingests(fresh_database
         candles = app.get("/candles", params=params).json()["candles"]
     assert candles[0]["gap"] is True  # long before ingestion started
     assert any(c["trade_count"] for c in candles)
+
+
+def _file_rows(data: bytes, fmt: str) -> list[dict[str, Any]]:
+    if fmt == "csv":
+        return list(csv.DictReader(io.StringIO(data.decode())))
+    if fmt == "ndjson":
+        return [json.loads(line) for line in data.splitlines()]
+    table = pq.read_table(io.BytesIO(data)) if fmt == "parquet" else pa_ipc.open_stream(data)
+    return table.read_all().to_pylist() if fmt == "arrow" else table.to_pylist()
+
+
+def _normal(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A candle as the same values whatever the format wrote (CSV: text, null is empty)."""
+
+    def exact(value: Any) -> Decimal | None:
+        return None if value in (None, "") else Decimal(str(value)).normalize()
+
+    def flag(value: Any) -> bool:
+        return value if isinstance(value, bool) else value == "true"
+
+    stamp = row["timestamp"]
+    moment = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(stamp)
+    return (
+        row["symbol"],
+        iso(moment),
+        *(exact(row[k]) for k in ("open", "high", "low", "close", "volume", "vwap")),
+        int(row["trade_count"]),
+        flag(row["closed"]),
+        flag(row["gap"]),
+    )
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "parquet", "arrow"])
+@pytest.mark.parametrize("fill", ["null", "previous"])
+@pytest.mark.parametrize("page", [5000, 3])
+def test_a_filled_candle_export_holds_what_filled_candles_answer(
+    client: TestClient,
+    history: SyncDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+    fill: str,
+    page: int,
+):
+    # A few buckets per statement: carrying a close forward crosses the statements.
+    monkeypatch.setattr(exports, "_BUCKETS", page)
+    window = {k: v for k, v in WINDOW.items() if k != "symbol"}
+    expected = sorted(
+        (
+            _normal({**c, "symbol": symbol})
+            for symbol in ("AAPL", "MSFT")  # MSFT: no trades, no record of ingestion
+            for c in client.get(
+                "/candles", params={**WINDOW, "symbol": symbol, "fill": fill}
+            ).json()["candles"]
+        ),
+        key=lambda row: (row[1], row[0]),
+    )
+    params = {**window, "symbols": "MSFT,AAPL", "format": fmt, "fill": fill}
+    response = client.get("/export/candles", params=params)
+    assert response.status_code == 200
+    assert int(response.headers["x-row-count"]) == len(expected) == 20
+    assert [_normal(row) for row in _file_rows(response.content, fmt)] == expected
+
+
+def test_a_candle_export_has_a_gap_column_only_with_fill(client: TestClient, history: SyncDatabase):
+    params = {**WINDOW, "symbols": "AAPL", "format": "csv"}
+    del params["symbol"]
+    plain = client.get("/export/candles", params=params).text.splitlines()
+    filled = client.get("/export/candles", params={**params, "fill": "null"}).text.splitlines()
+    assert plain[0].split(",")[-1] == "closed" and len(plain) == 3
+    assert filled[0].split(",")[-1] == "gap" and len(filled) == 11
+    explicit = client.get("/export/candles", params={**params, "fill": "none"})
+    assert explicit.text.splitlines() == plain
+
+
+def test_an_unknown_export_fill_is_refused_naming_it(client: TestClient, history: SyncDatabase):
+    params = {**WINDOW, "symbols": "AAPL", "fill": "zero"}
+    del params["symbol"]
+    assert error_names(client.get("/export/candles", params=params)) == ["fill"]
