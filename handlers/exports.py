@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import pyarrow as pa
@@ -25,6 +25,7 @@ from handlers.export_formats import (
 from handlers.export_response import ExportResponse, Produce
 from handlers.params import parse_window, parse_zone, symbol_code
 from persistence import exports, zoned
+from persistence import fill as filling
 from persistence.budget import Claim
 from persistence.finality import INTERVALS
 
@@ -50,6 +51,8 @@ CANDLES_SCHEMA = pa.schema(
         ("closed", pa.bool_()),
     ]
 )
+# With `fill`: every bucket, empty ones with null prices, and whether each is a gap.
+FILLED_CANDLES_SCHEMA = CANDLES_SCHEMA.append(pa.field("gap", pa.bool_()))
 TRADES_SCHEMA = pa.schema(
     [
         ("id", pa.int64()),
@@ -231,6 +234,7 @@ async def export_candles(
     format: str | None = None,
     price_type: str = "decimal",
     timezone: str = "UTC",
+    fill: str = "none",
 ) -> ExportResponse:
     codes = list(dict.fromkeys(symbol_code(symbol) for symbol in symbols))
     start_at, end_at = _window(start, end)
@@ -253,24 +257,64 @@ async def export_candles(
 
     async def counted(conn: asyncpg.Connection) -> tuple[zoned.Clock, int]:
         now = await zoned.clock(conn)
+        if fill != "none":
+            # Every bucket of every symbol.
+            return now, sum(len(bounds) - 1 for bounds in pages()) * len(codes)
         return now, await zoned.count_candles(conn, codes, pages(), now)
 
     opened = await _snapshot(codes, counted)
-    (now, rows), copy = opened.checked, _copy(opened.conn, fmt)
-    query = zoned.candles_query(_shape(fmt))
+    (now, rows), conn, copy = opened.checked, opened.conn, _copy(opened.conn, fmt)
+    shape = _shape(fmt)
+    query = zoned.candles_query(shape) if fill == "none" else zoned.filled_candles_query(shape)
 
     async def produce(sink: Callable[[bytes], Awaitable[None]]) -> None:
         for n, bounds in enumerate(pages()):
-            arguments = [codes, bounds, now.horizon, now.minutes_done]
+            arguments: Sequence[Any]
+            if fill == "none":
+                arguments = [codes, bounds, now.horizon, now.minutes_done]
+            else:
+                arguments = await _filled_columns(conn, codes, bounds, now, fill)
             await copy(query, arguments, sink, header=n == 0 and fmt.name == "csv")
 
     kind = f"candles-{interval}" + ("" if timezone == "UTC" else f"-{timezone.replace('/', '-')}")
+    schema = CANDLES_SCHEMA if fill == "none" else FILLED_CANDLES_SCHEMA
     return _response(
         fmt,
-        with_price_type(CANDLES_SCHEMA, price_type),
+        with_price_type(schema, price_type),
         produce,
         opened,
         filename=_filename(kind, codes, start_at, end_at, fmt.extension),
         rows=rows,
         what=f"{interval} candles of {len(codes)} symbols in {timezone} as {fmt.name}",
     )
+
+
+async def _filled_columns(
+    conn: asyncpg.Connection,
+    codes: Sequence[str],
+    bounds: Sequence[datetime],
+    now: zoned.Clock,
+    fill: str,
+) -> list[list[Any]]:
+    """Every bucket of `bounds` for each symbol, filled as `/candles` fills them, as the
+    column arrays `zoned.filled_candles_query` takes (it orders them)."""
+    rows = await zoned.read_zoned_candles(conn, codes, bounds, now, shape="typed")
+    traded: dict[str, list[Any]] = {code: [] for code in codes}
+    for row in rows:
+        traded[row[0]].append(row[1:])
+    filled: list[tuple[Any, ...]] = []
+    lo, hi = bounds[0], bounds[-1]
+    for code in codes:
+        before = await filling.last_trade_before(conn, code, lo) if fill == "previous" else None
+        buckets = filling.fill_buckets(
+            traded[code],
+            bounds,
+            fill,
+            horizon=now.horizon,
+            spans=await filling.ingested_spans(conn, code, lo, hi),
+            before=before,
+        )
+        filled += [(code, *bucket) for bucket in buckets]
+    return [list(column) for column in zip(*filled, strict=True)] or [
+        [] for _ in zoned.FILLED_COLUMNS
+    ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -13,12 +14,16 @@ from ingestion.leader import LEADER_LOCK_KEY, LeaderLock
 from ingestion.materialiser import CandleMaterialiser
 from ingestion.status import IngestionStatus
 from persistence.database import describe_error, is_unavailable
+from persistence.feeds import record_intervals
 from persistence.finality import VISIBILITY_DEADLINE
 from persistence.trades import insert_live_batch, last_prices
 
 __all__ = ["BatchRefused", "BatchTooLate", "IngestionLoop", "Ingestor"]
 
 logger = logging.getLogger(__name__)
+
+# The `feed` the synthetic walk's ingestion intervals are recorded under (FEED=synthetic).
+SYNTHETIC_FEED = "synthetic"
 
 
 class BatchTooLate(RuntimeError):
@@ -133,9 +138,14 @@ class Ingestor(IngestionLoop):
         generator: TradeGenerator,
         status: IngestionStatus,
         leader: LeaderLock | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """`clock` stamps the batches (tests replay a past session through it)."""
         super().__init__(engine, status, leader)
         self.generator = generator
+        self.clock = clock
+        # The unbroken stretch this instance has stored: (its first batch, its last batch).
+        self._stretch: tuple[datetime, datetime] | None = None
 
     async def run_once(self) -> int:
         """Generate and store one batch; on any failure nothing is stored and the walk rewinds."""
@@ -144,8 +154,14 @@ class Ingestor(IngestionLoop):
             async with self.engine.connect() as conn:
                 self.generator.resume(await last_prices(conn, list(self.generator.walks)))
             self._resumed = True
+            # A (re)start or a takeover: nothing proves what happened since the last batch.
+            self._stretch = None
         snapshot = self.generator.snapshot()
-        stamped = datetime.now(UTC)
+        stamped = self.clock()
+        since = stamped
+        stale = timedelta(seconds=self.status.stale_after_seconds)
+        if self._stretch is not None and stamped - self._stretch[1] <= stale:
+            since = self._stretch[0]
         try:
             async with self.engine.begin() as conn:
                 size = await insert_live_batch(
@@ -157,12 +173,19 @@ class Ingestor(IngestionLoop):
                 )
                 if not size:
                     raise BatchRefused("not the leader any more, or not newer than the last batch")
-                if datetime.now(UTC) - stamped > VISIBILITY_DEADLINE / 2:
+                # The walk prints every trade there is: its symbols were ingested throughout.
+                await record_intervals(
+                    conn,
+                    dict.fromkeys(self.generator.walks, (since, stamped)),
+                    feed=SYNTHETIC_FEED,
+                )
+                if self.clock() - stamped > VISIBILITY_DEADLINE / 2:
                     # Readers treat buckets older than the deadline as final: never let a
                     # slow commit add trades behind their back. Roll back; the next cycle retries.
                     raise BatchTooLate(f"batch took longer than {VISIBILITY_DEADLINE / 2}")
         except BaseException:
             self.generator.restore(snapshot)
             raise
+        self._stretch = (since, stamped)
         self.status.record_success(size)
         return size

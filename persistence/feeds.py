@@ -18,9 +18,21 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.materialise import lock_candles, rematerialise
-from persistence.trades import LIVE_CHANNEL, LIVE_RETENTION, VenueTrade, insert_trades
+from persistence.trades import (
+    LEADER_HELD,
+    LIVE_CHANNEL,
+    LIVE_RETENTION,
+    VenueTrade,
+    insert_trades,
+)
 
-__all__ = ["StoredMark", "VenueBatch", "insert_venue_batch", "stored_marks"]
+__all__ = [
+    "StoredMark",
+    "VenueBatch",
+    "insert_venue_batch",
+    "record_intervals",
+    "stored_marks",
+]
 
 
 class StoredMark(NamedTuple):
@@ -39,16 +51,9 @@ class VenueBatch(NamedTuple):
 
 
 _claim = text(
-    """
+    f"""
     UPDATE ingestion_state SET last_batch_at = :stamped
-    WHERE id = 1 AND last_batch_at < :stamped
-      AND (CAST(:leader_pid AS integer) IS NULL OR EXISTS (
-          SELECT 1 FROM pg_locks
-          WHERE locktype = 'advisory' AND granted AND pid = :leader_pid
-            AND classid = (:lock_key >> 32)::oid
-            AND objid = (:lock_key & 4294967295)::oid
-            AND objsubid = 1
-      ))
+    WHERE id = 1 AND last_batch_at < :stamped AND {LEADER_HELD}
     RETURNING coalesce(candles_until, TIMESTAMPTZ '0001-01-01 00:00:00+00')
     """
 ).bindparams(
@@ -75,37 +80,48 @@ _publish = text(
 )
 
 # A mark only moves forward within a stretch; a later stretch (a venue that restarted its
-# ids) replaces it. Intervals grow as their stretch's mark does.
+# ids) replaces it.
 _marks = text(
     """
-    WITH marks AS (
-        SELECT * FROM unnest(
-            CAST(:symbols AS varchar[]), CAST(:ids AS bigint[]),
-            CAST(:through AS timestamptz[]), CAST(:since AS timestamptz[])
-        ) AS m(symbol, last_trade_id, complete_through, since)
-    ), upserted AS (
-        INSERT INTO feed_watermarks AS w (symbol, feed, last_trade_id, complete_through, since)
-        SELECT symbol, :feed, last_trade_id, complete_through, since FROM marks
-        ON CONFLICT (symbol) DO UPDATE SET
-            feed = EXCLUDED.feed,
-            last_trade_id = CASE WHEN EXCLUDED.since > w.since THEN EXCLUDED.last_trade_id
-                                 ELSE greatest(w.last_trade_id, EXCLUDED.last_trade_id) END,
-            complete_through = CASE WHEN EXCLUDED.since > w.since THEN EXCLUDED.complete_through
-                                    ELSE greatest(w.complete_through, EXCLUDED.complete_through)
-                               END,
-            since = greatest(w.since, EXCLUDED.since),
-            updated_at = now()
-    )
-    INSERT INTO ingestion_intervals AS i (symbol, feed, started_at, complete_through)
-    SELECT symbol, :feed, since, complete_through FROM marks WHERE complete_through >= since
-    ON CONFLICT (symbol, started_at) DO UPDATE
-        SET complete_through = greatest(i.complete_through, EXCLUDED.complete_through)
+    INSERT INTO feed_watermarks AS w (symbol, feed, last_trade_id, complete_through, since)
+    SELECT symbol, :feed, last_trade_id, complete_through, since FROM unnest(
+        CAST(:symbols AS varchar[]), CAST(:ids AS bigint[]),
+        CAST(:through AS timestamptz[]), CAST(:since AS timestamptz[])
+    ) AS m(symbol, last_trade_id, complete_through, since)
+    ON CONFLICT (symbol) DO UPDATE SET
+        feed = EXCLUDED.feed,
+        last_trade_id = CASE WHEN EXCLUDED.since > w.since THEN EXCLUDED.last_trade_id
+                             ELSE greatest(w.last_trade_id, EXCLUDED.last_trade_id) END,
+        complete_through = CASE WHEN EXCLUDED.since > w.since THEN EXCLUDED.complete_through
+                                ELSE greatest(w.complete_through, EXCLUDED.complete_through)
+                           END,
+        since = greatest(w.since, EXCLUDED.since),
+        updated_at = now()
     """
 ).bindparams(
     bindparam("symbols", type_=ARRAY(String)),
     bindparam("ids", type_=ARRAY(BigInteger)),
     bindparam("through", type_=ARRAY(DateTime(timezone=True))),
     bindparam("since", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("feed", type_=String),
+)
+
+# An interval is keyed by where its stretch started: it grows as the stretch goes on.
+_intervals = text(
+    """
+    INSERT INTO ingestion_intervals AS i (symbol, feed, started_at, complete_through)
+    SELECT symbol, :feed, since, complete_through FROM unnest(
+        CAST(:symbols AS varchar[]), CAST(:since AS timestamptz[]),
+        CAST(:through AS timestamptz[])
+    ) AS m(symbol, since, complete_through)
+    WHERE complete_through >= since
+    ON CONFLICT (symbol, started_at) DO UPDATE
+        SET complete_through = greatest(i.complete_through, EXCLUDED.complete_through)
+    """
+).bindparams(
+    bindparam("symbols", type_=ARRAY(String)),
+    bindparam("since", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("through", type_=ARRAY(DateTime(timezone=True))),
     bindparam("feed", type_=String),
 )
 
@@ -168,7 +184,36 @@ async def insert_venue_batch(
                 "feed": feed,
             },
         )
+        await record_intervals(
+            conn,
+            {
+                symbol: (mark.since, mark.complete_through)
+                for symbol, mark in marks.items()
+                if mark.complete_through is not None
+            },
+            feed=feed,
+        )
     return VenueBatch(len(ids), sum(len(m) for m in late.values()))
+
+
+async def record_intervals(
+    conn: AsyncConnection, stretches: Mapping[str, tuple[datetime, datetime]], *, feed: str
+) -> None:
+    """Record that `feed` stored every trade of each symbol over its (since, through)
+    stretch, in the caller's transaction (the one storing those trades): the interval that
+    began at `since` grows to `through`, or starts there. `fill` reads these."""
+    if not stretches:
+        return
+    symbols = sorted(stretches)
+    await conn.execute(
+        _intervals,
+        {
+            "symbols": symbols,
+            "since": [stretches[s][0] for s in symbols],
+            "through": [stretches[s][1] for s in symbols],
+            "feed": feed,
+        },
+    )
 
 
 async def stored_marks(conn: AsyncConnection, feed: str) -> dict[str, StoredMark]:

@@ -3,7 +3,7 @@ filled across a time the symbol was not being ingested (such a bucket is a gap).
 
 When a symbol was being ingested comes from `ingestion_intervals`, the stretches during which
 its feed stored everything (written with the feed watermarks). A symbol without such a record
-(the synthetic walk, history from `mdp backfill`) has no proof of ingestion: its empty buckets
+(history from `mdp backfill`, trades stored by hand) has no proof of ingestion: its empty buckets
 are gaps, never a quiet market.
 """
 
@@ -64,10 +64,10 @@ def fill_buckets(
     before: tuple[datetime, Decimal] | None,
 ) -> list[tuple[Any, ...]]:
     """Every bucket of `starts` (the last element ends the last bucket) as (timestamp, open,
-    high, low, close, volume, vwap, trade_count, closed, revision, gap): `rows` (the same
-    fields without `gap`) where trades happened; elsewhere null prices (`null`), or the last
-    close carried forward (`previous`) as long as no gap lies between; a bucket the symbol was
-    not being ingested through is a gap, with null prices."""
+    high, low, close, volume, vwap, trade_count, closed, gap): `rows` (the same fields without
+    `gap`) where trades happened; elsewhere null prices (`null`), or the last close carried
+    forward (`previous`) as long as no gap lies between; a bucket the symbol was not being
+    ingested through is a gap, with null prices."""
     traded = {row[0]: tuple(row) for row in rows}
     carried: Decimal | None = None
     if before is not None and _covered(spans, before[0], starts[0]):
@@ -83,5 +83,5 @@ def fill_buckets(
         if gap:
             carried = None
         price = carried if mode == "previous" else None
-        filled.append((start, price, price, price, price, 0, None, 0, end <= horizon, 0, gap))
+        filled.append((start, price, price, price, price, 0, None, 0, end <= horizon, gap))
     return filled

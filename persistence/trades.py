@@ -28,6 +28,7 @@ from persistence.partitions import ensure_partitions
 
 __all__ = [
     "COLUMNS",
+    "LEADER_HELD",
     "LIVE_CHANNEL",
     "LIVE_RETENTION",
     "RECENT",
@@ -198,23 +199,27 @@ async def _page(
     return rows
 
 
+# The writing session still holds the leader's advisory lock `:lock_key` (NULL `:leader_pid`:
+# no election, the only writer). Every batch write checks it in its own statement, so a leader
+# that lost the lock can never commit after its successor started.
+LEADER_HELD = """(CAST(:leader_pid AS integer) IS NULL OR EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND granted AND pid = :leader_pid
+      AND classid = (:lock_key >> 32)::oid
+      AND objid = (:lock_key & 4294967295)::oid
+      AND objsubid = 1
+))"""
+
 # A live batch: written only if the writer still holds the leader lock (fencing a leader that
 # lost it) and the batch is newer than the last one written (a retried or raced batch can never
 # be stored twice). One statement: the claim, the rows, the batch's record in `live_batches`
 # (what streams replay from) and its NOTIFY commit together or not at all. The payload is the
 # stamp and id range, a few dozen bytes whatever the number of symbols (NOTIFY allows 8,000).
 _insert_live_batch = text(
-    """
+    f"""
     WITH claim AS (
         UPDATE ingestion_state SET last_batch_at = :stamped
-        WHERE id = 1 AND last_batch_at < :stamped
-          AND (CAST(:leader_pid AS integer) IS NULL OR EXISTS (
-              SELECT 1 FROM pg_locks
-              WHERE locktype = 'advisory' AND granted AND pid = :leader_pid
-                AND classid = (:lock_key >> 32)::oid
-                AND objid = (:lock_key & 4294967295)::oid
-                AND objsubid = 1
-          ))
+        WHERE id = 1 AND last_batch_at < :stamped AND {LEADER_HELD}
         RETURNING 1
     ),
     inserted AS (

@@ -33,6 +33,8 @@ __all__ = [
     "pages",
     "candles_query",
     "clock",
+    "FILLED_COLUMNS",
+    "filled_candles_query",
     "read_zoned_candles",
     "zone",
 ]
@@ -170,30 +172,79 @@ _ROLLED = f"""{_MINUTES}
 _START = f"{_S}[r.n]"
 # $3 is the clock's horizon; a venue symbol's own watermark holds it back, read here.
 _CLOSED = f"{_S}[r.n + 1] <= least($3::timestamptz, {feed_watermark_sql('r.symbol')})"
-_RFC3339 = f"to_char({_START} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-_SHAPES = {
-    # JSON operations: exact prices as float8 (PostgreSQL prints their shortest form).
-    "float": f"r.symbol, {_START}, r.open::float8, r.high::float8, r.low::float8, "
-    f"r.close::float8, r.volume::float8, r.vwap::float8, r.trade_count, {_CLOSED} AS closed, "
-    "r.revision",
-    "text": f"r.symbol, {_RFC3339} AS timestamp, trim_scale(r.open) AS open, "
-    "trim_scale(r.high) AS high, trim_scale(r.low) AS low, trim_scale(r.close) AS close, "
-    "trim_scale(r.volume) AS volume, trim_scale(r.vwap) AS vwap, r.trade_count, "
-    f"CASE WHEN {_CLOSED} THEN 'true' ELSE 'false' END AS closed",
-    "typed": f"r.symbol, {_START} AS timestamp, r.open, r.high, r.low, r.close, r.volume, "
-    f"r.vwap, r.trade_count, {_CLOSED} AS closed",
-}
+
+
+def _columns(shape: str, start: str, closed: str, gap: str | None = None) -> str:
+    """The candle columns of one shape from rows `r`: their bucket start is `start`, whether
+    it is final `closed`, and (only for filled candles) whether it is a gap `gap`."""
+    if shape == "float":
+        # JSON operations: exact prices as float8 (PostgreSQL prints their shortest form),
+        # and the revision (exports do not carry it yet).
+        return (
+            f"r.symbol, {start}, r.open::float8, r.high::float8, r.low::float8, "
+            f"r.close::float8, r.volume::float8, r.vwap::float8, r.trade_count, "
+            f"{closed} AS closed, r.revision"
+        )
+    if shape == "typed":
+        return (
+            f"r.symbol, {start} AS timestamp, r.open, r.high, r.low, r.close, r.volume, "
+            f"r.vwap, r.trade_count, {closed} AS closed" + (f", {gap} AS gap" if gap else "")
+        )
+    rfc3339 = f"to_char({start} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    flags = [(closed, "closed"), *([(gap, "gap")] if gap else [])]
+    return (
+        f"r.symbol, {rfc3339} AS timestamp, trim_scale(r.open) AS open, "
+        "trim_scale(r.high) AS high, trim_scale(r.low) AS low, trim_scale(r.close) AS close, "
+        "trim_scale(r.volume) AS volume, trim_scale(r.vwap) AS vwap, r.trade_count, "
+        + ", ".join(
+            f"CASE WHEN {flag} THEN 'true' ELSE 'false' END AS {name}" for flag, name in flags
+        )
+    )
+
+
+def _select(shape: str, rows: str, start: str, closed: str, gap: str | None = None) -> str:
+    """SELECT … FROM `rows` AS r in one of the shapes (`json`: one object per row)."""
+    if shape == "json":
+        lateral = f"CROSS JOIN LATERAL (SELECT {_columns('text', start, closed, gap)}) AS j"
+        return f"SELECT row_to_json(j) FROM {rows} AS r {lateral}"
+    return f"SELECT {_columns(shape, start, closed, gap)} FROM {rows} AS r"
 
 
 def candles_query(shape: str) -> str:
     """Candles of the buckets in $2, by (timestamp, symbol), in one of the export shapes
     (`text`, `json`, `typed`) or `float` for the JSON operations."""
-    if shape == "json":
-        lateral = f"CROSS JOIN LATERAL (SELECT {_SHAPES['text']}) AS j"
-        select = f"row_to_json(j) FROM rolled AS r {lateral}"
-    else:
-        select = f"{_SHAPES[shape]} FROM rolled AS r"
-    return f"WITH rolled AS ({_ROLLED}) SELECT {select} ORDER BY {_START}, r.symbol"
+    select = _select(shape, "rolled", _START, _CLOSED)
+    return f"WITH rolled AS ({_ROLLED}) {select} ORDER BY {_START}, r.symbol"
+
+
+def filled_candles_query(shape: str) -> str:
+    """Filled candles (`persistence.fill`) given as one array per column ($1 symbols … $11
+    gaps), by (timestamp, symbol), in one of the export shapes: the same text forms as
+    `candles_query`, and a `gap` column."""
+    rows = (
+        "unnest($1::varchar[], $2::timestamptz[], $3::numeric[], $4::numeric[], $5::numeric[], "
+        "$6::numeric[], $7::numeric[], $8::numeric[], $9::bigint[], $10::boolean[], "
+        "$11::boolean[])"
+    )
+    named = f"(SELECT * FROM {rows} AS u({', '.join(FILLED_COLUMNS)}))"
+    select = _select(shape, named, "r.timestamp", "r.closed", "r.gap")
+    return f"{select} ORDER BY r.timestamp, r.symbol"
+
+
+# The columns of a filled candle, in `filled_candles_query`'s argument order.
+FILLED_COLUMNS = (
+    "symbol",
+    "timestamp",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "vwap",
+    "trade_count",
+    "closed",
+    "gap",
+)
 
 
 # The candles `candles_query` would return: one per symbol and bucket with a minute in it,
@@ -218,12 +269,18 @@ async def count_candles(
 
 
 async def read_zoned_candles(
-    conn: asyncpg.Connection, symbols: Sequence[str], starts: Sequence[datetime], now: Clock
+    conn: asyncpg.Connection,
+    symbols: Sequence[str],
+    starts: Sequence[datetime],
+    now: Clock,
+    *,
+    shape: str = "float",
 ) -> list[Any]:
-    """Rows (symbol, timestamp, open, high, low, close, volume, vwap, trade_count, closed,
-    revision) for the buckets `starts` (the last element is where the last bucket ends)."""
+    """Rows (symbol, timestamp, open, high, low, close, volume, vwap, trade_count, closed)
+    for the buckets `starts` (the last element is where the last bucket ends); prices as
+    float8 followed by the revision, or exact (`typed`)."""
     rows: list[Any] = await conn.fetch(
-        candles_query("float"), list(symbols), list(starts), now.horizon, now.minutes_done
+        candles_query(shape), list(symbols), list(starts), now.horizon, now.minutes_done
     )
     return rows
 

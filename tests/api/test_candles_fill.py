@@ -3,13 +3,33 @@ time the symbol was not being ingested (a gap)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+import asyncpg
+import pyarrow.ipc as pa_ipc
+import pyarrow.parquet as pq
 import pytest
+from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
-from tests.api.support import SyncDatabase, error_names, iso, past_midnight
+from handlers import exports
+from ingestion.generator import TradeGenerator
+from ingestion.loop import Ingestor
+from ingestion.status import IngestionStatus
+from tests.api.support import (
+    SyncDatabase,
+    app_settings,
+    error_names,
+    iso,
+    past_midnight,
+    running_app,
+)
+from tests.support import dsn, open_test_engine, wait_until_async
 
 BASE = past_midnight()
 WINDOW = {
@@ -132,3 +152,145 @@ def test_fill_aligns_to_a_time_zone(client: TestClient, history: SyncDatabase):
 def test_an_unknown_fill_is_refused_naming_it(client: TestClient, history: SyncDatabase):
     response = client.get("/candles", params={**WINDOW, "fill": "zero"})
     assert error_names(response) == ["fill"]
+
+
+async def test_synthetic_ingestion_shows_a_quiet_market_as_quiet(fresh_database_url: URL):
+    """The synthetic writer records the stretches it ingested: extended batch after batch,
+    broken by an outage longer than the stale window (3 x interval) or by a restart."""
+    status = IngestionStatus(enabled=True, interval_seconds=60.0, symbols=("AAPL",))
+    moment = [at(0)]
+    engine = open_test_engine(fresh_database_url)
+
+    def ingestor() -> Ingestor:
+        # A past session replayed: the clock stamps each batch where the test says.
+        walk = TradeGenerator({"AAPL": Decimal("100")}, seed=7, max_trades_per_symbol=2)
+        return Ingestor(engine, walk, status, clock=lambda: moment[0])
+
+    with running_app(app_settings(fresh_database_url)) as app:
+        try:
+            first = ingestor()
+            for minutes in (0.5, 2.5, 4.5, 8.5):  # 4.5 -> 8.5: an outage past the window
+                moment[0] = at(minutes)
+                assert await first.run_once() > 0
+            moment[0] = at(10.5)  # a restart, though within the window
+            assert await ingestor().run_once() > 0
+        finally:
+            await engine.dispose()
+        params = {**WINDOW, "start": iso(at(-1)), "end": iso(at(11)), "fill": "null"}
+        candles = app.get("/candles", params=params).json()["candles"]
+    summary = [(minute, c["trade_count"] > 0, c["gap"]) for minute, c in enumerate(candles, -1)]
+    assert summary == [
+        (-1, False, True),  # before ingestion started
+        (0, True, False),
+        (1, False, False),  # quiet, not a gap
+        (2, True, False),
+        (3, False, False),
+        (4, True, False),
+        *((m, False, True) for m in (5, 6, 7)),
+        (8, True, False),
+        (9, False, True),  # the writer restarted after minute 8.5
+        (10, True, False),
+    ]
+    assert {c["close"] for c in candles if not c["trade_count"]} == {None}
+
+
+@pytest.mark.timing
+async def test_the_running_synthetic_feed_records_what_it_ingests(fresh_database_url: URL):
+    settings = app_settings(
+        fresh_database_url, ingestion_enabled=True, ingestion_interval_seconds=0.1
+    )
+    with running_app(settings) as app:
+        conn = await asyncpg.connect(dsn(fresh_database_url))
+        try:
+            await wait_until_async(
+                lambda: conn.fetchval(
+                    "SELECT count(*) FROM ingestion_intervals WHERE symbol = 'AAPL' "
+                    "AND feed = 'synthetic' AND complete_through > started_at"
+                ),
+                what="an ingestion interval extended by a later batch",
+            )
+        finally:
+            await conn.close()
+        now = datetime.now(UTC)
+        params = {"symbol": "AAPL", "start": iso(now - timedelta(minutes=30)), "fill": "null"}
+        candles = app.get("/candles", params=params).json()["candles"]
+    assert candles[0]["gap"] is True  # long before ingestion started
+    assert any(c["trade_count"] for c in candles)
+
+
+def _file_rows(data: bytes, fmt: str) -> list[dict[str, Any]]:
+    if fmt == "csv":
+        return list(csv.DictReader(io.StringIO(data.decode())))
+    if fmt == "ndjson":
+        return [json.loads(line) for line in data.splitlines()]
+    table = pq.read_table(io.BytesIO(data)) if fmt == "parquet" else pa_ipc.open_stream(data)
+    return table.read_all().to_pylist() if fmt == "arrow" else table.to_pylist()
+
+
+def _normal(row: dict[str, Any]) -> tuple[Any, ...]:
+    """A candle as the same values whatever the format wrote (CSV: text, null is empty)."""
+
+    def exact(value: Any) -> Decimal | None:
+        return None if value in (None, "") else Decimal(str(value)).normalize()
+
+    def flag(value: Any) -> bool:
+        return value if isinstance(value, bool) else value == "true"
+
+    stamp = row["timestamp"]
+    moment = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(stamp)
+    return (
+        row["symbol"],
+        iso(moment),
+        *(exact(row[k]) for k in ("open", "high", "low", "close", "volume", "vwap")),
+        int(row["trade_count"]),
+        flag(row["closed"]),
+        flag(row["gap"]),
+    )
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ndjson", "parquet", "arrow"])
+@pytest.mark.parametrize("fill", ["null", "previous"])
+@pytest.mark.parametrize("page", [5000, 3])
+def test_a_filled_candle_export_holds_what_filled_candles_answer(
+    client: TestClient,
+    history: SyncDatabase,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+    fill: str,
+    page: int,
+):
+    # A few buckets per statement: carrying a close forward crosses the statements.
+    monkeypatch.setattr(exports, "_BUCKETS", page)
+    window = {k: v for k, v in WINDOW.items() if k != "symbol"}
+    expected = sorted(
+        (
+            _normal({**c, "symbol": symbol})
+            for symbol in ("AAPL", "MSFT")  # MSFT: no trades, no record of ingestion
+            for c in client.get(
+                "/candles", params={**WINDOW, "symbol": symbol, "fill": fill}
+            ).json()["candles"]
+        ),
+        key=lambda row: (row[1], row[0]),
+    )
+    params = {**window, "symbols": "MSFT,AAPL", "format": fmt, "fill": fill}
+    response = client.get("/export/candles", params=params)
+    assert response.status_code == 200
+    assert int(response.headers["x-row-count"]) == len(expected) == 20
+    assert [_normal(row) for row in _file_rows(response.content, fmt)] == expected
+
+
+def test_a_candle_export_has_a_gap_column_only_with_fill(client: TestClient, history: SyncDatabase):
+    params = {**WINDOW, "symbols": "AAPL", "format": "csv"}
+    del params["symbol"]
+    plain = client.get("/export/candles", params=params).text.splitlines()
+    filled = client.get("/export/candles", params={**params, "fill": "null"}).text.splitlines()
+    assert plain[0].split(",")[-1] == "closed" and len(plain) == 3
+    assert filled[0].split(",")[-1] == "gap" and len(filled) == 11
+    explicit = client.get("/export/candles", params={**params, "fill": "none"})
+    assert explicit.text.splitlines() == plain
+
+
+def test_an_unknown_export_fill_is_refused_naming_it(client: TestClient, history: SyncDatabase):
+    params = {**WINDOW, "symbols": "AAPL", "fill": "zero"}
+    del params["symbol"]
+    assert error_names(client.get("/export/candles", params=params)) == ["fill"]

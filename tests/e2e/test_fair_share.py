@@ -17,6 +17,7 @@ from mdp.apikeys import key_id_of, revoke
 from tests.support import (
     Service,
     dsn,
+    generate_trades,
     metric_value,
     open_test_engine,
     provision_key_now,
@@ -51,15 +52,8 @@ def server(module_database: URL) -> Iterator[Service]:
 @pytest.fixture(scope="module")
 async def trades(server: Service, module_database: URL) -> AsyncIterator[None]:
     conn = await asyncpg.connect(dsn(module_database))
-    # Raw SQL, as in test_export_streams: enough rows that an unread export never finishes.
-    await conn.execute("SELECT mdp_ensure_trade_partitions('2026-01-01Z', '2026-01-02Z')")
-    await conn.execute(
-        "INSERT INTO trades (symbol, price, volume, timestamp) "
-        "SELECT 'AAPL', 100 + n % 1000 / 100.0, 1 + n % 7, "
-        "'2026-01-01T00:00:00Z'::timestamptz + n * interval '100 ms' "
-        "FROM generate_series(1, $1) AS n",
-        ROWS,
-    )
+    # Enough rows that an unread export never finishes.
+    await generate_trades(conn, ROWS)
     await conn.close()
     yield
 

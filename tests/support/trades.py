@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.history import copy_trades, write_history
 from persistence.trades import NewTrade
 
-__all__ = ["restore_trades", "seed_trades"]
+__all__ = ["generate_trades", "restore_trades", "seed_trades"]
 
 
 async def seed_trades(conn: AsyncConnection, trades: Iterable[NewTrade]) -> None:
@@ -27,3 +28,18 @@ async def restore_trades(conn: AsyncConnection, trades: Iterable[NewTrade]) -> N
     """Store `trades` as a restored dump holds them: ids in the order given, nothing
     materialised, so candles come from trades until the leader catches up."""
     await copy_trades(conn, list(trades))
+
+
+async def generate_trades(conn: asyncpg.Connection, rows: int) -> None:
+    """`rows` AAPL trades 100 ms apart from 2026-01-01 00:00 UTC, made by the server itself.
+
+    Deliberately raw SQL: millions of rows in seconds, for tests of what reads trades only
+    (exports, their budgets), where nothing depends on how candles would be materialised."""
+    await conn.execute("SELECT mdp_ensure_trade_partitions('2026-01-01Z', '2026-01-02Z')")
+    await conn.execute(
+        "INSERT INTO trades (symbol, price, volume, timestamp) "
+        "SELECT 'AAPL', 100 + n % 1000 / 100.0, 1 + n % 7, "
+        "'2026-01-01T00:00:00Z'::timestamptz + n * interval '100 ms' "
+        "FROM generate_series(1, $1) AS n",
+        rows,
+    )
