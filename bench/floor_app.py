@@ -37,6 +37,7 @@ from persistence.finality import (
     bucket_ceil,
     bucket_floor,
 )
+from persistence.models import VWAP_SCALE
 
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
@@ -48,12 +49,13 @@ SYMBOLS_PAGE_AFTER = symbols.NEXT_PAGE
 SYMBOL_EXISTS = symbols.EXISTS
 
 # The seed's candles (before the incremental model), as a plain read: aggregate the window's
-# trades into epoch-aligned buckets, nothing persisted.
-CANDLES = """
+# trades into epoch-aligned buckets, nothing persisted; exact volumes and vwap rounded to the
+# contract's scale, as the service's candles are (contract 2.0).
+CANDLES = f"""
 SELECT bucket, (array_agg(price ORDER BY timestamp, id))[1]::float8,
        max(price)::float8, min(price)::float8,
        (array_agg(price ORDER BY timestamp DESC, id DESC))[1]::float8,
-       sum(volume)::bigint, round(sum(price * volume) / sum(volume), 6)::float8,
+       sum(volume)::float8, round(sum(price * volume) / sum(volume), {VWAP_SCALE})::float8,
        count(*)::integer
 FROM (
     SELECT date_bin($2::INTERVAL, timestamp, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS bucket,
