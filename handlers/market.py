@@ -13,7 +13,7 @@ from errors import NoTrades, SymbolNotFound, SymbolsNotFound
 from handlers import cursors
 from handlers.context import app_state
 from handlers.params import parse_window, parse_zone, symbol_code, symbol_codes
-from persistence import candles, finality, live, symbols, ticker, trades, zoned
+from persistence import batches, candles, finality, symbols, ticker, trades, zoned
 from persistence import fill as filling
 from persistence.finality import VISIBILITY_DEADLINE
 from persistence.models import VWAP_SCALE
@@ -105,7 +105,7 @@ async def get_latest_prices(symbols: list[str]) -> Answer:
     missing = [code for code, trade in found.items() if trade is None]
     if missing:
         async with state.db.connect() as conn:
-            stored = await live.latest_trades(conn, missing)
+            stored = await batches.latest_trades(conn, missing)
         unknown = [code for code in missing if code not in stored]
         if unknown:
             raise SymbolsNotFound(unknown)
@@ -367,7 +367,7 @@ async def get_ticker(symbols: list[str]) -> Answer:
     codes = symbol_codes(symbols)
     now = datetime.now(UTC)
     async with app_state().db.connect() as conn:
-        known = await live.latest_trades(conn, codes)
+        known = await batches.latest_trades(conn, codes)
         unknown = [code for code in codes if code not in known]
         if unknown:
             raise SymbolsNotFound(unknown)

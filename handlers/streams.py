@@ -16,7 +16,7 @@ from handlers import sse
 from handlers.context import api_key_id, app_state, key_cap, request_header
 from handlers.params import symbol_codes
 from live.broadcaster import Batch, Ended, Reset, Subscription
-from persistence import candles, finality, live
+from persistence import batches, candles, finality
 from persistence.trades import TradeRow
 from web.state import RequestState
 
@@ -40,7 +40,7 @@ def _trade_event(trade: TradeRow) -> bytes:
         "venue_trade_id": trade.venue_trade_id,
         "side": trade.side,
     }
-    return sse.event("trade", data, sse.encode_id(*live.position(trade)))
+    return sse.event("trade", data, sse.encode_id(*batches.position(trade)))
 
 
 def _batch_events(batch: Batch) -> bytes:
@@ -51,7 +51,7 @@ def _batch_events(batch: Batch) -> bytes:
 
 
 def _key(trade: TradeRow) -> tuple[datetime, int]:
-    return live.position(trade)
+    return batches.position(trade)
 
 
 def _reset_event(position: tuple[datetime, int], reason: str) -> bytes:
@@ -66,7 +66,7 @@ async def _known(state: RequestState, symbols: Sequence[str]) -> list[str]:
         # instance restart) then costs the database nothing.
         return codes
     async with state.db.connect() as conn:
-        stored = await live.latest_trades(conn, codes)
+        stored = await batches.latest_trades(conn, codes)
     unknown = [code for code in codes if code not in stored]
     if unknown:
         raise SymbolsNotFound(unknown)
@@ -95,7 +95,7 @@ async def _caught_up(conn: asyncpg.Connection, heard: tuple[datetime, int] | Non
     """Wait until the read database (maybe a replica, behind the primary) holds every batch
     this instance has heard of: what it heard before the stream subscribed is only there."""
     for _ in range(_CATCH_UP_TRIES):
-        if heard is None or await live.newest_position(conn) >= heard:
+        if heard is None or await batches.newest_position(conn) >= heard:
             return
         await asyncio.sleep(_CATCH_UP_PAUSE)
     raise DatabaseUnavailable("The read database is too far behind to replay from.")
@@ -114,20 +114,20 @@ async def _replay(
     reason = sse.unreplayable(after[0], state.settings.stream_replay_seconds)
     async with state.db.connect() as conn:
         await _caught_up(conn, heard)
-        oldest = await live.oldest_live_batch(conn)
+        oldest = await batches.oldest_live_batch(conn)
         if reason is None and (oldest is None or after[0] < oldest):
             reason = "too_old"
         if reason is not None:
-            yield await live.newest_position(conn), reason
+            yield await batches.newest_position(conn), reason
             return
     while not bounds.done:
         async with state.db.connect() as conn:
-            page = await live.trades_after(conn, after, symbols=codes, limit=_REPLAY_PAGE)
+            page = await batches.trades_after(conn, after, symbols=codes, limit=_REPLAY_PAGE)
         for trade in page:
             yield trade
         if len(page) < _REPLAY_PAGE:
             return
-        after = live.position(page[-1])
+        after = batches.position(page[-1])
 
 
 async def stream_trades(

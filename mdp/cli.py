@@ -24,7 +24,7 @@ from tqdm import tqdm
 from mdp.settings import DRAIN_SECONDS, Settings, SettingsError
 
 if TYPE_CHECKING:
-    from mdp.database import Use
+    from mdp.engines import Use
 
 __all__ = ["main"]
 
@@ -109,7 +109,7 @@ def _serve(settings: Settings) -> int:
 @asynccontextmanager
 async def _engine(settings: Settings, use: Use) -> AsyncIterator[AsyncEngine]:
     """An engine for `use` on DATABASE_URL, or on the embedded server started around it."""
-    from mdp.database import database_server, open_engine
+    from mdp.engines import database_server, open_engine
 
     async with database_server(settings) as url:
         engine = open_engine(settings, url, use)

@@ -27,7 +27,7 @@ from ingestion.status import IngestionStatus
 from ingestion.venue_loop import VenueIngestor
 from live.broadcaster import Broadcaster
 from live.listener import Listener
-from mdp.database import database_server, open_engine, open_read_pool
+from mdp.engines import database_server, open_engine, open_read_pool
 from mdp.metrics import PrometheusMetrics
 from mdp.security import Guard, required_scopes
 from mdp.settings import Settings
@@ -35,7 +35,7 @@ from mdp.spec import load_contract
 from mdp.state import AppState
 from mdp.telemetry import RequestMetrics
 from persistence.admission import Admission
-from persistence.database import Database, dedicated_connection, describe_error, is_unavailable
+from persistence.connections import Database, dedicated_connection, describe_error, is_unavailable
 from persistence.migrate import upgrade
 from persistence.symbols import ensure_symbols
 from web.state import RequestState

@@ -11,7 +11,7 @@ from mdp.security import Guard
 from mdp.settings import Settings
 from mdp.spec import Contract
 from mdp.telemetry import RequestMetrics
-from persistence.database import Database
+from persistence.connections import Database
 
 __all__ = ["AppState"]
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mdp.embedded import EmbeddedPostgres
 from mdp.settings import Settings
-from persistence.database import create_engine
+from persistence.connections import create_engine
 from persistence.pool import ReadPool, read_connection
 
 __all__ = ["Use", "database_server", "open_engine", "open_read_pool"]
