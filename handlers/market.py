@@ -86,13 +86,13 @@ async def get_latest_price(symbol: str) -> Answer:
     code = symbol_code(symbol)
     state = app_state()
     # From memory while the live feed is heard; from the database otherwise.
-    trade = state.live.latest(code)
+    trade = state.broadcaster.latest(code)
     if trade is None:
         async with state.db.connect() as conn:
             stored = await trades.latest_trade(conn, code)
             if stored is None and not await symbols.symbol_exists(conn, code):
                 raise SymbolNotFound(code)
-        trade = state.live.newest(code, stored)
+        trade = state.broadcaster.newest(code, stored)
         if trade is None:
             raise NoTrades(code)
     return _price(trade), 200, _cache_control(final=False)
@@ -101,7 +101,7 @@ async def get_latest_price(symbol: str) -> Answer:
 async def get_latest_prices(symbols: list[str]) -> Answer:
     codes = symbol_codes(symbols)
     state = app_state()
-    found = {code: state.live.latest(code) for code in codes}
+    found = {code: state.broadcaster.latest(code) for code in codes}
     missing = [code for code, trade in found.items() if trade is None]
     if missing:
         async with state.db.connect() as conn:
@@ -109,7 +109,7 @@ async def get_latest_prices(symbols: list[str]) -> Answer:
         unknown = [code for code in missing if code not in stored]
         if unknown:
             raise SymbolsNotFound(unknown)
-        found.update({code: state.live.newest(code, stored[code]) for code in missing})
+        found.update({code: state.broadcaster.newest(code, stored[code]) for code in missing})
     prices = [_price(trade) for trade in found.values() if trade is not None]
     body = {
         "prices": prices,

@@ -61,7 +61,7 @@ def _reset_event(position: tuple[datetime, int], reason: str) -> bytes:
 
 async def _known(state: RequestState, symbols: Sequence[str]) -> list[str]:
     codes = symbol_codes(symbols)
-    if all(state.live.latest(code) is not None for code in codes):
+    if all(state.broadcaster.latest(code) is not None for code in codes):
         # Known from the live feed: a crowd of clients reconnecting at once (say after an
         # instance restart) then costs the database nothing.
         return codes
@@ -75,7 +75,7 @@ async def _known(state: RequestState, symbols: Sequence[str]) -> list[str]:
 
 def _subscribe(state: RequestState, codes: list[str]) -> Subscription:
     per_key = key_cap("max_streams", state.settings.stream_max_per_key)
-    return state.live.subscribe(codes, api_key_id(), per_owner=per_key)
+    return state.broadcaster.subscribe(codes, api_key_id(), per_owner=per_key)
 
 
 def _respond(state: RequestState, subscription: Subscription, events: AsyncIterator[bytes]) -> Any:
@@ -86,7 +86,7 @@ def _respond(state: RequestState, subscription: Subscription, events: AsyncItera
             async for chunk in events:
                 yield chunk
         finally:
-            state.live.unsubscribe(subscription)
+            state.broadcaster.unsubscribe(subscription)
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=sse.HEADERS)
 
@@ -139,7 +139,7 @@ async def stream_trades(
     # Subscribe before replaying: what commits meanwhile is queued, and duplicates are
     # skipped by position, so the seam between replay and live has no gap.
     subscription = _subscribe(state, codes)
-    heard = state.live.position
+    heard = state.broadcaster.position
     bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
 
     async def events() -> AsyncIterator[bytes]:
@@ -237,7 +237,7 @@ async def stream_candles(
         # Every stream of this symbol and interval wakes for the same batch: one of them
         # reads, the others share its answer.
         key = (code, interval, lo)
-        return state.live.reads.read(key, lambda: fetch(lo), heard=heard, since=since)
+        return state.broadcaster.reads.read(key, lambda: fetch(lo), heard=heard, since=since)
 
     async def events() -> AsyncIterator[bytes]:
         yield sse.OPENED
@@ -261,7 +261,7 @@ async def stream_candles(
         stale = True
         # What the next read must include: the newest batch heard, and time since `since`.
         loop = asyncio.get_running_loop()
-        heard = state.live.position
+        heard = state.broadcaster.position
         since = loop.time()
         while not bounds.done:
             if stale:

@@ -1,4 +1,4 @@
-"""The one way to open the database: its server (DATABASE_URL or the embedded one) and engines."""
+"""The one way to open the database: its server (DATABASE_URL or embedded), engines, pools."""
 
 from __future__ import annotations
 

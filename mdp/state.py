@@ -24,5 +24,5 @@ class AppState:
     ingestion: IngestionStatus
     metrics: RequestMetrics
     prometheus: PrometheusMetrics
-    live: Broadcaster
+    broadcaster: Broadcaster
     guard: Guard
