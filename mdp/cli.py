@@ -232,7 +232,7 @@ async def _import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
-    from mdp import keys_cli
+    from access import keys_cli
     from persistence.migrate import upgrade
 
     async with _engine(settings, "keys") as engine:
@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         help="trades per second per symbol (default 1)",
     )
     backfill.add_argument("--seed", type=int, help="makes the generated history repeatable")
-    from mdp import import_cli, keys_cli
+    from access import keys_cli
+    from mdp import import_cli
 
     keys_cli.add_commands(commands)
     import_cli.add_command(commands)

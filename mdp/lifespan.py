@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from access.security import Guard, required_scopes
 from ingestion.feed import Feed, Intake
 from ingestion.generator import TradeGenerator
 from ingestion.housekeeping import TradeHousekeeping
@@ -29,7 +30,6 @@ from live.broadcaster import Broadcaster
 from live.listener import Listener
 from mdp.engines import database_server, open_engine, open_read_pool
 from mdp.metrics import PrometheusMetrics
-from mdp.security import Guard, required_scopes
 from mdp.settings import Settings
 from mdp.spec import load_contract
 from mdp.state import AppState

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from access.security import Guard
 from ingestion.status import IngestionStatus
 from live.broadcaster import Broadcaster
 from mdp.metrics import PrometheusMetrics
-from mdp.security import Guard
 from mdp.settings import Settings
 from mdp.spec import Contract
 from mdp.telemetry import RequestMetrics
