@@ -56,10 +56,10 @@ from bench.support import (  # noqa: E402
     symbol_codes,
     terminate_on_sigterm,
 )
-from mdp.database import open_engine  # noqa: E402
+from mdp.engines import open_engine  # noqa: E402
 from mdp.settings import Settings  # noqa: E402
 from persistence import candles, finality, symbols, trades  # noqa: E402
-from persistence.database import driver_connection  # noqa: E402
+from persistence.connections import driver_connection  # noqa: E402
 from persistence.materialise import advance_watermark  # noqa: E402
 from persistence.partitions import ensure_ahead  # noqa: E402
 from persistence.symbols import ensure_symbols  # noqa: E402
@@ -84,7 +84,7 @@ LEGACY_SCALES = {"price_scale": 6, "volume_scale": 0}
 VENUE_SCALES = {"price_scale": 8, "volume_scale": 5}
 # Candles materialised per transaction while building.
 CANDLE_SPAN = timedelta(days=7)
-# The service's session settings (persistence.database.create_engine).
+# The service's session settings (persistence.connections.create_engine).
 SESSION = {"jit": "off", "max_parallel_workers_per_gather": "0"}
 
 

@@ -16,7 +16,7 @@ from handlers import sse
 from handlers.context import api_key_id, app_state, key_cap, request_header
 from handlers.params import symbol_codes
 from live.broadcaster import Batch, Ended, Reset, Subscription
-from persistence import candles, finality, live
+from persistence import batches, candles, finality
 from persistence.trades import TradeRow
 from web.state import RequestState
 
@@ -40,7 +40,7 @@ def _trade_event(trade: TradeRow) -> bytes:
         "venue_trade_id": trade.venue_trade_id,
         "side": trade.side,
     }
-    return sse.event("trade", data, sse.encode_id(*live.position(trade)))
+    return sse.event("trade", data, sse.encode_id(*batches.position(trade)))
 
 
 def _batch_events(batch: Batch) -> bytes:
@@ -51,7 +51,7 @@ def _batch_events(batch: Batch) -> bytes:
 
 
 def _key(trade: TradeRow) -> tuple[datetime, int]:
-    return live.position(trade)
+    return batches.position(trade)
 
 
 def _reset_event(position: tuple[datetime, int], reason: str) -> bytes:
@@ -61,12 +61,12 @@ def _reset_event(position: tuple[datetime, int], reason: str) -> bytes:
 
 async def _known(state: RequestState, symbols: Sequence[str]) -> list[str]:
     codes = symbol_codes(symbols)
-    if all(state.live.latest(code) is not None for code in codes):
+    if all(state.broadcaster.latest(code) is not None for code in codes):
         # Known from the live feed: a crowd of clients reconnecting at once (say after an
         # instance restart) then costs the database nothing.
         return codes
     async with state.db.connect() as conn:
-        stored = await live.latest_trades(conn, codes)
+        stored = await batches.latest_trades(conn, codes)
     unknown = [code for code in codes if code not in stored]
     if unknown:
         raise SymbolsNotFound(unknown)
@@ -75,7 +75,7 @@ async def _known(state: RequestState, symbols: Sequence[str]) -> list[str]:
 
 def _subscribe(state: RequestState, codes: list[str]) -> Subscription:
     per_key = key_cap("max_streams", state.settings.stream_max_per_key)
-    return state.live.subscribe(codes, api_key_id(), per_owner=per_key)
+    return state.broadcaster.subscribe(codes, api_key_id(), per_owner=per_key)
 
 
 def _respond(state: RequestState, subscription: Subscription, events: AsyncIterator[bytes]) -> Any:
@@ -86,7 +86,7 @@ def _respond(state: RequestState, subscription: Subscription, events: AsyncItera
             async for chunk in events:
                 yield chunk
         finally:
-            state.live.unsubscribe(subscription)
+            state.broadcaster.unsubscribe(subscription)
 
     return StreamingResponse(body(), media_type="text/event-stream", headers=sse.HEADERS)
 
@@ -95,7 +95,7 @@ async def _caught_up(conn: asyncpg.Connection, heard: tuple[datetime, int] | Non
     """Wait until the read database (maybe a replica, behind the primary) holds every batch
     this instance has heard of: what it heard before the stream subscribed is only there."""
     for _ in range(_CATCH_UP_TRIES):
-        if heard is None or await live.newest_position(conn) >= heard:
+        if heard is None or await batches.newest_position(conn) >= heard:
             return
         await asyncio.sleep(_CATCH_UP_PAUSE)
     raise DatabaseUnavailable("The read database is too far behind to replay from.")
@@ -114,20 +114,20 @@ async def _replay(
     reason = sse.unreplayable(after[0], state.settings.stream_replay_seconds)
     async with state.db.connect() as conn:
         await _caught_up(conn, heard)
-        oldest = await live.oldest_live_batch(conn)
+        oldest = await batches.oldest_live_batch(conn)
         if reason is None and (oldest is None or after[0] < oldest):
             reason = "too_old"
         if reason is not None:
-            yield await live.newest_position(conn), reason
+            yield await batches.newest_position(conn), reason
             return
     while not bounds.done:
         async with state.db.connect() as conn:
-            page = await live.trades_after(conn, after, symbols=codes, limit=_REPLAY_PAGE)
+            page = await batches.trades_after(conn, after, symbols=codes, limit=_REPLAY_PAGE)
         for trade in page:
             yield trade
         if len(page) < _REPLAY_PAGE:
             return
-        after = live.position(page[-1])
+        after = batches.position(page[-1])
 
 
 async def stream_trades(
@@ -139,7 +139,7 @@ async def stream_trades(
     # Subscribe before replaying: what commits meanwhile is queued, and duplicates are
     # skipped by position, so the seam between replay and live has no gap.
     subscription = _subscribe(state, codes)
-    heard = state.live.position
+    heard = state.broadcaster.position
     bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
 
     async def events() -> AsyncIterator[bytes]:
@@ -237,7 +237,7 @@ async def stream_candles(
         # Every stream of this symbol and interval wakes for the same batch: one of them
         # reads, the others share its answer.
         key = (code, interval, lo)
-        return state.live.reads.read(key, lambda: fetch(lo), heard=heard, since=since)
+        return state.broadcaster.reads.read(key, lambda: fetch(lo), heard=heard, since=since)
 
     async def events() -> AsyncIterator[bytes]:
         yield sse.OPENED
@@ -261,7 +261,7 @@ async def stream_candles(
         stale = True
         # What the next read must include: the newest batch heard, and time since `since`.
         loop = asyncio.get_running_loop()
-        heard = state.live.position
+        heard = state.broadcaster.position
         since = loop.time()
         while not bounds.done:
             if stale:

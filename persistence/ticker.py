@@ -9,9 +9,9 @@ from decimal import Decimal
 
 import asyncpg
 
+from persistence.batches import latest_trades
 from persistence.candles import materialised_minutes
 from persistence.finality import bucket_ceil
-from persistence.live import latest_trades
 
 __all__ = ["TICKER_WINDOW", "Stats", "ticker_stats"]
 
