@@ -47,15 +47,15 @@ from bench.support import (  # noqa: E402
     symbol_codes,
     terminate_on_sigterm,
 )
-from mdp.database import open_engine  # noqa: E402
+from mdp.engines import open_engine  # noqa: E402
 from mdp.settings import Settings  # noqa: E402
 from persistence import candles, finality, symbols, trades  # noqa: E402
-from persistence.database import driver_connection  # noqa: E402
+from persistence.connections import driver_connection  # noqa: E402
 
 PLANS = BENCH / "plans"
 SIZES = {"1m": 2.3, "30m": 70.0}  # days of 5 symbols x 1 trade/s
 SYMBOL = "AAPL"
-# The service's session settings (persistence.database.create_engine).
+# The service's session settings (persistence.connections.create_engine).
 SESSION = {"jit": "off", "max_parallel_workers_per_gather": "0"}
 
 

@@ -31,7 +31,7 @@ __all__ = [
     "Candle",
     "FeedWatermark",
     "IngestionInterval",
-    "IngestionState",
+    "IngestionProgress",
     "LiveBatch",
     "Symbol",
     "Trade",
@@ -149,9 +149,9 @@ class Candle(Base):
     )
 
 
-class IngestionState(Base):
-    """One row: the newest batch written (batches are idempotent and only move forward), and
-    how far candles are materialised."""
+class IngestionProgress(Base):
+    """The `ingestion_state` row: the newest batch written (batches are idempotent and only
+    move forward), and how far candles are materialised."""
 
     __tablename__ = "ingestion_state"
 

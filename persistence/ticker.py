@@ -11,9 +11,9 @@ import asyncpg
 from sqlalchemy import String
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from persistence.batches import latest_trades
 from persistence.candles import materialised_minutes
 from persistence.finality import bucket_ceil
-from persistence.live import latest_trades
 from persistence.statements import TIMESTAMP, statement
 
 __all__ = ["TICKER_WINDOW", "Stats", "ticker_stats"]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.database import driver_connection
+from persistence.connections import driver_connection
 from persistence.partitions import ensure_partitions
 from persistence.trades import RECENT, page_sql
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Integer, Interval, String
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.database import driver_connection
+from persistence.connections import driver_connection
 from persistence.statements import TIMESTAMP, statement
 
 MOMENT = datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC)
@@ -41,7 +41,5 @@ async def test_one_statement_answers_alike_through_both_stacks(conn: AsyncConnec
     through_asyncpg = await shifted.fetchrow(driver, **values)
     through_sqlalchemy = await shifted.fetchrow(conn, **values)
 
-    assert tuple(through_asyncpg) == tuple(through_sqlalchemy) == (
-        MOMENT + timedelta(minutes=3),
-        "AAPL",
-    )
+    expected = (MOMENT + timedelta(minutes=3), "AAPL")
+    assert tuple(through_asyncpg) == tuple(through_sqlalchemy) == expected

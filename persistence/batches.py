@@ -1,4 +1,4 @@
-"""Live batches: parsing their NOTIFY payloads, and reading back the trades they carried.
+"""Live batches: their NOTIFY payloads, the trades they carried, each symbol's newest trade.
 
 A live batch is exactly the trades whose id lies in the batch's [first_id, last_id] and whose
 timestamp is the batch's stamp (synthetic) or that carry a venue trade id (a venue batch).
@@ -17,11 +17,9 @@ from sqlalchemy import BigInteger, Integer, String
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from persistence.statements import TIMESTAMP, Connection, Row, statement
-from persistence.trades import LIVE_CHANNEL, LIVE_RETENTION, TradeRow
+from persistence.trades import TradeRow
 
 __all__ = [
-    "LIVE_CHANNEL",
-    "LIVE_RETENTION",
     "START",
     "BatchNotice",
     "latest_trades",
