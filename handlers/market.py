@@ -346,17 +346,14 @@ async def _filled_candles(
     if starts:
         edges = [*starts, until]
         rows = await zoned.read_zoned_candles(conn, [code], edges, now)
-        buckets = filling.fill_buckets(
-            [row[1:-1] for row in rows],
+        filled = filling.fill_buckets(
+            [row[1:] for row in rows],
             edges,
             fill,
             horizon=now.horizon,
             spans=await filling.ingested_spans(conn, code, lo, until),
             before=await filling.last_trade_before(conn, code, lo) if fill == "previous" else None,
         )
-        # Each candle's revision before its gap; an empty bucket was never revised.
-        revisions = {row[1]: row[-1] for row in rows}
-        filled = [(*b[:-1], revisions.get(b[0], 0), b[-1]) for b in buckets]
     next_cursor = None
     if until < hi:
         next_cursor = cursors.encode("candles", window.filters, (until, window.start, window.end))

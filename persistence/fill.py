@@ -68,10 +68,10 @@ def fill_buckets(
     before: tuple[datetime, Decimal] | None,
 ) -> list[tuple[Any, ...]]:
     """Every bucket of `starts` (the last element ends the last bucket) as (timestamp, open,
-    high, low, close, volume, vwap, trade_count, closed, gap): `rows` (the same fields without
-    `gap`) where trades happened; elsewhere null prices (`null`), or the last close carried
-    forward (`previous`) as long as no gap lies between; a bucket the symbol was not being
-    ingested through is a gap, with null prices."""
+    high, low, close, volume, vwap, trade_count, closed, revision, gap): `rows` (the same fields
+    without `gap`) where trades happened; elsewhere null prices (`null`), or the last close
+    carried forward (`previous`) as long as no gap lies between; a bucket the symbol was not
+    being ingested through is a gap, with null prices (and an empty bucket was never revised)."""
     traded = {row[0]: tuple(row) for row in rows}
     carried: Decimal | None = None
     if before is not None and _covered(spans, before[0], starts[0]):
@@ -87,5 +87,5 @@ def fill_buckets(
         if gap:
             carried = None
         price = carried if mode == "previous" else None
-        filled.append((start, price, price, price, price, 0, None, 0, end <= horizon, gap))
+        filled.append((start, price, price, price, price, 0, None, 0, end <= horizon, 0, gap))
     return filled
