@@ -17,10 +17,12 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
+from sqlalchemy import String
 
 from persistence.candles import MINUTES_FROM_TRADES
 from persistence.finality import HORIZON_SQL, WATERMARK_SQL, feed_watermark_sql
 from persistence.models import VWAP_SCALE
+from persistence.statements import TIMESTAMP, Connection, statement
 
 __all__ = [
     "Clock",
@@ -131,8 +133,12 @@ class Clock(NamedTuple):
     minutes_done: datetime
 
 
-async def clock(conn: asyncpg.Connection) -> Clock:
-    row = await conn.fetchrow(f"SELECT {HORIZON_SQL}, {WATERMARK_SQL}")
+_CLOCK = statement(f"SELECT {HORIZON_SQL}, {WATERMARK_SQL}")
+
+
+async def clock(conn: Connection) -> Clock:
+    row = await _CLOCK.fetchrow(conn)
+    assert row is not None
     return Clock(row[0], row[1])
 
 
@@ -288,15 +294,16 @@ async def read_zoned_candles(
     return rows
 
 
-async def first_trade(
-    conn: asyncpg.Connection, symbol: str, lo: datetime, hi: datetime
-) -> datetime | None:
+_FIRST_TRADE = statement(
+    "SELECT timestamp FROM trades WHERE symbol = :symbol AND timestamp >= :lo "
+    "AND timestamp < :hi ORDER BY timestamp LIMIT 1",
+    symbol=String,
+    lo=TIMESTAMP,
+    hi=TIMESTAMP,
+)
+
+
+async def first_trade(conn: Connection, symbol: str, lo: datetime, hi: datetime) -> datetime | None:
     """When the symbol's first trade in [lo, hi) happened: pages skip a stretch without any."""
-    moment: datetime | None = await conn.fetchval(
-        "SELECT timestamp FROM trades WHERE symbol = $1::varchar AND timestamp >= $2 "
-        "AND timestamp < $3 ORDER BY timestamp LIMIT 1",
-        symbol,
-        lo,
-        hi,
-    )
+    moment: datetime | None = await _FIRST_TRADE.fetchval(conn, symbol=symbol, lo=lo, hi=hi)
     return moment
