@@ -140,7 +140,7 @@ async def list_trades(
         # serving the read decides (a replica only as far as it has replayed), before the
         # query, so that every trade before its horizon is visible to the query.
         if end_at is not None and end_at <= datetime.now(UTC) - VISIBILITY_DEADLINE:
-            final = end_at <= await finality.driver_settled(conn, code, _settlement())
+            final = end_at <= await finality.settled(conn, code, _settlement())
         rows = await trades.list_trades(
             conn,
             symbol=code,
@@ -217,7 +217,7 @@ async def list_candles(
     state = app_state()
     async with state.db.connect() as conn:
         # Before the page: what is settled then is settled in the page's later snapshot too.
-        settled = await finality.driver_settled(conn, code, _settlement())
+        settled = await finality.settled(conn, code, _settlement())
         page = await candles.read_candle_page(
             conn, symbol=code, interval=interval, step=step, lo=lo, hi=hi, limit=limit
         )
@@ -299,7 +299,7 @@ async def _zoned_candles(
     until = hi
     state = app_state()
     async with state.db.connect() as conn:
-        settled = await finality.driver_settled(conn, code, _settlement())
+        settled = await finality.settled(conn, code, _settlement())
         now = await zoned.clock(conn)
         if fill != "none":
             answered = window._replace(start=start_at, end=end_at)
@@ -346,17 +346,14 @@ async def _filled_candles(
     if starts:
         edges = [*starts, until]
         rows = await zoned.read_zoned_candles(conn, [code], edges, now)
-        buckets = filling.fill_buckets(
-            [row[1:-1] for row in rows],
+        filled = filling.fill_buckets(
+            [row[1:] for row in rows],
             edges,
             fill,
             horizon=now.horizon,
             spans=await filling.ingested_spans(conn, code, lo, until),
             before=await filling.last_trade_before(conn, code, lo) if fill == "previous" else None,
         )
-        # Each candle's revision before its gap; an empty bucket was never revised.
-        revisions = {row[1]: row[-1] for row in rows}
-        filled = [(*b[:-1], revisions.get(b[0], 0), b[-1]) for b in buckets]
     next_cursor = None
     if until < hi:
         next_cursor = cursors.encode("candles", window.filters, (until, window.start, window.end))

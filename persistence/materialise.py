@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import text
+from sqlalchemy import Interval, String, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import TypeEngine
 
-from persistence.candles import MINUTES_FROM_TRADES, ROLL_UP, typed
+from persistence.candles import MINUTES_FROM_TRADES, ROLL_UP
 from persistence.finality import (
     BASE,
     INTERVALS,
@@ -31,6 +33,7 @@ from persistence.finality import (
     bucket_floor,
 )
 from persistence.models import VWAP_SCALE
+from persistence.statements import TIMESTAMP, statement
 
 __all__ = ["Advance", "advance_watermark", "lock_candles", "rematerialise"]
 
@@ -57,15 +60,24 @@ _UPSERT = f"""
           IS DISTINCT FROM (excluded.volume, excluded.trade_count, excluded.notional,
                             excluded.open, excluded.close)
 """
-_upsert_minutes = typed(
+# The parameters of both upserts.
+_UPSERT_TYPES: dict[str, TypeEngine[Any]] = {
+    "symbols": ARRAY(String),
+    "interval": String(),
+    "step": Interval(),
+    "lo": TIMESTAMP,
+    "hi": TIMESTAMP,
+}
+_upsert_minutes = statement(
     _UPSERT.format(
         source=MINUTES_FROM_TRADES.format(
             source="trades AS t",
             where="t.symbol = ANY(:symbols) AND t.timestamp >= :lo AND t.timestamp < :hi",
         )
-    )
+    ),
+    **_UPSERT_TYPES,
 )
-_upsert_rollup = typed(
+_upsert_rollup = statement(
     _UPSERT.format(
         source=ROLL_UP.format(
             minutes="""
@@ -75,10 +87,13 @@ _upsert_rollup = typed(
                   AND timestamp >= :lo AND timestamp < :hi
             """
         )
-    )
+    ),
+    **_UPSERT_TYPES,
 )
 
-_lock_symbol = typed("SELECT pg_advisory_xact_lock(hashtext('mdp.candles'), hashtext(:symbol))")
+_lock_symbol = statement(
+    "SELECT pg_advisory_xact_lock(hashtext('mdp.candles'), hashtext(:symbol))", symbol=String
+)
 # All or nothing: the leader never waits behind a backfill chunk (its cadence matters more).
 _try_lock_all = text(
     """
@@ -106,7 +121,7 @@ _initialise = text(
     """
 )
 _state = text(f"SELECT candles_until, {_HORIZON_MINUTE} FROM ingestion_state WHERE id = 1")
-_move = typed("UPDATE ingestion_state SET candles_until = :until WHERE id = 1")
+_move = statement("UPDATE ingestion_state SET candles_until = :until WHERE id = 1", until=TIMESTAMP)
 # A chunk's (or a catch-up step's) trades sort by minute in memory, not in temporary files:
 # about a fifth off materialising a 50,000-row backfill chunk. For this transaction only.
 _sort_in_memory = text("SET LOCAL work_mem = '64MB'")
@@ -114,7 +129,7 @@ _sort_in_memory = text("SET LOCAL work_mem = '64MB'")
 
 async def lock_candles(conn: AsyncConnection, symbol: str) -> None:
     """Hold the symbol's candle lock until the transaction ends."""
-    await conn.execute(_lock_symbol, {"symbol": symbol})
+    await _lock_symbol.execute(conn, symbol=symbol)
 
 
 async def _upsert(
@@ -123,10 +138,11 @@ async def _upsert(
     """Compute and store the `interval` buckets of `symbols` starting in [lo, hi) (aligned)."""
     if lo >= hi:
         return
-    params: dict[str, object] = {"symbols": list(symbols), "interval": interval, "lo": lo, "hi": hi}
-    params["step"] = INTERVALS[interval]
     # Roll-ups read the minutes: callers store those first.
-    await conn.execute(_upsert_minutes if interval == BASE else _upsert_rollup, params)
+    upsert = _upsert_minutes if interval == BASE else _upsert_rollup
+    await upsert.execute(
+        conn, symbols=list(symbols), interval=interval, step=INTERVALS[interval], lo=lo, hi=hi
+    )
 
 
 async def _watermark(conn: AsyncConnection) -> tuple[datetime, datetime] | None:
@@ -167,7 +183,7 @@ async def advance_watermark(
         # Minutes first; then every longer bucket that ended within (before, after].
         lo, hi = bucket_floor(before, step), bucket_floor(after, step)
         await _upsert(conn, symbols, interval, lo, hi)
-    await conn.execute(_move, {"until": after})
+    await _move.execute(conn, until=after)
     return Advance(before, after, after >= final)
 
 
