@@ -18,7 +18,12 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import DateTime, TypeEngine
 
 from errors import SymbolNotFound
-from persistence.finality import WATERMARK_SQL, bin_sql, symbol_horizon_sql
+from persistence.finality import (
+    bin_sql,
+    materialised_sql,
+    materialised_through_sql,
+    symbol_horizon_sql,
+)
 from persistence.models import VWAP_SCALE
 
 __all__ = [
@@ -156,7 +161,7 @@ _PAGE, _PAGE_PARAMETERS = _positional(
     f"""
     WITH clock AS MATERIALIZED (
         SELECT {bin_sql(":step", symbol_horizon_sql(":symbol"))} AS final,
-               {WATERMARK_SQL} AS minutes_done
+               {materialised_sql(":symbol")} AS minutes_done
     ), page AS MATERIALIZED (
         SELECT first.lo, least(:hi, first.lo + :step * :limit) AS hi, clock.final,
                clock.minutes_done, {bin_sql(":step", "clock.minutes_done")} AS done
@@ -241,18 +246,16 @@ _MINUTES, _MINUTES_PARAMETERS = _positional(
     ORDER BY c.symbol, c.timestamp
     """
 )
-_WATERMARK = "SELECT candles_until FROM ingestion_state WHERE id = 1"
+_WATERMARK = f"SELECT {materialised_through_sql('$1::varchar[]')}"
 
 
 async def materialised_minutes(
     conn: asyncpg.Connection, symbols: Sequence[str], lo: datetime, hi: datetime
-) -> tuple[datetime | None, list[MinuteCandle]]:
-    """The watermark and the materialised 1m candles of `symbols` starting in [lo, hi) below
-    it, by symbol then time. Below the watermark a minute without a row had no trades; from
-    the watermark on nothing is materialised yet (aggregate trades there)."""
-    until = await conn.fetchval(_WATERMARK)
-    if until is None:
-        return None, []
+) -> tuple[datetime, list[MinuteCandle]]:
+    """How far every one of `symbols` is materialised, and their materialised 1m candles
+    starting in [lo, hi) below that, by symbol then time. Below it a minute without a row had
+    no trades; from it on aggregate trades."""
+    until: datetime = await conn.fetchval(_WATERMARK, list(symbols))
     values = {"symbols": list(symbols), "lo": lo, "hi": hi, "until": until}
     rows = await conn.fetch(_MINUTES, *(values[name] for name in _MINUTES_PARAMETERS))
     return until, [MinuteCandle(*row) for row in rows]

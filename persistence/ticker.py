@@ -97,7 +97,7 @@ async def _stats(
     first_minute = bucket_ceil(start, _MINUTE)
     until, minutes = await materialised_minutes(conn, symbols, first_minute, now)
     # Below the watermark every minute is materialised; from it on, read the trades.
-    tail = max(until or first_minute, first_minute)
+    tail = max(until, first_minute)
     rows = await conn.fetch(_EDGES, list(symbols), start, first_minute, tail, now)
     edges = {(row[0], row[1]): Stats(*row[2:]) for row in rows}
     by_symbol: dict[str, list[Stats]] = {}

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import asyncpg
 
 from persistence.candles import MINUTES_FROM_TRADES
-from persistence.finality import HORIZON_SQL, WATERMARK_SQL, feed_watermark_sql
+from persistence.finality import HORIZON_SQL, feed_watermark_sql, materialised_through_sql
 from persistence.models import VWAP_SCALE
 
 __all__ = [
@@ -126,13 +126,17 @@ def pages(
 
 class Clock(NamedTuple):
     # Buckets ending at or before `horizon` are final (persistence.finality); 1m candles
-    # starting before `minutes_done` are materialised.
+    # starting before `minutes_done` are materialised for every symbol read.
     horizon: datetime
     minutes_done: datetime
 
 
-async def clock(conn: asyncpg.Connection) -> Clock:
-    row = await conn.fetchrow(f"SELECT {HORIZON_SQL}, {WATERMARK_SQL}")
+_CLOCK = f"SELECT {HORIZON_SQL}, {materialised_through_sql('$1::varchar[]')}"
+
+
+async def clock(conn: asyncpg.Connection, symbols: Sequence[str]) -> Clock:
+    """The clock of a read of `symbols`."""
+    row = await conn.fetchrow(_CLOCK, list(symbols))
     return Clock(row[0], row[1])
 
 
