@@ -14,6 +14,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY requirements/constraints.txt requirements/constraints.txt
 COPY errors errors
+COPY access access
 COPY mdp mdp
 COPY handlers handlers
 COPY live live

@@ -92,7 +92,7 @@ def summarise_profile(raw: Path, count: int = 15) -> dict[str, list[tuple[str, f
         project = {
             f
             for f in frames
-            if _package(f) in ("mdp", "handlers", "persistence", "live", "web", "errors")
+            if _package(f) in ("mdp", "access", "handlers", "persistence", "live", "web", "errors")
         }
         for frame in {f for f in project if "mdp/cli.py" not in f}:
             project_inclusive[re.sub(r" \((.*/)?([^/]+):\d+\)$", r" (\2)", frame)] += n

@@ -49,6 +49,7 @@ CANDLES_SCHEMA = pa.schema(
         *((name, _DECIMAL) for name in ("open", "high", "low", "close", "volume", "vwap")),
         ("trade_count", pa.int64()),
         ("closed", pa.bool_()),
+        ("revision", pa.int32()),
     ]
 )
 # With `fill`: every bucket, empty ones with null prices, and whether each is a gap.

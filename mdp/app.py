@@ -8,13 +8,13 @@ from connexion import AsyncApp
 from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 
+from access.security import required_scopes, security_map
 from mdp.connexion_adaptations import RESPONSE_VALIDATORS, adapt
 from mdp.cors import install_cors
 from mdp.lifespan import lifespan
 from mdp.metrics import PrometheusMetrics
 from mdp.problems import install_error_handlers
 from mdp.responses import JsonResolver, jsonifier
-from mdp.security import required_scopes, security_map
 from mdp.settings import Settings
 from mdp.spec import load_contract
 from mdp.telemetry import RequestMetrics, TelemetryMiddleware
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, *, validate_responses: bool = F
         validate_responses=validate_responses,
         validator_map={"response": RESPONSE_VALIDATORS},
         # Names the handlers of the spec's schemes; for a request, mdp.connexion_adaptations
-        # calls mdp.security.judge in place of Connexion's per-scheme loop over them.
+        # calls access.security.judge in place of Connexion's per-scheme loop over them.
         security_map=security_map,
         # The contract is served verbatim by handlers.docs; Swagger UI points at it.
         swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui_path="/docs"),

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from mdp.settings import DRAIN_SECONDS, Settings, SettingsError
 
 if TYPE_CHECKING:
-    from mdp.database import Use
+    from mdp.engines import Use
 
 __all__ = ["main"]
 
@@ -109,7 +109,7 @@ def _serve(settings: Settings) -> int:
 @asynccontextmanager
 async def _engine(settings: Settings, use: Use) -> AsyncIterator[AsyncEngine]:
     """An engine for `use` on DATABASE_URL, or on the embedded server started around it."""
-    from mdp.database import database_server, open_engine
+    from mdp.engines import database_server, open_engine
 
     async with database_server(settings) as url:
         engine = open_engine(settings, url, use)
@@ -232,7 +232,7 @@ async def _import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
-    from mdp import keys_cli
+    from access import keys_cli
     from persistence.migrate import upgrade
 
     async with _engine(settings, "keys") as engine:
@@ -269,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         help="trades per second per symbol (default 1)",
     )
     backfill.add_argument("--seed", type=int, help="makes the generated history repeatable")
-    from mdp import import_cli, keys_cli
+    from access import keys_cli
+    from mdp import import_cli
 
     keys_cli.add_commands(commands)
     import_cli.add_command(commands)

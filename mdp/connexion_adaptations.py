@@ -37,7 +37,7 @@ from connexion.validators.abstract import AbstractResponseBodyValidator
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from mdp import security
+from access import security
 from mdp.validation import OperationParameters
 from persistence.admission import client_gone
 from web.request import disconnected
@@ -98,9 +98,9 @@ class _ValidationMiddleware(RequestValidationMiddleware):  # type: ignore[misc]
 
 
 class _SecurityOperation(SecurityOperation):  # type: ignore[misc]
-    """Calls `mdp.security.judge` with the scope instead of building a `ConnexionRequest` and
+    """Calls `access.security.judge` with the scope instead of building a `ConnexionRequest` and
     trying each scheme's function in turn. With only our schemes that is the same decision:
-    exactly one of their functions judges any request, by calling `judge` (see mdp.security).
+    exactly one of their functions judges any request, by calling `judge` (see access.security).
     An operation secured any other way keeps Connexion's own check."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

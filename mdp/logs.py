@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from mdp.apikeys import redact_line
+from access.apikeys import redact_line
 from mdp.telemetry import current_request_id, current_trace
 
 __all__ = ["configure_logging"]

@@ -47,14 +47,14 @@ class _StateCollector(Collector):
     def __init__(
         self,
         status: IngestionStatus,
-        live: Broadcaster,
+        broadcaster: Broadcaster,
         reads: ReadPool,
         admission: Admission,
         writes: AsyncEngine,
         exports: Budget,
     ) -> None:
         self.status = status
-        self.live = live
+        self.broadcaster = broadcaster
         self.reads = reads
         self.admission = admission
         self.writes = writes
@@ -115,12 +115,12 @@ class _StateCollector(Collector):
             len(self.admission.waiters),
         )
         yield GaugeMetricFamily(
-            "mdp_streams_open", "Server-Sent Event streams open.", self.live.stream_count
+            "mdp_streams_open", "Server-Sent Event streams open.", self.broadcaster.stream_count
         )
         yield CounterMetricFamily(
             "mdp_stream_overflows",
             "Streams ended with `overflow` because their client fell behind.",
-            self.live.overflows_total,
+            self.broadcaster.overflows_total,
         )
         if self.exports is not None:
             yield GaugeMetricFamily(
@@ -274,7 +274,7 @@ class PrometheusMetrics:
     def watch(
         self,
         status: IngestionStatus,
-        live: Broadcaster,
+        broadcaster: Broadcaster,
         *,
         reads: ReadPool,
         admission: Admission,
@@ -283,7 +283,7 @@ class PrometheusMetrics:
     ) -> Callable[[], None]:
         """Expose this lifespan's ingestion, streams, pools and admission queue; returns the
         function that stops it."""
-        collector = _StateCollector(status, live, reads, admission, writes, exports)
+        collector = _StateCollector(status, broadcaster, reads, admission, writes, exports)
         self.registry.register(collector)
         return lambda: self.registry.unregister(collector)
 

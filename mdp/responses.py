@@ -11,7 +11,7 @@ import orjson
 from connexion.jsonifier import Jsonifier
 from starlette.responses import Response
 
-from mdp import audit
+from access import audit
 from mdp.caching import conditional
 from mdp.resolver import HandlerResolver
 from mdp.telemetry import current_request_id

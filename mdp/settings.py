@@ -14,12 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from access.apikeys import AUTH_MODES, AuthMode
 from ingestion.sources import FEEDS, VENUES
 from persistence.trades import LIVE_RETENTION
 
@@ -27,7 +28,6 @@ __all__ = [
     "DEFAULT_SYMBOLS",
     "DRAIN_SECONDS",
     "SHUTDOWN_GRACE_SECONDS",
-    "AuthMode",
     "Declared",
     "Settings",
     "SettingsError",
@@ -41,8 +41,6 @@ T = TypeVar("T")
 
 SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,16}$")
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
-AuthMode = Literal["required", "off"]
-AUTH_MODES: tuple[AuthMode, ...] = ("required", "off")
 # How reads reach the database: directly, or through a pooler in transaction mode.
 READ_POOLERS = ("none", "transaction")
 _SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from access.security import Guard
 from ingestion.status import IngestionStatus
 from live.broadcaster import Broadcaster
 from mdp.metrics import PrometheusMetrics
-from mdp.security import Guard
 from mdp.settings import Settings
 from mdp.spec import Contract
 from mdp.telemetry import RequestMetrics
-from persistence.database import Database
+from persistence.connections import Database
 
 __all__ = ["AppState"]
 
@@ -24,5 +24,5 @@ class AppState:
     ingestion: IngestionStatus
     metrics: RequestMetrics
     prometheus: PrometheusMetrics
-    live: Broadcaster
+    broadcaster: Broadcaster
     guard: Guard

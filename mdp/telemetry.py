@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mdp import audit
+from access import audit
 from mdp.caching import UNCACHEABLE
 from mdp.metrics import PrometheusMetrics
 

@@ -4,7 +4,7 @@ committed together; and the marks a new leader resumes from.
 A venue batch is fenced and ordered like a live batch (`persistence.trades`): written only
 while the writer holds the leader lock, stamped later than every batch before it, recorded in
 `live_batches` and announced on `LIVE_CHANNEL` by its own transaction. Its trades keep their
-venue timestamps; streams find them by the batch's id range (`persistence.live`).
+venue timestamps; streams find them by the batch's id range (`persistence.batches`).
 """
 
 from __future__ import annotations

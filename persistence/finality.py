@@ -20,7 +20,7 @@
   allowance) is stored and counted, and its bucket's candles are recomputed in the same
   transaction: a final candle may still be revised, which is why a venue symbol's answers are
   cached as immutable only once they ended a settlement horizon before its watermark
-  (`driver_settled`, `FEED_SETTLEMENT_SECONDS`).
+  (`settled`, `FEED_SETTLEMENT_SECONDS`).
 - `candle_watermarks.candles_until` is each symbol's materialisation watermark: every 1m
   bucket of the symbol starting before it, and every longer bucket ending at or before it, is
   in `candles` (no row: nothing yet). A final bucket below it without a row had no trades.
@@ -33,9 +33,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Interval, String
+
+from persistence.statements import Connection, statement
 
 __all__ = [
     "BASE",
@@ -46,13 +46,11 @@ __all__ = [
     "bin_sql",
     "bucket_ceil",
     "bucket_floor",
-    "driver_horizon",
-    "driver_settled",
-    "driver_symbol_horizon",
     "feed_watermark_sql",
     "horizon",
     "materialised_sql",
     "materialised_through_sql",
+    "settled",
     "symbol_horizon_sql",
 ]
 
@@ -138,46 +136,32 @@ def bucket_ceil(moment: datetime, step: timedelta) -> datetime:
     return floor if floor == moment else floor + step
 
 
-_HORIZON = f"SELECT {HORIZON_SQL}"
-_horizon = text(_HORIZON)
+_HORIZON = statement(f"SELECT {HORIZON_SQL}")
 
 
-async def horizon(conn: AsyncConnection) -> datetime:
+async def horizon(conn: Connection) -> datetime:
     """The finality horizon as the database behind `conn` sees it (buckets ending at or
     before it are final)."""
-    value = (await conn.execute(_horizon)).scalar_one()
+    value = await _HORIZON.fetchval(conn)
     assert isinstance(value, datetime)
     return value
 
 
-async def driver_horizon(conn: asyncpg.Connection) -> datetime:
-    """`horizon` through a bare asyncpg connection (the hot reads' path)."""
-    value = await conn.fetchval(_HORIZON)
-    assert isinstance(value, datetime)
-    return value
+_SETTLED = statement(
+    f"""SELECT least(
+        {HORIZON_SQL},
+        (SELECT coalesce(w.complete_through, {_EPOCH_SQL}) - :settlement
+         FROM feed_watermarks AS w WHERE w.symbol = :symbol)
+    )""",
+    symbol=String,
+    settlement=Interval,
+)
 
 
-_SYMBOL_HORIZON = f"SELECT {symbol_horizon_sql('$1::varchar')}"
-
-
-async def driver_symbol_horizon(conn: asyncpg.Connection, symbol: str) -> datetime:
-    """The horizon of `symbol` (its feed's watermark included) through asyncpg."""
-    value = await conn.fetchval(_SYMBOL_HORIZON, symbol)
-    assert isinstance(value, datetime)
-    return value
-
-
-_SETTLED = f"""SELECT least(
-    {HORIZON_SQL},
-    (SELECT coalesce(w.complete_through, {_EPOCH_SQL}) - $2::interval
-     FROM feed_watermarks AS w WHERE w.symbol = $1::varchar)
-)"""
-
-
-async def driver_settled(conn: asyncpg.Connection, symbol: str, settlement: timedelta) -> datetime:
+async def settled(conn: Connection, symbol: str, settlement: timedelta) -> datetime:
     """Answers about `symbol` ending at or before this never change again: may be cached as
     immutable. The horizon for the synthetic walk (nothing arrives late); for a venue symbol,
     `settlement` before its watermark (a late print may still revise a final candle)."""
-    value = await conn.fetchval(_SETTLED, symbol, settlement)
+    value = await _SETTLED.fetchval(conn, symbol=symbol, settlement=settlement)
     assert isinstance(value, datetime)
     return value

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import DateTime, String, bindparam, text
+from sqlalchemy import Interval, String, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import TypeEngine
 
-from persistence.candles import MINUTES_FROM_TRADES, ROLL_UP, typed
+from persistence.candles import MINUTES_FROM_TRADES, ROLL_UP
 from persistence.finality import (
     BASE,
     INTERVALS,
@@ -33,6 +34,7 @@ from persistence.finality import (
     symbol_horizon_sql,
 )
 from persistence.models import VWAP_SCALE
+from persistence.statements import TIMESTAMP, statement
 
 __all__ = ["Advance", "advance_watermark", "lock_candles", "rematerialise"]
 
@@ -60,15 +62,24 @@ _UPSERT = f"""
           IS DISTINCT FROM (excluded.volume, excluded.trade_count, excluded.notional,
                             excluded.open, excluded.close)
 """
-_upsert_minutes = typed(
+# The parameters of both upserts.
+_UPSERT_TYPES: dict[str, TypeEngine[Any]] = {
+    "symbols": ARRAY(String),
+    "interval": String(),
+    "step": Interval(),
+    "lo": TIMESTAMP,
+    "hi": TIMESTAMP,
+}
+_upsert_minutes = statement(
     _UPSERT.format(
         source=MINUTES_FROM_TRADES.format(
             source="trades AS t",
             where="t.symbol = ANY(:symbols) AND t.timestamp >= :lo AND t.timestamp < :hi",
         )
-    )
+    ),
+    **_UPSERT_TYPES,
 )
-_upsert_rollup = typed(
+_upsert_rollup = statement(
     _UPSERT.format(
         source=ROLL_UP.format(
             minutes="""
@@ -78,10 +89,13 @@ _upsert_rollup = typed(
                   AND timestamp >= :lo AND timestamp < :hi
             """
         )
-    )
+    ),
+    **_UPSERT_TYPES,
 )
 
-_lock_symbol = typed("SELECT pg_advisory_xact_lock(hashtext('mdp.candles'), hashtext(:symbol))")
+_lock_symbol = statement(
+    "SELECT pg_advisory_xact_lock(hashtext('mdp.candles'), hashtext(:symbol))", symbol=String
+)
 # All or nothing: the leader never waits behind a backfill chunk (its cadence matters more).
 _try_lock_all = text(
     """
@@ -94,7 +108,7 @@ _try_lock_all = text(
 # Where a symbol's watermark starts the first time a writer needs it: at its oldest trade
 # (nothing before it to materialise), at its horizon without trades. Never later than its
 # horizon: a watermark only ever covers final buckets.
-_initialise = typed(
+_initialise = statement(
     f"""
     INSERT INTO candle_watermarks (symbol, candles_until)
     SELECT sy.symbol, least(
@@ -106,27 +120,28 @@ _initialise = typed(
     WHERE sy.symbol = ANY(:symbols)
       AND NOT EXISTS (SELECT FROM candle_watermarks AS cw WHERE cw.symbol = sy.symbol)
     ON CONFLICT (symbol) DO NOTHING
-    """
+    """,
+    symbols=ARRAY(String),
 )
 # Each symbol's watermark and the start of the minute its horizon is in (final up to there).
-_state = typed(
+_state = statement(
     f"""
     SELECT cw.symbol, cw.candles_until,
            {bin_sql("INTERVAL '1 minute'", symbol_horizon_sql("cw.symbol"))}
     FROM candle_watermarks AS cw
     WHERE cw.symbol = ANY(:symbols)
     ORDER BY cw.symbol
-    """
+    """,
+    symbols=ARRAY(String),
 )
-_move = text(
+_move = statement(
     """
     UPDATE candle_watermarks AS cw SET candles_until = m.until
     FROM unnest(CAST(:symbols AS varchar[]), CAST(:untils AS timestamptz[])) AS m(symbol, until)
     WHERE cw.symbol = m.symbol
-    """
-).bindparams(
-    bindparam("symbols", type_=ARRAY(String)),
-    bindparam("untils", type_=ARRAY(DateTime(timezone=True))),
+    """,
+    symbols=ARRAY(String),
+    untils=ARRAY(TIMESTAMP),
 )
 # A chunk's (or a catch-up step's) trades sort by minute in memory, not in temporary files:
 # about a fifth off materialising a 50,000-row backfill chunk. For this transaction only.
@@ -135,7 +150,7 @@ _sort_in_memory = text("SET LOCAL work_mem = '64MB'")
 
 async def lock_candles(conn: AsyncConnection, symbol: str) -> None:
     """Hold the symbol's candle lock until the transaction ends."""
-    await conn.execute(_lock_symbol, {"symbol": symbol})
+    await _lock_symbol.execute(conn, symbol=symbol)
 
 
 async def _upsert(
@@ -144,10 +159,11 @@ async def _upsert(
     """Compute and store the `interval` buckets of `symbols` starting in [lo, hi) (aligned)."""
     if lo >= hi:
         return
-    params: dict[str, object] = {"symbols": list(symbols), "interval": interval, "lo": lo, "hi": hi}
-    params["step"] = INTERVALS[interval]
     # Roll-ups read the minutes: callers store those first.
-    await conn.execute(_upsert_minutes if interval == BASE else _upsert_rollup, params)
+    upsert = _upsert_minutes if interval == BASE else _upsert_rollup
+    await upsert.execute(
+        conn, symbols=list(symbols), interval=interval, step=INTERVALS[interval], lo=lo, hi=hi
+    )
 
 
 class Advance(NamedTuple):
@@ -170,8 +186,8 @@ async def advance_watermark(
     symbols, locked = (await conn.execute(_try_lock_all)).one()
     if not locked or not symbols:
         return None
-    await conn.execute(_initialise, {"symbols": symbols})
-    rows = (await conn.execute(_state, {"symbols": symbols})).all()
+    await _initialise.execute(conn, symbols=symbols)
+    rows = await _state.fetch(conn, symbols=symbols)
     # Symbols that move by the same steps are materialised together: with the clock's
     # horizon (the synthetic walk) or feeds in step, that is all of them at once.
     moves: dict[tuple[datetime, datetime], list[str]] = {}
@@ -192,8 +208,8 @@ async def advance_watermark(
             lo, hi = bucket_floor(before, step), bucket_floor(after, step)
             await _upsert(conn, group, interval, lo, hi)
     if moves:
-        symbols = [symbol for group in moves.values() for symbol in group]
-        await conn.execute(_move, {"symbols": symbols, "untils": [afters[s] for s in symbols]})
+        moved = [symbol for group in moves.values() for symbol in group]
+        await _move.execute(conn, symbols=moved, untils=[afters[s] for s in moved])
     return Advance(
         min(before for _, before, _ in rows),
         min(afters.values()),
@@ -210,7 +226,7 @@ async def rematerialise(
     before it wrote them (so the leader cannot roll up a bucket from a snapshot without them)."""
     # Start the symbol's watermark (if nothing did yet) at its oldest trade, these ones
     # included: they are materialised here, so the leader has nothing of them to catch up.
-    await conn.execute(_initialise, {"symbols": [symbol]})
+    await _initialise.execute(conn, symbols=[symbol])
     await conn.execute(_sort_in_memory)
     for interval, step in INTERVALS.items():
         await _upsert(

@@ -32,7 +32,7 @@ __all__ = [
     "CandleWatermark",
     "FeedWatermark",
     "IngestionInterval",
-    "IngestionState",
+    "IngestionProgress",
     "LiveBatch",
     "Symbol",
     "Trade",
@@ -162,8 +162,9 @@ class CandleWatermark(Base):
     candles_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-class IngestionState(Base):
-    """One row: the newest batch written (batches are idempotent and only move forward)."""
+class IngestionProgress(Base):
+    """The `ingestion_state` row: the newest batch written (batches are idempotent and only
+    move forward)."""
 
     __tablename__ = "ingestion_state"
 

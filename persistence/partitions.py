@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.candles import typed
+from persistence.statements import TIMESTAMP, statement
 
 __all__ = [
     "drop_expired",
@@ -24,7 +24,7 @@ _PARTITION = re.compile(r"^trades_y[0-9]{4}m[0-9]{2}$")
 
 # There is no default partition (DETACH ... CONCURRENTLY cannot run beside one), so a row
 # whose month has no partition is refused: every writer ensures its months first.
-_ensure = typed("SELECT mdp_ensure_trade_partitions(:lo, :hi)")
+_ensure = statement("SELECT mdp_ensure_trade_partitions(:lo, :hi)", lo=TIMESTAMP, hi=TIMESTAMP)
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
@@ -36,7 +36,7 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
 async def ensure_partitions(conn: AsyncConnection, lo: datetime, hi: datetime) -> int:
     """Create the missing partitions of every month from `lo`'s to `hi`'s, in the caller's
     transaction (it holds the attach lock until it ends); returns how many were created."""
-    created: int = (await conn.execute(_ensure, {"lo": lo, "hi": hi})).scalar_one()
+    created: int = (await _ensure.execute(conn, lo=lo, hi=hi)).scalar_one()
     return created
 
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
 
-from mdp.apikeys import RateLimit, create_key, key_id_of, revoke
+from access.apikeys import RateLimit, create_key, key_id_of, revoke
 from mdp.logs import JsonFormatter
 from mdp.spec import load_contract
 from tests.api.support import app_settings, assert_problem, running_app

@@ -14,8 +14,8 @@ import psutil
 import pytest
 from sqlalchemy.engine import URL
 
+from access.apikeys import RateLimit
 from bench.abuse import Attack, at_every_cap, connections_of, export_path, well_behaved
-from mdp.apikeys import RateLimit
 from tests.support import Service, dsn, metric_value, provision_key_now, serve_live, wait_until
 
 pytestmark = pytest.mark.timing

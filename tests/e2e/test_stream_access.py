@@ -9,7 +9,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from mdp.apikeys import key_id_of, revoke
+from access.apikeys import key_id_of, revoke
 from tests.e2e.sse import consuming
 from tests.support import (
     Service,

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mdp.apikeys import RateLimit, create_key, key_id_of, revoke
+from access.apikeys import RateLimit, create_key, key_id_of, revoke
 from persistence.api_keys import key_version, record_last_used
 from tests.support import open_test_engine
 

@@ -20,7 +20,7 @@ from ingestion.generator import TradeGenerator
 from ingestion.loop import Ingestor
 from ingestion.status import IngestionStatus
 from persistence.candles import read_candle_page
-from persistence.database import driver_connection
+from persistence.connections import driver_connection
 from persistence.finality import INTERVALS, VISIBILITY_DEADLINE
 from persistence.materialise import advance_watermark, lock_candles
 from persistence.models import VWAP_SCALE

@@ -20,7 +20,7 @@ from ingestion.loop import Ingestor
 from ingestion.materialiser import CandleMaterialiser
 from ingestion.status import IngestionStatus
 from persistence.candles import read_candle_page
-from persistence.database import driver_connection
+from persistence.connections import driver_connection
 from persistence.finality import horizon
 from persistence.materialise import Advance, advance_watermark
 from persistence.models import VWAP_SCALE

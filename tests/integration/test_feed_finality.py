@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ingestion.leader import LEADER_LOCK_KEY
 from persistence import zoned
 from persistence.candles import read_candle_page
-from persistence.database import driver_connection
+from persistence.connections import driver_connection
 from persistence.feeds import StoredMark, insert_venue_batch, stored_marks
 from persistence.materialise import advance_watermark
 from persistence.partitions import ensure_partitions

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mdp.apikeys import RateLimit, create_key, hash_key, revoke
-from mdp.keyring import KeyRing
+from access.apikeys import RateLimit, create_key, hash_key, revoke
+from access.keyring import KeyRing
 
 
 async def test_refresh_reloads_only_when_a_key_changed(fresh_engine: AsyncEngine) -> None:

@@ -8,7 +8,7 @@ import concurrent.futures
 
 from sqlalchemy.engine import URL
 
-from mdp.apikeys import SCOPES, RateLimit, create_key
+from access.apikeys import SCOPES, RateLimit, create_key
 from tests.support.database import migrate, open_test_engine
 
 __all__ = ["TEST_RATE_LIMIT", "provision_key", "provision_key_now"]

@@ -12,12 +12,22 @@ ROOT = Path(__file__).resolve().parents[2]
 # What each package must never import, at run time or for type checking alone. Nothing imports
 # handlers (the spec names them); handlers never import the package that assembles them.
 FORBIDDEN = {
-    "errors": {"persistence", "ingestion", "live", "web", "handlers", "mdp", "connexion"},
-    "persistence": {"ingestion", "live", "web", "handlers", "mdp", "connexion", "starlette"},
-    "ingestion": {"live", "web", "handlers", "mdp", "connexion", "starlette"},
-    "live": {"ingestion", "web", "handlers", "mdp", "connexion", "starlette"},
-    "web": {"handlers", "mdp"},
-    "handlers": {"mdp"},
+    "errors": {"persistence", "ingestion", "live", "web", "access", "handlers", "mdp", "connexion"},
+    "persistence": {
+        "ingestion",
+        "live",
+        "web",
+        "access",
+        "handlers",
+        "mdp",
+        "connexion",
+        "starlette",
+    },
+    "ingestion": {"live", "web", "access", "handlers", "mdp", "connexion", "starlette"},
+    "live": {"ingestion", "web", "access", "handlers", "mdp", "connexion", "starlette"},
+    "web": {"access", "handlers", "mdp"},
+    "access": {"ingestion", "live", "web", "handlers", "mdp"},
+    "handlers": {"access", "mdp"},
     "mdp": {"handlers"},
 }
 

@@ -17,12 +17,12 @@ from connexion.middleware.security import SecurityOperation
 from connexion.middleware.swagger_ui import SwaggerUIMiddleware
 from starlette.types import Receive, Scope, Send
 
+from access.apikeys import RateLimit, hash_key
+from access.keyring import Key
+from access.security import AuthError, Guard, required_scopes
 from errors import RequestValidationFailed
 from mdp import connexion_adaptations as adaptations
-from mdp.apikeys import RateLimit, hash_key
 from mdp.app import create_app
-from mdp.keyring import Key
-from mdp.security import AuthError, Guard, required_scopes
 from mdp.settings import Settings
 from mdp.spec import load_contract
 

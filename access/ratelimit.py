@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 
-from mdp.apikeys import RateLimit
+from access.apikeys import RateLimit
 
 __all__ = ["RateLimiter", "headers", "reset_seconds", "retry_after"]
 

@@ -11,8 +11,8 @@ from urllib.parse import parse_qsl
 
 from starlette.types import Scope
 
+from access.apikeys import redact
 from errors import MAX_REPORTED_ISSUES
-from mdp.apikeys import redact
 
 __all__ = ["Outcome", "begin", "count_served", "current", "finish", "set_outcome"]
 

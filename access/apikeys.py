@@ -16,6 +16,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,7 +24,9 @@ from persistence import api_keys
 from persistence.api_keys import KeyRow, insert_key, list_keys, revoke_key
 
 __all__ = [
+    "AUTH_MODES",
     "KEY_PREFIX",
+    "AuthMode",
     "SCOPES",
     "RateLimit",
     "create_key",
@@ -42,6 +45,9 @@ audit_logger = logging.getLogger("mdp.audit")
 
 KEY_PREFIX = "mdp_"
 SCOPES = ("read", "stream", "export", "ops")
+# Whether data operations need a key at all (AUTH_MODE); "off" is for local development.
+AuthMode = Literal["required", "off"]
+AUTH_MODES: tuple[AuthMode, ...] = ("required", "off")
 _ID_HEX_DIGITS = 12
 _SECRET_BYTES = 32
 # prefix, 12 lowercase hex digits, `_`, 43 base64url characters (32 bytes, unpadded).

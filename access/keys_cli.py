@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mdp.apikeys import (
+from access.apikeys import (
     DEFAULT_RATE_LIMIT,
     SCOPES,
     RateLimit,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mdp.apikeys import RateLimit
-from mdp.ratelimit import RateLimiter, headers, reset_seconds, retry_after
+from access.apikeys import RateLimit
+from access.ratelimit import RateLimiter, headers, reset_seconds, retry_after
 
 
 class Clock:

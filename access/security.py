@@ -22,12 +22,11 @@ from connexion.security import NO_VALUE, AbstractSecurityHandler
 from starlette.types import Scope
 
 import errors
+from access import audit, ratelimit
+from access.apikeys import SCOPES, AuthMode, hash_key, key_id_of
+from access.keyring import Key, KeyRing
+from access.ratelimit import RateLimiter
 from errors import DatabaseUnavailable, ServiceError
-from mdp import audit, ratelimit
-from mdp.apikeys import SCOPES, hash_key, key_id_of
-from mdp.keyring import Key, KeyRing
-from mdp.ratelimit import RateLimiter
-from mdp.settings import AuthMode
 
 __all__ = [
     "SCOPE_EXTENSION",

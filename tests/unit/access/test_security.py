@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from mdp.security import required_scopes
+from access.security import required_scopes
 from mdp.spec import load_contract
 
 PUBLIC = {

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from mdp import security
-from mdp.apikeys import RateLimit, hash_key
-from mdp.keyring import Key
-from mdp.security import Guard, Unauthenticated
+from access import security
+from access.apikeys import RateLimit, hash_key
+from access.keyring import Key
+from access.security import Guard, Unauthenticated
 
 OPERATION = "listSymbols"
 SCOPE: dict[str, Any] = {"extensions": {"connexion_routing": {"operation_id": OPERATION}}}

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from mdp.apikeys import (
+from access.apikeys import (
     KEY_PREFIX,
     RateLimit,
     _new_key,
