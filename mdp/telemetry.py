@@ -103,22 +103,19 @@ class TelemetryMiddleware:
         extensions = scope.setdefault("extensions", {})
         status = 500
         sent = 0
-        events = False
         audit_token = audit.begin()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, sent, events
+            nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
                 # Starlette writes header names in lower case. Handlers already stamp the
                 # request id (see mdp.responses); never send it twice.
                 headers = list(message.get("headers", ()))
                 stamped = cached = False
-                for name, value in headers:
+                for name, _ in headers:
                     if name == b"x-request-id":
                         stamped = True
-                    elif name == b"content-type":
-                        events = value.startswith(b"text/event-stream")
                     elif name == b"cache-control":
                         cached = True
                 if not stamped:
@@ -133,11 +130,7 @@ class TelemetryMiddleware:
                     headers += outcome.headers
                 message["headers"] = headers
             elif message["type"] == "http.response.body":
-                body = message.get("body", b"")
-                sent += len(body)
-                if events:
-                    # Server-Sent Events: what a stream served is its events, one `data:` each.
-                    audit.count_served(body.count(b"\ndata: "))
+                sent += len(message.get("body", b""))
             await send(message)
 
         try:
