@@ -137,8 +137,8 @@ def _ingestion_metrics(status: IngestionStatus) -> Iterator[Metric]:
     if status.candles_until is not None:
         yield GaugeMetricFamily(
             "mdp_candles_materialised_until_seconds",
-            "Candle watermark this instance last moved or saw (Unix time): final buckets "
-            "before it are materialised.",
+            "Candle watermark of the slowest symbol this instance last moved or saw (Unix "
+            "time): final buckets before it are materialised for every symbol.",
             status.candles_until.timestamp(),
         )
     yield GaugeMetricFamily(
