@@ -258,7 +258,7 @@ async def export_candles(
         return zoned.pages(tz, step, start_at, end_at, size=_BUCKETS)
 
     async def counted(conn: asyncpg.Connection) -> tuple[zoned.Clock, int]:
-        now = await zoned.clock(conn)
+        now = await zoned.clock(conn, codes)
         if fill != "none":
             # Every bucket of every symbol.
             return now, sum(len(bounds) - 1 for bounds in pages()) * len(codes)

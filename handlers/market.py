@@ -300,7 +300,7 @@ async def _zoned_candles(
     state = app_state()
     async with state.db.connect() as conn:
         settled = await finality.settled(conn, code, _settlement())
-        now = await zoned.clock(conn)
+        now = await zoned.clock(conn, [code])
         if fill != "none":
             answered = window._replace(start=start_at, end=end_at)
             return await _filled_candles(conn, answered, tz, timezone, (lo, hi), now, fill)
