@@ -276,8 +276,8 @@ async def _serving(
     )
     restore_signals = _end_streams_on_signals(broadcaster)
     # What start-up built (the contract, compiled validators, the app) lives as long as the
-    # process. Out of the collector's sight, a full collection no longer walks it: with it,
-    # each one held up every request in flight for about 70 ms.
+    # process: frozen out of the collector's sight, since a full collection walking it holds
+    # up every request in flight for about 70 ms.
     gc.collect()
     gc.freeze()
     try:
