@@ -15,6 +15,7 @@ from access import audit
 from mdp.caching import conditional
 from mdp.resolver import HandlerResolver
 from mdp.telemetry import current_request_id
+from web.answer import Answer
 from web.request import current_scope
 
 __all__ = ["JsonResolver", "dumps", "jsonifier"]
@@ -48,12 +49,14 @@ def _respond(result: Any) -> Response:
     else:
         headers: Mapping[str, str] = {}
         status = 200
-        if isinstance(result, tuple):
+        rows = 1
+        if isinstance(result, Answer):
+            result, status, headers, rows = result
+        elif isinstance(result, tuple):
             result, status, *rest = result
             headers = rest[0] if rest else headers
         if status < 300:
-            # Rows served, for the audit trail: a list's `count`, else one object.
-            audit.count_served(result.get("count", 1) if isinstance(result, dict) else 1)
+            audit.count_served(rows)
         response = Response(
             orjson.dumps(result, option=_OPTIONS),
             status_code=status,
