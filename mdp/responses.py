@@ -67,16 +67,16 @@ def _respond(result: Any) -> Response:
 
 
 class JsonResolver(HandlerResolver):
-    """Wraps every handler so that a returned dict (or `(dict, status[, headers])`) becomes an
-    `application/json` response encoded by orjson.
+    """Wraps every handler so that a returned dict (or `(dict, status[, headers])`, or an
+    `Answer`) becomes an `application/json` response encoded by orjson.
 
     Naming the content type here is what lets an operation declare `application/json` for
     success and `application/problem+json` for errors (Connexion otherwise answers 500), and it
     skips Connexion's slower stdlib-json serialisation on the hot path.
     """
 
-    def resolve_function_from_operation_id(self, operation_id: str) -> Handler:
-        handler: Handler = super().resolve_function_from_operation_id(operation_id)
+    def __call__(self, operation_id: str) -> Handler:
+        handler: Handler = super().__call__(operation_id)
 
         @functools.wraps(handler)
         async def respond(*args: Any, **kwargs: Any) -> Any:
