@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from access.apikeys import RateLimit
 from persistence.api_keys import key_version, load_keys, record_last_used
-from persistence.database import describe_error
+from persistence.connections import describe_error
 
 __all__ = ["Key", "KeyRing"]
 

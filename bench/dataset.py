@@ -1,17 +1,23 @@
-"""The bench database: built with `mdp backfill`, reused when fresh; and the raw COPY
-comparison that backfill speed is measured against."""
+"""The bench databases: built with `mdp backfill` (reused when fresh) or, for history at
+scale, written straight by COPY; and the raw COPY comparison that backfill speed is measured
+against."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import statistics
 import time
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from bench.support import (
     Server,
@@ -153,3 +159,124 @@ def copy_comparison(
         "raw_copy_rows_per_second_tries": [round(x) for x in raws],
         "backfill_to_raw": round(backfill_rps / raw, 3) if backfill_rps else None,
     }
+
+
+# Columns of the synthetic history COPY writes: the id comes from the table's own default.
+HISTORY_COLUMNS = ("symbol", "price", "volume", "timestamp")
+# The indexes of `trades` (on the parent of a partitioned one), each with the statement that
+# makes it again: constraints (the primary key) as constraints, the others as indexes.
+_TRADE_INDEXES = """
+    SELECT i.indexrelid::regclass::text,
+           c.oid IS NOT NULL,
+           CASE WHEN c.oid IS NOT NULL
+                THEN format('ALTER TABLE trades ADD CONSTRAINT %I %s', c.conname,
+                            pg_get_constraintdef(c.oid))
+                -- A partitioned index is shown as ON ONLY the parent: built on every
+                -- partition, as the migration built it.
+                ELSE replace(pg_get_indexdef(i.indexrelid), ' ON ONLY ', ' ON ')
+           END
+    FROM pg_index AS i
+    LEFT JOIN pg_constraint AS c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+    WHERE i.indrelid = 'trades'::regclass
+"""
+# Rows per CSV block handed to COPY (tens of MiB).
+_BLOCK_ROWS = 500_000
+
+
+def _decimals(units: np.ndarray, scale: int) -> pa.Array:
+    """Integers of 10**-scale as exact decimals (decimal128 holds the unscaled integer)."""
+    words = np.empty((len(units), 2), dtype=np.int64)
+    words[:, 0] = units
+    words[:, 1] = units >> 63
+    return pa.Array.from_buffers(pa.decimal128(38, scale), len(units), [None, pa.py_buffer(words)])
+
+
+def history_blocks(
+    symbols: Sequence[str],
+    start: datetime,
+    end: datetime,
+    rows: int,
+    *,
+    price_scale: int,
+    volume_scale: int,
+    seed: int = 1,
+) -> Iterator[tuple[int, bytes]]:
+    """`rows` trades spread evenly over [start, end), symbols taking turns, as CSV blocks in
+    time order (each with its row count): a random walk of prices per symbol, sizes from
+    1 to 1,000 with `volume_scale` decimals. Built with numpy and pyarrow, not row by row."""
+    random = np.random.default_rng(seed)
+    first = int(start.timestamp() * 1e6)
+    step = (end - start).total_seconds() * 1e6 / rows
+    names = pa.array(list(symbols))
+    count = len(symbols)
+    log_price = np.log(np.full(count, 100.0))
+    options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
+    for low in range(0, rows, _BLOCK_ROWS):
+        n = min(_BLOCK_ROWS, rows - low)
+        index = np.arange(low, low + n, dtype=np.int64)
+        which = (index % count).astype(np.int32)
+        moves = random.normal(0.0, 2e-4, n)
+        walk = np.empty(n)
+        for k in range(count):
+            mine = which == k
+            path = log_price[k] + np.cumsum(moves[mine])
+            walk[mine] = path
+            log_price[k] = path[-1]
+        prices = np.maximum(np.rint(np.exp(walk) * 10**price_scale), 1).astype(np.int64)
+        sizes = random.integers(1, 1000 * 10**volume_scale, n, dtype=np.int64)
+        micros = first + (index * step).astype(np.int64)
+        block = pa.table(
+            {
+                "symbol": pa.DictionaryArray.from_arrays(pa.array(which), names),
+                "price": _decimals(prices, price_scale),
+                "volume": _decimals(sizes, volume_scale),
+                "timestamp": pa.array(micros).cast(pa.timestamp("us", tz="UTC")),
+            }
+        )
+        sink = pa.BufferOutputStream()
+        pa_csv.write_csv(block, sink, options)
+        yield n, sink.getvalue().to_pybytes()
+
+
+async def copy_history(
+    dsn: str,
+    symbols: Sequence[str],
+    start: datetime,
+    end: datetime,
+    rows: int,
+    *,
+    price_scale: int,
+    volume_scale: int,
+) -> float:
+    """COPY `history_blocks` into an empty `trades`, one transaction per block, with its
+    indexes built afterwards (from their own definitions: faster than maintaining them row by
+    row); returns the seconds. On a partitioned `trades`, the months' partitions must exist.
+    """
+    conn = await asyncpg.connect(
+        dsn, server_settings={"synchronous_commit": "off", "maintenance_work_mem": "1GB"}
+    )
+    started = time.perf_counter()
+    done = 0
+    try:
+        rebuild = await conn.fetch(_TRADE_INDEXES)
+        for name, is_constraint, _ in rebuild:
+            drop = "ALTER TABLE trades DROP CONSTRAINT" if is_constraint else "DROP INDEX"
+            await conn.execute(f'{drop} "{name}"')
+        blocks = history_blocks(
+            symbols, start, end, rows, price_scale=price_scale, volume_scale=volume_scale
+        )
+        for n, block in blocks:
+            source = io.BytesIO(block)
+            await conn.copy_to_table(
+                "trades", source=source, columns=HISTORY_COLUMNS, format="csv", timeout=None
+            )
+            done += n
+            if done % (20 * _BLOCK_ROWS) == 0 or done == rows:
+                elapsed = time.perf_counter() - started
+                log(f"COPY: {done:,}/{rows:,} trades ({done / elapsed:,.0f} rows/s)")
+        for name, _, definition in rebuild:
+            log(f"building {name}")
+            await conn.execute(definition, timeout=None)
+    finally:
+        await conn.close()
+    return time.perf_counter() - started

@@ -142,7 +142,7 @@ def _position(token: str) -> list[Any]:
 async def latest_price(request: Request) -> Response:
     code = request.query_params["symbol"].upper()
     async with _pool(request).acquire() as conn:
-        row = await conn.fetchrow(LATEST_TRADE, code)
+        row = await LATEST_TRADE.fetchrow(conn, symbol=code)
     if row is None:
         return _problem(404, f"no trades for {code}")
     return _json(
@@ -156,9 +156,9 @@ async def symbols(request: Request) -> Response:
     cursor = params.get("cursor")
     async with _pool(request).acquire() as conn:
         if cursor:
-            rows = await conn.fetch(SYMBOLS_PAGE_AFTER, _position(cursor)[0], limit + 1)
+            rows = await SYMBOLS_PAGE_AFTER.fetch(conn, after=_position(cursor)[0], limit=limit + 1)
         else:
-            rows = await conn.fetch(SYMBOLS_PAGE, limit + 1)
+            rows = await SYMBOLS_PAGE.fetch(conn, limit=limit + 1)
     page = rows[:limit]
     return _json(
         {
@@ -179,21 +179,23 @@ async def trades(request: Request) -> Response:
     order = params.get("order", "desc")
     descending = order == "desc"
     cursor = params.get("cursor")
-    args: list[Any] = [code]
-    args += [moment for moment in (start_at, end_at) if moment is not None]
+    values: dict[str, Any] = {"symbol": code, "limit": limit + 1}
+    if start_at is not None:
+        values["start"] = start_at
+    if end_at is not None:
+        values["end"] = end_at
     if cursor:
-        micros, trade_id = _position(cursor)
-        args += [EPOCH + timedelta(microseconds=micros), trade_id]
-    args.append(limit + 1)
-    sql = trades.page_sql(
+        micros, values["after_id"] = _position(cursor)
+        values["after_timestamp"] = EPOCH + timedelta(microseconds=micros)
+    page = trades.page_sql(
         start=start_at is not None,
         end=end_at is not None,
         after=bool(cursor),
         descending=descending,
     )
     async with _pool(request).acquire() as conn:
-        rows = await conn.fetch(sql, *args)
-        if not rows and not await conn.fetchval(SYMBOL_EXISTS, code):
+        rows = await page.fetch(conn, **values)
+        if not rows and not await SYMBOL_EXISTS.fetchval(conn, symbol=code):
             return _problem(404, f"unknown symbol {code}")
     page = rows[:limit]
     next_cursor = None

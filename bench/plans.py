@@ -1,15 +1,18 @@
-"""Query plans of the hot queries at two table sizes: `EXPLAIN (ANALYZE, BUFFERS)` of the SQL the
-service really sends, captured from the persistence functions themselves.
+"""Query plans of the hot queries at scale: `EXPLAIN (ANALYZE, BUFFERS)` of the SQL the service
+really sends, captured from the persistence functions themselves, on the partitioned trades table.
 
-    .venv/bin/python -m bench.plans                    # 1M and 30M trades on the bench server
-    .venv/bin/python -m bench.plans --sizes 1m         # only the small one
+    .venv/bin/python -m bench.plans                        # 30M and 100M trades, embedded server
+    .venv/bin/python -m bench.plans --sizes 30m --server postgresql://postgres@127.0.0.1/postgres
 
-Each size is a database on the bench's embedded PostgreSQL, built once with `mdp backfill`
-(5 symbols x 1 trade/s: 2.3 days for 1M, 70 days for 30M, so trades per hour are the same and
-only the history grows) and reused afterwards. Plans go to bench/plans/<commit>/<size>/<query>.txt,
-with the custom plan (what a first execution gets) and the generic plan (what a prepared
-statement may switch to after five executions); bench/plans/<commit>/summary.md compares the
-sizes. A run removes the plans of other commits; with uncommitted changes it writes under
+Each size is a database (`mdp_plans_<size>`) built once and reused afterwards: 5 symbols over
+36 months of history, written by COPY (bench.dataset.copy_history), not the service's loop.
+The 30M one is written into the schema before trades v2 (migration 0008) and then migrated, so
+its build also times migration 0009 at 30M rows; the 100M one is written into today's schema.
+Candles are materialised by the leader's own function, a week per transaction. Plans go to
+bench/plans/<commit>/<size>/<query>.txt, with the custom plan (what a first execution gets) and
+the generic plan (what a prepared statement may switch to after five executions);
+bench/plans/<commit>/summary.md compares the sizes and records how each database was built.
+A run removes the plans of other commits; with uncommitted changes it writes under
 .mdp/bench/uncommitted/plans/ instead.
 """
 
@@ -17,13 +20,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import re
 import shutil
+import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,27 +42,49 @@ from sqlalchemy import event  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
+from bench.dataset import copy_history, execute  # noqa: E402
 from bench.support import (  # noqa: E402
     BENCH,
     EmbeddedServer,
     Server,
-    backfill,
+    as_asyncpg_dsn,
     ensure_database,
     git_revision,
     log,
+    recreate_database,
     results_directory,
     symbol_codes,
     terminate_on_sigterm,
 )
-from mdp.database import open_engine  # noqa: E402
+from mdp.engines import open_engine  # noqa: E402
 from mdp.settings import Settings  # noqa: E402
 from persistence import candles, finality, symbols, trades  # noqa: E402
-from persistence.database import driver_connection  # noqa: E402
+from persistence.connections import driver_connection  # noqa: E402
+from persistence.materialise import advance_watermark  # noqa: E402
+from persistence.partitions import ensure_ahead  # noqa: E402
+from persistence.symbols import ensure_symbols  # noqa: E402
 
 PLANS = BENCH / "plans"
-SIZES = {"1m": 2.3, "30m": 70.0}  # days of 5 symbols x 1 trade/s
+
+
+@dataclass(frozen=True)
+class Size:
+    rows: int
+    # Written into the schema before trades v2 and migrated (timing migration 0009).
+    migrated: bool
+
+
+SIZES = {"30m": Size(30_000_000, migrated=True), "100m": Size(100_000_000, migrated=False)}
 SYMBOL = "AAPL"
-# The service's session settings (persistence.database.create_engine).
+# History of every size: 36 whole months before the build (37 monthly partitions holding
+# trades, and the 3 the leader keeps ahead).
+HISTORY = timedelta(days=36 * 365.25 / 12)
+# Before trades v2 prices had 6 decimals and sizes were whole; after it, a venue's digits.
+LEGACY_SCALES = {"price_scale": 6, "volume_scale": 0}
+VENUE_SCALES = {"price_scale": 8, "volume_scale": 5}
+# Candles materialised per transaction while building.
+CANDLE_SPAN = timedelta(days=7)
+# The service's session settings (persistence.connections.create_engine).
 SESSION = {"jit": "off", "max_parallel_workers_per_gather": "0"}
 
 
@@ -287,12 +316,18 @@ class Summary:
     generic_ms: float
     chosen: str
     planning_ms: float
+    # Partitions of `trades` each plan reads (EXPLAIN ANALYZE lists only those not pruned).
+    partitions: int
+    generic_partitions: int
 
 
 _NODE = re.compile(
     r"(Seq Scan|Index Only Scan(?: Backward)?|Index Scan(?: Backward)?|Bitmap Heap Scan|"
     r"Bitmap Index Scan|Result|Function Scan)(?: using (\w+))? on (\w+)|(Result|Function Scan)"
 )
+
+
+_PARTITION = re.compile(r"trades_y\d{4}m\d{2}")
 
 
 def summarise(name: str, custom: str, generic: str, chosen: str) -> Summary:
@@ -303,6 +338,11 @@ def summarise(name: str, custom: str, generic: str, chosen: str) -> Summary:
                 continue
             found.append(f"{m[1]} {m[3]}" + (f" ({m[2]})" if m[2] else ""))
         return found
+
+    def partitions(plan: str) -> int:
+        # Run-time pruning leaves the plan's other partitions "never executed".
+        read = (line for line in plan.splitlines() if "never executed" not in line)
+        return len({name for line in read for name in _PARTITION.findall(line)})
 
     first_buffers = re.search(r"Buffers: shared (?:hit=(\d+))?\s*(?:read=(\d+))?", custom)
     buffers = sum(int(x) for x in first_buffers.groups() if x) if first_buffers else 0
@@ -324,67 +364,154 @@ def summarise(name: str, custom: str, generic: str, chosen: str) -> Summary:
         ms(generic),
         chosen,
         ms(custom, "Planning"),
+        partitions(custom),
+        partitions(generic),
     )
 
 
 async def table_facts(dsn: str) -> dict[str, Any]:
+    """Rows, partitions and sizes of `trades` (summed over its partitions), and the depth of
+    the symbol index in its largest partition."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        parts = await conn.fetch(
+            "SELECT relid::regclass::text AS name, pg_relation_size(relid) AS heap "
+            "FROM pg_partition_tree('trades') WHERE isleaf ORDER BY heap DESC"
+        )
+        sizes = {
+            index: await conn.fetchval(
+                "SELECT pg_size_pretty(sum(pg_relation_size(relid))) "
+                "FROM pg_partition_tree($1::regclass) WHERE isleaf",
+                index,
+            )
+            for index in ("ix_trades_symbol_timestamp_id", "pk_trades")
+        }
+        largest = await conn.fetchval(
+            "SELECT i.indexrelid::regclass::text FROM pg_index AS i "
+            "JOIN pg_inherits AS h ON h.inhrelid = i.indexrelid "
+            "WHERE i.indrelid = $1::regclass "
+            "AND h.inhparent = 'ix_trades_symbol_timestamp_id'::regclass",
+            parts[0]["name"],
+        )
+        levels = await conn.fetchval("SELECT level FROM bt_metap($1)", largest)
         facts: dict[str, Any] = {
             "trades": await conn.fetchval("SELECT count(*) FROM trades"),
-            "heap": await conn.fetchval("SELECT pg_size_pretty(pg_relation_size('trades'))"),
+            "partitions": len(parts),
+            "partitions holding trades": sum(1 for part in parts if part["heap"] > 0),
+            "heap": await conn.fetchval(
+                "SELECT pg_size_pretty($1::bigint)", sum(part["heap"] for part in parts)
+            ),
+            "ix_trades_symbol_timestamp_id": f"{sizes['ix_trades_symbol_timestamp_id']} "
+            f"({levels + 1} levels in the largest partition)",
+            "pk_trades": sizes["pk_trades"],
+            "candles": await conn.fetchval("SELECT count(*) FROM candles"),
         }
-        for index in ("ix_trades_symbol_timestamp_id", "pk_trades", "pk_candles"):
-            size = await conn.fetchval("SELECT pg_size_pretty(pg_relation_size($1))", index)
-            levels = await conn.fetchval("SELECT level FROM bt_metap($1)", index)
-            facts[index] = f"{size}, {levels + 1} levels"
     finally:
         await conn.close()
     return facts
 
 
-async def plan_size(
-    server: Server, out: Path, size: str, days: float, *, partitioned: bool
-) -> tuple[dict[str, Any], list[Summary], list[Summary] | None]:
-    dsn, _ = await ensure_database(server, f"mdp_plans_{size}")
-    log(f"{size}: backfill 5 symbols x 1 trade/s x {days:g} days (reused when already there)")
-    built = await asyncio.to_thread(
-        backfill, dsn, days=days, symbols=symbol_codes(5), trades_per_second=1
+def _alembic(dsn: str, *argv: str) -> float:
+    """`mdp alembic …` on `dsn`, as an operator runs it; returns the seconds it took."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "mdp.cli", "alembic", *argv],
+        env={**os.environ, "DATABASE_URL": dsn, "LOG_LEVEL": "WARNING"},
+        check=True,
     )
+    return round(time.perf_counter() - started, 1)
+
+
+async def _materialise(dsn: str) -> float:
+    """Every candle of the history, as the ingestion leader computes them; returns seconds."""
+    engine = open_engine(Settings(), make_url(dsn).set(drivername="postgresql+asyncpg"), "bench")
+    started = time.perf_counter()
+    try:
+        while True:
+            async with engine.begin() as conn:
+                step = await advance_watermark(conn, span=CANDLE_SPAN)
+            assert step is not None, "nothing else writes candles here"
+            if step.caught_up:
+                break
+            log(f"candles materialised up to {step.after:%Y-%m-%d}")
+    finally:
+        await engine.dispose()
+    return round(time.perf_counter() - started, 1)
+
+
+async def build(server: Server, size: str) -> dict[str, Any]:
+    """The database of `size`, built once (how, and how long it took, in its comment)."""
+    name = f"mdp_plans_{size}"
+    dsn, existed = await ensure_database(server, name)
+    if existed:
+        conn = await asyncpg.connect(dsn)
+        try:
+            comment = await conn.fetchval(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                "WHERE datname = current_database()"
+            )
+        finally:
+            await conn.close()
+        if comment:
+            log(f"{size}: reusing {name}")
+            built: dict[str, Any] = json.loads(comment)
+            return built
+        dsn = await recreate_database(server, name)
+    spec = SIZES[size]
+    codes = symbol_codes(5)
+    end = datetime.now(UTC).replace(microsecond=0)
+    start = end - HISTORY
+    facts: dict[str, Any] = {"history": f"{start:%Y-%m-%d} .. {end:%Y-%m-%d}"}
+    log(f"{size}: {spec.rows:,} trades of {len(codes)} symbols, {facts['history']}, by COPY")
+    if spec.migrated:
+        # The table as it was before trades v2, filled, vacuumed, then migrated.
+        _alembic(dsn, "upgrade", "0008")
+        copied = await copy_history(dsn, codes, start, end, spec.rows, **LEGACY_SCALES)
+        await execute(dsn, "VACUUM (ANALYZE) trades")
+        log(f"{size}: migration 0009 (trades v2) at {spec.rows:,} rows")
+        facts["migration 0009 seconds"] = _alembic(dsn, "upgrade", "0009")
+        log(f"{size}: migration 0009 took {facts['migration 0009 seconds']} s")
+        _alembic(dsn, "upgrade", "head")
+    else:
+        _alembic(dsn, "upgrade", "head")
+        conn = await asyncpg.connect(dsn)
+        try:
+            await ensure_ahead(conn, start, end - start + timedelta(days=1))
+        finally:
+            await conn.close()
+        copied = await copy_history(dsn, codes, start, end, spec.rows, **VENUE_SCALES)
+    facts["COPY rows/s"] = round(spec.rows / copied)
+    engine = open_engine(Settings(), make_url(dsn).set(drivername="postgresql+asyncpg"), "bench")
+    try:
+        async with engine.begin() as conn:
+            await ensure_symbols(conn, ((code, code) for code in codes))
+    finally:
+        await engine.dispose()
+    facts["candles seconds"] = await _materialise(dsn)
+    # Plans as autovacuum would leave them: visibility map set, statistics current.
+    await execute(dsn, "VACUUM (ANALYZE) trades, candles")
+    await execute(dsn, f"COMMENT ON DATABASE \"{name}\" IS '{json.dumps(facts)}'")
+    return facts
+
+
+async def plan_size(server: Server, out: Path, size: str) -> tuple[dict[str, Any], list[Summary]]:
+    built = await build(server, size)
+    dsn = server.dsn(f"mdp_plans_{size}")
     conn = await asyncpg.connect(dsn)
     try:
-        if built.rows:
-            log(f"{size}: wrote {built.rows} trades at {built.rows_per_second} rows/s")
-        # Plans as autovacuum would leave them: visibility map set, statistics current.
-        await conn.execute("VACUUM (ANALYZE) trades")
         anchor = await conn.fetchval("SELECT max(timestamp) FROM trades WHERE symbol = $1", SYMBOL)
     finally:
         await conn.close()
-    # The service's session settings, with room for the slowest cold plan.
+    # The service's session settings, with room for the slowest plan.
     engine = open_engine(Settings(), make_url(dsn).set(drivername="postgresql+asyncpg"), "bench")
     try:
         statements = await capture(engine, anchor)
     finally:
         await engine.dispose()
     summaries = await write_plans(dsn, statements, out / size, f"{size} trades")
-    facts = await table_facts(dsn)
     log(f"{size}: {len(statements)} plans in {out / size}/")
-    if partitioned:
-        await build_partitioned(dsn)
-        on_partitions = [
-            Captured(item.name, _TRADES.sub("trades_by_week", item.sql), item.params, item.setup)
-            for item in statements
-            if "FROM candles" not in item.sql and "trades" in item.sql
-        ]
-        summaries_by_week = await write_plans(
-            dsn, on_partitions, out / f"{size}-by-week", f"{size} trades, partitioned by week"
-        )
-        return facts, summaries, summaries_by_week
-    return facts, summaries, None
-
-
-_TRADES = re.compile(r"\btrades\b")
+    return {**await table_facts(dsn), **built}, summaries
 
 
 async def write_plans(dsn: str, statements: list[Captured], out: Path, label: str) -> list[Summary]:
@@ -408,43 +535,6 @@ async def write_plans(dsn: str, statements: list[Captured], out: Path, label: st
     return summaries
 
 
-async def build_partitioned(dsn: str) -> None:
-    """`trades_by_week`: the same rows and index as `trades`, range-partitioned by week (the
-    experiment behind "would partitioning pay?"); built once, reused."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        done = await conn.fetchval(
-            "SELECT obj_description(to_regclass('trades_by_week'), 'pg_class')"
-        )
-        if done == "complete":
-            return
-        log("building trades_by_week: trades copied into weekly range partitions")
-        await conn.execute(
-            "DROP TABLE IF EXISTS trades_by_week;"
-            "CREATE TABLE trades_by_week (LIKE trades) PARTITION BY RANGE (timestamp)"
-        )
-        lo, hi = await conn.fetchrow(
-            "SELECT date_trunc('week', min(timestamp)), max(timestamp) + INTERVAL '1 week' "
-            "FROM trades"
-        )
-        while lo < hi:
-            upper = lo + timedelta(weeks=1)
-            await conn.execute(
-                f"CREATE TABLE trades_by_week_{lo:%Y%m%d} PARTITION OF trades_by_week "
-                f"FOR VALUES FROM ('{lo.isoformat()}') TO ('{upper.isoformat()}')"
-            )
-            lo = upper
-        await conn.execute("INSERT INTO trades_by_week SELECT * FROM trades", timeout=3600)
-        await conn.execute(
-            "CREATE INDEX ON trades_by_week (symbol, timestamp, id) INCLUDE (price, volume)",
-            timeout=3600,
-        )
-        await conn.execute("VACUUM (ANALYZE) trades_by_week", timeout=3600)
-        await conn.execute("COMMENT ON TABLE trades_by_week IS 'complete'")
-    finally:
-        await conn.close()
-
-
 def _params_text(params: tuple[Any, ...]) -> str:
     return ", ".join(
         f"${i}={value.isoformat() if isinstance(value, datetime) else value!r}"
@@ -452,11 +542,7 @@ def _params_text(params: tuple[Any, ...]) -> str:
     )
 
 
-def write_summary(
-    out: Path,
-    results: dict[str, tuple[dict[str, Any], list[Summary]]],
-    by_week: list[Summary] | None,
-) -> None:
+def write_summary(out: Path, results: dict[str, tuple[dict[str, Any], list[Summary]]]) -> None:
     sizes = list(results)
     lines = ["# Plan summary (generated by `python -m bench.plans`)", ""]
     for size in sizes:
@@ -464,16 +550,19 @@ def write_summary(
         lines.append(f"- **{size}**: " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
     lines += [
         "",
-        "Buffers = shared buffers touched by the custom plan (hit + read); ms = execution time "
-        "of that EXPLAIN ANALYZE (warm cache, one run: noisy). Generic = the plan a prepared "
-        "statement may switch to.",
+        "Buffers = shared buffers touched by the custom plan (hit + read); parts = partitions "
+        "of `trades` the plan reads (pruned when planning or at run time); plan ms and ms = "
+        "planning and execution time of that EXPLAIN ANALYZE (warm cache, one run: noisy). "
+        "Generic = the "
+        "plan a prepared statement may switch to after five executions (its partitions are "
+        "pruned when it starts).",
         "",
         "| query | scans (custom plan) | "
-        + " | ".join(f"{s} rows | {s} buffers | {s} heap fetches | {s} ms" for s in sizes)
+        + " | ".join(f"{s} rows | {s} buffers | {s} parts | {s} plan ms | {s} ms" for s in sizes)
         + " | generic plan same scans? | "
-        + " | ".join(f"{s} generic ms" for s in sizes)
+        + " | ".join(f"{s} generic parts | {s} generic ms" for s in sizes)
         + " | prepared statement uses |",
-        "|---|---|" + "---:|" * (4 * len(sizes)) + "---|" + "---:|" * len(sizes) + "---|",
+        "|---|---|" + "---:|" * (5 * len(sizes)) + "---|" + "---:|" * (2 * len(sizes)) + "---|",
     ]
     by_name = {s: {x.name: x for x in results[s][1]} for s in sizes}
     for name in by_name[sizes[0]]:
@@ -481,58 +570,36 @@ def write_summary(
         first = rows[0]
         assert first is not None
         cells = []
+        generic = []
         for row in rows:
             if row is None:
-                cells += ["–"] * 4
+                cells += ["–"] * 5
+                generic += ["–"] * 2
             else:
                 cells += [
                     f"{row.rows:,}",
                     f"{row.buffers:,}",
-                    f"{row.heap_fetches:,}",
+                    f"{row.partitions}",
+                    f"{row.planning_ms:.3f}",
                     f"{row.ms:.3f}",
                 ]
+                generic += [f"{row.generic_partitions}", f"{row.generic_ms:.3f}"]
         same = all(r is not None and r.generic_nodes == r.nodes for r in rows)
-        generic_ms = [f"{r.generic_ms:.3f}" if r else "–" for r in rows]
-        scans = "; ".join(dict.fromkeys(first.nodes)) or "no table"
+        scans = Counter(_PARTITION.sub("trades_<month>", node) for node in first.nodes)
+        read = "; ".join(f"{n}× {node}" if n > 1 else node for node, n in scans.items())
         lines.append(
-            f"| {name} | {scans} | "
+            f"| {name} | {read or 'no table'} | "
             + " | ".join(cells)
             + f" | {'yes' if same else '**no**'} | "
-            + " | ".join(generic_ms)
+            + " | ".join(generic)
             + " | "
             + " / ".join(dict.fromkeys(r.chosen for r in rows if r))
             + " |"
         )
-    if by_week:
-        largest = sizes[-1]
-        plain = by_name[largest]
-        lines += [
-            "",
-            f"## The trade queries at {largest} on `trades_by_week` (weekly range partitions)",
-            "",
-            "Same rows, same index, `PARTITION BY RANGE (timestamp)`, one partition per week. "
-            "Planning and execution times of the custom plan, one warm run each.",
-            "",
-            "| query | plain buffers | plain planning ms | plain ms | partitioned buffers "
-            "| partitioned planning ms | partitioned ms | partitioned scans (custom plan) "
-            "| generic ms plain / partitioned |",
-            "|---|---:|---:|---:|---:|---:|---:|---|---|",
-        ]
-        for row in by_week:
-            base = plain.get(row.name)
-            if base is None:
-                continue
-            scans = Counter(re.sub(r"trades_by_week_\w+", "<week>", node) for node in row.nodes)
-            lines.append(
-                f"| {row.name} | {base.buffers:,} | {base.planning_ms:.3f} | {base.ms:.3f} "
-                f"| {row.buffers:,} | {row.planning_ms:.3f} | {row.ms:.3f} | "
-                + "; ".join(f"{n}× {node}" for node, n in scans.items())
-                + f" | {base.generic_ms:.3f} / {row.generic_ms:.3f} |"
-            )
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
-async def amain(sizes: list[str], partitioning: bool) -> None:
+async def amain(sizes: list[str], server_url: str | None, *, build_only: bool) -> None:
     revision = git_revision()
     plans = results_directory(PLANS)
     # Named by the commit measured: plans of other commits go, never left stale.
@@ -540,33 +607,36 @@ async def amain(sizes: list[str], partitioning: bool) -> None:
         if stale.is_dir() and stale.name != revision:
             shutil.rmtree(stale)
     out = plans / revision
-    embedded = EmbeddedServer()
+    embedded = None if server_url else EmbeddedServer()
     try:
-        server = await asyncio.to_thread(embedded.start)
-        results = {}
-        by_week = None
-        for size in sizes:
-            partitioned = partitioning and size == sizes[-1]
-            facts, summaries, weekly = await plan_size(
-                server, out, size, SIZES[size], partitioned=partitioned
-            )
-            results[size] = (facts, summaries)
-            by_week = weekly or by_week
-        write_summary(out, results, by_week)
+        server = (
+            await asyncio.to_thread(embedded.start)
+            if embedded is not None
+            else Server(as_asyncpg_dsn(server_url or ""))
+        )
+        if build_only:
+            for size in sizes:
+                log(f"{size}: {await build(server, size)}")
+            return
+        results = {size: await plan_size(server, out, size) for size in sizes}
+        write_summary(out, results)
         log(f"wrote {out / 'summary.md'}")
     finally:
-        await asyncio.to_thread(embedded.stop)
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.plans", description=(__doc__ or "").split("\n\n")[0]
     )
-    parser.add_argument("--sizes", default="1m,30m", help="comma-separated: 1m, 30m")
+    parser.add_argument("--sizes", default="30m,100m", help="comma-separated: 30m, 100m")
     parser.add_argument(
-        "--no-partitioning",
-        action="store_true",
-        help="skip the experiment: the largest size's trade queries on weekly partitions",
+        "--server",
+        help="an existing PostgreSQL server (any database URL on it) instead of the embedded one",
+    )
+    parser.add_argument(
+        "--build-only", action="store_true", help="build (or reuse) the databases, take no plans"
     )
     args = parser.parse_args(argv)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -575,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown sizes: {', '.join(unknown)} (known: {', '.join(SIZES)})")
     with terminate_on_sigterm():
         try:
-            asyncio.run(amain(sizes, not args.no_partitioning))
+            asyncio.run(amain(sizes, args.server, build_only=args.build_only))
         except KeyboardInterrupt:
             log("interrupted")
             return 130

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from handlers.export_formats import Encoder, ExportFormat, make_compressor
-from persistence.database import describe_error
+from persistence.connections import describe_error
 from web.request import disconnected
 
 __all__ = ["ExportResponse", "Produce"]

@@ -49,6 +49,7 @@ CANDLES_SCHEMA = pa.schema(
         *((name, _DECIMAL) for name in ("open", "high", "low", "close", "volume", "vwap")),
         ("trade_count", pa.int64()),
         ("closed", pa.bool_()),
+        ("revision", pa.int32()),
     ]
 )
 # With `fill`: every bucket, empty ones with null prices, and whether each is a gap.
@@ -256,7 +257,7 @@ async def export_candles(
         return zoned.pages(tz, step, start_at, end_at, size=_BUCKETS)
 
     async def counted(conn: asyncpg.Connection) -> tuple[zoned.Clock, int]:
-        now = await zoned.clock(conn)
+        now = await zoned.clock(conn, codes)
         if fill != "none":
             # Every bucket of every symbol.
             return now, sum(len(bounds) - 1 for bounds in pages()) * len(codes)

@@ -13,7 +13,7 @@ from errors import NoTrades, SymbolNotFound, SymbolsNotFound
 from handlers import cursors
 from handlers.context import app_state
 from handlers.params import parse_window, parse_zone, symbol_code, symbol_codes
-from persistence import candles, finality, live, symbols, ticker, trades, zoned
+from persistence import batches, candles, finality, symbols, ticker, trades, zoned
 from persistence import fill as filling
 from persistence.finality import VISIBILITY_DEADLINE
 from persistence.models import VWAP_SCALE
@@ -83,13 +83,13 @@ async def get_latest_price(symbol: str) -> Answer:
     code = symbol_code(symbol)
     state = app_state()
     # From memory while the live feed is heard; from the database otherwise.
-    trade = state.live.latest(code)
+    trade = state.broadcaster.latest(code)
     if trade is None:
         async with state.db.connect() as conn:
             stored = await trades.latest_trade(conn, code)
             if stored is None and not await symbols.symbol_exists(conn, code):
                 raise SymbolNotFound(code)
-        trade = state.live.newest(code, stored)
+        trade = state.broadcaster.newest(code, stored)
         if trade is None:
             raise NoTrades(code)
     return Answer(_price(trade), 200, _cache_control(final=False))
@@ -98,15 +98,15 @@ async def get_latest_price(symbol: str) -> Answer:
 async def get_latest_prices(symbols: list[str]) -> Answer:
     codes = symbol_codes(symbols)
     state = app_state()
-    found = {code: state.live.latest(code) for code in codes}
+    found = {code: state.broadcaster.latest(code) for code in codes}
     missing = [code for code, trade in found.items() if trade is None]
     if missing:
         async with state.db.connect() as conn:
-            stored = await live.latest_trades(conn, missing)
+            stored = await batches.latest_trades(conn, missing)
         unknown = [code for code in missing if code not in stored]
         if unknown:
             raise SymbolsNotFound(unknown)
-        found.update({code: state.live.newest(code, stored[code]) for code in missing})
+        found.update({code: state.broadcaster.newest(code, stored[code]) for code in missing})
     prices = [_price(trade) for trade in found.values() if trade is not None]
     body = {
         "prices": prices,
@@ -137,7 +137,7 @@ async def list_trades(
         # serving the read decides (a replica only as far as it has replayed), before the
         # query, so that every trade before its horizon is visible to the query.
         if end_at is not None and end_at <= datetime.now(UTC) - VISIBILITY_DEADLINE:
-            final = end_at <= await finality.driver_settled(conn, code, _settlement())
+            final = end_at <= await finality.settled(conn, code, _settlement())
         rows = await trades.list_trades(
             conn,
             symbol=code,
@@ -194,7 +194,8 @@ async def list_candles(
     start_at, end_at = parse_window(start, end)
     filters = (code, interval, _iso(start_at), _iso(end_at))
     if timezone != "UTC" or fill != "none":
-        # Cursors are bound to the zone and the fill too (UTC cursors keep their old form).
+        # Cursors are bound to the zone and the fill too; a UTC cursor without a fill is bound
+        # to the window alone, so the cursors clients already hold stay valid.
         bound = (*filters, timezone, *((fill,) if fill != "none" else ()))
         window = _Window(code, interval, step, start_at, end_at, limit, bound)
         return await _zoned_candles(window, parse_zone(timezone), timezone, cursor, fill)
@@ -214,7 +215,7 @@ async def list_candles(
     state = app_state()
     async with state.db.connect() as conn:
         # Before the page: what is settled then is settled in the page's later snapshot too.
-        settled = await finality.driver_settled(conn, code, _settlement())
+        settled = await finality.settled(conn, code, _settlement())
         page = await candles.read_candle_page(
             conn, symbol=code, interval=interval, step=step, lo=lo, hi=hi, limit=limit
         )
@@ -296,8 +297,8 @@ async def _zoned_candles(
     until = hi
     state = app_state()
     async with state.db.connect() as conn:
-        settled = await finality.driver_settled(conn, code, _settlement())
-        now = await zoned.clock(conn)
+        settled = await finality.settled(conn, code, _settlement())
+        now = await zoned.clock(conn, [code])
         if fill != "none":
             answered = window._replace(start=start_at, end=end_at)
             return await _filled_candles(conn, answered, tz, timezone, (lo, hi), now, fill)
@@ -343,17 +344,14 @@ async def _filled_candles(
     if starts:
         edges = [*starts, until]
         rows = await zoned.read_zoned_candles(conn, [code], edges, now)
-        buckets = filling.fill_buckets(
-            [row[1:-1] for row in rows],
+        filled = filling.fill_buckets(
+            [row[1:] for row in rows],
             edges,
             fill,
             horizon=now.horizon,
             spans=await filling.ingested_spans(conn, code, lo, until),
             before=await filling.last_trade_before(conn, code, lo) if fill == "previous" else None,
         )
-        # Each candle's revision before its gap; an empty bucket was never revised.
-        revisions = {row[1]: row[-1] for row in rows}
-        filled = [(*b[:-1], revisions.get(b[0], 0), b[-1]) for b in buckets]
     next_cursor = None
     if until < hi:
         next_cursor = cursors.encode("candles", window.filters, (until, window.start, window.end))
@@ -364,7 +362,7 @@ async def get_ticker(symbols: list[str]) -> Answer:
     codes = symbol_codes(symbols)
     now = datetime.now(UTC)
     async with app_state().db.connect() as conn:
-        known = await live.latest_trades(conn, codes)
+        known = await batches.latest_trades(conn, codes)
         unknown = [code for code in codes if code not in known]
         if unknown:
             raise SymbolsNotFound(unknown)

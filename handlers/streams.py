@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from starlette.responses import StreamingResponse
 
 from errors import DatabaseUnavailable, SymbolsNotFound
 from handlers import sse
 from handlers.context import api_key_id, app_state, key_cap, request_header
 from handlers.params import symbol_codes
 from live.broadcaster import Batch, Ended, Reset, Subscription
-from persistence import candles, finality, live
+from persistence import batches, candles, finality
 from persistence.trades import TradeRow
+from web.events import EventStream
 from web.state import RequestState
 
 __all__ = ["stream_candles", "stream_trades"]
@@ -40,7 +40,7 @@ def _trade_event(trade: TradeRow) -> bytes:
         "venue_trade_id": trade.venue_trade_id,
         "side": trade.side,
     }
-    return sse.event("trade", data, sse.encode_id(*live.position(trade)))
+    return sse.event("trade", data, sse.encode_id(*batches.position(trade)))
 
 
 def _batch_events(batch: Batch) -> bytes:
@@ -51,7 +51,7 @@ def _batch_events(batch: Batch) -> bytes:
 
 
 def _key(trade: TradeRow) -> tuple[datetime, int]:
-    return live.position(trade)
+    return batches.position(trade)
 
 
 def _reset_event(position: tuple[datetime, int], reason: str) -> bytes:
@@ -61,12 +61,12 @@ def _reset_event(position: tuple[datetime, int], reason: str) -> bytes:
 
 async def _known(state: RequestState, symbols: Sequence[str]) -> list[str]:
     codes = symbol_codes(symbols)
-    if all(state.live.latest(code) is not None for code in codes):
+    if all(state.broadcaster.latest(code) is not None for code in codes):
         # Known from the live feed: a crowd of clients reconnecting at once (say after an
         # instance restart) then costs the database nothing.
         return codes
     async with state.db.connect() as conn:
-        stored = await live.latest_trades(conn, codes)
+        stored = await batches.latest_trades(conn, codes)
     unknown = [code for code in codes if code not in stored]
     if unknown:
         raise SymbolsNotFound(unknown)
@@ -75,27 +75,29 @@ async def _known(state: RequestState, symbols: Sequence[str]) -> list[str]:
 
 def _subscribe(state: RequestState, codes: list[str]) -> Subscription:
     per_key = key_cap("max_streams", state.settings.stream_max_per_key)
-    return state.live.subscribe(codes, api_key_id(), per_owner=per_key)
+    return state.broadcaster.subscribe(codes, api_key_id(), per_owner=per_key)
 
 
-def _respond(state: RequestState, subscription: Subscription, events: AsyncIterator[bytes]) -> Any:
-    async def body() -> AsyncIterator[bytes]:
+def _respond(
+    state: RequestState, subscription: Subscription, events: AsyncIterator[tuple[bytes, int]]
+) -> EventStream:
+    async def body() -> AsyncIterator[tuple[bytes, int]]:
         # A client going away cancels this generator: the subscription (and with it the
         # queue) goes, and a replay under way releases its pooled connection.
         try:
             async for chunk in events:
                 yield chunk
         finally:
-            state.live.unsubscribe(subscription)
+            state.broadcaster.unsubscribe(subscription)
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=sse.HEADERS)
+    return EventStream(body(), sse.HEADERS)
 
 
 async def _caught_up(conn: asyncpg.Connection, heard: tuple[datetime, int] | None) -> None:
     """Wait until the read database (maybe a replica, behind the primary) holds every batch
     this instance has heard of: what it heard before the stream subscribed is only there."""
     for _ in range(_CATCH_UP_TRIES):
-        if heard is None or await live.newest_position(conn) >= heard:
+        if heard is None or await batches.newest_position(conn) >= heard:
             return
         await asyncio.sleep(_CATCH_UP_PAUSE)
     raise DatabaseUnavailable("The read database is too far behind to replay from.")
@@ -114,20 +116,81 @@ async def _replay(
     reason = sse.unreplayable(after[0], state.settings.stream_replay_seconds)
     async with state.db.connect() as conn:
         await _caught_up(conn, heard)
-        oldest = await live.oldest_live_batch(conn)
+        oldest = await batches.oldest_live_batch(conn)
         if reason is None and (oldest is None or after[0] < oldest):
             reason = "too_old"
         if reason is not None:
-            yield await live.newest_position(conn), reason
+            yield await batches.newest_position(conn), reason
             return
     while not bounds.done:
         async with state.db.connect() as conn:
-            page = await live.trades_after(conn, after, symbols=codes, limit=_REPLAY_PAGE)
+            page = await batches.trades_after(conn, after, symbols=codes, limit=_REPLAY_PAGE)
         for trade in page:
             yield trade
         if len(page) < _REPLAY_PAGE:
             return
-        after = live.position(page[-1])
+        after = batches.position(page[-1])
+
+
+def _unsent(
+    batch: Batch, position: tuple[datetime, int] | None, bounds: sse.Bounds
+) -> tuple[tuple[bytes, int], tuple[datetime, int] | None]:
+    """The events of a batch's trades after `position` that fit within `bounds`, as one write
+    (each write goes through every middleware) with their number, and the position after them."""
+    chunk = []
+    for trade in batch:
+        if position is None or _key(trade) > position:
+            position = _key(trade)
+            bounds.count()
+            chunk.append(_trade_event(trade))
+            if bounds.done:
+                break
+    return (b"".join(chunk), len(chunk)), position
+
+
+async def _trade_events(
+    state: RequestState,
+    subscription: Subscription,
+    bounds: sse.Bounds,
+    codes: list[str],
+    after: tuple[datetime, int] | None,
+    heard: tuple[datetime, int] | None,
+) -> AsyncIterator[tuple[bytes, int]]:
+    """The trades after `after` replayed from the database, then the live ones."""
+    yield sse.OPENED, 0
+    position = after
+    if position is not None:
+        async for replayed in _replay(state, codes, position, heard, bounds):
+            if isinstance(replayed, TradeRow):
+                position = _key(replayed)
+                bounds.count()
+                yield _trade_event(replayed), 1
+                if bounds.done:
+                    return
+            else:
+                position, reason = replayed
+                yield _reset_event(position, reason), 1
+    while not bounds.done:
+        item = await subscription.next(bounds.wait())
+        if item is None:
+            if not bounds.done:
+                yield sse.HEARTBEAT, 0
+        elif isinstance(item, Reset):
+            position = item.position
+            yield _reset_event(item.position, "gap"), 1
+        elif isinstance(item, Ended):
+            if item.reason == "overflow":
+                yield sse.OVERFLOW, 1
+            return
+        elif (position is None or _key(item[0]) > position) and bounds.allows(len(item)):
+            # The usual case: the whole batch, its bytes made once for every stream.
+            position = _key(item[-1])
+            bounds.count(len(item))
+            yield _batch_events(item), len(item)
+        else:
+            chunk, position = _unsent(item, position, bounds)
+            if chunk[1]:
+                yield chunk
 
 
 async def stream_trades(
@@ -139,54 +202,10 @@ async def stream_trades(
     # Subscribe before replaying: what commits meanwhile is queued, and duplicates are
     # skipped by position, so the seam between replay and live has no gap.
     subscription = _subscribe(state, codes)
-    heard = state.live.position
+    heard = state.broadcaster.position
     bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
-
-    async def events() -> AsyncIterator[bytes]:
-        yield sse.OPENED
-        position = after
-        if position is not None:
-            async for replayed in _replay(state, codes, position, heard, bounds):
-                if isinstance(replayed, TradeRow):
-                    position = _key(replayed)
-                    bounds.count()
-                    yield _trade_event(replayed)
-                    if bounds.done:
-                        return
-                else:
-                    position, reason = replayed
-                    yield _reset_event(position, reason)
-        while not bounds.done:
-            item = await subscription.next(bounds.wait())
-            if item is None:
-                if not bounds.done:
-                    yield sse.HEARTBEAT
-            elif isinstance(item, Reset):
-                position = item.position
-                yield _reset_event(item.position, "gap")
-            elif isinstance(item, Ended):
-                if item.reason == "overflow":
-                    yield sse.OVERFLOW
-                return
-            elif (position is None or _key(item[0]) > position) and bounds.allows(len(item)):
-                # The usual case: the whole batch, its bytes made once for every stream.
-                position = _key(item[-1])
-                bounds.count(len(item))
-                yield _batch_events(item)
-            else:
-                # One write per batch, not per trade: each goes through every middleware.
-                chunk = []
-                for trade in item:
-                    if position is None or _key(trade) > position:
-                        position = _key(trade)
-                        bounds.count()
-                        chunk.append(_trade_event(trade))
-                        if bounds.done:
-                            break
-                if chunk:
-                    yield b"".join(chunk)
-
-    return _respond(state, subscription, events())
+    events = _trade_events(state, subscription, bounds, codes, after, heard)
+    return _respond(state, subscription, events)
 
 
 def _candle_event(row: candles.CandleRow) -> bytes:
@@ -206,17 +225,15 @@ def _candle_event(row: candles.CandleRow) -> bytes:
     return sse.event("candle", data, sse.encode_id(t, int(closed)))
 
 
-async def stream_candles(
-    symbol: str, interval: str = "1m", limit: int | None = None, duration: float | None = None
-) -> Any:
-    state = app_state()
-    after = sse.decode_id(request_header("Last-Event-ID"))
-    (code,) = await _known(state, [symbol])
-    step = finality.INTERVALS[interval]
-    subscription = _subscribe(state, [code])
-    bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
+# A page of candles and the bucket before which none of them changes again.
+_CandlePage = tuple[tuple[candles.CandleRow, ...], datetime]
+# Reads the candles from a bucket on, once the database holds the batch heard and what time
+# alone changed since a moment (the loop's clock).
+_CandleReads = Callable[[datetime, tuple[datetime, int] | None, float], Awaitable[_CandlePage]]
 
-    async def fetch(lo: datetime) -> tuple[tuple[candles.CandleRow, ...], datetime]:
+
+def _candle_reads(state: RequestState, code: str, interval: str, step: timedelta) -> _CandleReads:
+    async def fetch(lo: datetime) -> _CandlePage:
         state.prometheus.candle_stream_reads.labels(interval).inc()
         hi = finality.bucket_floor(datetime.now(UTC), step) + step
         async with state.db.connect() as conn:
@@ -233,69 +250,112 @@ async def stream_candles(
 
     def read(
         lo: datetime, heard: tuple[datetime, int] | None, since: float
-    ) -> Awaitable[tuple[tuple[candles.CandleRow, ...], datetime]]:
+    ) -> Awaitable[_CandlePage]:
         # Every stream of this symbol and interval wakes for the same batch: one of them
         # reads, the others share its answer.
         key = (code, interval, lo)
-        return state.live.reads.read(key, lambda: fetch(lo), heard=heard, since=since)
+        return state.broadcaster.reads.read(key, lambda: fetch(lo), heard=heard, since=since)
 
-    async def events() -> AsyncIterator[bytes]:
-        yield sse.OPENED
-        now = datetime.now(UTC)
-        # From the open bucket on; after a Last-Event-ID, from the bucket it named (or the
-        # next one, when that one was already sent final).
-        lo = finality.bucket_floor(now, step)
-        if after is not None:
-            bucket, closed = after
-            reason = sse.unreplayable(bucket, state.settings.stream_replay_seconds)
-            if reason is None and finality.bucket_floor(bucket, step) != bucket:
-                reason = "not_issued"
-            if reason is not None:
-                # Its id says "the bucket before `lo` was sent final": a reconnect starts at `lo`.
-                data = {"resumes_after": lo, "reason": reason}
-                yield sse.event("reset", data, sse.encode_id(lo - step, 1))
-            else:
-                lo = min(lo, bucket + step if closed else bucket)
-        # Candles sent while open, by bucket, until they are sent final.
-        shown: dict[datetime, candles.CandleRow] = {}
-        stale = True
-        # What the next read must include: the newest batch heard, and time since `since`.
-        loop = asyncio.get_running_loop()
-        heard = state.live.position
-        since = loop.time()
-        while not bounds.done:
-            if stale:
-                rows, final = await read(lo, heard, since)
-                for row in rows:
-                    if row.closed:
-                        shown.pop(row.timestamp, None)
-                    elif shown.get(row.timestamp) == row:
-                        continue
-                    else:
-                        shown[row.timestamp] = row
-                    bounds.count()
-                    yield _candle_event(row)
-                    if bounds.done:
-                        return
-                # Buckets before `final` never change again: the next read starts after them.
-                lo = max(lo, final)
-            item = await subscription.next(bounds.wait())
-            if isinstance(item, Ended):
-                if item.reason == "overflow":
-                    yield sse.OVERFLOW
-                return
-            # A batch of this symbol (or a reset) changes the open candle; time makes it final
-            # (the database that answers says when: this only decides when to ask again).
-            horizon = datetime.now(UTC) - finality.VISIBILITY_DEADLINE
-            aged = bool(shown) and min(shown) < finality.bucket_floor(horizon, step)
-            if isinstance(item, Reset):
-                heard = item.position
-            elif item is not None:
-                heard = _key(item[-1])
-            if aged:
-                since = loop.time()  # what time alone changed needs a read from now on
-            stale = item is not None or aged
-            if not stale and not bounds.done:
-                yield sse.HEARTBEAT
+    return read
 
-    return _respond(state, subscription, events())
+
+def _candles_from(
+    after: tuple[datetime, int] | None, step: timedelta, replay_seconds: float
+) -> tuple[datetime, bytes | None]:
+    """The first bucket a candle stream sends, and the reset event to send before it when
+    `after` (a Last-Event-ID) cannot be resumed from.
+
+    From the open bucket on; after a Last-Event-ID, from the bucket it named (or the next one,
+    when that one was already sent final).
+    """
+    lo = finality.bucket_floor(datetime.now(UTC), step)
+    if after is None:
+        return lo, None
+    bucket, closed = after
+    reason = sse.unreplayable(bucket, replay_seconds)
+    if reason is None and finality.bucket_floor(bucket, step) != bucket:
+        reason = "not_issued"
+    if reason is not None:
+        # Its id says "the bucket before `lo` was sent final": a reconnect starts at `lo`.
+        data = {"resumes_after": lo, "reason": reason}
+        return lo, sse.event("reset", data, sse.encode_id(lo - step, 1))
+    return min(lo, bucket + step if closed else bucket), None
+
+
+def _is_news(shown: dict[datetime, candles.CandleRow], row: candles.CandleRow) -> bool:
+    """Whether a stream that sent `shown` (its candles sent while open, by bucket, until they
+    are sent final) sends `row`; keeps `shown` up to date."""
+    if row.closed:
+        shown.pop(row.timestamp, None)
+        return True
+    if shown.get(row.timestamp) == row:
+        return False
+    shown[row.timestamp] = row
+    return True
+
+
+async def _candle_events(
+    state: RequestState,
+    subscription: Subscription,
+    bounds: sse.Bounds,
+    read: _CandleReads,
+    after: tuple[datetime, int] | None,
+    step: timedelta,
+) -> AsyncIterator[tuple[bytes, int]]:
+    """The candles from the open bucket (or where `after` says) on, each again whenever a
+    batch or time changes it."""
+    yield sse.OPENED, 0
+    lo, reset = _candles_from(after, step, state.settings.stream_replay_seconds)
+    if reset is not None:
+        yield reset, 1
+    shown: dict[datetime, candles.CandleRow] = {}
+    stale = True
+    # What the next read must include: the newest batch heard, and time since `since`.
+    loop = asyncio.get_running_loop()
+    heard = state.broadcaster.position
+    since = loop.time()
+    while not bounds.done:
+        if stale:
+            rows, final = await read(lo, heard, since)
+            for row in rows:
+                if not _is_news(shown, row):
+                    continue
+                bounds.count()
+                yield _candle_event(row), 1
+                if bounds.done:
+                    return
+            # Buckets before `final` never change again: the next read starts after them.
+            lo = max(lo, final)
+        item = await subscription.next(bounds.wait())
+        if isinstance(item, Ended):
+            if item.reason == "overflow":
+                yield sse.OVERFLOW, 1
+            return
+        # A batch of this symbol (or a reset) changes the open candle; time makes it final
+        # (the database that answers says when: this only decides when to ask again).
+        horizon = datetime.now(UTC) - finality.VISIBILITY_DEADLINE
+        aged = bool(shown) and min(shown) < finality.bucket_floor(horizon, step)
+        if isinstance(item, Reset):
+            heard = item.position
+        elif item is not None:
+            heard = _key(item[-1])
+        if aged:
+            since = loop.time()  # what time alone changed needs a read from now on
+        stale = item is not None or aged
+        if not stale and not bounds.done:
+            yield sse.HEARTBEAT, 0
+
+
+async def stream_candles(
+    symbol: str, interval: str = "1m", limit: int | None = None, duration: float | None = None
+) -> Any:
+    state = app_state()
+    after = sse.decode_id(request_header("Last-Event-ID"))
+    (code,) = await _known(state, [symbol])
+    step = finality.INTERVALS[interval]
+    subscription = _subscribe(state, [code])
+    bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
+    read = _candle_reads(state, code, interval, step)
+    return _respond(
+        state, subscription, _candle_events(state, subscription, bounds, read, after, step)
+    )

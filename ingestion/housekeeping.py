@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from ingestion.status import IngestionStatus
-from persistence.database import describe_error
+from persistence.connections import describe_error
 from persistence.partitions import drop_expired, ensure_ahead, oldest_trade_kept
 
 __all__ = ["AHEAD", "TradeHousekeeping"]

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import asyncpg
 from sqlalchemy.engine import URL
 
-from persistence.database import dedicated_connection, describe_error
+from persistence.connections import dedicated_connection, describe_error
 
 __all__ = ["LEADER_LOCK_KEY", "LeaderLock"]
 

@@ -13,7 +13,7 @@ from ingestion.generator import TradeGenerator
 from ingestion.leader import LEADER_LOCK_KEY, LeaderLock
 from ingestion.materialiser import CandleMaterialiser
 from ingestion.status import IngestionStatus
-from persistence.database import describe_error, is_unavailable
+from persistence.connections import describe_error, is_unavailable
 from persistence.feeds import record_intervals
 from persistence.finality import VISIBILITY_DEADLINE
 from persistence.trades import insert_live_batch, last_prices

@@ -11,8 +11,8 @@ from datetime import datetime
 
 from errors import KeyStreamsAtCapacity, StreamsAtCapacity
 from live.shared_reads import SharedReads
+from persistence.batches import position
 from persistence.budget import Budget, Claim
-from persistence.live import position
 from persistence.trades import TradeRow
 
 __all__ = ["Batch", "Broadcaster", "Ended", "Reset", "Subscription"]

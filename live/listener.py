@@ -16,8 +16,7 @@ from typing import Any
 import asyncpg
 
 from live.broadcaster import Broadcaster
-from persistence.database import describe_error
-from persistence.live import (
+from persistence.batches import (
     START,
     latest_trades,
     newest_position,
@@ -25,6 +24,7 @@ from persistence.live import (
     parse_notice,
     trades_after,
 )
+from persistence.connections import describe_error
 from persistence.trades import LIVE_CHANNEL
 
 __all__ = ["Listener"]

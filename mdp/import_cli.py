@@ -8,10 +8,12 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tqdm import tqdm
@@ -19,7 +21,6 @@ from tqdm import tqdm
 from ingestion.files import COLUMNS, FORMATS, FileRefused, Options, read_trades
 from persistence.imports import BucketsTaken, TooNew, import_trades
 from persistence.symbols import ensure_symbols
-from persistence.trades import VenueTrade
 
 __all__ = ["add_command", "run"]
 
@@ -76,6 +77,8 @@ def _format(path: Path, given: str | None) -> str:
         return "binance-trades"
     if path.suffix == ".parquet":
         return "parquet"
+    if re.search(r"\.dbn(\.zst)?$", path.name):
+        return "dbn"
     if re.search(r"\.csv(\.gz|\.zst)?$", path.name):
         try:
             header = set(pa_csv.open_csv(path).schema.names)
@@ -93,49 +96,64 @@ def _symbol(path: Path, given: str | None) -> str | None:
     return symbol.upper() if symbol is not None else None
 
 
-async def _one(engine: AsyncEngine, path: Path, args: argparse.Namespace) -> dict[str, Any]:
+def _rate(rows: int, started: float) -> int | None:
+    elapsed = time.perf_counter() - started
+    return round(rows / elapsed) if elapsed else None
+
+
+async def _one(
+    engine: AsyncEngine,
+    path: Path,
+    args: argparse.Namespace,
+    progress: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
     started = time.perf_counter()
     options = Options(_symbol(path, args.symbol), args.columns, args.time_unit)
     # Decoded and checked whole before anything is written: a refused file leaves nothing.
     trades = await asyncio.to_thread(read_trades, path, _format(path, args.format), options)
-    by_symbol: dict[str, list[VenueTrade]] = {}
-    for trade in trades:
-        by_symbol.setdefault(trade.symbol, []).append(trade)
+    symbols = sorted(pc.unique(trades["symbol"]).to_pylist())
+    size = path.stat().st_size
+    line = {"file": str(path), "symbols": symbols, "rows": trades.num_rows, "bytes": size}
+    progress({**line, "phase": "checked", "rows_per_second": _rate(trades.num_rows, started)})
     stored = skipped = 0
     repaired: list[str] = []
     # One transaction per file, whatever symbols it holds.
     async with engine.begin() as conn:
-        await ensure_symbols(conn, ((symbol, symbol) for symbol in by_symbol))
-        for symbol, rows in sorted(by_symbol.items()):
+        await ensure_symbols(conn, ((symbol, symbol) for symbol in symbols))
+        for symbol in symbols:
+            rows = trades.filter(pc.equal(trades["symbol"], symbol))
             result = await import_trades(conn, symbol, rows, repair=args.repair)
             stored, skipped = stored + result.stored, skipped + result.skipped
             repaired += [f"{symbol} {minute.isoformat()}" for minute in result.repaired]
-    elapsed = time.perf_counter() - started
     return {
-        "file": str(path),
-        "symbols": sorted(by_symbol),
-        "rows": len(trades),
+        **line,
+        "phase": "stored",
         "stored": stored,
         "skipped": skipped,
-        "bytes": path.stat().st_size,
-        "seconds": round(elapsed, 3),
-        "rows_per_second": round(len(trades) / elapsed) if elapsed else None,
+        "seconds": round(time.perf_counter() - started, 3),
+        "rows_per_second": _rate(trades.num_rows, started),
         "repaired_minutes": repaired,
     }
 
 
 async def run(engine: AsyncEngine, args: argparse.Namespace) -> int:
     """Each file in its own transaction: a rerun after Ctrl-C skips what is stored. A bar on
-    a terminal; a JSON line per file otherwise (and the changed minutes with --repair)."""
+    a terminal; otherwise JSON lines: one when a file is checked, one when it is stored (with
+    the changed minutes under --repair)."""
     sizes = {path: path.stat().st_size if path.is_file() else 0 for path in args.files}
     bar = tqdm(
         total=sum(sizes.values()), unit="B", unit_scale=True, disable=not sys.stderr.isatty()
     )
+
+    def progress(line: dict[str, Any]) -> None:
+        if bar.disable:
+            print(json.dumps(line), flush=True)
+
     try:
         for path in args.files:
             bar.set_description(path.name)
             try:
-                line = await _one(engine, path, args)
+                line = await _one(engine, path, args, progress)
             except (FileRefused, TooNew, OSError) as exc:
                 print(f"mdp import: {exc}", file=sys.stderr)
                 return 1
@@ -146,9 +164,8 @@ async def run(engine: AsyncEngine, args: argparse.Namespace) -> int:
                 )
                 return 1
             bar.update(sizes[path])
-            if bar.disable:
-                print(json.dumps(line), flush=True)
-            else:
+            progress(line)
+            if not bar.disable:
                 bar.set_postfix(rows=line["rows"], stored=line["stored"])
                 for minute in line["repaired_minutes"]:
                     bar.write(f"repaired {minute}")

@@ -28,14 +28,14 @@ from ingestion.status import IngestionStatus
 from ingestion.venue_loop import VenueIngestor
 from live.broadcaster import Broadcaster
 from live.listener import Listener
-from mdp.database import database_server, open_engine, open_read_pool
+from mdp.engines import database_server, open_engine, open_read_pool
 from mdp.metrics import PrometheusMetrics
 from mdp.settings import Settings
 from mdp.spec import load_contract
 from mdp.state import AppState
 from mdp.telemetry import RequestMetrics
 from persistence.admission import Admission
-from persistence.database import Database, dedicated_connection, describe_error, is_unavailable
+from persistence.connections import Database, dedicated_connection, describe_error, is_unavailable
 from persistence.migrate import upgrade
 from persistence.symbols import ensure_symbols
 from web.state import RequestState
@@ -135,7 +135,7 @@ async def _run(
     db: Database,
     writes: AsyncEngine,
     status: IngestionStatus,
-    live: Broadcaster,
+    broadcaster: Broadcaster,
     guard: Guard,
     stop: asyncio.Event,
 ) -> None:
@@ -146,7 +146,7 @@ async def _run(
             connect_timeout=settings.db_connect_timeout_seconds,
             application_name="mdp-listener",
         ),
-        live,
+        broadcaster,
         timeout=settings.db_connect_timeout_seconds,
         check_every=_LISTENER_CHECK_SECONDS,
     )
@@ -157,7 +157,7 @@ async def _run(
         # Running exports too: a revoked key's access ends with everything it holds.
 
         def revoked() -> None:
-            live.keep_owners(ring.active_ids)
+            broadcaster.keep_owners(ring.active_ids)
             db.export_budget.keep_owners(ring.active_ids)
 
         tasks.append(ring.maintain(writes, stop, on_reload=revoked))
@@ -166,7 +166,7 @@ async def _run(
     await asyncio.gather(*tasks)
 
 
-def _end_streams_on_signals(live: Broadcaster) -> Callable[[], None]:
+def _end_streams_on_signals(broadcaster: Broadcaster) -> Callable[[], None]:
     """Streams never finish by themselves, and uvicorn waits for open responses before it
     shuts the app down: on SIGTERM/SIGINT end them at once, then let uvicorn's handler run.
     Returns the function that puts the previous handlers back."""
@@ -176,7 +176,7 @@ def _end_streams_on_signals(live: Broadcaster) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
 
     def handler(sig: int, frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(live.close)
+        loop.call_soon_threadsafe(broadcaster.close)
         chained = previous[signal.Signals(sig)]
         if callable(chained):
             chained(sig, frame)
@@ -201,10 +201,7 @@ async def lifespan(
             yield {"app": state}
 
 
-@contextlib.asynccontextmanager
-async def _serving(
-    url: URL, settings: Settings, metrics: RequestMetrics, prometheus: PrometheusMetrics
-) -> AsyncIterator[AppState]:
+def _guard(settings: Settings) -> Guard:
     guard = Guard(settings.auth, required_scopes(load_contract().document))
     if guard.mode == "off":
         logger.warning(
@@ -216,9 +213,11 @@ async def _serving(
         )
     else:
         logger.info("AUTH_MODE=required: data operations need an API key with the right scope")
-    reads = open_read_pool(settings, url)
-    exports = open_read_pool(settings, url, exports=True)
-    writes = open_engine(settings, url, "ingestion")
+    return guard
+
+
+def _open_database(settings: Settings, url: URL) -> tuple[Database, AsyncEngine]:
+    """The read side (its pools, admission and probe) and the write path's engine."""
     admission = Admission(
         settings.db_pool_size,
         max_waiting=settings.db_max_waiting,
@@ -227,50 +226,68 @@ async def _serving(
         timeout=settings.db_connect_timeout_seconds,
     )
     db = Database(
-        reads,
+        open_read_pool(settings, url),
         probe_timeout=min(2.0, settings.db_connect_timeout_seconds),
         admission=admission,
-        exports=exports,
+        exports=open_read_pool(settings, url, exports=True),
     )
+    return db, open_engine(settings, url, "ingestion")
+
+
+async def _stop(background: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Let the batch under way commit or roll back whole and the leader lock go, within
+    SHUTDOWN_GRACE_SECONDS (uvicorn already spent up to DRAIN_SECONDS draining requests)."""
+    stop.set()
+    try:
+        await asyncio.wait_for(asyncio.shield(background), _STOP_GRACE_SECONDS)
+    except TimeoutError:
+        background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await background
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    url: URL, settings: Settings, metrics: RequestMetrics, prometheus: PrometheusMetrics
+) -> AsyncIterator[AppState]:
+    guard = _guard(settings)
+    db, writes = _open_database(settings, url)
     status = IngestionStatus(
         enabled=settings.ingestion_enabled,
         interval_seconds=settings.ingestion_interval_seconds,
         symbols=tuple(s.symbol for s in settings.symbols),
         trades_retention=settings.trades_retention,
     )
-    live = Broadcaster(
+    broadcaster = Broadcaster(
         max_streams=settings.stream_max_clients, queue_size=settings.stream_queue_batches
     )
     stop = asyncio.Event()
     background = asyncio.create_task(
-        _run(settings, db, writes, status, live, guard, stop), name="mdp-background"
+        _run(settings, db, writes, status, broadcaster, guard, stop), name="mdp-background"
     )
-    state = AppState(settings, load_contract(), db, status, metrics, prometheus, live, guard)
+    state = AppState(settings, load_contract(), db, status, metrics, prometheus, broadcaster, guard)
     unwatch = prometheus.watch(
-        status, live, reads=reads, admission=admission, writes=writes, exports=db.export_budget
+        status,
+        broadcaster,
+        reads=db.pool,
+        admission=db.admission,
+        writes=writes,
+        exports=db.export_budget,
     )
-    restore_signals = _end_streams_on_signals(live)
+    restore_signals = _end_streams_on_signals(broadcaster)
     # What start-up built (the contract, compiled validators, the app) lives as long as the
-    # process. Out of the collector's sight, a full collection no longer walks it: with it,
-    # each one held up every request in flight for about 70 ms.
+    # process: frozen out of the collector's sight, since a full collection walking it holds
+    # up every request in flight for about 70 ms.
     gc.collect()
     gc.freeze()
     try:
         yield state
     finally:
         restore_signals()
-        live.close()
-        # Let the batch under way commit or roll back whole and the leader lock go, within
-        # SHUTDOWN_GRACE_SECONDS (uvicorn already spent up to DRAIN_SECONDS draining requests).
-        stop.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(background), _STOP_GRACE_SECONDS)
-        except TimeoutError:
-            background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await background
+        broadcaster.close()
+        await _stop(background, stop)
         status.stopped = True
         unwatch()
-        await reads.close()
-        await exports.close()
+        await db.pool.close()
+        await db.exports.close()
         await writes.dispose()

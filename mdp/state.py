@@ -11,7 +11,7 @@ from mdp.metrics import PrometheusMetrics
 from mdp.settings import Settings
 from mdp.spec import Contract
 from mdp.telemetry import RequestMetrics
-from persistence.database import Database
+from persistence.connections import Database
 
 __all__ = ["AppState"]
 
@@ -24,5 +24,5 @@ class AppState:
     ingestion: IngestionStatus
     metrics: RequestMetrics
     prometheus: PrometheusMetrics
-    live: Broadcaster
+    broadcaster: Broadcaster
     guard: Guard

@@ -6,20 +6,24 @@ writes. `persistence.finality` says which buckets are final and which are materi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import asyncpg
-from sqlalchemy import Integer, Interval, String, TextClause, bindparam, text
+from sqlalchemy import Integer, Interval, String
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.types import DateTime, TypeEngine
 
 from errors import SymbolNotFound
-from persistence.finality import WATERMARK_SQL, bin_sql, symbol_horizon_sql
+from persistence.finality import (
+    bin_sql,
+    materialised_sql,
+    materialised_through_sql,
+    symbol_horizon_sql,
+)
 from persistence.models import VWAP_SCALE
+from persistence.statements import TIMESTAMP, statement
 
 __all__ = [
     "MINUTES_FROM_TRADES",
@@ -29,7 +33,6 @@ __all__ = [
     "MinuteCandle",
     "materialised_minutes",
     "read_candle_page",
-    "typed",
 ]
 
 
@@ -78,43 +81,6 @@ class MinuteCandle(NamedTuple):
     trade_count: int
 
 
-_TYPES: dict[str, TypeEngine[Any]] = {
-    "symbol": String(),
-    "interval": String(),
-    "step": Interval(),
-    "limit": Integer(),
-    "symbols": ARRAY(String()),
-}
-_TS = DateTime(timezone=True)
-# A `:name` parameter, as SQLAlchemy's text() finds them (not a `::type` cast).
-_PARAMETER = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
-
-
-# How each parameter is cast when a statement goes to asyncpg directly (PostgreSQL cannot
-# infer `$1 * $2`, and a varchar comparison keeps the index).
-_CASTS = {
-    "symbol": "varchar",
-    "interval": "varchar",
-    "step": "interval",
-    "limit": "integer",
-    "symbols": "varchar[]",
-}
-
-
-def _positional(statement: str) -> tuple[str, tuple[str, ...]]:
-    """`statement` with its `:name` parameters as asyncpg's typed `$n`, and their names in
-    order (asyncpg parameters, for the read pool: `persistence.pool`)."""
-    names = tuple(dict.fromkeys(_PARAMETER.findall(statement)))
-    numbers = {name: f"${i}::{_CASTS.get(name, 'timestamptz')}" for i, name in enumerate(names, 1)}
-    return _PARAMETER.sub(lambda match: numbers[match.group(1)], statement), names
-
-
-def typed(statement: str) -> TextClause:
-    """A text statement whose parameters are typed by name (timestamps unless known)."""
-    names = dict.fromkeys(_PARAMETER.findall(statement))
-    return text(statement).bindparams(*(bindparam(n, type_=_TYPES.get(n, _TS)) for n in names))
-
-
 # 1m buckets from trades `t` (one pass over an index range of (symbol, timestamp, id) INCLUDE
 # (price, volume)). open/close are the first/last trade by (timestamp, id). `notional` keeps
 # Σ price × volume exactly, so rolled-up vwaps equal the ones computed from trades.
@@ -152,11 +118,11 @@ _CANDLE_COLUMNS = "c.symbol, c.timestamp, c.open, c.high, c.low, c.close, c.volu
 # [lo, hi) (skipping a stretch without trades) and spans at most :limit buckets. Buckets below
 # the watermark come from `candles`; the rest (the open bucket, and final buckets not
 # materialised yet) roll up materialised minutes plus minutes aggregated from trades.
-_PAGE, _PAGE_PARAMETERS = _positional(
+_PAGE = statement(
     f"""
     WITH clock AS MATERIALIZED (
         SELECT {bin_sql(":step", symbol_horizon_sql(":symbol"))} AS final,
-               {WATERMARK_SQL} AS minutes_done
+               {materialised_sql(":symbol")} AS minutes_done
     ), page AS MATERIALIZED (
         SELECT first.lo, least(:hi, first.lo + :step * :limit) AS hi, clock.final,
                clock.minutes_done, {bin_sql(":step", "clock.minutes_done")} AS done
@@ -205,7 +171,13 @@ _PAGE, _PAGE_PARAMETERS = _positional(
            c.revision
     FROM page LEFT JOIN (SELECT * FROM stored UNION ALL SELECT * FROM computed) AS c ON true
     ORDER BY c.timestamp
-    """
+    """,
+    symbol=String,
+    interval=String,
+    step=Interval,
+    lo=TIMESTAMP,
+    hi=TIMESTAMP,
+    limit=Integer,
 )
 
 
@@ -222,9 +194,9 @@ async def read_candle_page(
     """Candles of `interval` whose buckets start in [lo, hi) (both aligned to `step`),
     ascending, at most `limit` buckets from the first one with a trade. Raises SymbolNotFound
     for a symbol that does not exist."""
-    values = {"symbol": symbol, "interval": interval, "step": step, "lo": lo, "hi": hi}
-    values["limit"] = limit
-    rows = await conn.fetch(_PAGE, *(values[name] for name in _PAGE_PARAMETERS))
+    rows = await _PAGE.fetch(
+        conn, symbol=symbol, interval=interval, step=step, lo=lo, hi=hi, limit=limit
+    )
     until, final, from_trades, exists = rows[0][:4]
     candles = [CandleRow(*tuple(row)[4:]) for row in rows if row[4] is not None]
     if not candles and not exists:
@@ -232,27 +204,28 @@ async def read_candle_page(
     return CandlePage(candles, until, final, from_trades)
 
 
-_MINUTES, _MINUTES_PARAMETERS = _positional(
+_MINUTES = statement(
     f"""
     SELECT {_CANDLE_COLUMNS}, c.notional, c.trade_count
     FROM candles AS c
     WHERE c.symbol = ANY(:symbols) AND c.interval = '1m'
       AND c.timestamp >= :lo AND c.timestamp < least(:hi, :until)
     ORDER BY c.symbol, c.timestamp
-    """
+    """,
+    symbols=ARRAY(String),
+    lo=TIMESTAMP,
+    hi=TIMESTAMP,
+    until=TIMESTAMP,
 )
-_WATERMARK = "SELECT candles_until FROM ingestion_state WHERE id = 1"
+_WATERMARK = statement(f"SELECT {materialised_through_sql(':symbols')}", symbols=ARRAY(String))
 
 
 async def materialised_minutes(
     conn: asyncpg.Connection, symbols: Sequence[str], lo: datetime, hi: datetime
-) -> tuple[datetime | None, list[MinuteCandle]]:
-    """The watermark and the materialised 1m candles of `symbols` starting in [lo, hi) below
-    it, by symbol then time. Below the watermark a minute without a row had no trades; from
-    the watermark on nothing is materialised yet (aggregate trades there)."""
-    until = await conn.fetchval(_WATERMARK)
-    if until is None:
-        return None, []
-    values = {"symbols": list(symbols), "lo": lo, "hi": hi, "until": until}
-    rows = await conn.fetch(_MINUTES, *(values[name] for name in _MINUTES_PARAMETERS))
+) -> tuple[datetime, list[MinuteCandle]]:
+    """How far every one of `symbols` is materialised, and their materialised 1m candles
+    starting in [lo, hi) below that, by symbol then time. Below it a minute without a row had
+    no trades; from it on aggregate trades."""
+    until: datetime = await _WATERMARK.fetchval(conn, symbols=list(symbols))
+    rows = await _MINUTES.fetch(conn, symbols=list(symbols), lo=lo, hi=hi, until=until)
     return until, [MinuteCandle(*row) for row in rows]

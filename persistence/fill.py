@@ -14,7 +14,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
+from sqlalchemy import String
+
+from persistence.statements import TIMESTAMP, Connection, statement
 
 __all__ = ["FILLS", "Span", "fill_buckets", "ingested_spans", "last_trade_before"]
 
@@ -22,31 +24,33 @@ FILLS = ("none", "null", "previous")
 Span = tuple[datetime, datetime]
 
 
-async def ingested_spans(
-    conn: asyncpg.Connection, symbol: str, lo: datetime, hi: datetime
-) -> list[Span]:
+_SPANS = statement(
+    "SELECT started_at, complete_through FROM ingestion_intervals "
+    "WHERE symbol = :symbol AND started_at <= :hi AND complete_through >= :lo "
+    "ORDER BY started_at",
+    symbol=String,
+    lo=TIMESTAMP,
+    hi=TIMESTAMP,
+)
+_BEFORE = statement(
+    "SELECT timestamp, price FROM trades WHERE symbol = :symbol AND timestamp < :moment "
+    "ORDER BY timestamp DESC, id DESC LIMIT 1",
+    symbol=String,
+    moment=TIMESTAMP,
+)
+
+
+async def ingested_spans(conn: Connection, symbol: str, lo: datetime, hi: datetime) -> list[Span]:
     """The stretches [started_at, complete_through] of `symbol`'s ingestion meeting [lo, hi]."""
-    rows = await conn.fetch(
-        "SELECT started_at, complete_through FROM ingestion_intervals "
-        "WHERE symbol = $1::varchar AND started_at <= $3 AND complete_through >= $2 "
-        "ORDER BY started_at",
-        symbol,
-        lo,
-        hi,
-    )
+    rows = await _SPANS.fetch(conn, symbol=symbol, lo=lo, hi=hi)
     return [(row[0], row[1]) for row in rows]
 
 
 async def last_trade_before(
-    conn: asyncpg.Connection, symbol: str, moment: datetime
+    conn: Connection, symbol: str, moment: datetime
 ) -> tuple[datetime, Decimal] | None:
     """When the last trade before `moment` happened, and its price (`previous` starts from it)."""
-    row = await conn.fetchrow(
-        "SELECT timestamp, price FROM trades WHERE symbol = $1::varchar AND timestamp < $2 "
-        "ORDER BY timestamp DESC, id DESC LIMIT 1",
-        symbol,
-        moment,
-    )
+    row = await _BEFORE.fetchrow(conn, symbol=symbol, moment=moment)
     return None if row is None else (row[0], row[1])
 
 
@@ -64,10 +68,10 @@ def fill_buckets(
     before: tuple[datetime, Decimal] | None,
 ) -> list[tuple[Any, ...]]:
     """Every bucket of `starts` (the last element ends the last bucket) as (timestamp, open,
-    high, low, close, volume, vwap, trade_count, closed, gap): `rows` (the same fields without
-    `gap`) where trades happened; elsewhere null prices (`null`), or the last close carried
-    forward (`previous`) as long as no gap lies between; a bucket the symbol was not being
-    ingested through is a gap, with null prices."""
+    high, low, close, volume, vwap, trade_count, closed, revision, gap): `rows` (the same fields
+    without `gap`) where trades happened; elsewhere null prices (`null`), or the last close
+    carried forward (`previous`) as long as no gap lies between; a bucket the symbol was not
+    being ingested through is a gap, with null prices (and an empty bucket was never revised)."""
     traded = {row[0]: tuple(row) for row in rows}
     carried: Decimal | None = None
     if before is not None and _covered(spans, before[0], starts[0]):
@@ -83,5 +87,5 @@ def fill_buckets(
         if gap:
             carried = None
         price = carried if mode == "previous" else None
-        filled.append((start, price, price, price, price, 0, None, 0, end <= horizon, gap))
+        filled.append((start, price, price, price, price, 0, None, 0, end <= horizon, 0, gap))
     return filled

@@ -1,16 +1,27 @@
-"""Trades imported from files: binary COPY into a staging table, then into `trades` once each.
+"""Trades imported from files: COPY, each venue trade stored once, candles in the same transaction.
 
-COPY cannot skip a conflict, so the rows land in a temporary table first and move into
-`trades` with INSERT ... ON CONFLICT DO NOTHING (one venue trade is stored once). Their
-candles are materialised in the same transaction, by the write path's own code.
+COPY cannot skip a conflict. Where the file's stretch of the symbol (its first to its last
+minute) holds no stored trade yet (history filled into an empty stretch, the common case),
+only the file itself can conflict: the rows are copied straight into `trades`, under a
+savepoint in case the file names a venue trade twice. Otherwise (or then) they land in a
+temporary table first and move into `trades` with INSERT ... ON CONFLICT DO NOTHING (one
+venue trade is stored once). Either way the rows travel
+as CSV that Arrow writes, and their candles are materialised in the same transaction, by the
+write path's own code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import io
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+import asyncpg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 from sqlalchemy import BigInteger, DateTime, String, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -18,23 +29,36 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from persistence.finality import bin_sql, horizon
 from persistence.materialise import lock_candles, rematerialise
 from persistence.partitions import ensure_partitions
-from persistence.trades import VenueTrade
 
 __all__ = ["BucketsTaken", "Imported", "TooNew", "import_trades"]
 
+# The columns of the table `import_trades` takes, in order (ingestion.files.TRADES).
 _COLUMNS = ("symbol", "price", "volume", "timestamp", "venue_trade_id", "side")
-# One staging table per transaction, emptied for each symbol of a file.
+# Rows per CSV piece handed to COPY: a few MB, written while the previous one is sent.
+_PIECE_ROWS = 100_000
+_MINUTE = timedelta(minutes=1)
+
+_TS = DateTime(timezone=True)
+_OCCUPIED = text(
+    "SELECT EXISTS (SELECT FROM trades WHERE symbol = :symbol "
+    "AND timestamp >= :lo AND timestamp < :hi)"
+).bindparams(
+    bindparam("symbol", type_=String), bindparam("lo", type_=_TS), bindparam("hi", type_=_TS)
+)
+# One staging table per transaction, emptied for each symbol of a file. Without `trades`'
+# defaults: ids are drawn once, when the rows move.
 _STAGE = text(
-    "CREATE TEMPORARY TABLE IF NOT EXISTS import_staging "
-    "(LIKE trades INCLUDING DEFAULTS) ON COMMIT DROP"
+    "CREATE TEMPORARY TABLE IF NOT EXISTS import_staging ON COMMIT DROP AS "
+    f"SELECT {', '.join(_COLUMNS)} FROM trades WITH NO DATA"
 )
 _EMPTY = text("TRUNCATE import_staging")
-# New rows only; RETURNING says which (what the minute check and the candles need).
+# New rows only, ids in the file's time order; RETURNING says which (what the minute check
+# and the candles need).
 _MOVE = text(
-    """
-    INSERT INTO trades (symbol, price, volume, timestamp, venue_trade_id, side)
-    SELECT symbol, price, volume, timestamp, venue_trade_id, side FROM import_staging
-    ORDER BY timestamp, id
+    f"""
+    INSERT INTO trades ({", ".join(_COLUMNS)})
+    SELECT {", ".join(_COLUMNS)} FROM import_staging
+    ORDER BY timestamp, ctid
     ON CONFLICT DO NOTHING
     RETURNING id, timestamp
     """
@@ -51,10 +75,10 @@ _TAKEN = text(
     """
 ).bindparams(
     bindparam("symbol", type_=String),
-    bindparam("lo", type_=DateTime(timezone=True)),
-    bindparam("hi", type_=DateTime(timezone=True)),
+    bindparam("lo", type_=_TS),
+    bindparam("hi", type_=_TS),
     bindparam("ids", type_=ARRAY(BigInteger)),
-    bindparam("minutes", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("minutes", type_=ARRAY(_TS)),
 )
 
 
@@ -63,6 +87,8 @@ _TAKEN = text(
 _COMPLETE = text(
     "SELECT coalesce(complete_through, since) FROM feed_watermarks WHERE symbol = :symbol"
 ).bindparams(bindparam("symbol", type_=String))
+# Large imports sort and hash in memory, for this transaction only.
+_WORK_MEM = text("SET LOCAL work_mem = '256MB'")
 
 
 class TooNew(ValueError):
@@ -91,15 +117,37 @@ def _minute(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
+def _piece(batch: pa.RecordBatch) -> bytes:
+    piece = io.BytesIO()
+    pa_csv.write_csv(
+        batch, piece, pa_csv.WriteOptions(include_header=False, quoting_style="needed")
+    )
+    return piece.getvalue()
+
+
+async def _csv(table: pa.Table) -> AsyncIterator[bytes]:
+    # Written in a thread: the loop goes on sending the last piece meanwhile.
+    for batch in table.to_batches(max_chunksize=_PIECE_ROWS):
+        yield await asyncio.to_thread(_piece, batch)
+
+
+async def _copy(conn: AsyncConnection, target: str, table: pa.Table) -> None:
+    raw = await conn.get_raw_connection()
+    await raw.driver_connection.copy_to_table(  # type: ignore[union-attr]
+        target, source=_csv(table), columns=_COLUMNS, format="csv"
+    )
+
+
 async def import_trades(
-    conn: AsyncConnection, symbol: str, trades: Sequence[VenueTrade], *, repair: bool
+    conn: AsyncConnection, symbol: str, trades: pa.Table, *, repair: bool
 ) -> Imported:
-    """Store `trades` of `symbol` not stored yet and materialise the candles they touch, in
-    the caller's transaction. Raises TooNew for a trade at or past the final horizon, and
-    BucketsTaken for new trades in a minute that held stored ones unless `repair`."""
-    if not trades:
+    """Store the trades of `symbol` (a table of `_COLUMNS`, in time order) not stored yet and
+    materialise the candles they touch, in the caller's transaction. Raises TooNew for a
+    trade at or past the final horizon, and BucketsTaken for new trades in a minute that
+    held stored ones unless `repair`."""
+    if trades.num_rows == 0:
         return Imported(0, 0, [])
-    newest = max(trade.timestamp for trade in trades)
+    oldest, newest = (moment.as_py() for moment in pc.min_max(trades["timestamp"]).values())
     if newest >= await horizon(conn):
         raise TooNew(f"a trade at {newest.isoformat()} is newer than the live data's horizon")
     complete = (await conn.execute(_COMPLETE, {"symbol": symbol})).scalar_one_or_none()
@@ -108,18 +156,26 @@ async def import_trades(
             f"a trade at {newest.isoformat()} is newer than the live feed's complete-through "
             f"watermark of {symbol} ({complete.isoformat()}): the feed fills that itself"
         )
-    oldest = min(trade.timestamp for trade in trades)
     await lock_candles(conn, symbol)
     await ensure_partitions(conn, oldest, newest)
+    await conn.execute(_WORK_MEM)
+    stretch = {"symbol": symbol, "lo": _minute(oldest), "hi": _minute(newest) + _MINUTE}
+    occupied = (await conn.execute(_OCCUPIED, stretch)).scalar_one()
+    if not occupied:
+        try:
+            async with conn.begin_nested():
+                await _copy(conn, "trades", trades)
+        except asyncpg.UniqueViolationError:
+            pass  # the file names a venue trade twice: staged, it is stored once
+        else:
+            await rematerialise(conn, symbol, oldest, newest)
+            return Imported(trades.num_rows, 0, [])
     await conn.execute(_STAGE)
     await conn.execute(_EMPTY)
-    raw = await conn.get_raw_connection()
-    await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-        "import_staging", records=trades, columns=_COLUMNS
-    )
+    await _copy(conn, "import_staging", trades)
     moved = (await conn.execute(_MOVE)).all()
     if not moved:
-        return Imported(0, len(trades), [])
+        return Imported(0, trades.num_rows, [])
     minutes = sorted({_minute(stamp) for _, stamp in moved})
     taken = list(
         (
@@ -139,4 +195,4 @@ async def import_trades(
         raise BucketsTaken(taken)
     stamps = [stamp for _, stamp in moved]
     await rematerialise(conn, symbol, min(stamps), max(stamps))
-    return Imported(len(moved), len(trades) - len(moved), taken)
+    return Imported(len(moved), trades.num_rows - len(moved), taken)

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.candles import typed
+from persistence.statements import TIMESTAMP, statement
 
 __all__ = [
     "drop_expired",
@@ -24,7 +24,7 @@ _PARTITION = re.compile(r"^trades_y[0-9]{4}m[0-9]{2}$")
 
 # There is no default partition (DETACH ... CONCURRENTLY cannot run beside one), so a row
 # whose month has no partition is refused: every writer ensures its months first.
-_ensure = typed("SELECT mdp_ensure_trade_partitions(:lo, :hi)")
+_ensure = statement("SELECT mdp_ensure_trade_partitions(:lo, :hi)", lo=TIMESTAMP, hi=TIMESTAMP)
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
@@ -36,7 +36,7 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
 async def ensure_partitions(conn: AsyncConnection, lo: datetime, hi: datetime) -> int:
     """Create the missing partitions of every month from `lo`'s to `hi`'s, in the caller's
     transaction (it holds the attach lock until it ends); returns how many were created."""
-    created: int = (await conn.execute(_ensure, {"lo": lo, "hi": hi})).scalar_one()
+    created: int = (await _ensure.execute(conn, lo=lo, hi=hi)).scalar_one()
     return created
 
 
@@ -59,8 +59,12 @@ _PARTITIONS = """
       AND c.relname ~ '^trades_y[0-9]{4}m[0-9]{2}$'
     ORDER BY c.relname
 """
-# Raw trades may go only once their candles are stored: never past the candle watermark.
-_CANDLES_UNTIL = "SELECT candles_until FROM ingestion_state WHERE id = 1"
+# Raw trades may go only once their candles are stored: never past any symbol's candle
+# watermark (NULL while a symbol has none yet).
+_CANDLES_UNTIL = """
+    SELECT CASE WHEN bool_and(w.symbol IS NOT NULL) THEN min(w.candles_until) END
+    FROM symbols AS s LEFT JOIN candle_watermarks AS w ON w.symbol = s.symbol
+"""
 # Creating a partition gives up rather than queue behind a detach that waits for an export.
 _ATTACH_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
 # A detach waits that long for the transactions still reading its partition (an export's);

@@ -8,10 +8,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
+from sqlalchemy import String
+from sqlalchemy.dialects.postgresql import ARRAY
 
+from persistence.batches import latest_trades
 from persistence.candles import materialised_minutes
 from persistence.finality import bucket_ceil
-from persistence.live import latest_trades
+from persistence.statements import TIMESTAMP, statement
 
 __all__ = ["TICKER_WINDOW", "Stats", "ticker_stats"]
 
@@ -48,7 +51,8 @@ class Stats:
 
 # The trades of the partial minute at the start and of the minutes not materialised yet at
 # the end: a minute and a few seconds of trades per symbol, whatever the window.
-_EDGES = """
+_EDGES = statement(
+    """
     SELECT symbol, edge,
            (array_agg(price ORDER BY timestamp, id))[1],
            max(price), min(price),
@@ -56,13 +60,19 @@ _EDGES = """
            max(timestamp), sum(volume), sum(price * volume), count(*)
     FROM (
         SELECT symbol, price, volume, timestamp, id, 0 AS edge FROM trades
-        WHERE symbol = ANY($1::varchar[]) AND timestamp >= $2 AND timestamp < $3
+        WHERE symbol = ANY(:symbols) AND timestamp >= :start AND timestamp < :first_minute
         UNION ALL
         SELECT symbol, price, volume, timestamp, id, 1 FROM trades
-        WHERE symbol = ANY($1::varchar[]) AND timestamp >= $4 AND timestamp <= $5
+        WHERE symbol = ANY(:symbols) AND timestamp >= :tail AND timestamp <= :now
     ) AS t
     GROUP BY symbol, edge
-"""
+""",
+    symbols=ARRAY(String),
+    start=TIMESTAMP,
+    first_minute=TIMESTAMP,
+    tail=TIMESTAMP,
+    now=TIMESTAMP,
+)
 
 
 def _fold(parts: Iterable[Stats]) -> Stats | None:
@@ -97,8 +107,10 @@ async def _stats(
     first_minute = bucket_ceil(start, _MINUTE)
     until, minutes = await materialised_minutes(conn, symbols, first_minute, now)
     # Below the watermark every minute is materialised; from it on, read the trades.
-    tail = max(until or first_minute, first_minute)
-    rows = await conn.fetch(_EDGES, list(symbols), start, first_minute, tail, now)
+    tail = max(until, first_minute)
+    rows = await _EDGES.fetch(
+        conn, symbols=list(symbols), start=start, first_minute=first_minute, tail=tail, now=now
+    )
     edges = {(row[0], row[1]): Stats(*row[2:]) for row in rows}
     by_symbol: dict[str, list[Stats]] = {}
     for m in minutes:

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import asyncpg
 from sqlalchemy import (
@@ -22,9 +22,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import TypeEngine
 
 from persistence.models import Trade
 from persistence.partitions import ensure_partitions
+from persistence.statements import TIMESTAMP, Row, Statement, statement
 
 __all__ = [
     "COLUMNS",
@@ -95,40 +97,46 @@ COLUMNS = (
 )
 
 # Hot reads, sent on the read pool's asyncpg connections (see persistence.pool).
-LATEST = f"""
-SELECT {COLUMNS} FROM trades
-WHERE symbol = $1
-ORDER BY timestamp DESC, id DESC
-LIMIT 1
-"""
+LATEST = statement(
+    f"""
+    SELECT {COLUMNS} FROM trades
+    WHERE symbol = :symbol
+    ORDER BY timestamp DESC, id DESC
+    LIMIT 1
+    """,
+    symbol=String,
+)
 
 
 @functools.cache
-def page_sql(*, start: bool, end: bool, after: bool, descending: bool) -> str:
-    """One of the 16 shapes of a keyset page. Its arguments, in order: symbol, then start,
-    end, after's (timestamp, id) when present, then limit."""
-    conditions = ["symbol = $1"]
-    number = 2
+def page_sql(*, start: bool, end: bool, after: bool, descending: bool) -> Statement:
+    """One of the 16 shapes of a keyset page. Its values: symbol and limit, then start, end,
+    and after's (after_timestamp, after_id) where the shape has them."""
+    conditions = ["symbol = :symbol"]
+    types: dict[str, TypeEngine[Any]] = {"symbol": String(), "limit": Integer()}
     if start:
-        conditions.append(f"timestamp >= ${number}")
-        number += 1
+        conditions.append("timestamp >= :start")
+        types["start"] = TIMESTAMP
     if end:
-        conditions.append(f"timestamp < ${number}")
-        number += 1
+        conditions.append("timestamp < :end")
+        types["end"] = TIMESTAMP
     if after:
         operator = "<" if descending else ">"
-        conditions.append(f"(timestamp, id) {operator} (${number}, ${number + 1})")
+        conditions.append(f"(timestamp, id) {operator} (:after_timestamp, :after_id)")
         # Implied by the row comparison, but only a plain bound lets the planner prune the
         # partitions on the far side of the cursor.
-        conditions.append(f"timestamp {operator}= ${number}")
-        number += 2
+        conditions.append(f"timestamp {operator}= :after_timestamp")
+        types |= {"after_timestamp": TIMESTAMP, "after_id": BigInteger()}
     direction = "DESC" if descending else "ASC"
-    return f"""
-SELECT {COLUMNS} FROM trades
-WHERE {" AND ".join(conditions)}
-ORDER BY timestamp {direction}, id {direction}
-LIMIT ${number}
-"""
+    return statement(
+        f"""
+        SELECT {COLUMNS} FROM trades
+        WHERE {" AND ".join(conditions)}
+        ORDER BY timestamp {direction}, id {direction}
+        LIMIT :limit
+        """,
+        **types,
+    )
 
 
 # Reads without a window get a time bound first: with one the planner prunes to the few
@@ -136,18 +144,22 @@ LIMIT ${number}
 # the answer whenever the symbol traded within it. Only when it does not is the unbounded
 # query run.
 RECENT = timedelta(days=7)
-_LATEST_SINCE = f"""
-SELECT {COLUMNS} FROM trades
-WHERE symbol = $1 AND timestamp >= $2
-ORDER BY timestamp DESC, id DESC
-LIMIT 1
-"""
+_LATEST_SINCE = statement(
+    f"""
+    SELECT {COLUMNS} FROM trades
+    WHERE symbol = :symbol AND timestamp >= :since
+    ORDER BY timestamp DESC, id DESC
+    LIMIT 1
+    """,
+    symbol=String,
+    since=TIMESTAMP,
+)
 
 
 async def latest_trade(conn: asyncpg.Connection, symbol: str) -> TradeRow | None:
-    row = await conn.fetchrow(_LATEST_SINCE, symbol, datetime.now(UTC) - RECENT)
+    row = await _LATEST_SINCE.fetchrow(conn, symbol=symbol, since=datetime.now(UTC) - RECENT)
     if row is None:
-        row = await conn.fetchrow(LATEST, symbol)
+        row = await LATEST.fetchrow(conn, symbol=symbol)
     return TradeRow(*row) if row is not None else None
 
 
@@ -160,7 +172,7 @@ async def list_trades(
     descending: bool,
     after: tuple[datetime, int] | None,
     limit: int,
-) -> list[asyncpg.Record]:
+) -> list[Row]:
     """A page of (id, symbol, price, volume, timestamp, venue_trade_id, side) records ordered
     by (timestamp, id), continuing strictly after `after`."""
     # An open side toward which the page reads gets a bound RECENT past its anchor first: a
@@ -186,17 +198,18 @@ async def _page(
     descending: bool,
     after: tuple[datetime, int] | None,
     limit: int,
-) -> list[asyncpg.Record]:
-    sql = page_sql(
+) -> list[Row]:
+    page = page_sql(
         start=start is not None, end=end is not None, after=after is not None, descending=descending
     )
-    arguments: list[object] = [symbol]
-    arguments.extend(moment for moment in (start, end) if moment is not None)
+    values: dict[str, object] = {"symbol": symbol, "limit": limit}
+    if start is not None:
+        values["start"] = start
+    if end is not None:
+        values["end"] = end
     if after is not None:
-        arguments.extend(after)
-    arguments.append(limit)
-    rows: list[asyncpg.Record] = await conn.fetch(sql, *arguments)
-    return rows
+        values["after_timestamp"], values["after_id"] = after
+    return await page.fetch(conn, **values)
 
 
 # The writing session still holds the leader's advisory lock `:lock_key` (NULL `:leader_pid`:
@@ -215,8 +228,9 @@ LEADER_HELD = """(CAST(:leader_pid AS integer) IS NULL OR EXISTS (
 # be stored twice). One statement: the claim, the rows, the batch's record in `live_batches`
 # (what streams replay from) and its NOTIFY commit together or not at all. The payload is the
 # stamp and id range, a few dozen bytes whatever the number of symbols (NOTIFY allows 8,000).
-_insert_live_batch = text(
-    f"""
+_insert_live_batch = Statement(
+    text(
+        f"""
     WITH claim AS (
         UPDATE ingestion_state SET last_batch_at = :stamped
         WHERE id = 1 AND last_batch_at < :stamped AND {LEADER_HELD}
@@ -245,17 +259,18 @@ _insert_live_batch = text(
     ) END
     FROM span
     """
-).bindparams(
-    bindparam("symbols", type_=ARRAY(String)),
-    bindparam("prices", type_=ARRAY(Numeric)),
-    bindparam("volumes", type_=ARRAY(Numeric)),
-    bindparam("timestamps", type_=ARRAY(DateTime(timezone=True))),
-    bindparam("stamped", type_=DateTime(timezone=True)),
-    bindparam("horizon", type_=DateTime(timezone=True)),
-    bindparam("leader_pid", type_=Integer),
-    bindparam("lock_key", type_=BigInteger),
-    bindparam("channel", type_=String),
-    bindparam("stamp_text", type_=String),
+    ).bindparams(
+        bindparam("symbols", type_=ARRAY(String)),
+        bindparam("prices", type_=ARRAY(Numeric)),
+        bindparam("volumes", type_=ARRAY(Numeric)),
+        bindparam("timestamps", type_=ARRAY(DateTime(timezone=True))),
+        bindparam("stamped", type_=DateTime(timezone=True)),
+        bindparam("horizon", type_=DateTime(timezone=True)),
+        bindparam("leader_pid", type_=Integer),
+        bindparam("lock_key", type_=BigInteger),
+        bindparam("channel", type_=String),
+        bindparam("stamp_text", type_=String),
+    )
 )
 
 
@@ -280,20 +295,18 @@ async def insert_live_batch(
     # The leader keeps partitions months ahead; this only checks (a catalog lookup), except
     # for a writer whose clock is where no partition is yet.
     await ensure_partitions(conn, stamped, stamped)
-    result = await conn.execute(
-        _insert_live_batch,
-        {
-            "symbols": list(symbols),
-            "prices": list(prices),
-            "volumes": list(volumes),
-            "timestamps": list(timestamps),
-            "stamped": stamped,
-            "horizon": stamped - LIVE_RETENTION,
-            "leader_pid": leader_pid,
-            "lock_key": lock_key,
-            "channel": LIVE_CHANNEL,
-            "stamp_text": stamped.isoformat(),
-        },
+    result = await _insert_live_batch.execute(
+        conn,
+        symbols=list(symbols),
+        prices=list(prices),
+        volumes=list(volumes),
+        timestamps=list(timestamps),
+        stamped=stamped,
+        horizon=stamped - LIVE_RETENTION,
+        leader_pid=leader_pid,
+        lock_key=lock_key,
+        channel=LIVE_CHANNEL,
+        stamp_text=stamped.isoformat(),
     )
     size: int = result.scalar_one()
     return size
@@ -301,8 +314,9 @@ async def insert_live_batch(
 
 # Venue trades, each stored at most once: a re-delivered message or an overlapping recovery
 # conflicts on uq_trades_symbol_venue_trade_id_timestamp and is skipped, inside PostgreSQL.
-_insert_trades = text(
-    """
+_insert_trades = Statement(
+    text(
+        """
     INSERT INTO trades (symbol, price, volume, timestamp, venue_trade_id, side)
     SELECT * FROM unnest(
         CAST(:symbols AS varchar[]), CAST(:prices AS numeric[]), CAST(:volumes AS numeric[]),
@@ -311,13 +325,14 @@ _insert_trades = text(
     ON CONFLICT DO NOTHING
     RETURNING id
     """
-).bindparams(
-    bindparam("symbols", type_=ARRAY(String)),
-    bindparam("prices", type_=ARRAY(Numeric)),
-    bindparam("volumes", type_=ARRAY(Numeric)),
-    bindparam("timestamps", type_=ARRAY(DateTime(timezone=True))),
-    bindparam("ids", type_=ARRAY(String)),
-    bindparam("sides", type_=ARRAY(String)),
+    ).bindparams(
+        bindparam("symbols", type_=ARRAY(String)),
+        bindparam("prices", type_=ARRAY(Numeric)),
+        bindparam("volumes", type_=ARRAY(Numeric)),
+        bindparam("timestamps", type_=ARRAY(DateTime(timezone=True))),
+        bindparam("ids", type_=ARRAY(String)),
+        bindparam("sides", type_=ARRAY(String)),
+    )
 )
 
 
@@ -329,16 +344,14 @@ async def insert_trades(conn: AsyncConnection, trades: Sequence[VenueTrade]) -> 
         return []
     symbols, prices, volumes, timestamps, ids, sides = zip(*trades, strict=True)
     await ensure_partitions(conn, min(timestamps), max(timestamps))
-    result = await conn.execute(
-        _insert_trades,
-        {
-            "symbols": list(symbols),
-            "prices": list(prices),
-            "volumes": list(volumes),
-            "timestamps": list(timestamps),
-            "ids": list(ids),
-            "sides": list(sides),
-        },
+    result = await _insert_trades.execute(
+        conn,
+        symbols=list(symbols),
+        prices=list(prices),
+        volumes=list(volumes),
+        timestamps=list(timestamps),
+        ids=list(ids),
+        sides=list(sides),
     )
     return list(result.scalars())
 

@@ -17,10 +17,13 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
+from sqlalchemy import String
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from persistence.candles import MINUTES_FROM_TRADES
-from persistence.finality import HORIZON_SQL, WATERMARK_SQL, feed_watermark_sql
+from persistence.finality import HORIZON_SQL, feed_watermark_sql, materialised_through_sql
 from persistence.models import VWAP_SCALE
+from persistence.statements import TIMESTAMP, Connection, statement
 
 __all__ = [
     "Clock",
@@ -126,13 +129,20 @@ def pages(
 
 class Clock(NamedTuple):
     # Buckets ending at or before `horizon` are final (persistence.finality); 1m candles
-    # starting before `minutes_done` are materialised.
+    # starting before `minutes_done` are materialised for every symbol read.
     horizon: datetime
     minutes_done: datetime
 
 
-async def clock(conn: asyncpg.Connection) -> Clock:
-    row = await conn.fetchrow(f"SELECT {HORIZON_SQL}, {WATERMARK_SQL}")
+_CLOCK = statement(
+    f"SELECT {HORIZON_SQL}, {materialised_through_sql(':symbols')}", symbols=ARRAY(String)
+)
+
+
+async def clock(conn: Connection, symbols: Sequence[str]) -> Clock:
+    """The clock of a read of `symbols`."""
+    row = await _CLOCK.fetchrow(conn, symbols=list(symbols))
+    assert row is not None
     return Clock(row[0], row[1])
 
 
@@ -178,8 +188,7 @@ def _columns(shape: str, start: str, closed: str, gap: str | None = None) -> str
     """The candle columns of one shape from rows `r`: their bucket start is `start`, whether
     it is final `closed`, and (only for filled candles) whether it is a gap `gap`."""
     if shape == "float":
-        # JSON operations: exact prices as float8 (PostgreSQL prints their shortest form),
-        # and the revision (exports do not carry it yet).
+        # JSON operations: exact prices as float8 (PostgreSQL prints their shortest form).
         return (
             f"r.symbol, {start}, r.open::float8, r.high::float8, r.low::float8, "
             f"r.close::float8, r.volume::float8, r.vwap::float8, r.trade_count, "
@@ -188,7 +197,8 @@ def _columns(shape: str, start: str, closed: str, gap: str | None = None) -> str
     if shape == "typed":
         return (
             f"r.symbol, {start} AS timestamp, r.open, r.high, r.low, r.close, r.volume, "
-            f"r.vwap, r.trade_count, {closed} AS closed" + (f", {gap} AS gap" if gap else "")
+            f"r.vwap, r.trade_count, {closed} AS closed, r.revision"
+            + (f", {gap} AS gap" if gap else "")
         )
     rfc3339 = f"to_char({start} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
     flags = [(closed, "closed"), *([(gap, "gap")] if gap else [])]
@@ -197,7 +207,9 @@ def _columns(shape: str, start: str, closed: str, gap: str | None = None) -> str
         "trim_scale(r.high) AS high, trim_scale(r.low) AS low, trim_scale(r.close) AS close, "
         "trim_scale(r.volume) AS volume, trim_scale(r.vwap) AS vwap, r.trade_count, "
         + ", ".join(
-            f"CASE WHEN {flag} THEN 'true' ELSE 'false' END AS {name}" for flag, name in flags
+            f"CASE WHEN {flag} THEN 'true' ELSE 'false' END AS {name}"
+            + (", r.revision" if name == "closed" else "")
+            for flag, name in flags
         )
     )
 
@@ -218,13 +230,13 @@ def candles_query(shape: str) -> str:
 
 
 def filled_candles_query(shape: str) -> str:
-    """Filled candles (`persistence.fill`) given as one array per column ($1 symbols … $11
+    """Filled candles (`persistence.fill`) given as one array per column ($1 symbols … $12
     gaps), by (timestamp, symbol), in one of the export shapes: the same text forms as
     `candles_query`, and a `gap` column."""
     rows = (
         "unnest($1::varchar[], $2::timestamptz[], $3::numeric[], $4::numeric[], $5::numeric[], "
         "$6::numeric[], $7::numeric[], $8::numeric[], $9::bigint[], $10::boolean[], "
-        "$11::boolean[])"
+        "$11::integer[], $12::boolean[])"
     )
     named = f"(SELECT * FROM {rows} AS u({', '.join(FILLED_COLUMNS)}))"
     select = _select(shape, named, "r.timestamp", "r.closed", "r.gap")
@@ -243,6 +255,7 @@ FILLED_COLUMNS = (
     "vwap",
     "trade_count",
     "closed",
+    "revision",
     "gap",
 )
 
@@ -285,15 +298,16 @@ async def read_zoned_candles(
     return rows
 
 
-async def first_trade(
-    conn: asyncpg.Connection, symbol: str, lo: datetime, hi: datetime
-) -> datetime | None:
+_FIRST_TRADE = statement(
+    "SELECT timestamp FROM trades WHERE symbol = :symbol AND timestamp >= :lo "
+    "AND timestamp < :hi ORDER BY timestamp LIMIT 1",
+    symbol=String,
+    lo=TIMESTAMP,
+    hi=TIMESTAMP,
+)
+
+
+async def first_trade(conn: Connection, symbol: str, lo: datetime, hi: datetime) -> datetime | None:
     """When the symbol's first trade in [lo, hi) happened: pages skip a stretch without any."""
-    moment: datetime | None = await conn.fetchval(
-        "SELECT timestamp FROM trades WHERE symbol = $1::varchar AND timestamp >= $2 "
-        "AND timestamp < $3 ORDER BY timestamp LIMIT 1",
-        symbol,
-        lo,
-        hi,
-    )
+    moment: datetime | None = await _FIRST_TRADE.fetchval(conn, symbol=symbol, lo=lo, hi=hi)
     return moment

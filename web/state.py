@@ -14,7 +14,7 @@ from prometheus_client import Counter
 
 from ingestion.status import IngestionStatus
 from live.broadcaster import Broadcaster
-from persistence.database import Database
+from persistence.connections import Database
 
 __all__ = ["ContractView", "MetricsView", "PrometheusView", "RequestState", "SettingsView"]
 
@@ -104,4 +104,4 @@ class RequestState(Protocol):
     @property
     def prometheus(self) -> PrometheusView: ...
     @property
-    def live(self) -> Broadcaster: ...
+    def broadcaster(self) -> Broadcaster: ...

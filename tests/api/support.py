@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import json
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -13,6 +15,8 @@ from typing import Any
 
 import asyncpg
 import httpx2 as httpx
+import pyarrow.ipc as pa_ipc
+import pyarrow.parquet as pq
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -40,6 +44,7 @@ __all__ = [
     "TradeRecord",
     "assert_problem",
     "decimal_json",
+    "export_rows",
     "iso",
     "past_midnight",
     "running_app",
@@ -52,6 +57,16 @@ Row = tuple[datetime, str | Decimal, int]
 # One of the service's write paths, storing trades in the caller's transaction.
 StoreTrades = Callable[[AsyncConnection, list[NewTrade]], Awaitable[None]]
 _NEWEST_IDS = text("SELECT id FROM trades WHERE symbol = :symbol ORDER BY id DESC LIMIT :count")
+
+
+def export_rows(data: bytes, fmt: str) -> list[dict[str, Any]]:
+    """The rows of an export file as its format's own reader gives them (CSV: text)."""
+    if fmt == "csv":
+        return list(csv.DictReader(io.StringIO(data.decode())))
+    if fmt == "ndjson":
+        return [json.loads(line) for line in data.splitlines()]
+    table = pq.read_table(io.BytesIO(data)) if fmt == "parquet" else pa_ipc.open_stream(data)
+    return table.read_all().to_pylist() if fmt == "arrow" else table.to_pylist()
 
 
 def iso(moment: datetime) -> str:

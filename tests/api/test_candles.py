@@ -20,6 +20,7 @@ from tests.api.support import (
     assert_problem,
     decimal_json,
     error_names,
+    export_rows,
     iso,
     past_midnight,
     running_app,
@@ -499,8 +500,25 @@ def _late_print_revises_once(client: TestClient, market: SyncDatabase) -> None:
             found[name] = (response.headers["etag"], candle)
         return found
 
+    def exported() -> dict[str, list[int]]:
+        """The revisions of the 1h candle and of the filled 1m buckets, in every format."""
+        found = {}
+        for fmt in ("csv", "ndjson", "parquet", "arrow"):
+            for name, params in {
+                "1h": {"interval": "1h"},
+                "1m filled": {"interval": "1m", "fill": "null"},
+            }.items():
+                response = client.get(
+                    "/export/candles", params={"symbols": "AAPL", "format": fmt, **params, **window}
+                )
+                assert response.status_code == 200, response.text
+                rows = export_rows(response.content, fmt)
+                found[f"{name} {fmt}"] = [int(row["revision"]) for row in rows]
+        return found
+
     first = answers()
     assert {name: c["revision"] for name, (_, c) in first.items()} == dict.fromkeys(queries, 0)
+    assert set(map(tuple, exported().values())) == {(0,), (0,) * 60}
 
     late = market.insert_venue_batch(
         "AAPL",
@@ -511,6 +529,8 @@ def _late_print_revises_once(client: TestClient, market: SyncDatabase) -> None:
     revised = answers()
 
     assert late == 1
+    # Exports carry the revision too; the filled buckets without trades were never revised.
+    assert set(map(tuple, exported().values())) == {(1,), (1,) + (0,) * 59}
     for name, (etag, candle) in revised.items():
         assert candle["revision"] == 1, name
         assert (candle["low"], candle["trade_count"]) == (90, 2), name

@@ -3,16 +3,11 @@ time the symbol was not being ingested (a gap)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
-import pyarrow.ipc as pa_ipc
-import pyarrow.parquet as pq
 import pytest
 from sqlalchemy.engine import URL
 from starlette.testclient import TestClient
@@ -25,6 +20,7 @@ from tests.api.support import (
     SyncDatabase,
     app_settings,
     error_names,
+    export_rows,
     iso,
     past_midnight,
     running_app,
@@ -218,15 +214,6 @@ async def test_the_running_synthetic_feed_records_what_it_ingests(fresh_database
     assert any(c["trade_count"] for c in candles)
 
 
-def _file_rows(data: bytes, fmt: str) -> list[dict[str, Any]]:
-    if fmt == "csv":
-        return list(csv.DictReader(io.StringIO(data.decode())))
-    if fmt == "ndjson":
-        return [json.loads(line) for line in data.splitlines()]
-    table = pq.read_table(io.BytesIO(data)) if fmt == "parquet" else pa_ipc.open_stream(data)
-    return table.read_all().to_pylist() if fmt == "arrow" else table.to_pylist()
-
-
 def _normal(row: dict[str, Any]) -> tuple[Any, ...]:
     """A candle as the same values whatever the format wrote (CSV: text, null is empty)."""
 
@@ -244,6 +231,7 @@ def _normal(row: dict[str, Any]) -> tuple[Any, ...]:
         *(exact(row[k]) for k in ("open", "high", "low", "close", "volume", "vwap")),
         int(row["trade_count"]),
         flag(row["closed"]),
+        int(row["revision"]),
         flag(row["gap"]),
     )
 
@@ -276,7 +264,7 @@ def test_a_filled_candle_export_holds_what_filled_candles_answer(
     response = client.get("/export/candles", params=params)
     assert response.status_code == 200
     assert int(response.headers["x-row-count"]) == len(expected) == 20
-    assert [_normal(row) for row in _file_rows(response.content, fmt)] == expected
+    assert [_normal(row) for row in export_rows(response.content, fmt)] == expected
 
 
 def test_a_candle_export_has_a_gap_column_only_with_fill(client: TestClient, history: SyncDatabase):
@@ -284,7 +272,7 @@ def test_a_candle_export_has_a_gap_column_only_with_fill(client: TestClient, his
     del params["symbol"]
     plain = client.get("/export/candles", params=params).text.splitlines()
     filled = client.get("/export/candles", params={**params, "fill": "null"}).text.splitlines()
-    assert plain[0].split(",")[-1] == "closed" and len(plain) == 3
+    assert plain[0].split(",")[-1] == "revision" and len(plain) == 3
     assert filled[0].split(",")[-1] == "gap" and len(filled) == 11
     explicit = client.get("/export/candles", params={**params, "fill": "none"})
     assert explicit.text.splitlines() == plain

@@ -201,6 +201,7 @@ def _normal(row: dict[str, Any]) -> tuple[Any, ...]:
         int(row["volume"]),
         int(row["trade_count"]),
         closed if isinstance(closed, bool) else closed == "true",
+        int(row["revision"]),
     )
 
 

@@ -20,7 +20,7 @@ from ingestion.generator import TradeGenerator
 from ingestion.loop import Ingestor
 from ingestion.status import IngestionStatus
 from persistence.candles import read_candle_page
-from persistence.database import driver_connection
+from persistence.connections import driver_connection
 from persistence.finality import INTERVALS, VISIBILITY_DEADLINE
 from persistence.materialise import advance_watermark, lock_candles
 from persistence.models import VWAP_SCALE
@@ -516,11 +516,16 @@ async def test_a_first_backfill_sets_the_watermark_below_what_it_wrote(
     await _backfill(fresh_engine)
 
     async with fresh_engine.connect() as conn:
-        (watermark,) = (await conn.execute(text("SELECT candles_until FROM ingestion_state"))).one()
+        marks = dict(
+            (await conn.execute(text("SELECT symbol, candles_until FROM candle_watermarks"))).all()
+        )
+    assert sorted(marks) == sorted(BASES)
+    for symbol, watermark in marks.items():
+        rows = await _rows(fresh_engine, symbol)
+        # Set by the first chunk at the symbol's oldest trade then: later chunks went further
+        # back, and materialised what they wrote themselves.
+        assert rows[0].timestamp < watermark <= rows[-1].timestamp, symbol
     rows = await _rows(fresh_engine)
-    # Set by the first chunk at the oldest trade then: later chunks went further back, and
-    # materialised what they wrote themselves.
-    assert rows[0].timestamp < watermark <= rows[-1].timestamp
     assert await _stored_candles(fresh_engine, "1h") == _reference(
         [row for row in rows if row.symbol == "AAA"],
         datetime(2000, 1, 1, tzinfo=UTC),

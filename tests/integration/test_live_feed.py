@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from live.broadcaster import Broadcaster, Reset, Subscription
 from live.listener import Listener
-from persistence import live
+from persistence import batches
 from persistence.symbols import ensure_symbols
 from persistence.trades import LIVE_CHANNEL, NewTrade, TradeRow, insert_live_batch
 from tests.support import dsn, seed_trades, wait_until_async
@@ -92,8 +92,8 @@ async def test_a_committed_batch_is_announced_with_its_stamp_and_ids(
         # Refused (not newer than the last batch): announces nothing, takes no ids.
         assert await _write_batch(feed_engine, stamped - timedelta(seconds=1)) == 0
         assert await _write_batch(feed_engine, later) == 2
-        notices = [live.parse_notice(await asyncio.wait_for(heard.get(), 5)) for _ in "12"]
-        assert notices == [live.BatchNotice(stamped, 1, 2), live.BatchNotice(later, 3, 4)]
+        notices = [batches.parse_notice(await asyncio.wait_for(heard.get(), 5)) for _ in "12"]
+        assert notices == [batches.BatchNotice(stamped, 1, 2), batches.BatchNotice(later, 3, 4)]
 
 
 async def test_a_rolled_back_batch_is_never_announced(
@@ -107,7 +107,7 @@ async def test_a_rolled_back_batch_is_never_announced(
             await insert_live_batch(write, batch, stamped=first, leader_pid=None, lock_key=0)
             await transaction.rollback()
         await _write_batch(feed_engine, second)
-        notice = live.parse_notice(await asyncio.wait_for(heard.get(), 5))
+        notice = batches.parse_notice(await asyncio.wait_for(heard.get(), 5))
         assert notice is not None and notice.stamped == second
 
 
@@ -200,8 +200,8 @@ async def test_backfilled_trades_are_never_replayed_as_live(
     await _write_batch(feed_engine, second)
     conn = await asyncpg.connect(dsn(empty_database))
     try:
-        replayed = await live.trades_after(conn, (live.START, 0), limit=100)
-        after_first = await live.trades_after(conn, (first, 1), symbols=["BBB"], limit=100)
+        replayed = await batches.trades_after(conn, (batches.START, 0), limit=100)
+        after_first = await batches.trades_after(conn, (first, 1), symbols=["BBB"], limit=100)
     finally:
         await conn.close()
     assert [(t.timestamp, t.symbol) for t in replayed] == [

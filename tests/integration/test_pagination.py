@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from persistence.database import driver_connection
+from persistence.connections import driver_connection
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, insert_live_batch, list_trades
 from tests.support import seed_trades, wait_until_async

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.database import driver_connection
+from persistence.connections import driver_connection
 from persistence.partitions import ensure_partitions
 from persistence.trades import RECENT, page_sql
 
@@ -43,7 +43,7 @@ async def test_a_page_after_a_cursor_plans_only_the_months_of_its_bounds(
     # comparison, the plain bound beside it, and the time bound it tries first.
     sql = page_sql(start=True, end=False, after=True, descending=True)
     plan = await driver.fetchval(
-        f"EXPLAIN (FORMAT JSON) {sql}", "PLAN", CURSOR - RECENT, CURSOR, 1, 101
+        f"EXPLAIN (FORMAT JSON) {sql.sql}", "PLAN", CURSOR - RECENT, CURSOR, 1, 101
     )
 
     assert _scanned(_json(plan)) == {"trades_y2025m05", "trades_y2025m06"}
@@ -54,7 +54,7 @@ async def test_latest_within_recent_plans_only_the_months_since(conn: AsyncConne
     driver = await driver_connection(conn)
     since = datetime(2026, 12, 20, tzinfo=UTC) - RECENT
     sql = page_sql(start=True, end=False, after=False, descending=True)
-    plan = await driver.fetchval(f"EXPLAIN (FORMAT JSON) {sql}", "PLAN", since, 1)
+    plan = await driver.fetchval(f"EXPLAIN (FORMAT JSON) {sql.sql}", "PLAN", since, 1)
 
     # December, and the months created ahead of it.
     assert {name for name in _scanned(_json(plan)) if name < "trades_y2026m12"} == set()

@@ -13,11 +13,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mdp.database import open_read_pool
+from mdp.engines import open_read_pool
 from mdp.settings import Settings
 from persistence import candles, symbols, trades
 from persistence.admission import Admission
-from persistence.database import Database
+from persistence.connections import Database
 from persistence.finality import INTERVALS, horizon
 from persistence.materialise import advance_watermark
 from persistence.pool import ReadPool

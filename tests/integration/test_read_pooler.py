@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mdp.database import open_read_pool
+from mdp.engines import open_read_pool
 from persistence.pool import ReadPool
 from persistence.symbols import ensure_symbols, list_symbols
 from persistence.trades import NewTrade, latest_trade, list_trades

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingestion.housekeeping import TradeHousekeeping
 from ingestion.status import IngestionStatus
-from persistence.database import dedicated_connection
+from persistence.connections import dedicated_connection
 from persistence.materialise import advance_watermark
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade

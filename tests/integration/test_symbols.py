@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.database import driver_connection
+from persistence.connections import driver_connection
 from persistence.symbols import ensure_symbols, list_symbols, symbol_exists
 
 

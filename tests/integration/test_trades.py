@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.database import driver_connection
+from persistence.connections import driver_connection
 from persistence.history import write_history
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, latest_trade, list_trades

@@ -10,7 +10,7 @@ import asyncpg
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mdp.database import open_engine
+from mdp.engines import open_engine
 from mdp.settings import Settings
 from persistence.migrate import upgrade
 

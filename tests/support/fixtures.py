@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from mdp.database import database_server
+from mdp.engines import database_server
 from mdp.settings import Settings, normalise_database_url
 from tests.support.database import DatabaseFactory, MakeDatabase, open_test_engine
 

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from errors import DatabaseUnavailable, SymbolNotFound
 from persistence.admission import Admission, client_gone
-from persistence.database import Database, Probe, describe_error, is_unavailable
+from persistence.connections import Database, Probe, describe_error, is_unavailable
 from persistence.pool import ReadPool, read_connection
 from tests.support import dsn, open_test_engine, wait_until_async
 

@@ -1,4 +1,4 @@
-"""The one way to open the database: its server (DATABASE_URL or the embedded one) and engines."""
+"""The one way to open the database: its server (DATABASE_URL or embedded), engines, pools."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mdp.embedded import EmbeddedPostgres
 from mdp.settings import Settings
-from persistence.database import create_engine
+from persistence.connections import create_engine
 from persistence.pool import ReadPool, read_connection
 
 __all__ = ["Use", "database_server", "open_engine", "open_read_pool"]

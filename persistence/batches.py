@@ -1,4 +1,4 @@
-"""Live batches: parsing their NOTIFY payloads, and reading back the trades they carried.
+"""Live batches: their NOTIFY payloads, the trades they carried, each symbol's newest trade.
 
 A live batch is exactly the trades whose id lies in the batch's [first_id, last_id] and whose
 timestamp is the batch's stamp (synthetic) or that carry a venue trade id (a venue batch).
@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-import asyncpg
+from sqlalchemy import BigInteger, Integer, String
+from sqlalchemy.dialects.postgresql import ARRAY
 
-from persistence.trades import LIVE_CHANNEL, LIVE_RETENTION, TradeRow
+from persistence.statements import TIMESTAMP, Connection, Row, statement
+from persistence.trades import TradeRow
 
 __all__ = [
-    "LIVE_CHANNEL",
-    "LIVE_RETENTION",
     "START",
     "BatchNotice",
     "latest_trades",
@@ -42,27 +42,40 @@ _COLUMNS = (
 # `id`, so a resume is exact mid-batch. A synthetic batch's trades carry its stamp; a venue
 # batch's keep their venue timestamps (recovered ones older than live ones committed
 # before) and are the venue trades in its id range.
-_AFTER = f"""
+_AFTER = statement(
+    f"""
     SELECT {_COLUMNS}, b.stamped
     FROM live_batches b
     JOIN trades t ON t.id BETWEEN b.first_id AND b.last_id
         AND (t.timestamp = b.stamped OR t.venue_trade_id IS NOT NULL)
-    WHERE b.stamped >= $1 AND (b.stamped, t.id) > ($1, $2)
-      AND ($3::varchar[] IS NULL OR t.symbol = ANY($3::varchar[]))
+    WHERE b.stamped >= :stamped AND (b.stamped, t.id) > (:stamped, :id)
+      AND (:symbols IS NULL OR t.symbol = ANY(:symbols))
     ORDER BY b.stamped, t.id
-    LIMIT $4
-"""
+    LIMIT :limit
+""",
+    stamped=TIMESTAMP,
+    id=BigInteger,
+    symbols=ARRAY(String),
+    limit=Integer,
+)
 
 # Each known symbol with its newest trade (NULLs without trades): one index probe per symbol.
-_LATEST = f"""
+_LATEST = statement(
+    f"""
     SELECT s.symbol, {_COLUMNS}
     FROM symbols s
     LEFT JOIN LATERAL (
         SELECT * FROM trades WHERE trades.symbol = s.symbol
         ORDER BY trades.timestamp DESC, trades.id DESC LIMIT 1
     ) t ON true
-    WHERE $1::varchar[] IS NULL OR s.symbol = ANY($1::varchar[])
-"""
+    WHERE :symbols IS NULL OR s.symbol = ANY(:symbols)
+""",
+    symbols=ARRAY(String),
+)
+
+
+_OLDEST_BATCH = statement("SELECT min(stamped) FROM live_batches")
+_NEWEST_BATCH = statement("SELECT stamped, last_id FROM live_batches ORDER BY stamped DESC LIMIT 1")
 
 
 class BatchNotice(NamedTuple):
@@ -82,7 +95,7 @@ def parse_notice(payload: str) -> BatchNotice | None:
         return None
 
 
-def _trade(row: asyncpg.Record, offset: int = 0) -> TradeRow:
+def _trade(row: Row, offset: int = 0) -> TradeRow:
     # Every field but `stamped`, which only live reads add (after them).
     return TradeRow(*(row[offset + i] for i in range(len(TradeRow._fields) - 1)))
 
@@ -93,7 +106,7 @@ def position(trade: TradeRow) -> tuple[datetime, int]:
 
 
 async def trades_after(
-    conn: asyncpg.Connection,
+    conn: Connection,
     after: tuple[datetime, int],
     *,
     symbols: Sequence[str] | None = None,
@@ -101,28 +114,26 @@ async def trades_after(
 ) -> list[TradeRow]:
     """Live trades after the position `after` = (stamp, id) in stream order, at most `limit`,
     each with its batch's stamp."""
-    rows = await conn.fetch(_AFTER, after[0], after[1], symbols, limit)
+    rows = await _AFTER.fetch(conn, stamped=after[0], id=after[1], symbols=symbols, limit=limit)
     return [TradeRow(*row) for row in rows]
 
 
-async def oldest_live_batch(conn: asyncpg.Connection) -> datetime | None:
+async def oldest_live_batch(conn: Connection) -> datetime | None:
     """The stamp of the oldest batch still replayable (None when there is none)."""
-    stamp: datetime | None = await conn.fetchval("SELECT min(stamped) FROM live_batches")
+    stamp: datetime | None = await _OLDEST_BATCH.fetchval(conn)
     return stamp
 
 
-async def newest_position(conn: asyncpg.Connection) -> tuple[datetime, int]:
+async def newest_position(conn: Connection) -> tuple[datetime, int]:
     """The position after the newest live batch: (its stamp, its last id), or START."""
-    row = await conn.fetchrow(
-        "SELECT stamped, last_id FROM live_batches ORDER BY stamped DESC LIMIT 1"
-    )
+    row = await _NEWEST_BATCH.fetchrow(conn)
     return (row[0], row[1]) if row is not None else (START, 0)
 
 
 async def latest_trades(
-    conn: asyncpg.Connection, symbols: Sequence[str] | None = None
+    conn: Connection, symbols: Sequence[str] | None = None
 ) -> dict[str, TradeRow | None]:
     """Every known symbol among `symbols` (all when None) with its newest trade, or None when
     it has none yet; unknown symbols are absent."""
-    rows = await conn.fetch(_LATEST, symbols)
+    rows = await _LATEST.fetch(conn, symbols=symbols)
     return {row[0]: (_trade(row, 1) if row[1] is not None else None) for row in rows}
