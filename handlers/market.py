@@ -159,24 +159,28 @@ async def list_trades(
         "end": end_at,
         "order": order,
         "count": len(page),
-        # Dict literals from the driver's records: big pages are hot.
-        "trades": [
-            {
-                "id": i,
-                "symbol": s,
-                "price": p,
-                "volume": v,
-                "timestamp": t,
-                "venue_trade_id": venue_id,
-                "side": side,
-            }
-            for i, s, p, v, t, venue_id, side in page
-        ],
+        "trades": _trades(page),
         "next_cursor": next_cursor,
     }
     # A window that ended before the horizon holds every trade it will ever hold, so each page
     # of its walk (and the cursor to the next) is the same bytes for ever.
     return Answer(body, 200, _cache_control(final=final), rows=len(page))
+
+
+def _trades(page: Sequence[asyncpg.Record]) -> list[dict[str, Any]]:
+    # Dict literals from the driver's records: big pages are hot.
+    return [
+        {
+            "id": i,
+            "symbol": s,
+            "price": p,
+            "volume": v,
+            "timestamp": t,
+            "venue_trade_id": venue_id,
+            "side": side,
+        }
+        for i, s, p, v, t, venue_id, side in page
+    ]
 
 
 async def list_candles(

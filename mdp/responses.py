@@ -80,7 +80,8 @@ def _respond(result: Any) -> Response:
 
 class JsonResolver(HandlerResolver):
     """Wraps every handler so that a returned dict (or `(dict, status[, headers])`, or an
-    `Answer`) becomes an `application/json` response encoded by orjson.
+    `Answer`) becomes an `application/json` response encoded by orjson, and an `EventStream`
+    a `text/event-stream` one.
 
     Naming the content type here is what lets an operation declare `application/json` for
     success and `application/problem+json` for errors (Connexion otherwise answers 500), and it
