@@ -85,6 +85,8 @@ class SymbolFeed:
     recovering: asyncio.Task[None] | None = None
     reconnects_total: int = 0
     recovered_total: int = 0
+    # Late prints stored (counted by the writer once committed), and re-delivered trades
+    # skipped (here, and by the writer where the database's unique key refused them).
     late_total: int = 0
     duplicates_total: int = 0
     resets_total: int = 0
@@ -323,9 +325,6 @@ class Feed:
         else:
             feed.ahead[tid] = trade.timestamp
             self._absorb(feed)
-        if feed.complete_through is not None and trade.timestamp <= feed.complete_through:
-            # Late: its bucket may already be final. Stored all the same, and counted.
-            feed.late_total += 1
         if not live:
             feed.recovered_total += 1
         self.intake.put(trade)

@@ -160,10 +160,14 @@ def _feed_metrics(feed: Feed) -> Iterator[Metric]:
             "mdp_feed_recovered_trades", "Trades recovered from venue REST history.", labels=labels
         ),
         "late_total": CounterMetricFamily(
-            "mdp_feed_late_trades", "Trades stamped within an already final range.", labels=labels
+            "mdp_feed_late_trades",
+            "Late prints stored: stamped at or before the watermark already committed.",
+            labels=labels,
         ),
         "duplicates_total": CounterMetricFamily(
-            "mdp_feed_duplicate_trades", "Re-delivered venue trades skipped.", labels=labels
+            "mdp_feed_duplicate_trades",
+            "Re-delivered venue trades skipped (by the feed, or by the unique key).",
+            labels=labels,
         ),
     }
     venue = feed.venue.name
