@@ -9,7 +9,7 @@ __all__ = ["EventStream"]
 
 
 class EventStream(NamedTuple):
-    # Each chunk is written as it comes, with the number of events in it: what the audit
-    # trail records as served, counted where the events are made rather than parsed back.
+    # Each chunk is written as it comes, with the number of events in it (what the audit
+    # trail records as served).
     chunks: AsyncIterator[tuple[bytes, int]]
     headers: Mapping[str, str]
