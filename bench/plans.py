@@ -93,9 +93,6 @@ class Captured:
     name: str
     sql: str
     params: tuple[Any, ...]
-    # Run first, in the transaction the EXPLAIN ANALYZE runs and rolls back in (writes only).
-    setup: str | None = None
-    note: str = ""
 
 
 class Recorder:
@@ -151,8 +148,7 @@ async def capture(engine: AsyncEngine, anchor: datetime) -> list[Captured]:
     """Runs the service's query functions as its handlers do, recording their SQL.
 
     `now` is pinned just after the newest trade, so the open buckets hold trades whatever the
-    age of the database. Candle reads run twice: cold (computes and persists the final
-    buckets) and warm (the steady state: coverage check, then final rows plus the live bucket).
+    age of the database. A candle read is one statement, the same on every request.
     """
     recorder = Recorder(engine)
     now = anchor + timedelta(milliseconds=500)
@@ -237,11 +233,10 @@ async def capture(engine: AsyncEngine, anchor: datetime) -> list[Captured]:
                     driver, symbol=SYMBOL, interval=interval, step=step, lo=lo, hi=hi, limit=limit
                 )
 
-            # Reads only read: one statement, the same on the first request as on any other.
             for statement in await one(f"{name}.page", read):
                 wanted.append(_named(statement, f"{name}.page"))
-        await conn.exec_driver_sql("ANALYZE candles")
-    # Several INSERTs for one window (roll-ups persist minutes first): keep names unique.
+    # A step may send several statements (a bounded read, then the unbounded one when the
+    # bound found nothing): keep names unique.
     seen: dict[str, int] = {}
     for item in wanted:
         seen[item.name] = seen.get(item.name, 0) + 1
@@ -250,8 +245,8 @@ async def capture(engine: AsyncEngine, anchor: datetime) -> list[Captured]:
     return wanted
 
 
-def _named(statement: Captured, name: str, *, setup: str | None = None) -> Captured:
-    return Captured(name, statement.sql, statement.params, setup)
+def _named(statement: Captured, name: str) -> Captured:
+    return Captured(name, statement.sql, statement.params)
 
 
 def _literal(value: Any) -> str:
@@ -277,28 +272,19 @@ async def explain(dsn: str, statement: Captured) -> tuple[str, str, str]:
         execute = f"EXECUTE bench_plan({arguments})" if arguments else "EXECUTE bench_plan"
         for mode in ("force_custom_plan", "force_generic_plan"):
             await conn.execute(f"SET plan_cache_mode = {mode}")
-            tx = conn.transaction()
-            await tx.start()
-            try:
-                if statement.setup:
-                    await conn.execute(statement.setup)
-                rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {execute}")
-            finally:
-                await tx.rollback()
+            rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {execute}")
             plans.append("\n".join(r[0] for r in rows))
-        chosen = "n/a (writes)"
-        if not statement.setup:
-            # What the service's prepared statement ends up with: PostgreSQL tries five custom
-            # plans, then keeps the generic one if it is not estimated dearer.
-            await conn.execute("RESET plan_cache_mode; DEALLOCATE bench_plan")
-            await conn.execute(f"PREPARE bench_plan AS {statement.sql}")
-            for _ in range(7):
-                await conn.execute(execute)
-            generic, custom = await conn.fetchrow(
-                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                "WHERE name = 'bench_plan'"
-            )
-            chosen = "generic" if generic else "custom"
+        # What the service's prepared statement ends up with: PostgreSQL tries five custom
+        # plans, then keeps the generic one if it is not estimated dearer.
+        await conn.execute("RESET plan_cache_mode; DEALLOCATE bench_plan")
+        await conn.execute(f"PREPARE bench_plan AS {statement.sql}")
+        for _ in range(7):
+            await conn.execute(execute)
+        generic, _ = await conn.fetchrow(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE name = 'bench_plan'"
+        )
+        chosen = "generic" if generic else "custom"
     finally:
         await conn.close()
     return plans[0], plans[1], chosen
@@ -314,6 +300,7 @@ class Summary:
     ms: float
     generic_nodes: list[str]
     generic_ms: float
+    generic_planning_ms: float
     chosen: str
     planning_ms: float
     # Partitions of `trades` each plan reads (EXPLAIN ANALYZE lists only those not pruned).
@@ -362,6 +349,7 @@ def summarise(name: str, custom: str, generic: str, chosen: str) -> Summary:
         ms(custom),
         nodes(generic),
         ms(generic),
+        ms(generic, "Planning"),
         chosen,
         ms(custom, "Planning"),
         partitions(custom),
@@ -525,9 +513,7 @@ async def write_plans(dsn: str, statements: list[Captured], out: Path, label: st
         custom, generic, chosen = await explain(dsn, statement)
         summaries.append(summarise(statement.name, custom, generic, chosen))
         (out / f"{statement.name}.txt").write_text(
-            f"-- {statement.name} at {label}"
-            + (f" ({statement.note})" if statement.note else "")
-            + "\n"
+            f"-- {statement.name} at {label}\n"
             f"-- parameters: {_params_text(statement.params)}\n"
             f"{statement.sql.strip()}\n\n"
             f"-- custom plan (plan_cache_mode = force_custom_plan)\n{custom}\n\n"
@@ -556,15 +542,16 @@ def write_summary(out: Path, results: dict[str, tuple[dict[str, Any], list[Summa
         "of `trades` the plan reads (pruned when planning or at run time); plan ms and ms = "
         "planning and execution time of that EXPLAIN ANALYZE (warm cache, one run: noisy). "
         "Generic = the "
-        "plan a prepared statement may switch to after five executions (its partitions are "
+        "plan a prepared statement may switch to after five executions, planned once and "
+        "cached (its partitions are "
         "pruned when it starts).",
         "",
         "| query | scans (custom plan) | "
         + " | ".join(f"{s} rows | {s} buffers | {s} parts | {s} plan ms | {s} ms" for s in sizes)
         + " | generic plan same scans? | "
-        + " | ".join(f"{s} generic parts | {s} generic ms" for s in sizes)
+        + " | ".join(f"{s} generic parts | {s} generic plan ms | {s} generic ms" for s in sizes)
         + " | prepared statement uses |",
-        "|---|---|" + "---:|" * (5 * len(sizes)) + "---|" + "---:|" * (2 * len(sizes)) + "---|",
+        "|---|---|" + "---:|" * (5 * len(sizes)) + "---|" + "---:|" * (3 * len(sizes)) + "---|",
     ]
     by_name = {s: {x.name: x for x in results[s][1]} for s in sizes}
     for name in by_name[sizes[0]]:
@@ -576,7 +563,7 @@ def write_summary(out: Path, results: dict[str, tuple[dict[str, Any], list[Summa
         for row in rows:
             if row is None:
                 cells += ["–"] * 5
-                generic += ["–"] * 2
+                generic += ["–"] * 3
             else:
                 cells += [
                     f"{row.rows:,}",
@@ -585,7 +572,11 @@ def write_summary(out: Path, results: dict[str, tuple[dict[str, Any], list[Summa
                     f"{row.planning_ms:.3f}",
                     f"{row.ms:.3f}",
                 ]
-                generic += [f"{row.generic_partitions}", f"{row.generic_ms:.3f}"]
+                generic += [
+                    f"{row.generic_partitions}",
+                    f"{row.generic_planning_ms:.3f}",
+                    f"{row.generic_ms:.3f}",
+                ]
         same = all(r is not None and r.generic_nodes == r.nodes for r in rows)
         scans = Counter(_PARTITION.sub("trades_<month>", node) for node in first.nodes)
         read = "; ".join(f"{n}× {node}" if n > 1 else node for node, n in scans.items())
