@@ -1,0 +1,31 @@
+"""JSON as every body and event is written: orjson, UTC timestamps with `Z`, exact decimals."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+__all__ = ["composed", "dumps"]
+
+# Timestamps leave as RFC 3339 with a `Z`; aware datetimes from asyncpg are already in UTC.
+_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def _exact(value: object) -> orjson.Fragment:
+    # Prices and volumes are numeric(38,18) and leave as the decimal number they are, digit for
+    # digit (a JSON number is decimal text): never through a binary float, which keeps ~15
+    # significant digits. PostgreSQL's trim_scale() already dropped trailing zeros.
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def dumps(data: Any) -> bytes:
+    return orjson.dumps(data, default=_exact, option=_OPTIONS)
+
+
+def composed(json_text: str) -> orjson.Fragment:
+    """JSON composed elsewhere (by PostgreSQL), written into the body as it is."""
+    return orjson.Fragment(json_text)
