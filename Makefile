@@ -104,6 +104,11 @@ bench: $(STAMP_TEST)
 bench-exports: $(STAMP_TEST)
 	$(BIN)/python -m bench.exports $(BENCH_ARGS)
 
+## mdp import (CSV, Parquet) and mdp backfill against a plain COPY of the same 10M rows (bench/README.md).
+.PHONY: bench-import
+bench-import: $(STAMP_TEST)
+	$(BIN)/python -m bench.imports $(BENCH_ARGS)
+
 ## A venue feed replayed: ingestion rate, heartbeat, read latency, recovery rate (bench/feeds.py).
 .PHONY: bench-feeds
 bench-feeds: $(STAMP_TEST)

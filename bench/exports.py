@@ -3,10 +3,11 @@
     .venv/bin/python -m bench.exports            # 5 symbols x 5 trade/s x 4.8 days (10.4M rows)
 
 Measures, on one database and in one run: rows/s of a ~3M-row window exported as CSV and as
-Arrow by the service, of `COPY (SELECT …) TO STDOUT` of the same rows (the export's own
-query), and of walking `/trades` pages; then the service's peak RSS while it exports every row
-(10M+) as CSV and as Arrow, against its idle RSS. Writes bench/results/exports/<commit>.json
-and latest.md (under .mdp/bench/uncommitted/ instead when the tree has uncommitted changes).
+Arrow by the service, of `COPY (SELECT …) TO STDOUT (FORMAT csv)` of the same rows (the
+export's own query, PostgreSQL's own text forms), and of walking `/trades` pages; then the
+service's peak RSS while it exports every row (10M+) as CSV and as Arrow, against its idle RSS.
+Writes bench/results/exports/<commit>.json and latest.md (under .mdp/bench/uncommitted/
+instead when the tree has uncommitted changes).
 Stops everything it started, Ctrl-C included.
 """
 
@@ -32,6 +33,7 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 
 from bench.dataset import build_database  # noqa: E402
+from bench.run import _mdp  # noqa: E402
 from bench.support import (  # noqa: E402
     BENCH,
     HOST,
@@ -52,7 +54,8 @@ from persistence.exports import trades_query  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
 RESULTS = BENCH / "results" / "exports"
-PLAIN = {"Accept-Encoding": "identity"}
+# Uncompressed, with the run's API key (AUTH_MODE=required, as deployed).
+HEADERS = {"Accept-Encoding": "identity"}
 
 
 def _iso(moment: datetime) -> str:
@@ -81,7 +84,7 @@ async def _copy(dsn: str, symbols: list[str], start: datetime, end: datetime) ->
         started = time.perf_counter()
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             await conn.copy_from_query(
-                trades_query(len(symbols), "typed"), start, end, *symbols, output=sink
+                trades_query(len(symbols), "typed"), start, end, *symbols, output=sink, format="csv"
             )
         seconds = time.perf_counter() - started
     finally:
@@ -96,7 +99,7 @@ def _export(
     size = 0
     started = time.perf_counter()
     with httpx.stream(
-        "GET", f"{base}/export/trades", params=params, headers=PLAIN, timeout=600
+        "GET", f"{base}/export/trades", params=params, headers=HEADERS, timeout=600
     ) as r:
         r.raise_for_status()
         rows = int(r.headers["x-row-count"])
@@ -112,7 +115,7 @@ def _walk(
     """`/trades` pages of 1,000, one symbol after the other, for at most `pages` pages."""
     rows = done = 0
     started = time.perf_counter()
-    with httpx.Client(base_url=base, timeout=60) as client:
+    with httpx.Client(base_url=base, headers=HEADERS, timeout=60) as client:
         for symbol in symbols:
             params: dict[str, Any] = {
                 "symbol": symbol,
@@ -177,6 +180,8 @@ def measure(args: argparse.Namespace, server: Server, processes: Processes) -> d
         "SYMBOLS": ",".join(symbols),
     }
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    scopes = ("--scopes", "read,export", "--rate-limit", "1000000/s")
+    HEADERS["X-API-Key"] = _mdp(env, "keys", "create", "--name", "bench-exports", *scopes)
     service = processes.start(
         "service",
         [sys.executable, "-m", "mdp.cli", "serve"],
@@ -231,7 +236,7 @@ def markdown(result: dict[str, Any]) -> str:
         return "yes" if flag else "**no**"
 
     rows = [
-        ("CSV export ÷ COPY", rps["csv"] / rps["copy"], 0.5),
+        ("CSV export ÷ COPY", rps["csv"] / rps["copy"], 0.7),
         ("Arrow export ÷ COPY", rps["arrow"] / rps["copy"], 1.0),
         ("CSV export ÷ `/trades` walk", rps["csv"] / walk, 20.0),
         ("Arrow export ÷ `/trades` walk", rps["arrow"] / walk, 20.0),
@@ -246,7 +251,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "| what | rows/s |",
         "|---|---:|",
-        f"| `COPY (SELECT …) TO STDOUT` of the export's query | {rps['copy']:,} |",
+        f"| `COPY (SELECT …) TO STDOUT (FORMAT csv)` of the export's query | {rps['copy']:,} |",
         f"| `/export/trades` CSV | {rps['csv']:,} |",
         f"| `/export/trades` Arrow | {rps['arrow']:,} |",
         f"| `/trades` walk, pages of 1,000 ({result['walk']['pages']} pages) | {walk:,} |",

@@ -498,6 +498,8 @@ async def build(server: Server, size: str) -> dict[str, Any]:
 async def plan_size(server: Server, out: Path, size: str) -> tuple[dict[str, Any], list[Summary]]:
     built = await build(server, size)
     dsn = server.dsn(f"mdp_plans_{size}")
+    # A database built at an older commit gets this one's schema.
+    _alembic(dsn, "upgrade", "head")
     conn = await asyncpg.connect(dsn)
     try:
         anchor = await conn.fetchval("SELECT max(timestamp) FROM trades WHERE symbol = $1", SYMBOL)

@@ -247,11 +247,12 @@ def candles_agree(servers: Servers, path: str) -> dict[str, Any]:
 
 
 async def _watermark_lag(dsn: str) -> float | None:
-    """Seconds the candle watermark trails the database's clock (None: nothing materialised)."""
+    """Seconds the slowest symbol's candle watermark trails the database's clock (None:
+    nothing materialised)."""
     conn = await asyncpg.connect(dsn)
     try:
         lag = await conn.fetchval(
-            "SELECT extract(epoch FROM now() - candles_until) FROM ingestion_state WHERE id = 1"
+            "SELECT extract(epoch FROM now() - min(candles_until)) FROM candle_watermarks"
         )
     finally:
         await conn.close()
@@ -271,14 +272,14 @@ def wait_materialised(dsn: str, limit: float = 3600) -> float:
 
 
 def catch_up(dsn: str, poller: HeartbeatPoller) -> dict[str, Any]:
-    """Move the candle watermark back by CATCH_UP (as after an outage or a restore) and time the
+    """Move every candle watermark back by CATCH_UP (as after an outage or a restore) and time the
     leader's catch-up, with the ingestion heartbeat sampled all along (days and hours roll over
     in it)."""
     asyncio.run(
         execute(
             dsn,
-            "UPDATE ingestion_state SET candles_until = candles_until - "
-            f"INTERVAL '{CATCH_UP.total_seconds():.0f} seconds' WHERE id = 1",
+            "UPDATE candle_watermarks SET candles_until = candles_until - "
+            f"INTERVAL '{CATCH_UP.total_seconds():.0f} seconds'",
         )
     )
     poller.phase = "service:catch_up"

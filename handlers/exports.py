@@ -20,7 +20,6 @@ from handlers.export_formats import (
     choose_coding,
     choose_format,
     make_encoder,
-    with_price_type,
 )
 from handlers.export_response import ExportResponse, Produce
 from handlers.params import parse_window, parse_zone, symbol_code
@@ -151,12 +150,13 @@ async def _release(
 
 
 def _shape(fmt: ExportFormat) -> str:
-    """The COPY output each format is made from (see persistence.exports)."""
-    return "typed" if not fmt.text else "json" if fmt.name == "ndjson" else "text"
+    """The COPY output each format is made from (see persistence.exports): NDJSON's objects
+    are built by PostgreSQL, every other format is parsed from its cheapest text forms."""
+    return "json" if fmt.name == "ndjson" else "typed"
 
 
 def _copy(conn: asyncpg.Connection, fmt: ExportFormat) -> Callable[..., Awaitable[None]]:
-    """COPY of a query into the export's sink, with the format's CSV flavour."""
+    """COPY of a query into the export's sink: CSV, or text for NDJSON's lines."""
     return functools.partial(
         exports.copy_out,
         conn,
@@ -168,6 +168,7 @@ def _copy(conn: asyncpg.Connection, fmt: ExportFormat) -> Callable[..., Awaitabl
 def _response(
     fmt: ExportFormat,
     schema: pa.Schema,
+    price_type: str,
     produce: Produce,
     opened: Opened[object],
     *,
@@ -177,7 +178,7 @@ def _response(
 ) -> ExportResponse:
     return ExportResponse(
         fmt=fmt,
-        encoder=make_encoder(fmt, schema),
+        encoder=make_encoder(fmt, schema, price_type),
         produce=produce,
         release=functools.partial(_release, opened.stack, opened.conn),
         ended=opened.claim.ended,
@@ -214,11 +215,11 @@ async def export_trades(
         _copy(opened.conn, fmt),
         exports.trades_query(len(codes), _shape(fmt)),
         [start_at, end_at, *codes],
-        header=fmt.name == "csv",
     )
     return _response(
         fmt,
-        with_price_type(TRADES_SCHEMA, price_type),
+        TRADES_SCHEMA,
+        price_type,
         produce,
         opened,
         filename=_filename("trades", codes, start_at, end_at, fmt.extension),
@@ -257,7 +258,7 @@ async def export_candles(
         return zoned.pages(tz, step, start_at, end_at, size=_BUCKETS)
 
     async def counted(conn: asyncpg.Connection) -> tuple[zoned.Clock, int]:
-        now = await zoned.clock(conn)
+        now = await zoned.clock(conn, codes)
         if fill != "none":
             # Every bucket of every symbol.
             return now, sum(len(bounds) - 1 for bounds in pages()) * len(codes)
@@ -269,19 +270,20 @@ async def export_candles(
     query = zoned.candles_query(shape) if fill == "none" else zoned.filled_candles_query(shape)
 
     async def produce(sink: Callable[[bytes], Awaitable[None]]) -> None:
-        for n, bounds in enumerate(pages()):
+        for bounds in pages():
             arguments: Sequence[Any]
             if fill == "none":
                 arguments = [codes, bounds, now.horizon, now.minutes_done]
             else:
                 arguments = await _filled_columns(conn, codes, bounds, now, fill)
-            await copy(query, arguments, sink, header=n == 0 and fmt.name == "csv")
+            await copy(query, arguments, sink)
 
     kind = f"candles-{interval}" + ("" if timezone == "UTC" else f"-{timezone.replace('/', '-')}")
     schema = CANDLES_SCHEMA if fill == "none" else FILLED_CANDLES_SCHEMA
     return _response(
         fmt,
-        with_price_type(schema, price_type),
+        schema,
+        price_type,
         produce,
         opened,
         filename=_filename(kind, codes, start_at, end_at, fmt.extension),

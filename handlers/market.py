@@ -199,7 +199,8 @@ async def list_candles(
     start_at, end_at = parse_window(start, end)
     filters = (code, interval, _iso(start_at), _iso(end_at))
     if timezone != "UTC" or fill != "none":
-        # Cursors are bound to the zone and the fill too (UTC cursors keep their old form).
+        # Cursors are bound to the zone and the fill too; a UTC cursor without a fill is bound
+        # to the window alone, so the cursors clients already hold stay valid.
         bound = (*filters, timezone, *((fill,) if fill != "none" else ()))
         window = _Window(code, interval, step, start_at, end_at, limit, bound)
         return await _zoned_candles(window, parse_zone(timezone), timezone, cursor, fill)
@@ -310,7 +311,7 @@ async def _zoned_candles(
     state = app_state()
     async with state.db.connect() as conn:
         settled = await finality.settled(conn, code, _settlement())
-        now = await zoned.clock(conn)
+        now = await zoned.clock(conn, [code])
         if fill != "none":
             answered = window._replace(start=start_at, end=end_at)
             return await _filled_candles(conn, answered, tz, timezone, (lo, hi), now, fill)

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-from starlette.responses import StreamingResponse
 
 from errors import DatabaseUnavailable, SymbolsNotFound
 from handlers import sse
@@ -18,6 +17,7 @@ from handlers.params import symbol_codes
 from live.broadcaster import Batch, Ended, Reset, Subscription
 from persistence import batches, candles, finality
 from persistence.trades import TradeRow
+from web.events import EventStream
 from web.state import RequestState
 
 __all__ = ["stream_candles", "stream_trades"]
@@ -78,8 +78,10 @@ def _subscribe(state: RequestState, codes: list[str]) -> Subscription:
     return state.broadcaster.subscribe(codes, api_key_id(), per_owner=per_key)
 
 
-def _respond(state: RequestState, subscription: Subscription, events: AsyncIterator[bytes]) -> Any:
-    async def body() -> AsyncIterator[bytes]:
+def _respond(
+    state: RequestState, subscription: Subscription, events: AsyncIterator[tuple[bytes, int]]
+) -> EventStream:
+    async def body() -> AsyncIterator[tuple[bytes, int]]:
         # A client going away cancels this generator: the subscription (and with it the
         # queue) goes, and a replay under way releases its pooled connection.
         try:
@@ -88,7 +90,7 @@ def _respond(state: RequestState, subscription: Subscription, events: AsyncItera
         finally:
             state.broadcaster.unsubscribe(subscription)
 
-    return StreamingResponse(body(), media_type="text/event-stream", headers=sse.HEADERS)
+    return EventStream(body(), sse.HEADERS)
 
 
 async def _caught_up(conn: asyncpg.Connection, heard: tuple[datetime, int] | None) -> None:
@@ -132,9 +134,9 @@ async def _replay(
 
 def _unsent(
     batch: Batch, position: tuple[datetime, int] | None, bounds: sse.Bounds
-) -> tuple[bytes, tuple[datetime, int] | None]:
+) -> tuple[tuple[bytes, int], tuple[datetime, int] | None]:
     """The events of a batch's trades after `position` that fit within `bounds`, as one write
-    (each write goes through every middleware), and the position after them."""
+    (each write goes through every middleware) with their number, and the position after them."""
     chunk = []
     for trade in batch:
         if position is None or _key(trade) > position:
@@ -143,7 +145,7 @@ def _unsent(
             chunk.append(_trade_event(trade))
             if bounds.done:
                 break
-    return b"".join(chunk), position
+    return (b"".join(chunk), len(chunk)), position
 
 
 async def _trade_events(
@@ -153,41 +155,41 @@ async def _trade_events(
     codes: list[str],
     after: tuple[datetime, int] | None,
     heard: tuple[datetime, int] | None,
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[tuple[bytes, int]]:
     """The trades after `after` replayed from the database, then the live ones."""
-    yield sse.OPENED
+    yield sse.OPENED, 0
     position = after
     if position is not None:
         async for replayed in _replay(state, codes, position, heard, bounds):
             if isinstance(replayed, TradeRow):
                 position = _key(replayed)
                 bounds.count()
-                yield _trade_event(replayed)
+                yield _trade_event(replayed), 1
                 if bounds.done:
                     return
             else:
                 position, reason = replayed
-                yield _reset_event(position, reason)
+                yield _reset_event(position, reason), 1
     while not bounds.done:
         item = await subscription.next(bounds.wait())
         if item is None:
             if not bounds.done:
-                yield sse.HEARTBEAT
+                yield sse.HEARTBEAT, 0
         elif isinstance(item, Reset):
             position = item.position
-            yield _reset_event(item.position, "gap")
+            yield _reset_event(item.position, "gap"), 1
         elif isinstance(item, Ended):
             if item.reason == "overflow":
-                yield sse.OVERFLOW
+                yield sse.OVERFLOW, 1
             return
         elif (position is None or _key(item[0]) > position) and bounds.allows(len(item)):
             # The usual case: the whole batch, its bytes made once for every stream.
             position = _key(item[-1])
             bounds.count(len(item))
-            yield _batch_events(item)
+            yield _batch_events(item), len(item)
         else:
             chunk, position = _unsent(item, position, bounds)
-            if chunk:
+            if chunk[1]:
                 yield chunk
 
 
@@ -299,13 +301,13 @@ async def _candle_events(
     read: _CandleReads,
     after: tuple[datetime, int] | None,
     step: timedelta,
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[tuple[bytes, int]]:
     """The candles from the open bucket (or where `after` says) on, each again whenever a
     batch or time changes it."""
-    yield sse.OPENED
+    yield sse.OPENED, 0
     lo, reset = _candles_from(after, step, state.settings.stream_replay_seconds)
     if reset is not None:
-        yield reset
+        yield reset, 1
     shown: dict[datetime, candles.CandleRow] = {}
     stale = True
     # What the next read must include: the newest batch heard, and time since `since`.
@@ -319,7 +321,7 @@ async def _candle_events(
                 if not _is_news(shown, row):
                     continue
                 bounds.count()
-                yield _candle_event(row)
+                yield _candle_event(row), 1
                 if bounds.done:
                     return
             # Buckets before `final` never change again: the next read starts after them.
@@ -327,7 +329,7 @@ async def _candle_events(
         item = await subscription.next(bounds.wait())
         if isinstance(item, Ended):
             if item.reason == "overflow":
-                yield sse.OVERFLOW
+                yield sse.OVERFLOW, 1
             return
         # A batch of this symbol (or a reset) changes the open candle; time makes it final
         # (the database that answers says when: this only decides when to ask again).
@@ -341,7 +343,7 @@ async def _candle_events(
             since = loop.time()  # what time alone changed needs a read from now on
         stale = item is not None or aged
         if not stale and not bounds.done:
-            yield sse.HEARTBEAT
+            yield sse.HEARTBEAT, 0
 
 
 async def stream_candles(

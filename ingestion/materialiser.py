@@ -1,4 +1,5 @@
-"""The leader's candle step: after each batch, materialise what became final, in bounded steps."""
+"""The leader's candle step: after each batch, materialise what became final for each symbol, in
+bounded steps."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class CandleMaterialiser:
         self.engine = engine
         self.budget = budget
         self.span = _FIRST_SPAN
+        # Every symbol's candles are materialised up to here.
         self.until: datetime | None = None
         self._due = 0.0
         self._behind = False
@@ -62,5 +64,5 @@ class CandleMaterialiser:
     def _resize(self, advance: Advance, elapsed: float) -> None:
         if elapsed > self.budget:
             self.span = max(_MIN_SPAN, self.span / 2)
-        elif elapsed < self.budget / 2 and advance.after - advance.before >= self.span:
+        elif elapsed < self.budget / 2 and advance.moved >= self.span:
             self.span = min(_MAX_SPAN, self.span * 2)

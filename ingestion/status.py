@@ -37,7 +37,8 @@ class IngestionStatus:
     # Only the leader among the instances ingests; None until the first election attempt.
     role: IngestionRole | None = None
     leader_since: datetime | None = None
-    # Candles materialised by this instance (as leader): the watermark it last saw.
+    # Candles materialised by this instance (as leader): the slowest symbol's watermark it
+    # last saw.
     candles_until: datetime | None = None
     candle_failures_total: int = 0
     # The venue feed, when FEED names one (its per-symbol state is reported as is).

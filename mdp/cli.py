@@ -9,7 +9,7 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -21,9 +21,10 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tqdm import tqdm
 
-from mdp.settings import DRAIN_SECONDS, Settings, SettingsError
+from mdp.settings import DRAIN_SECONDS, Settings, SettingsError, SymbolSpec
 
 if TYPE_CHECKING:
+    from ingestion.backfill import BackfillPlan, ChunkWritten
     from mdp.engines import Use
 
 __all__ = ["main"]
@@ -150,18 +151,14 @@ async def _alembic(settings: Settings, argv: list[str]) -> int:
     return 0
 
 
-async def _backfill(settings: Settings, args: argparse.Namespace) -> None:
-    from ingestion.backfill import ChunkWritten, plan_backfill, run_backfill
-    from persistence.migrate import upgrade
-    from persistence.symbols import ensure_symbols
-
+def _backfill_symbols(settings: Settings, args: argparse.Namespace) -> list[SymbolSpec]:
+    """The symbols `--symbols` names (all of SYMBOLS by default), once `--days` is allowed."""
     specs = {spec.symbol: spec for spec in settings.symbols}
     codes = (code.strip().upper() for code in (args.symbols or "").split(","))
     wanted = [code for code in codes if code]
     unknown = [code for code in wanted if code not in specs]
     if unknown:
         raise SystemExit(f"mdp backfill: not in SYMBOLS: {', '.join(unknown)}")
-    chosen = [specs[code] for code in wanted] if wanted else list(specs.values())
     retention = settings.trades_retention
     if retention is not None and timedelta(days=args.days) > retention:
         # Past retention the raw trades are gone but their candles stay: history written
@@ -170,6 +167,54 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> None:
             f"mdp backfill: --days {args.days:g} reaches past TRADES_RETENTION "
             f"({retention.days} days), where candles are kept without their trades"
         )
+    return [specs[code] for code in wanted] if wanted else list(specs.values())
+
+
+class _BackfillProgress:
+    """A bar on a terminal, plain progress lines in logs, and a summary at the end."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.started = time.perf_counter()
+        self.done: dict[str, int] = {}
+        self.bar = tqdm(total=total, unit="rows", unit_scale=True, disable=not sys.stderr.isatty())
+
+    def __call__(self, chunk: ChunkWritten) -> None:
+        self.done[chunk.symbol] = self.done.get(chunk.symbol, 0) + chunk.rows
+        self.bar.update(chunk.rows)
+        if self.bar.disable:
+            written = sum(self.done.values())
+            speed = written / (time.perf_counter() - self.started)
+            logger.info(
+                "backfill: %d/%d rows (%.0f rows/s, ETA %.0fs); %s back to %s",
+                written,
+                self.total,
+                speed,
+                (self.total - written) / speed if speed else 0,
+                chunk.symbol,
+                chunk.oldest.isoformat(),
+            )
+
+    def finish(self, plans: Sequence[BackfillPlan]) -> None:
+        self.bar.close()
+        elapsed = time.perf_counter() - self.started
+        for plan in plans:
+            rows = self.done.get(plan.symbol, 0)
+            span = f"{plan.start.isoformat()} .. {plan.end.isoformat()}"
+            print(f"{plan.symbol}: {rows} of {plan.rows} trades in {span}")
+        written = sum(self.done.values())
+        print(
+            f"mdp backfill: wrote {written} trades in {elapsed:.1f}s "
+            f"({written / elapsed if elapsed else 0:.0f} trades/s)"
+        )
+
+
+async def _backfill(settings: Settings, args: argparse.Namespace) -> None:
+    from ingestion.backfill import plan_backfill, run_backfill
+    from persistence.migrate import upgrade
+    from persistence.symbols import ensure_symbols
+
+    chosen = _backfill_symbols(settings, args)
     async with _engine(settings, "backfill") as engine:
         await upgrade(engine)
         async with engine.begin() as conn:
@@ -185,41 +230,11 @@ async def _backfill(settings: Settings, args: argparse.Namespace) -> None:
         if not total:
             print("mdp backfill: nothing to do: history already reaches back far enough")
             return
-        started = time.perf_counter()
-        done: dict[str, int] = {}
-        # A bar on a terminal; plain progress lines in logs.
-        bar = tqdm(total=total, unit="rows", unit_scale=True, disable=not sys.stderr.isatty())
-
-        def progress(chunk: ChunkWritten) -> None:
-            done[chunk.symbol] = done.get(chunk.symbol, 0) + chunk.rows
-            bar.update(chunk.rows)
-            if bar.disable:
-                written = sum(done.values())
-                speed = written / (time.perf_counter() - started)
-                logger.info(
-                    "backfill: %d/%d rows (%.0f rows/s, ETA %.0fs); %s back to %s",
-                    written,
-                    total,
-                    speed,
-                    (total - written) / speed if speed else 0,
-                    chunk.symbol,
-                    chunk.oldest.isoformat(),
-                )
-
+        progress = _BackfillProgress(total)
         try:
-            written = await run_backfill(engine, plans, seed=args.seed, on_chunk=progress)
+            await run_backfill(engine, plans, seed=args.seed, on_chunk=progress)
         finally:
-            bar.close()
-            elapsed = time.perf_counter() - started
-            for plan in plans:
-                rows = done.get(plan.symbol, 0)
-                span = f"{plan.start.isoformat()} .. {plan.end.isoformat()}"
-                print(f"{plan.symbol}: {rows} of {plan.rows} trades in {span}")
-            written = sum(done.values())
-            print(
-                f"mdp backfill: wrote {written} trades in {elapsed:.1f}s "
-                f"({written / elapsed if elapsed else 0:.0f} trades/s)"
-            )
+            progress.finish(plans)
 
 
 async def _import(settings: Settings, args: argparse.Namespace) -> int:
@@ -240,7 +255,10 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
         return await keys_cli.run(engine, args)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    from access import keys_cli
+    from mdp import import_cli
+
     parser = argparse.ArgumentParser(prog="mdp", description=__doc__)
     parser.add_argument(
         "--version", action="version", version=f"mdp {version('market-data-platform')}"
@@ -269,11 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         help="trades per second per symbol (default 1)",
     )
     backfill.add_argument("--seed", type=int, help="makes the generated history repeatable")
-    from access import keys_cli
-    from mdp import import_cli
-
     keys_cli.add_commands(commands)
     import_cli.add_command(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args, alembic_arguments = parser.parse_known_args(argv)
     if alembic_arguments and args.command != "alembic":
         parser.error(f"unrecognized arguments: {' '.join(alembic_arguments)}")
@@ -297,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    return _run(settings, args, alembic_arguments)
+
+
+def _run(settings: Settings, args: argparse.Namespace, alembic_arguments: list[str]) -> int:
     if args.command == "serve":
         return _serve(settings)
     if args.command == "migrate":

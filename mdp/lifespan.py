@@ -201,10 +201,7 @@ async def lifespan(
             yield {"app": state}
 
 
-@contextlib.asynccontextmanager
-async def _serving(
-    url: URL, settings: Settings, metrics: RequestMetrics, prometheus: PrometheusMetrics
-) -> AsyncIterator[AppState]:
+def _guard(settings: Settings) -> Guard:
     guard = Guard(settings.auth, required_scopes(load_contract().document))
     if guard.mode == "off":
         logger.warning(
@@ -216,9 +213,11 @@ async def _serving(
         )
     else:
         logger.info("AUTH_MODE=required: data operations need an API key with the right scope")
-    reads = open_read_pool(settings, url)
-    exports = open_read_pool(settings, url, exports=True)
-    writes = open_engine(settings, url, "ingestion")
+    return guard
+
+
+def _open_database(settings: Settings, url: URL) -> tuple[Database, AsyncEngine]:
+    """The read side (its pools, admission and probe) and the write path's engine."""
     admission = Admission(
         settings.db_pool_size,
         max_waiting=settings.db_max_waiting,
@@ -227,11 +226,32 @@ async def _serving(
         timeout=settings.db_connect_timeout_seconds,
     )
     db = Database(
-        reads,
+        open_read_pool(settings, url),
         probe_timeout=min(2.0, settings.db_connect_timeout_seconds),
         admission=admission,
-        exports=exports,
+        exports=open_read_pool(settings, url, exports=True),
     )
+    return db, open_engine(settings, url, "ingestion")
+
+
+async def _stop(background: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Let the batch under way commit or roll back whole and the leader lock go, within
+    SHUTDOWN_GRACE_SECONDS (uvicorn already spent up to DRAIN_SECONDS draining requests)."""
+    stop.set()
+    try:
+        await asyncio.wait_for(asyncio.shield(background), _STOP_GRACE_SECONDS)
+    except TimeoutError:
+        background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await background
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    url: URL, settings: Settings, metrics: RequestMetrics, prometheus: PrometheusMetrics
+) -> AsyncIterator[AppState]:
+    guard = _guard(settings)
+    db, writes = _open_database(settings, url)
     status = IngestionStatus(
         enabled=settings.ingestion_enabled,
         interval_seconds=settings.ingestion_interval_seconds,
@@ -249,15 +269,15 @@ async def _serving(
     unwatch = prometheus.watch(
         status,
         broadcaster,
-        reads=reads,
-        admission=admission,
+        reads=db.pool,
+        admission=db.admission,
         writes=writes,
         exports=db.export_budget,
     )
     restore_signals = _end_streams_on_signals(broadcaster)
     # What start-up built (the contract, compiled validators, the app) lives as long as the
-    # process. Out of the collector's sight, a full collection no longer walks it: with it,
-    # each one held up every request in flight for about 70 ms.
+    # process: frozen out of the collector's sight, since a full collection walking it holds
+    # up every request in flight for about 70 ms.
     gc.collect()
     gc.freeze()
     try:
@@ -265,17 +285,9 @@ async def _serving(
     finally:
         restore_signals()
         broadcaster.close()
-        # Let the batch under way commit or roll back whole and the leader lock go, within
-        # SHUTDOWN_GRACE_SECONDS (uvicorn already spent up to DRAIN_SECONDS draining requests).
-        stop.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(background), _STOP_GRACE_SECONDS)
-        except TimeoutError:
-            background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await background
+        await _stop(background, stop)
         status.stopped = True
         unwatch()
-        await reads.close()
-        await exports.close()
+        await db.pool.close()
+        await db.exports.close()
         await writes.dispose()

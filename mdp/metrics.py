@@ -61,42 +61,12 @@ class _StateCollector(Collector):
         self.exports = exports
 
     def collect(self) -> Iterator[Metric]:
-        status = self.status
-        yield CounterMetricFamily(
-            "mdp_ingestion_batches", "Batches committed by this instance.", status.batches_total
-        )
-        yield CounterMetricFamily(
-            "mdp_ingestion_trades", "Trades committed by this instance.", status.trades_total
-        )
-        yield CounterMetricFamily(
-            "mdp_ingestion_failures", "Failed ingestion cycles.", status.failures_total
-        )
-        age = status.heartbeat_age()
-        if age is not None:
-            yield GaugeMetricFamily(
-                "mdp_ingestion_heartbeat_age_seconds",
-                "Seconds since the last committed batch.",
-                age,
-            )
-        yield CounterMetricFamily(
-            "mdp_candle_materialisation_failures",
-            "Failed candle materialisation steps of this instance (as leader).",
-            status.candle_failures_total,
-        )
-        if status.candles_until is not None:
-            yield GaugeMetricFamily(
-                "mdp_candles_materialised_until_seconds",
-                "Candle watermark this instance last moved or saw (Unix time): final buckets "
-                "before it are materialised.",
-                status.candles_until.timestamp(),
-            )
-        yield GaugeMetricFamily(
-            "mdp_ingestion_leader",
-            "1 when this instance is the ingestion leader.",
-            1 if status.role == "leader" else 0,
-        )
-        if status.feed is not None and status.role == "leader":
-            yield from _feed_metrics(status.feed)
+        yield from _ingestion_metrics(self.status)
+        yield from self._database_metrics()
+        yield from self._serving_metrics()
+
+    def _database_metrics(self) -> Iterator[Metric]:
+        """The pools' connections and the read admission queue."""
         checked_out = GaugeMetricFamily(
             "mdp_db_pool_checked_out", "Connections in use.", labels=["pool"]
         )
@@ -114,6 +84,9 @@ class _StateCollector(Collector):
             "Requests waiting for a read connection, served in arrival order.",
             len(self.admission.waiters),
         )
+
+    def _serving_metrics(self) -> Iterator[Metric]:
+        """Streams, exports and connections closed for a limit."""
         yield GaugeMetricFamily(
             "mdp_streams_open", "Server-Sent Event streams open.", self.broadcaster.stream_count
         )
@@ -122,12 +95,11 @@ class _StateCollector(Collector):
             "Streams ended with `overflow` because their client fell behind.",
             self.broadcaster.overflows_total,
         )
-        if self.exports is not None:
-            yield GaugeMetricFamily(
-                "mdp_exports_open",
-                "Exports running (EXPORT_MAX_CONCURRENT at most).",
-                len(self.exports),
-            )
+        yield GaugeMetricFamily(
+            "mdp_exports_open",
+            "Exports running (EXPORT_MAX_CONCURRENT at most).",
+            len(self.exports),
+        )
         closed = CounterMetricFamily(
             "mdp_connections_closed",
             "Connections closed for a limit before or while serving: a request head too large "
@@ -137,6 +109,45 @@ class _StateCollector(Collector):
         for reason, count in closed_connections.items():
             closed.add_metric([reason], count)
         yield closed
+
+
+def _ingestion_metrics(status: IngestionStatus) -> Iterator[Metric]:
+    """What this instance committed, how fresh it is, its role (and its feed, as leader)."""
+    yield CounterMetricFamily(
+        "mdp_ingestion_batches", "Batches committed by this instance.", status.batches_total
+    )
+    yield CounterMetricFamily(
+        "mdp_ingestion_trades", "Trades committed by this instance.", status.trades_total
+    )
+    yield CounterMetricFamily(
+        "mdp_ingestion_failures", "Failed ingestion cycles.", status.failures_total
+    )
+    age = status.heartbeat_age()
+    if age is not None:
+        yield GaugeMetricFamily(
+            "mdp_ingestion_heartbeat_age_seconds",
+            "Seconds since the last committed batch.",
+            age,
+        )
+    yield CounterMetricFamily(
+        "mdp_candle_materialisation_failures",
+        "Failed candle materialisation steps of this instance (as leader).",
+        status.candle_failures_total,
+    )
+    if status.candles_until is not None:
+        yield GaugeMetricFamily(
+            "mdp_candles_materialised_until_seconds",
+            "Candle watermark of the slowest symbol this instance last moved or saw (Unix "
+            "time): final buckets before it are materialised for every symbol.",
+            status.candles_until.timestamp(),
+        )
+    yield GaugeMetricFamily(
+        "mdp_ingestion_leader",
+        "1 when this instance is the ingestion leader.",
+        1 if status.role == "leader" else 0,
+    )
+    if status.feed is not None and status.role == "leader":
+        yield from _feed_metrics(status.feed)
 
 
 def _feed_metrics(feed: Feed) -> Iterator[Metric]:

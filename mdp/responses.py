@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
 from connexion.jsonifier import Jsonifier
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from access import audit
 from mdp.caching import conditional
 from mdp.resolver import HandlerResolver
 from mdp.telemetry import current_request_id
 from web import encoding
+from web.events import EventStream
 from web.request import current_scope
 
 __all__ = ["JsonResolver", "dumps", "jsonifier"]
@@ -35,10 +36,21 @@ jsonifier = Jsonifier(SimpleNamespace(dumps=dumps, loads=_loads))
 Handler = Callable[..., Awaitable[Any]]
 
 
+async def _counted(chunks: AsyncIterator[tuple[bytes, int]]) -> AsyncIterator[bytes]:
+    # Events served, for the audit trail, as each chunk goes out.
+    async for chunk, events in chunks:
+        audit.count_served(events)
+        yield chunk
+
+
 def _respond(result: Any) -> Response:
     # The contract requires X-Request-ID on every response, and response validation runs
     # inside the telemetry middleware that adds it: stamp it here so validation sees it.
     request_id = current_request_id()
+    if isinstance(result, EventStream):
+        result = StreamingResponse(
+            _counted(result.chunks), media_type="text/event-stream", headers=result.headers
+        )
     if isinstance(result, Response):
         response = result
         if request_id is not None:

@@ -6,9 +6,11 @@ import logging
 import random
 import re
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -85,17 +87,7 @@ class TelemetryMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = b""
-        trace = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                request_id = value
-            elif name == b"x-cloud-trace-context":
-                match = _TRACE_ID.match(value)
-                trace = match.group(1).decode().lower() if match else None
-        if not request_id or not _VALID_REQUEST_ID.match(request_id):
-            # An identifier, not a secret: no system call per request for it.
-            request_id = b"%032x" % random.getrandbits(128)
+        request_id, trace = _identify(scope["headers"])
         token = _request_id.set(request_id.decode())
         trace_token = _trace.set(trace)
         # Connexion's router works on a shallow copy of the scope but records the operation in
@@ -103,41 +95,15 @@ class TelemetryMiddleware:
         extensions = scope.setdefault("extensions", {})
         status = 500
         sent = 0
-        events = False
         audit_token = audit.begin()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, sent, events
+            nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
-                # Starlette writes header names in lower case. Handlers already stamp the
-                # request id (see mdp.responses); never send it twice.
-                headers = list(message.get("headers", ()))
-                stamped = cached = False
-                for name, value in headers:
-                    if name == b"x-request-id":
-                        stamped = True
-                    elif name == b"content-type":
-                        events = value.startswith(b"text/event-stream")
-                    elif name == b"cache-control":
-                        cached = True
-                if not stamped:
-                    headers.append((b"x-request-id", request_id))
-                if not cached and self.secured:
-                    routing = extensions.get("connexion_routing")
-                    if routing is not None and routing.get("operation_id") in self.secured:
-                        headers.append(UNCACHEABLE)
-                outcome = audit.current()
-                if outcome is not None:
-                    # The RateLimit fields of an authenticated request (a refusal has none).
-                    headers += outcome.headers
-                message["headers"] = headers
+                message["headers"] = self._headers(message, request_id, extensions)
             elif message["type"] == "http.response.body":
-                body = message.get("body", b"")
-                sent += len(body)
-                if events:
-                    # Server-Sent Events: what a stream served is its events, one `data:` each.
-                    audit.count_served(body.count(b"\ndata: "))
+                sent += len(message.get("body", b""))
             await send(message)
 
         try:
@@ -160,20 +126,66 @@ class TelemetryMiddleware:
                 elapsed_ms=elapsed_ms,
             )
             if access_logger.isEnabledFor(logging.INFO):
-                access_logger.info(
-                    "%s %s %d %.2fms",
-                    scope["method"],
-                    scope["path"],
-                    status,
-                    elapsed_ms,
-                    extra={
-                        "http": {
-                            "method": scope["method"],
-                            "path": scope["path"],
-                            "status": status,
-                            "latency_ms": round(elapsed_ms, 3),
-                        }
-                    },
-                )
+                _log_access(scope, status, elapsed_ms)
             _trace.reset(trace_token)
             _request_id.reset(token)
+
+    def _headers(
+        self, start: Message, request_id: bytes, extensions: dict[str, Any]
+    ) -> list[tuple[bytes, bytes]]:
+        """The response's headers, with what every answer carries added."""
+        # Starlette writes header names in lower case. Handlers already stamp the request id
+        # (see mdp.responses); never send it twice.
+        headers = list(start.get("headers", ()))
+        stamped = cached = False
+        for name, _ in headers:
+            if name == b"x-request-id":
+                stamped = True
+            elif name == b"cache-control":
+                cached = True
+        if not stamped:
+            headers.append((b"x-request-id", request_id))
+        if not cached and self.secured:
+            routing = extensions.get("connexion_routing")
+            if routing is not None and routing.get("operation_id") in self.secured:
+                headers.append(UNCACHEABLE)
+        outcome = audit.current()
+        if outcome is not None:
+            # The RateLimit fields of an authenticated request (a refusal has none).
+            headers += outcome.headers
+        return headers
+
+
+def _log_access(scope: Scope, status: int, elapsed_ms: float) -> None:
+    access_logger.info(
+        "%s %s %d %.2fms",
+        scope["method"],
+        scope["path"],
+        status,
+        elapsed_ms,
+        extra={
+            "http": {
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "latency_ms": round(elapsed_ms, 3),
+            }
+        },
+    )
+
+
+def _identify(headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, str | None]:
+    """The request's id (the client's X-Request-ID when it is safe to echo, else a new one)
+    and the Cloud Trace id the platform sent, if any."""
+    request_id = b""
+    trace = None
+    for name, value in headers:
+        if name == b"x-request-id":
+            request_id = value
+        elif name == b"x-cloud-trace-context":
+            match = _TRACE_ID.match(value)
+            trace = match.group(1).decode().lower() if match else None
+    if not request_id or not _VALID_REQUEST_ID.match(request_id):
+        # An identifier, not a secret: no system call per request for it.
+        request_id = b"%032x" % random.getrandbits(128)
+    return request_id, trace

@@ -17,7 +17,12 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import TypeEngine
 
 from errors import SymbolNotFound
-from persistence.finality import WATERMARK_SQL, bin_sql, symbol_horizon_sql
+from persistence.finality import (
+    bin_sql,
+    materialised_sql,
+    materialised_through_sql,
+    symbol_horizon_sql,
+)
 from persistence.models import VWAP_SCALE
 from persistence.statements import TIMESTAMP, statement
 
@@ -119,7 +124,7 @@ _CANDLE_COLUMNS = "c.symbol, c.timestamp, c.open, c.high, c.low, c.close, c.volu
 _PAGE_CANDLES = f"""
     WITH clock AS MATERIALIZED (
         SELECT {bin_sql(":step", symbol_horizon_sql(":symbol"))} AS final,
-               {WATERMARK_SQL} AS minutes_done
+               {materialised_sql(":symbol")} AS minutes_done
     ), page AS MATERIALIZED (
         SELECT first.lo, least(:hi, first.lo + :step * :limit) AS hi, clock.final,
                clock.minutes_done, {bin_sql(":step", "clock.minutes_done")} AS done
@@ -282,17 +287,15 @@ _MINUTES = statement(
     hi=TIMESTAMP,
     until=TIMESTAMP,
 )
-_WATERMARK = statement("SELECT candles_until FROM ingestion_state WHERE id = 1")
+_WATERMARK = statement(f"SELECT {materialised_through_sql(':symbols')}", symbols=ARRAY(String))
 
 
 async def materialised_minutes(
     conn: asyncpg.Connection, symbols: Sequence[str], lo: datetime, hi: datetime
-) -> tuple[datetime | None, list[MinuteCandle]]:
-    """The watermark and the materialised 1m candles of `symbols` starting in [lo, hi) below
-    it, by symbol then time. Below the watermark a minute without a row had no trades; from
-    the watermark on nothing is materialised yet (aggregate trades there)."""
-    until = await _WATERMARK.fetchval(conn)
-    if until is None:
-        return None, []
+) -> tuple[datetime, list[MinuteCandle]]:
+    """How far every one of `symbols` is materialised, and their materialised 1m candles
+    starting in [lo, hi) below that, by symbol then time. Below it a minute without a row had
+    no trades; from it on aggregate trades."""
+    until: datetime = await _WATERMARK.fetchval(conn, symbols=list(symbols))
     rows = await _MINUTES.fetch(conn, symbols=list(symbols), lo=lo, hi=hi, until=until)
     return until, [MinuteCandle(*row) for row in rows]

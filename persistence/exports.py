@@ -20,9 +20,9 @@ __all__ = [
     "trades_query",
 ]
 
-# Output shapes of one export query. `text`: CSV columns as the JSON operations write them
-# (shortest exact price, RFC 3339 UTC with microseconds); `json`: one JSON object per line;
-# `typed`: PostgreSQL's own text forms, exact and cheapest, for parsing into Arrow.
+# Output shapes of one export query. `json`: one JSON object per line, its values as the JSON
+# operations write them (shortest exact price, RFC 3339 UTC with microseconds); `typed`:
+# PostgreSQL's own text forms, exact and cheapest to print, parsed by the service (CSV, Arrow).
 RowShape = str
 _RFC3339 = "to_char(t.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 _TRADE_TEXT = (
@@ -31,7 +31,6 @@ _TRADE_TEXT = (
 )
 # What each shape selects from the merged rows `t`.
 _TRADE_SELECT = {
-    "text": f"SELECT {_TRADE_TEXT} FROM",
     # The object is built per merged row (LATERAL), so the merge's order is the output order.
     "json": "SELECT row_to_json(r) FROM",
     "typed": "SELECT t.id, t.symbol, t.price, t.volume, t.timestamp, t.venue_trade_id, t.side FROM",
@@ -104,7 +103,6 @@ async def copy_out(
     sink: Sink,
     *,
     csv: bool,
-    header: bool,
     timeout_seconds: float,
 ) -> None:
     """COPY the rows of `query` to `sink`, chunk by chunk, inside the export's transaction.
@@ -112,5 +110,5 @@ async def copy_out(
     asyncpg stops reading the socket while `sink` awaits, so a slow client holds PostgreSQL
     back instead of filling memory; an error in `sink` (a client gone) cancels the query.
     """
-    options: dict[str, Any] = {"format": "csv", "header": header} if csv else {"format": "text"}
+    options: dict[str, Any] = {"format": "csv" if csv else "text"}
     await conn.copy_from_query(query, *args, output=sink, timeout=timeout_seconds, **options)

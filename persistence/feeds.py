@@ -54,13 +54,18 @@ _claim = text(
     f"""
     UPDATE ingestion_state SET last_batch_at = :stamped
     WHERE id = 1 AND last_batch_at < :stamped AND {LEADER_HELD}
-    RETURNING coalesce(candles_until, TIMESTAMPTZ '0001-01-01 00:00:00+00')
+    RETURNING 1
     """
 ).bindparams(
     bindparam("stamped", type_=DateTime(timezone=True)),
     bindparam("leader_pid", type_=Integer),
     bindparam("lock_key", type_=BigInteger),
 )
+
+# How far each symbol's candles are materialised: a trade before that is a late print.
+_materialised = text(
+    "SELECT symbol, candles_until FROM candle_watermarks WHERE symbol = ANY(:symbols)"
+).bindparams(bindparam("symbols", type_=ARRAY(String)))
 
 _publish = text(
     """
@@ -143,16 +148,19 @@ async def insert_venue_batch(
     """Store `trades` (each venue trade once) and move `marks`, in the caller's transaction;
     None when refused (not the leader any more, or not newer than the last batch). A trade
     stamped in a bucket already materialised revises that bucket's candles here."""
-    materialised = (
+    claimed = (
         await conn.execute(
             _claim, {"stamped": stamped, "leader_pid": leader_pid, "lock_key": lock_key}
         )
     ).scalar_one_or_none()
-    if materialised is None:
+    if claimed is None:
         return None
+    rows = await conn.execute(_materialised, {"symbols": sorted({t.symbol for t in trades})})
+    materialised: dict[str, datetime] = {row[0]: row[1] for row in rows}
     late: dict[str, list[datetime]] = {}
     for trade in trades:
-        if trade.timestamp < materialised:
+        until = materialised.get(trade.symbol)
+        if until is not None and trade.timestamp < until:
             late.setdefault(trade.symbol, []).append(trade.timestamp)
     for symbol in sorted(late):
         # Before the rows go in, as for a backfill: the leader's roll-up cannot miss them.

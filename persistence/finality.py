@@ -15,17 +15,18 @@
   committed in the same transaction as those trades, and read by the same statement that
   judges `closed` (`symbol_horizon_sql`), so no database, primary or replica, ever sees a
   watermark ahead of its own data. It stands still while the feed is down or recovering.
-  Symbols without a row (the synthetic walk) keep the clock rule alone. Materialisation is
-  final for every symbol at once (`MATERIALISE_HORIZON_SQL`): the slowest feed holds it back,
-  and reads aggregate the rest from trades meanwhile.
+  Symbols without a row (the synthetic walk) keep the clock rule alone.
 - A print that still arrives for a final bucket (a venue's late print, beyond the lateness
   allowance) is stored and counted, and its bucket's candles are recomputed in the same
   transaction: a final candle may still be revised, which is why a venue symbol's answers are
   cached as immutable only once they ended a settlement horizon before its watermark
   (`settled`, `FEED_SETTLEMENT_SECONDS`).
-- `ingestion_state.candles_until` is the materialisation watermark: every 1m bucket starting
-  before it, and every longer bucket ending at or before it, is in `candles` for every symbol
-  (NULL: nothing yet). A final bucket below the watermark without a row had no trades.
+- `candle_watermarks.candles_until` is each symbol's materialisation watermark: every 1m
+  bucket of the symbol starting before it, and every longer bucket ending at or before it, is
+  in `candles` (no row: nothing yet). A final bucket below it without a row had no trades.
+  Each symbol's follows its own horizon (`symbol_horizon_sql`): a quiet, down or recovering
+  feed holds back its own candles only, and reads aggregate its final-but-not-materialised
+  buckets from trades meanwhile.
 """
 
 from __future__ import annotations
@@ -40,15 +41,15 @@ __all__ = [
     "BASE",
     "EPOCH",
     "HORIZON_SQL",
-    "MATERIALISE_HORIZON_SQL",
     "INTERVALS",
     "VISIBILITY_DEADLINE",
-    "WATERMARK_SQL",
     "bin_sql",
     "bucket_ceil",
     "bucket_floor",
     "feed_watermark_sql",
     "horizon",
+    "materialised_sql",
+    "materialised_through_sql",
     "settled",
     "symbol_horizon_sql",
 ]
@@ -95,17 +96,26 @@ def symbol_horizon_sql(symbol: str) -> str:
     return f"least({HORIZON_SQL}, {feed_watermark_sql(symbol)})"
 
 
-# Final for every symbol: what materialisation may treat as final.
-MATERIALISE_HORIZON_SQL = f"""least(
-    {HORIZON_SQL},
-    (SELECT min(coalesce(complete_through, {_EPOCH_SQL})) FROM feed_watermarks)
-)"""
+# "Nothing materialised": a time before any trade a request can name.
+_NOTHING_SQL = "TIMESTAMPTZ '0001-01-01 00:00:00+00'"
 
-# The watermark, with "nothing materialised" as a time before any trade a request can name.
-WATERMARK_SQL = """coalesce(
-    (SELECT candles_until FROM ingestion_state WHERE id = 1),
-    TIMESTAMPTZ '0001-01-01 00:00:00+00'
-)"""
+
+def materialised_sql(symbol: str) -> str:
+    """SQL for how far the candles of `symbol` (an SQL expression) are materialised."""
+    return (
+        f"coalesce((SELECT w.candles_until FROM candle_watermarks AS w"
+        f" WHERE w.symbol = {symbol}), {_NOTHING_SQL})"
+    )
+
+
+def materialised_through_sql(symbols: str) -> str:
+    """SQL for how far the candles of every one of `symbols` (an SQL varchar[] expression)
+    are materialised: the least of their watermarks."""
+    return (
+        f"(SELECT coalesce(min(coalesce(w.candles_until, {_NOTHING_SQL})), {_NOTHING_SQL})"
+        f" FROM unnest({symbols}) AS s(symbol)"
+        f" LEFT JOIN candle_watermarks AS w ON w.symbol = s.symbol)"
+    )
 
 
 def bin_sql(step: str, moment: str) -> str:

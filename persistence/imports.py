@@ -1,21 +1,24 @@
 """Trades imported from files: COPY, each venue trade stored once, candles in the same transaction.
 
 COPY cannot skip a conflict. Where the file's stretch of the symbol (its first to its last
-minute) holds no stored trade yet (history filled into an empty stretch, the common case) and
-the file names no venue trade twice, nothing can conflict: the rows are copied straight into
-`trades`. Otherwise they land in a temporary table first and move into `trades` with
-INSERT ... ON CONFLICT DO NOTHING (one venue trade is stored once). Either way the rows travel
+minute) holds no stored trade yet (history filled into an empty stretch, the common case),
+only the file itself can conflict: the rows are copied straight into `trades`, under a
+savepoint in case the file names a venue trade twice. Otherwise (or then) they land in a
+temporary table first and move into `trades` with INSERT ... ON CONFLICT DO NOTHING (one
+venue trade is stored once). Either way the rows travel
 as CSV that Arrow writes, and their candles are materialised in the same transaction, by the
 write path's own code.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import asyncpg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
@@ -114,12 +117,18 @@ def _minute(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
+def _piece(batch: pa.RecordBatch) -> bytes:
+    piece = io.BytesIO()
+    pa_csv.write_csv(
+        batch, piece, pa_csv.WriteOptions(include_header=False, quoting_style="needed")
+    )
+    return piece.getvalue()
+
+
 async def _csv(table: pa.Table) -> AsyncIterator[bytes]:
-    options = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
+    # Written in a thread: the loop goes on sending the last piece meanwhile.
     for batch in table.to_batches(max_chunksize=_PIECE_ROWS):
-        piece = io.BytesIO()
-        pa_csv.write_csv(batch, piece, options)
-        yield piece.getvalue()
+        yield await asyncio.to_thread(_piece, batch)
 
 
 async def _copy(conn: AsyncConnection, target: str, table: pa.Table) -> None:
@@ -127,12 +136,6 @@ async def _copy(conn: AsyncConnection, target: str, table: pa.Table) -> None:
     await raw.driver_connection.copy_to_table(  # type: ignore[union-attr]
         target, source=_csv(table), columns=_COLUMNS, format="csv"
     )
-
-
-def _names_a_trade_twice(table: pa.Table) -> bool:
-    named = table.filter(pc.is_valid(table["venue_trade_id"]))
-    pairs = named.group_by(["venue_trade_id", "timestamp"]).aggregate([])
-    return bool(pairs.num_rows < named.num_rows)
 
 
 async def import_trades(
@@ -158,10 +161,15 @@ async def import_trades(
     await conn.execute(_WORK_MEM)
     stretch = {"symbol": symbol, "lo": _minute(oldest), "hi": _minute(newest) + _MINUTE}
     occupied = (await conn.execute(_OCCUPIED, stretch)).scalar_one()
-    if not occupied and not _names_a_trade_twice(trades):
-        await _copy(conn, "trades", trades)
-        await rematerialise(conn, symbol, oldest, newest)
-        return Imported(trades.num_rows, 0, [])
+    if not occupied:
+        try:
+            async with conn.begin_nested():
+                await _copy(conn, "trades", trades)
+        except asyncpg.UniqueViolationError:
+            pass  # the file names a venue trade twice: staged, it is stored once
+        else:
+            await rematerialise(conn, symbol, oldest, newest)
+            return Imported(trades.num_rows, 0, [])
     await conn.execute(_STAGE)
     await conn.execute(_EMPTY)
     await _copy(conn, "import_staging", trades)

@@ -1,15 +1,16 @@
-"""Candles on the write path: final buckets aggregated once, and the watermark that says so.
+"""Candles on the write path: final buckets aggregated once, and the watermarks that say so.
 
 Two writers, serialised per symbol by a transaction-level advisory lock:
-- the ingestion leader advances the watermark (`advance_watermark`): minutes that became final
-  are aggregated from trades for every symbol, and every longer bucket that ended with them is
-  rolled up from 1m candles, in one transaction with the watermark's move;
+- the ingestion leader advances each symbol's watermark (`advance_watermark`): minutes that
+  became final for the symbol are aggregated from its trades, and every longer bucket that
+  ended with them is rolled up from 1m candles, in one transaction with the watermarks' moves.
+  Each symbol follows its own horizon: a quiet or down feed holds back only its own candles;
 - `mdp backfill` writes history below the oldest trade and recomputes, in the transaction of
   each chunk, every candle whose bucket holds one of its trades (`rematerialise`).
-Either way a bucket below the watermark is in `candles` exactly when it has trades (see
-`persistence.finality`). Recomputations replace rows: a bucket only ever gains trades. A row
-that changes once its bucket is below the watermark (a late print, a backfill into it) counts
-one more `revision`, in the transaction that changes it.
+Either way a bucket below its symbol's watermark is in `candles` exactly when it has trades
+(see `persistence.finality`). Recomputations replace rows: a bucket only ever gains trades. A
+row that changes once its bucket is below the watermark (a late print, a backfill into it)
+counts one more `revision`, in the transaction that changes it.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from persistence.candles import MINUTES_FROM_TRADES, ROLL_UP
 from persistence.finality import (
     BASE,
     INTERVALS,
-    MATERIALISE_HORIZON_SQL,
-    WATERMARK_SQL,
     bin_sql,
     bucket_floor,
+    materialised_sql,
+    symbol_horizon_sql,
 )
 from persistence.models import VWAP_SCALE
 from persistence.statements import TIMESTAMP, statement
@@ -54,7 +55,8 @@ _UPSERT = f"""
         -- revision. Above it the row is a partial roll-up nobody reads yet (a late minute's
         -- longer bucket), which the leader completes later: still the first version.
         revision = c.revision
-                   + CASE WHEN c.timestamp + :step <= {WATERMARK_SQL} THEN 1 ELSE 0 END
+                   + CASE WHEN c.timestamp + :step <= {materialised_sql("c.symbol")}
+                          THEN 1 ELSE 0 END
     -- A re-materialised final bucket is unchanged: leave its row (and the WAL) alone.
     WHERE (c.volume, c.trade_count, c.notional, c.open, c.close)
           IS DISTINCT FROM (excluded.volume, excluded.trade_count, excluded.notional,
@@ -103,25 +105,44 @@ _try_lock_all = text(
     FROM (SELECT symbol FROM symbols ORDER BY symbol) AS s
     """
 )
-# Where the watermark starts the first time a writer needs it: at the oldest trade of any
-# symbol (nothing before it to materialise), at the horizon without trades. Never later than
-# the horizon: the watermark only ever covers final buckets. Once set, the WHERE matches no
-# row and locks none (live batches update this row every cycle).
-_HORIZON_MINUTE = bin_sql("INTERVAL '1 minute'", MATERIALISE_HORIZON_SQL)
-_initialise = text(
+# Where a symbol's watermark starts the first time a writer needs it: at its oldest trade
+# (nothing before it to materialise), at its horizon without trades. Never later than its
+# horizon: a watermark only ever covers final buckets.
+_initialise = statement(
     f"""
-    UPDATE ingestion_state SET candles_until = least(
-        {_HORIZON_MINUTE},
-        (SELECT {bin_sql("INTERVAL '1 minute'", "min(o.timestamp)")}
-         FROM symbols AS s, LATERAL (
-             SELECT timestamp FROM trades WHERE symbol = s.symbol ORDER BY timestamp LIMIT 1
-         ) AS o)
+    INSERT INTO candle_watermarks (symbol, candles_until)
+    SELECT sy.symbol, least(
+        {bin_sql("INTERVAL '1 minute'", symbol_horizon_sql("sy.symbol"))},
+        (SELECT {bin_sql("INTERVAL '1 minute'", "timestamp")} FROM trades
+         WHERE symbol = sy.symbol ORDER BY timestamp LIMIT 1)
     )
-    WHERE id = 1 AND candles_until IS NULL
-    """
+    FROM symbols AS sy
+    WHERE sy.symbol = ANY(:symbols)
+      AND NOT EXISTS (SELECT FROM candle_watermarks AS cw WHERE cw.symbol = sy.symbol)
+    ON CONFLICT (symbol) DO NOTHING
+    """,
+    symbols=ARRAY(String),
 )
-_state = text(f"SELECT candles_until, {_HORIZON_MINUTE} FROM ingestion_state WHERE id = 1")
-_move = statement("UPDATE ingestion_state SET candles_until = :until WHERE id = 1", until=TIMESTAMP)
+# Each symbol's watermark and the start of the minute its horizon is in (final up to there).
+_state = statement(
+    f"""
+    SELECT cw.symbol, cw.candles_until,
+           {bin_sql("INTERVAL '1 minute'", symbol_horizon_sql("cw.symbol"))}
+    FROM candle_watermarks AS cw
+    WHERE cw.symbol = ANY(:symbols)
+    ORDER BY cw.symbol
+    """,
+    symbols=ARRAY(String),
+)
+_move = statement(
+    """
+    UPDATE candle_watermarks AS cw SET candles_until = m.until
+    FROM unnest(CAST(:symbols AS varchar[]), CAST(:untils AS timestamptz[])) AS m(symbol, until)
+    WHERE cw.symbol = m.symbol
+    """,
+    symbols=ARRAY(String),
+    untils=ARRAY(TIMESTAMP),
+)
 # A chunk's (or a catch-up step's) trades sort by minute in memory, not in temporary files:
 # about a fifth off materialising a 50,000-row backfill chunk. For this transaction only.
 _sort_in_memory = text("SET LOCAL work_mem = '64MB'")
@@ -145,46 +166,56 @@ async def _upsert(
     )
 
 
-async def _watermark(conn: AsyncConnection) -> tuple[datetime, datetime] | None:
-    """(watermark, horizon's minute), initialising the watermark on first use; None without
-    the ingestion state row."""
-    await conn.execute(_initialise)
-    row = (await conn.execute(_state)).first()
-    return (row[0], row[1]) if row is not None else None
-
-
 class Advance(NamedTuple):
+    # Every symbol's candles were materialised up to `before` and now are up to `after`.
     before: datetime
     after: datetime
-    # The watermark reached the final horizon: nothing is left to catch up.
+    # Every symbol's watermark reached its final horizon: nothing is left to catch up.
     caught_up: bool
+    # The most any symbol's watermark moved in this step.
+    moved: timedelta
 
 
 async def advance_watermark(
     conn: AsyncConnection, *, span: timedelta, until: datetime | None = None
 ) -> Advance | None:
-    """Materialise the oldest not yet materialised final minutes, at most `span` of them (and
-    none from `until` on), with the longer buckets they complete, and move the watermark past
-    them. Run it in a transaction of its own. None when a backfill holds a symbol's candle
-    lock (try again later) or the ingestion state is missing."""
+    """For every symbol, materialise its oldest not yet materialised final minutes, at most
+    `span` of them (and none from `until` on), with the longer buckets they complete, and
+    move its watermark past them. Run it in a transaction of its own. None when a backfill
+    holds a symbol's candle lock (try again later) or there is no symbol."""
     symbols, locked = (await conn.execute(_try_lock_all)).one()
-    if not locked:
+    if not locked or not symbols:
         return None
-    state = await _watermark(conn)
-    if state is None:
-        return None
-    before, final = state
-    after = bucket_floor(min(final, before + span, until or final), _MINUTE)
-    if after <= before:
-        return Advance(before, before, before >= final)
-    symbols = symbols or []
-    await conn.execute(_sort_in_memory)
-    for interval, step in INTERVALS.items():
-        # Minutes first; then every longer bucket that ended within (before, after].
-        lo, hi = bucket_floor(before, step), bucket_floor(after, step)
-        await _upsert(conn, symbols, interval, lo, hi)
-    await _move.execute(conn, until=after)
-    return Advance(before, after, after >= final)
+    await _initialise.execute(conn, symbols=symbols)
+    rows = await _state.fetch(conn, symbols=symbols)
+    # Symbols that move by the same steps are materialised together: with the clock's
+    # horizon (the synthetic walk) or feeds in step, that is all of them at once.
+    moves: dict[tuple[datetime, datetime], list[str]] = {}
+    afters: dict[str, datetime] = {}
+    caught_up = True
+    for symbol, before, final in rows:
+        after = afters[symbol] = max(
+            before, bucket_floor(min(final, before + span, until or final), _MINUTE)
+        )
+        caught_up = caught_up and after >= final
+        if after > before:
+            moves.setdefault((before, after), []).append(symbol)
+    if moves:
+        await conn.execute(_sort_in_memory)
+    for (before, after), group in moves.items():
+        for interval, step in INTERVALS.items():
+            # Minutes first; then every longer bucket that ended within (before, after].
+            lo, hi = bucket_floor(before, step), bucket_floor(after, step)
+            await _upsert(conn, group, interval, lo, hi)
+    if moves:
+        moved = [symbol for group in moves.values() for symbol in group]
+        await _move.execute(conn, symbols=moved, untils=[afters[s] for s in moved])
+    return Advance(
+        min(before for _, before, _ in rows),
+        min(afters.values()),
+        caught_up,
+        max((after - before for before, after in moves), default=timedelta(0)),
+    )
 
 
 async def rematerialise(
@@ -193,9 +224,9 @@ async def rematerialise(
     """Recompute every candle of `symbol` whose bucket holds a time in [oldest, newest], in the
     caller's transaction: the one that wrote the trades, holding `lock_candles(symbol)` from
     before it wrote them (so the leader cannot roll up a bucket from a snapshot without them)."""
-    # Start the watermark (if nothing did yet) at the oldest trade, these ones included: they
-    # are materialised here, so the leader has nothing of them to catch up.
-    await conn.execute(_initialise)
+    # Start the symbol's watermark (if nothing did yet) at its oldest trade, these ones
+    # included: they are materialised here, so the leader has nothing of them to catch up.
+    await _initialise.execute(conn, symbols=[symbol])
     await conn.execute(_sort_in_memory)
     for interval, step in INTERVALS.items():
         await _upsert(

@@ -29,6 +29,7 @@ __all__ = [
     "ApiKeyChanges",
     "Base",
     "Candle",
+    "CandleWatermark",
     "FeedWatermark",
     "IngestionInterval",
     "IngestionProgress",
@@ -149,16 +150,26 @@ class Candle(Base):
     )
 
 
+class CandleWatermark(Base):
+    """How far a symbol's candles are materialised (persistence.finality); no row until the
+    first writer sets it."""
+
+    __tablename__ = "candle_watermarks"
+
+    symbol: Mapped[str] = mapped_column(
+        String(16), ForeignKey("symbols.symbol", ondelete="CASCADE"), primary_key=True
+    )
+    candles_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class IngestionProgress(Base):
     """The `ingestion_state` row: the newest batch written (batches are idempotent and only
-    move forward), and how far candles are materialised."""
+    move forward)."""
 
     __tablename__ = "ingestion_state"
 
     id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     last_batch_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    # The candle watermark (persistence.finality); NULL until the first writer sets it.
-    candles_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
 

@@ -59,8 +59,12 @@ _PARTITIONS = """
       AND c.relname ~ '^trades_y[0-9]{4}m[0-9]{2}$'
     ORDER BY c.relname
 """
-# Raw trades may go only once their candles are stored: never past the candle watermark.
-_CANDLES_UNTIL = "SELECT candles_until FROM ingestion_state WHERE id = 1"
+# Raw trades may go only once their candles are stored: never past any symbol's candle
+# watermark (NULL while a symbol has none yet).
+_CANDLES_UNTIL = """
+    SELECT CASE WHEN bool_and(w.symbol IS NOT NULL) THEN min(w.candles_until) END
+    FROM symbols AS s LEFT JOIN candle_watermarks AS w ON w.symbol = s.symbol
+"""
 # Creating a partition gives up rather than queue behind a detach that waits for an export.
 _ATTACH_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
 # A detach waits that long for the transactions still reading its partition (an export's);

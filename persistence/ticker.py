@@ -107,7 +107,7 @@ async def _stats(
     first_minute = bucket_ceil(start, _MINUTE)
     until, minutes = await materialised_minutes(conn, symbols, first_minute, now)
     # Below the watermark every minute is materialised; from it on, read the trades.
-    tail = max(until or first_minute, first_minute)
+    tail = max(until, first_minute)
     rows = await _EDGES.fetch(
         conn, symbols=list(symbols), start=start, first_minute=first_minute, tail=tail, now=now
     )

@@ -18,9 +18,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 from sqlalchemy import String
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from persistence.candles import MINUTES_FROM_TRADES
-from persistence.finality import HORIZON_SQL, WATERMARK_SQL, feed_watermark_sql
+from persistence.finality import HORIZON_SQL, feed_watermark_sql, materialised_through_sql
 from persistence.models import VWAP_SCALE
 from persistence.statements import TIMESTAMP, Connection, statement
 
@@ -128,16 +129,19 @@ def pages(
 
 class Clock(NamedTuple):
     # Buckets ending at or before `horizon` are final (persistence.finality); 1m candles
-    # starting before `minutes_done` are materialised.
+    # starting before `minutes_done` are materialised for every symbol read.
     horizon: datetime
     minutes_done: datetime
 
 
-_CLOCK = statement(f"SELECT {HORIZON_SQL}, {WATERMARK_SQL}")
+_CLOCK = statement(
+    f"SELECT {HORIZON_SQL}, {materialised_through_sql(':symbols')}", symbols=ARRAY(String)
+)
 
 
-async def clock(conn: Connection) -> Clock:
-    row = await _CLOCK.fetchrow(conn)
+async def clock(conn: Connection, symbols: Sequence[str]) -> Clock:
+    """The clock of a read of `symbols`."""
+    row = await _CLOCK.fetchrow(conn, symbols=list(symbols))
     assert row is not None
     return Clock(row[0], row[1])
 

@@ -239,6 +239,24 @@ def test_every_authenticated_request_is_audited_once_with_its_key_and_what_it_se
     assert keys["read"] not in "".join(lines)
 
 
+def test_a_streams_audit_record_counts_the_events_it_sent(
+    client: TestClient, market: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An id this service never issued: the stream sends a `reset` event at least.
+    headers = {"Last-Event-ID": "never-issued"}
+    with captured_logs(caplog):
+        response = client.get(
+            "/stream/trades", params={"symbols": "AAPL", "duration": "0.3"}, headers=headers
+        )
+
+    [served] = audit_records(caplog)
+    events = response.text.count("\nevent: ")
+    assert response.status_code == 200
+    assert "event: reset" in response.text
+    assert served["operation"] == "streamTrades"
+    assert served["rows"] == events
+
+
 def test_a_revoked_key_is_refused_within_seconds_without_a_restart(
     client: TestClient, api_database_url: URL
 ) -> None:

@@ -558,3 +558,20 @@ async def test_a_trade_newer_than_the_feeds_complete_through_watermark_is_refuse
         capsys.readouterr().err
     )
     assert await _count(engine, "FED") == 0
+
+
+async def test_a_file_naming_one_venue_trade_twice_stores_it_once(
+    client: TestClient, engine: AsyncEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    twice = tmp_path / "twice.csv"
+    twice.write_text(
+        "timestamp,price,size,trade_id\n"
+        "2024-03-05T10:00:00Z,1.5,2,7\n2024-03-05T10:00:00Z,1.5,2,7\n2024-03-05T10:00:01Z,1.6,1,8\n"
+    )
+
+    assert await import_cli.run(engine, _args(twice, symbol="DOUBLE")) == 0
+
+    stored = _lines(capsys.readouterr().out)[-1]
+    assert (stored["stored"], stored["skipped"]) == (2, 1)
+    served = _served_trades(client, "DOUBLE", datetime(2024, 3, 5, tzinfo=UTC))
+    assert [trade[1] for trade in served] == ["7", "8"]

@@ -116,7 +116,8 @@ def test_every_operation_answers_through_a_select_only_role(
             }
             wait_until(
                 lambda: primary.fetchval(
-                    "SELECT candles_until > now() - INTERVAL '70 seconds' FROM ingestion_state"
+                    "SELECT min(candles_until) > now() - INTERVAL '70 seconds'"
+                    " FROM candle_watermarks"
                 ),
                 bool,
                 what="the leader catching up the candles",

@@ -427,7 +427,7 @@ VWAP_PLACES = Decimal(1).scaleb(-VWAP_SCALE)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-Candle = tuple[datetime, float, float, float, float, int, float, int]
+Candle = tuple[datetime, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal, int]
 
 
 def _reference(rows: Sequence[Row], lo: datetime, hi: datetime, step: timedelta) -> list[Candle]:
@@ -449,12 +449,12 @@ def _reference(rows: Sequence[Row], lo: datetime, hi: datetime, step: timedelta)
         candles.append(
             (
                 start,
-                float(prices[0]),
-                float(max(prices)),
-                float(min(prices)),
-                float(prices[-1]),
+                prices[0],
+                max(prices),
+                min(prices),
+                prices[-1],
                 volume,
-                float(vwap),
+                vwap,
                 len(group),
             )
         )
@@ -468,10 +468,7 @@ async def _stored_candles(engine: AsyncEngine, interval: str) -> list[Candle]:
     )
     async with engine.connect() as conn:
         rows = await conn.execute(query, {"interval": interval})
-        return [
-            (ts, float(o), float(h), float(lo), float(c), v, float(w), n)
-            for ts, o, h, lo, c, v, w, n in rows
-        ]
+        return [(ts, o, h, lo, c, v, w, n) for ts, o, h, lo, c, v, w, n in rows]
 
 
 @pytest.mark.parametrize("interval", ["1m", "5m", "1h", "1d"])
@@ -516,11 +513,16 @@ async def test_a_first_backfill_sets_the_watermark_below_what_it_wrote(
     await _backfill(fresh_engine)
 
     async with fresh_engine.connect() as conn:
-        (watermark,) = (await conn.execute(text("SELECT candles_until FROM ingestion_state"))).one()
+        marks = dict(
+            (await conn.execute(text("SELECT symbol, candles_until FROM candle_watermarks"))).all()
+        )
+    assert sorted(marks) == sorted(BASES)
+    for symbol, watermark in marks.items():
+        rows = await _rows(fresh_engine, symbol)
+        # Set by the first chunk at the symbol's oldest trade then: later chunks went further
+        # back, and materialised what they wrote themselves.
+        assert rows[0].timestamp < watermark <= rows[-1].timestamp, symbol
     rows = await _rows(fresh_engine)
-    # Set by the first chunk at the oldest trade then: later chunks went further back, and
-    # materialised what they wrote themselves.
-    assert rows[0].timestamp < watermark <= rows[-1].timestamp
     assert await _stored_candles(fresh_engine, "1h") == _reference(
         [row for row in rows if row.symbol == "AAA"],
         datetime(2000, 1, 1, tzinfo=UTC),

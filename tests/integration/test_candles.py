@@ -165,7 +165,7 @@ async def materialise(conn: AsyncConnection, until: datetime | None = None) -> N
 
 
 async def watermark(conn: AsyncConnection) -> datetime | None:
-    value = await conn.execute(text("SELECT candles_until FROM ingestion_state WHERE id = 1"))
+    value = await conn.execute(text("SELECT min(candles_until) FROM candle_watermarks"))
     moment = value.scalar_one()
     assert moment is None or isinstance(moment, datetime)
     return moment
@@ -187,7 +187,7 @@ def _window(
 async def _nothing_materialised(conn: AsyncConnection) -> None:
     """The trades these tests store arrive behind the leader's back, as if restored from a
     dump: nothing is materialised until a test says so."""
-    await conn.execute(text("UPDATE ingestion_state SET candles_until = NULL"))
+    await conn.execute(text("DELETE FROM candle_watermarks"))
 
 
 @pytest.mark.parametrize("seed", range(25))

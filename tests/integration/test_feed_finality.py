@@ -75,7 +75,7 @@ async def closed(conn: AsyncConnection, start: datetime) -> bool:
 
 async def zoned_closed(conn: AsyncConnection, start: datetime) -> bool:
     raw = await driver_connection(conn)
-    now = await zoned.clock(raw)
+    now = await zoned.clock(raw, [SYMBOL])
     (row,) = await zoned.read_zoned_candles(raw, [SYMBOL], [start, start + MINUTE], now)
     return bool(row["closed"])
 
@@ -204,21 +204,49 @@ async def candle(conn: AsyncConnection, interval: str) -> tuple[Decimal, int]:
     return row[0], row[1]
 
 
-async def test_materialisation_waits_for_the_slowest_feed(fresh_engine: AsyncEngine) -> None:
+async def test_each_symbol_is_materialised_as_far_as_its_own_feed_a_stalled_one_holds_none_back(
+    fresh_engine: AsyncEngine,
+) -> None:
+    """A stalled (quiet or down) feed holds back its own candles only; a late print into a
+    bucket final for its own symbol revises it, whatever the other feeds do."""
+    stalled = "ETH-USD"
     stamped = datetime.now(UTC)
-    async with fresh_engine.begin() as conn:
-        await prepare(conn, SYMBOL)
-        await write(
+
+    async def batch(conn: AsyncConnection, trades: list[VenueTrade], at: datetime) -> int:
+        marks = {
+            SYMBOL: StoredMark(3, BASE + MINUTE + MINUTE / 2, BASE),
+            stalled: StoredMark(7, BASE - MINUTE, BASE - MINUTE),
+        }
+        written = await insert_venue_batch(
             conn,
-            [trade(BASE + timedelta(seconds=1), 1)],
-            BASE + MINUTE + MINUTE / 2,
-            last_id=1,
-            stamped=stamped,
+            trades,
+            marks,
+            feed="coinbase",
+            stamped=at,
+            leader_pid=None,
+            lock_key=LEADER_LOCK_KEY,
         )
+        assert written is not None
+        return written.late
+
+    async with fresh_engine.begin() as conn:
+        await prepare(conn, SYMBOL, stalled)
+        await batch(conn, [trade(BASE + timedelta(seconds=1), 1, "100")], stamped)
     async with fresh_engine.begin() as conn:
         advance = await advance_watermark(conn, span=timedelta(days=1))
-        # Final for every symbol only up to the minute the watermark has passed.
-        assert advance is not None and advance.after == BASE + MINUTE
+        assert advance is not None and advance.after == BASE - MINUTE
+    async with fresh_engine.connect() as conn:
+        marks = await conn.execute(text("SELECT symbol, candles_until FROM candle_watermarks"))
+        # Each up to the minute its own watermark has passed.
+        assert dict(marks.all()) == {SYMBOL: BASE + MINUTE, stalled: BASE - MINUTE}
+        assert await candle(conn, "1m") == (Decimal("100"), 0)
+    async with fresh_engine.begin() as conn:
+        late = await batch(
+            conn, [trade(BASE + timedelta(seconds=2), 2, "90")], stamped + MICROSECOND
+        )
+        assert late == 1
+    async with fresh_engine.connect() as conn:
+        assert await candle(conn, "1m") == (Decimal("90"), 1)
 
 
 async def test_without_a_feed_a_bucket_closes_exactly_at_the_clock_horizon(

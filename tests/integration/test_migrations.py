@@ -57,7 +57,10 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
     "ingestion_state": [
         ("id", "smallint", None, "NO"),
         ("last_batch_at", "timestamp with time zone", None, "NO"),
-        ("candles_until", "timestamp with time zone", None, "YES"),
+    ],
+    "candle_watermarks": [
+        ("symbol", "character varying", 16, "NO"),
+        ("candles_until", "timestamp with time zone", None, "NO"),
     ],
     "live_batches": [
         ("stamped", "timestamp with time zone", None, "NO"),
@@ -257,6 +260,8 @@ async def test_upgrade_creates_foreign_keys_checks_and_id_sequence(empty_databas
         ("candles", "ck_candles_interval"): "c",
         ("candles", "fk_candles_symbol_symbols"): "f",
         ("candles", "pk_candles"): "p",
+        ("candle_watermarks", "fk_candle_watermarks_symbol_symbols"): "f",
+        ("candle_watermarks", "pk_candle_watermarks"): "p",
         ("feed_watermarks", "pk_feed_watermarks"): "p",
         ("ingestion_intervals", "ck_ingestion_intervals_ordered"): "c",
         ("ingestion_intervals", "pk_ingestion_intervals"): "p",

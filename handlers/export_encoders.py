@@ -1,0 +1,217 @@
+"""Encoders that parse COPY's CSV with pyarrow, a block at a time: into Parquet or Arrow IPC,
+or into the export's CSV (PostgreSQL then only prints its cheapest text forms)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.ipc as pa_ipc
+import pyarrow.parquet as pq
+
+__all__ = ["ArrowEncoder", "CsvEncoder"]
+
+Emit = Callable[[bytes], Awaitable[None]]
+
+# Blocks of ~4 MiB of COPY output (tens of thousands of rows) are converted at a time.
+_BLOCK = 4 * 1024 * 1024
+# A string that RFC 4180 CSV must quote, or the empty string (unquoted, it would read as NULL).
+_NEEDS_QUOTES = '[",\r\n]|^$'
+
+
+class _Collector:
+    """A write-only file for pyarrow's writers: collects what they write until taken."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._position = 0
+
+    def write(self, data: Any) -> int:
+        block = bytes(data)
+        self._parts.append(block)
+        self._position += len(block)
+        return len(block)
+
+    def tell(self) -> int:
+        return self._position
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+class _BlockEncoder:
+    """COPY's CSV cut into blocks at line ends, each parsed by pyarrow as `types` say and
+    encoded by `_encode`.
+
+    Parsing and encoding run in a worker thread (pyarrow releases the GIL) while COPY delivers
+    the next block; at most one block is in flight, so memory stays bounded by two blocks.
+    """
+
+    def __init__(self, names: list[str], types: dict[str, pa.DataType]) -> None:
+        self._buffer = bytearray()
+        self._pending: asyncio.Task[None] | None = None
+        self._read = pa_csv.ReadOptions(column_names=names)
+        self._convert = pa_csv.ConvertOptions(
+            column_types=types,
+            # PostgreSQL's text form of booleans.
+            true_values=["t"],
+            false_values=["f"],
+            # COPY's CSV writes NULL unquoted and empty, an empty string as "".
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        )
+
+    def _parse(self, block: bytes) -> pa.Table:
+        return pa_csv.read_csv(
+            pa.py_buffer(block), read_options=self._read, convert_options=self._convert
+        )
+
+    def _encode(self, block: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _close(self) -> bytes:
+        """The file's last bytes, once every row is encoded."""
+        raise NotImplementedError
+
+    async def _encode_and_emit(self, block: bytes, emit: Emit) -> None:
+        await emit(await asyncio.to_thread(self._encode, block))
+
+    async def _settle(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+
+    async def feed(self, chunk: bytes, emit: Emit) -> None:
+        self._buffer += chunk
+        if len(self._buffer) < _BLOCK:
+            return
+        cut = self._buffer.rfind(b"\n") + 1
+        block = bytes(self._buffer[:cut])
+        del self._buffer[:cut]
+        await self._settle()
+        self._pending = asyncio.ensure_future(self._encode_and_emit(block, emit))
+
+    async def finish(self, emit: Emit) -> None:
+        await self._settle()
+        if self._buffer:
+            await emit(await asyncio.to_thread(self._encode, bytes(self._buffer)))
+            self._buffer.clear()
+        await emit(self._close())
+
+    def abort(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+        self._buffer.clear()
+
+
+class ArrowEncoder(_BlockEncoder):
+    """COPY's CSV as record batches of `schema`, written as Parquet or Arrow IPC."""
+
+    def __init__(self, schema: pa.Schema, *, parquet: bool) -> None:
+        super().__init__(schema.names, {field.name: field.type for field in schema})
+        self._out = _Collector()
+        self._writer: Any = (
+            pq.ParquetWriter(self._out, schema, compression="zstd")
+            if parquet
+            else pa_ipc.new_stream(self._out, schema)
+        )
+        self._parquet = parquet
+
+    def _encode(self, block: bytes) -> bytes:
+        table = self._parse(block)
+        if self._parquet:
+            self._writer.write_table(table, row_group_size=table.num_rows)
+        else:
+            for batch in table.to_batches():
+                self._writer.write_batch(batch)
+        return self._out.take()
+
+    def _close(self) -> bytes:
+        # Only a complete export gets the footer (Parquet) or end-of-stream marker (Arrow).
+        self._writer.close()
+        return self._out.take()
+
+
+class CsvEncoder(_BlockEncoder):
+    """COPY's CSV of PostgreSQL's own text forms rewritten as the JSON operations write values:
+    decimals in their shortest exact form, timestamps RFC 3339 UTC with microseconds, booleans
+    `true`/`false`; a header row, and CRLF line ends as RFC 4180 asks.
+
+    Values are only quoted where a block holds a string that needs it (then every string of
+    that block is quoted, which RFC 4180 allows).
+    """
+
+    def __init__(self, schema: pa.Schema) -> None:
+        kept = (pa.timestamp("us", tz="UTC"), pa.bool_())
+        super().__init__(
+            schema.names,
+            {field.name: field.type if field.type in kept else pa.string() for field in schema},
+        )
+        self._decimals = [f.name for f in schema if pa.types.is_decimal(f.type)]
+        self._timestamps = [f.name for f in schema if pa.types.is_timestamp(f.type)]
+        self._booleans = [f.name for f in schema if pa.types.is_boolean(f.type)]
+        self._strings = [f.name for f in schema if pa.types.is_string(f.type)]
+        self._header = ",".join(schema.names).encode() + b"\r\n"
+
+    def _rewrite(self, table: pa.Table) -> pa.Table:
+        columns = {}
+        for name in self._decimals:
+            # numeric(38, 18) prints all 18 decimals: the zeros after the point go, and the
+            # point when nothing is left after it (a whole number without one stays whole).
+            text = table[name]
+            trimmed = pc.ascii_rtrim(pc.ascii_rtrim(text, characters="0"), characters=".")
+            columns[name] = pc.if_else(pc.match_substring(text, "."), trimmed, text)
+        for name in self._timestamps:
+            # Arrow prints a microsecond timestamp as `2026-01-02 03:04:05.123456`; without its
+            # zone (UTC all the same), several times faster.
+            text = pc.cast(pc.cast(table[name], pa.timestamp("us")), pa.string())
+            text = pc.replace_substring(text, " ", "T", max_replacements=1)
+            columns[name] = pc.binary_join_element_wise(text, "Z", "")
+        for name in self._booleans:
+            columns[name] = pc.cast(table[name], pa.string())
+        for name, column in columns.items():
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+        return table
+
+    def _quoting(self, table: pa.Table) -> str:
+        for name in self._strings:
+            if pc.any(pc.match_substring_regex(table[name], _NEEDS_QUOTES)).as_py():
+                return "needed"
+        return "none"
+
+    def _encode(self, block: bytes) -> bytes:
+        table = self._rewrite(self._parse(block))
+        out = pa.BufferOutputStream()
+        options = pa_csv.WriteOptions(
+            include_header=False, quoting_style=self._quoting(table), eol="\r\n"
+        )
+        pa_csv.write_csv(table, out, options)
+        data: bytes = out.getvalue().to_pybytes()
+        if self._header:
+            data, self._header = self._header + data, b""
+        return data
+
+    def _close(self) -> bytes:
+        # An export without rows is its header alone.
+        header, self._header = self._header, b""
+        return header

@@ -1,0 +1,63 @@
+"""The CSV encoder: PostgreSQL's text forms of COPY rewritten as the export's CSV."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+
+import pyarrow as pa
+
+from handlers.export_encoders import CsvEncoder
+from handlers.exports import FILLED_CANDLES_SCHEMA, TRADES_SCHEMA
+
+
+def _encode(schema: pa.Schema, copy_csv: bytes) -> bytes:
+    out: list[bytes] = []
+
+    async def emit(data: bytes) -> None:
+        out.append(data)
+
+    async def run() -> None:
+        encoder = CsvEncoder(schema)
+        await encoder.feed(copy_csv, emit)
+        await encoder.finish(emit)
+
+    asyncio.run(run())
+    return b"".join(out)
+
+
+def test_values_are_written_as_the_json_operations_write_them():
+    # numeric(38, 18) with all its decimals, a timestamp without trailing fractional zeros.
+    copy = (
+        b"7,AAPL,187.420000000000000000,100.000000000000000000,2026-01-02 03:04:05.5+00,,\n"
+        b"8,AAPL,0.001230000000000000,1.000000000000000001,2026-01-02 03:04:06+00,x-9,buy\n"
+    )
+    assert _encode(TRADES_SCHEMA, copy) == (
+        b"id,symbol,price,volume,timestamp,venue_trade_id,side\r\n"
+        b"7,AAPL,187.42,100,2026-01-02T03:04:05.500000Z,,\r\n"
+        b"8,AAPL,0.00123,1.000000000000000001,2026-01-02T03:04:06.000000Z,x-9,buy\r\n"
+    )
+
+
+def test_a_string_that_needs_quotes_is_quoted_and_empty_strings_stay_apart_from_null():
+    copy = (
+        b'1,AAPL,1.000000000000000000,1.000000000000000000,2026-01-02 03:04:05+00,"a,""b""",\n'
+        b'2,AAPL,1.000000000000000000,1.000000000000000000,2026-01-02 03:04:05+00,"",sell\n'
+    )
+    rows = list(csv.reader(io.StringIO(_encode(TRADES_SCHEMA, copy).decode())))
+    assert [row[5:] for row in rows[1:]] == [['a,"b"', ""], ["", "sell"]]
+    assert b'"",' in _encode(TRADES_SCHEMA, copy)  # not an empty field: that would be NULL
+
+
+def test_filled_candles_keep_whole_numbers_and_nulls():
+    # An empty bucket: null prices, volume 0 as a whole number (no decimal point to trim at).
+    copy = b"AAPL,2026-01-02 03:04:00+00,,,,,0,,0,t,0,t\n"
+    assert _encode(FILLED_CANDLES_SCHEMA, copy).split(b"\r\n")[1] == (
+        b"AAPL,2026-01-02T03:04:00.000000Z,,,,,0,,0,true,0,true"
+    )
+
+
+def test_an_export_without_rows_is_its_header():
+    header = b"id,symbol,price,volume,timestamp,venue_trade_id,side\r\n"
+    assert _encode(TRADES_SCHEMA, b"") == header
