@@ -192,14 +192,25 @@ _PAGE = statement(
 # The same page with its candles as one JSON array, composed by PostgreSQL: for a page of
 # thousands of candles, decoding rows and encoding them again in Python costs more than the
 # query. Keys in the order the API writes them; bucket starts are whole UTC minutes, written
-# as RFC 3339 with `Z`; decimals exact, without trailing zeros (as `web.encoding` writes them).
-_CANDLE_JSON = """concat(
-    '{"timestamp":"', to_char(c.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-    '","open":', trim_scale(c.open), ',"high":', trim_scale(c.high),
-    ',"low":', trim_scale(c.low), ',"close":', trim_scale(c.close),
-    ',"volume":', trim_scale(c.volume), ',"vwap":', trim_scale(c.vwap),
+# as RFC 3339 with `Z`; decimals as `web.encoding` writes them.
+
+
+def _json_number(column: str) -> str:
+    """SQL for a numeric as the API writes it: exact, without trailing zeros, and with a
+    fraction even when whole (`14.0`, never `14`), as `web.encoding.number` writes it."""
+    return (
+        f"CASE WHEN scale(trim_scale({column})) = 0 THEN trim_scale({column}) || '.0'"
+        f" ELSE trim_scale({column})::text END"
+    )
+
+
+_CANDLE_JSON = f"""concat(
+    '{{"timestamp":"', to_char(c.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+    '","open":', {_json_number("c.open")}, ',"high":', {_json_number("c.high")},
+    ',"low":', {_json_number("c.low")}, ',"close":', {_json_number("c.close")},
+    ',"volume":', {_json_number("c.volume")}, ',"vwap":', {_json_number("c.vwap")},
     ',"trade_count":', c.trade_count, ',"closed":', (c.timestamp < page.final)::text,
-    ',"revision":', c.revision, '}'
+    ',"revision":', c.revision, '}}'
 )"""
 _PAGE_JSON = statement(
     f"""{_PAGE_CANDLES},

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["composed", "dumps"]
+__all__ = ["composed", "dumps", "number"]
 
 # Timestamps leave as RFC 3339 with a `Z`; aware datetimes from asyncpg are already in UTC.
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
@@ -18,8 +18,15 @@ def _exact(value: object) -> orjson.Fragment:
     # digit (a JSON number is decimal text): never through a binary float, which keeps ~15
     # significant digits. PostgreSQL's trim_scale() already dropped trailing zeros.
     if isinstance(value, Decimal):
-        return orjson.Fragment(str(value))
+        return orjson.Fragment(number(str(value)))
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def number(text: str) -> str:
+    """A decimal's text as a JSON number that always reads back as a non-integer type: with a
+    fraction or an exponent (`14` is written `14.0`), as when these values were floats, so a
+    typed client never sees an int. `persistence.candles` composes the same rule in SQL."""
+    return text if "." in text or "E" in text else f"{text}.0"
 
 
 def dumps(data: Any) -> bytes:
