@@ -4,21 +4,24 @@ The contract declares two security schemes, `X-API-Key` and `Authorization: Bear
 which carries the same key. OpenAPI 3.0 requires the scope list of a non-OAuth requirement to
 be empty, so each operation names its scopes in `x-required-scopes`, read here at start-up.
 
-Connexion calls one verification function per scheme and stops at the first that returns
-credentials. Each request belongs to exactly one of ours — the API-key handler judges requests
-with an `X-API-Key` header or no credentials at all, the bearer handler those with only an
-`Authorization` header — so every request is judged (and audited) once, whatever the order,
-and `judge` makes that one decision directly (mdp.connexion_adaptations calls it per request).
+`security_map` hands Connexion a handler per scheme. Connexion's security middleware calls, for
+every request to a secured operation, each scheme's verification function in turn and stops at
+the first that returns credentials. Each request belongs to exactly one of ours — the API-key
+function judges requests with an `X-API-Key` header or no credentials at all, the bearer
+function those with only an `Authorization` header, the other answers "not mine" — so every
+request is judged (and audited) once, whatever the order.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
-from connexion.security import NO_VALUE, AbstractSecurityHandler
+from connexion.middleware.abstract import ROUTING_CONTEXT
+from connexion.security import NO_VALUE
 from starlette.types import Scope
 
 import errors
@@ -34,7 +37,6 @@ __all__ = [
     "Guard",
     "RateLimited",
     "Unauthenticated",
-    "judge",
     "required_scopes",
     "security_map",
 ]
@@ -130,7 +132,7 @@ class Guard:
             return {"sub": None}
         if not self.ring.loaded:
             raise DatabaseUnavailable("API keys cannot be checked until the database is up.")
-        operation = scope["extensions"]["connexion_routing"]["operation_id"]
+        operation = scope["extensions"][ROUTING_CONTEXT]["operation_id"]
         try:
             return self._judge(operation, api_keys, bearer)
         except AuthError as exc:
@@ -230,32 +232,47 @@ def _credentials(headers: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[
     return api_keys, bearer
 
 
-def judge(scope: Scope) -> Any:
-    """Judge a request's credentials against its operation: the token info Connexion records
-    (`{"sub": key id}`), or an AuthError. What both schemes' handlers decide, in one call."""
+class _Request(Protocol):
+    """What a verification function reads of the `ConnexionRequest` Connexion passes it."""
+
+    @property
+    def scope(self) -> Scope: ...
+
+
+def _verify(request: _Request, *, bearer_scheme: bool) -> Any:
+    """The token info Connexion records (`{"sub": key id, ...}`), an AuthError, or NO_VALUE
+    for a request the other scheme's function judges."""
+    scope = request.scope
     api_keys, bearer = _credentials(scope["headers"])
+    if bearer_scheme != bool(bearer and not api_keys):
+        return NO_VALUE
     guard: Guard = scope["state"]["app"].guard
     return guard.judge(scope, api_keys, bearer)
 
 
-def _verify(request: Any, *, bearer_scheme: bool) -> Any:
-    api_keys, bearer = _credentials(request.scope["headers"])
-    # The bearer handler judges only requests with an Authorization header and no X-API-Key;
-    # the API-key handler judges all others (a request is judged once: see the docstring).
-    if bearer_scheme != bool(bearer and not api_keys):
-        return NO_VALUE
-    return judge(request.scope)
+class _SchemeHandler:
+    """A scheme's handler as `add_api(security_map=...)` takes it: Connexion instantiates it for
+    each secured operation and calls `get_fn` for the function that verifies its requests."""
+
+    bearer_scheme: ClassVar[bool]
+
+    def get_fn(
+        self, security_scheme: Mapping[str, Any], required_scopes: Sequence[str]
+    ) -> Callable[[_Request], Any]:
+        # The scopes are the operation's `x-required-scopes`, which the guard knows by id.
+        return functools.partial(_verify, bearer_scheme=self.bearer_scheme)
 
 
-class _ApiKeyHandler(AbstractSecurityHandler):  # type: ignore[misc]
-    def get_fn(self, security_scheme: Any, required_scopes: Any) -> Any:
-        return lambda request: _verify(request, bearer_scheme=False)
+class _ApiKeyHandler(_SchemeHandler):
+    bearer_scheme = False
 
 
-class _BearerHandler(AbstractSecurityHandler):  # type: ignore[misc]
-    def get_fn(self, security_scheme: Any, required_scopes: Any) -> Any:
-        return lambda request: _verify(request, bearer_scheme=True)
+class _BearerHandler(_SchemeHandler):
+    bearer_scheme = True
 
 
 # For `add_api(security_map=...)`: Connexion's documented way to replace a scheme's handler.
-security_map = {"apiKey": _ApiKeyHandler, "bearer": _BearerHandler}
+security_map: dict[str, type[_SchemeHandler]] = {
+    "apiKey": _ApiKeyHandler,
+    "bearer": _BearerHandler,
+}

@@ -68,7 +68,10 @@ class _BlockEncoder:
     """
 
     def __init__(self, names: list[str], types: dict[str, pa.DataType]) -> None:
-        self._buffer = bytearray()
+        # COPY's chunks since the last block, joined once a block's worth has come: one copy
+        # of every byte (a growing bytearray, sliced and copied again, cost three).
+        self._chunks: list[bytes] = []
+        self._size = 0
         self._pending: asyncio.Task[None] | None = None
         self._read = pa_csv.ReadOptions(column_names=names)
         self._convert = pa_csv.ConvertOptions(
@@ -81,19 +84,17 @@ class _BlockEncoder:
             quoted_strings_can_be_null=False,
         )
 
-    def _parse(self, block: bytes) -> pa.Table:
-        return pa_csv.read_csv(
-            pa.py_buffer(block), read_options=self._read, convert_options=self._convert
-        )
+    def _parse(self, block: pa.Buffer) -> pa.Table:
+        return pa_csv.read_csv(block, read_options=self._read, convert_options=self._convert)
 
-    def _encode(self, block: bytes) -> bytes:
+    def _encode(self, block: pa.Buffer) -> bytes:
         raise NotImplementedError
 
     def _close(self) -> bytes:
         """The file's last bytes, once every row is encoded."""
         raise NotImplementedError
 
-    async def _encode_and_emit(self, block: bytes, emit: Emit) -> None:
+    async def _encode_and_emit(self, block: pa.Buffer, emit: Emit) -> None:
         await emit(await asyncio.to_thread(self._encode, block))
 
     async def _settle(self) -> None:
@@ -101,27 +102,37 @@ class _BlockEncoder:
             pending, self._pending = self._pending, None
             await pending
 
+    def _take(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        return data
+
     async def feed(self, chunk: bytes, emit: Emit) -> None:
-        self._buffer += chunk
-        if len(self._buffer) < _BLOCK:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size < _BLOCK:
             return
-        cut = self._buffer.rfind(b"\n") + 1
-        block = bytes(self._buffer[:cut])
-        del self._buffer[:cut]
+        data = self._take()
+        cut = data.rfind(b"\n") + 1
+        if cut < len(data):
+            self._chunks.append(data[cut:])
+            self._size = len(data) - cut
         await self._settle()
+        block = pa.py_buffer(data).slice(0, cut)
         self._pending = asyncio.ensure_future(self._encode_and_emit(block, emit))
 
     async def finish(self, emit: Emit) -> None:
         await self._settle()
-        if self._buffer:
-            await emit(await asyncio.to_thread(self._encode, bytes(self._buffer)))
-            self._buffer.clear()
+        if self._size:
+            block = pa.py_buffer(self._take())
+            await emit(await asyncio.to_thread(self._encode, block))
         await emit(self._close())
 
     def abort(self) -> None:
         if self._pending is not None:
             self._pending.cancel()
-        self._buffer.clear()
+        self._chunks.clear()
 
 
 class ArrowEncoder(_BlockEncoder):
@@ -137,7 +148,7 @@ class ArrowEncoder(_BlockEncoder):
         )
         self._parquet = parquet
 
-    def _encode(self, block: bytes) -> bytes:
+    def _encode(self, block: pa.Buffer) -> bytes:
         table = self._parse(block)
         if self._parquet:
             self._writer.write_table(table, row_group_size=table.num_rows)
@@ -199,7 +210,7 @@ class CsvEncoder(_BlockEncoder):
                 return "needed"
         return "none"
 
-    def _encode(self, block: bytes) -> bytes:
+    def _encode(self, block: pa.Buffer) -> bytes:
         table = self._rewrite(self._parse(block))
         out = pa.BufferOutputStream()
         options = pa_csv.WriteOptions(

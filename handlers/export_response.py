@@ -89,7 +89,8 @@ class ExportResponse(Response):
     async def _emit(self, data: bytes) -> None:
         if not data:
             return
-        out, self._held = self._held + data[:-1], data[-1:]
+        # One copy: the byte held back last time, and all of this but its last byte.
+        out, self._held = b"".join((self._held, memoryview(data)[:-1])), data[-1:]
         if self._compressor is not None:
             out = self._compressor.compress(out)
         if out:

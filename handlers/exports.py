@@ -228,6 +228,22 @@ async def export_trades(
     )
 
 
+def _refuse_past_max_rows(
+    codes: Sequence[str], start_at: datetime, end_at: datetime, interval: str
+) -> None:
+    """Refuses a candle export before any query when its window may hold more candles than
+    EXPORT_MAX_ROWS."""
+    limit = app_state().settings.export_max_rows
+    # Local buckets are a step long give or take a DST hour: two more bound the count.
+    most = ((end_at - start_at) // INTERVALS[interval] + 2) * len(codes)
+    if most > limit:
+        raise ExportTooLarge(
+            f"The window may hold {most} candles ({len(codes)} symbols x {interval} buckets), "
+            f"more than the {limit} rows one export may hold (EXPORT_MAX_ROWS). Split it into "
+            "shorter windows, fewer symbols or a longer interval."
+        )
+
+
 async def export_candles(
     symbols: list[str],
     start: str,
@@ -243,15 +259,7 @@ async def export_candles(
     tz = parse_zone(timezone)
     step = INTERVALS[interval]
     fmt = choose_format(format, request_header("accept"))
-    limit = app_state().settings.export_max_rows
-    # Local buckets are a step long give or take a DST hour: two more bound the count.
-    most = ((end_at - start_at) // step + 2) * len(codes)
-    if most > limit:
-        raise ExportTooLarge(
-            f"The window may hold {most} candles ({len(codes)} symbols x {interval} buckets), "
-            f"more than the {limit} rows one export may hold (EXPORT_MAX_ROWS). Split it into "
-            "shorter windows, fewer symbols or a longer interval."
-        )
+    _refuse_past_max_rows(codes, start_at, end_at, interval)
 
     def pages() -> Iterator[list[datetime]]:
         # A few thousand buckets per statement, all in the export's one snapshot.

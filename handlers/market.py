@@ -19,6 +19,7 @@ from persistence import fill as filling
 from persistence.finality import VISIBILITY_DEADLINE
 from persistence.models import VWAP_SCALE
 from web import encoding
+from web.answer import Answer
 
 __all__ = [
     "get_latest_price",
@@ -46,10 +47,6 @@ def _cache_control(*, final: bool) -> dict[str, str]:
     return {"Cache-Control": IMMUTABLE if final else REVALIDATE}
 
 
-# A data answer: the body, its status, and the caching headers its finality allows.
-Answer = tuple[dict[str, Any], int, dict[str, str]]
-
-
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
@@ -72,7 +69,7 @@ async def list_symbols(limit: int = 100, cursor: str | None = None) -> Answer:
         ),
     }
     # New symbols can be registered at any time.
-    return body, 200, _cache_control(final=False)
+    return Answer(body, 200, _cache_control(final=False), rows=len(page))
 
 
 def _price(trade: trades.TradeRow) -> dict[str, Any]:
@@ -97,7 +94,7 @@ async def get_latest_price(symbol: str) -> Answer:
         trade = state.broadcaster.newest(code, stored)
         if trade is None:
             raise NoTrades(code)
-    return _price(trade), 200, _cache_control(final=False)
+    return Answer(_price(trade), 200, _cache_control(final=False))
 
 
 async def get_latest_prices(symbols: list[str]) -> Answer:
@@ -118,7 +115,7 @@ async def get_latest_prices(symbols: list[str]) -> Answer:
         "count": len(prices),
         "without_trades": [code for code, trade in found.items() if trade is None],
     }
-    return body, 200, _cache_control(final=False)
+    return Answer(body, 200, _cache_control(final=False), rows=len(prices))
 
 
 async def list_trades(
@@ -164,24 +161,28 @@ async def list_trades(
         "end": end_at,
         "order": order,
         "count": len(page),
-        # Dict literals from the driver's records: big pages are hot.
-        "trades": [
-            {
-                "id": i,
-                "symbol": s,
-                "price": p,
-                "volume": v,
-                "timestamp": t,
-                "venue_trade_id": venue_id,
-                "side": side,
-            }
-            for i, s, p, v, t, venue_id, side in page
-        ],
+        "trades": _trades(page),
         "next_cursor": next_cursor,
     }
     # A window that ended before the horizon holds every trade it will ever hold, so each page
     # of its walk (and the cursor to the next) is the same bytes for ever.
-    return body, 200, _cache_control(final=final)
+    return Answer(body, 200, _cache_control(final=final), rows=len(page))
+
+
+def _trades(page: Sequence[asyncpg.Record]) -> list[dict[str, Any]]:
+    # Dict literals from the driver's records: big pages are hot.
+    return [
+        {
+            "id": i,
+            "symbol": s,
+            "price": p,
+            "volume": v,
+            "timestamp": t,
+            "venue_trade_id": venue_id,
+            "side": side,
+        }
+        for i, s, p, v, t, venue_id, side in page
+    ]
 
 
 async def list_candles(
@@ -233,7 +234,7 @@ async def list_candles(
     # Final when every bucket the page spans is closed and settled: nothing can change it.
     final = page.closed and min(page.until, hi) <= settled
     body = _candle_body(window, "UTC", encoding.composed(page.candles), page.size, next_cursor)
-    return body, 200, _cache_control(final=final)
+    return Answer(body, 200, _cache_control(final=final), rows=page.size)
 
 
 class _Window(NamedTuple):
@@ -287,7 +288,7 @@ def _candle_answer(
         for t, o, h, lo_, c, v, w, n, closed, revision, *marks in rows
     ]
     body = _candle_body(window, timezone, candles, len(candles), next_cursor)
-    return body, 200, _cache_control(final=final)
+    return Answer(body, 200, _cache_control(final=final), rows=len(candles))
 
 
 async def _zoned_candles(
@@ -386,7 +387,7 @@ async def get_ticker(symbols: list[str]) -> Answer:
         "count": len(tickers),
         "without_trades": [code for code in codes if code not in stats],
     }
-    return body, 200, _cache_control(final=False)
+    return Answer(body, 200, _cache_control(final=False), rows=len(tickers))
 
 
 def _ticker(code: str, stats: ticker.Stats, now: datetime) -> dict[str, Any]:

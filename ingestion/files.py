@@ -117,7 +117,7 @@ def _decimal(where: str, name: str, raw: str) -> Decimal:
 def _decimals(where: Where, name: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
     """Positive decimal text numeric(38, 18) holds; other spellings Decimal reads (`1e-05`,
     a float column's) are rewritten plainly; anything else is refused."""
-    column = pc.utf8_trim_whitespace(pc.coalesce(column, ""))
+    column = pc.coalesce(column, "")
     plain = pc.and_(
         pc.match_substring_regex(column, _PLAIN),
         pc.invert(pc.match_substring_regex(column, _ZERO)),
@@ -425,4 +425,7 @@ def read_trades(path: Path, fmt: str, options: Options) -> pa.Table:
     """Every trade of the file (the TRADES schema), in time order and otherwise in the file's,
     or FileRefused: nothing is stored from a file that fails."""
     table = FORMATS[fmt](path, options)
+    moments = table["timestamp"]
+    if len(moments) < 2 or pc.all(pc.greater_equal(moments[1:], moments[:-1])).as_py():
+        return table  # already in time order, as most files are: no copy
     return table.take(pc.sort_indices(table, [("timestamp", "ascending")]))

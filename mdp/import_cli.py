@@ -121,7 +121,8 @@ async def _one(
     async with engine.begin() as conn:
         await ensure_symbols(conn, ((symbol, symbol) for symbol in symbols))
         for symbol in symbols:
-            rows = trades.filter(pc.equal(trades["symbol"], symbol))
+            only = len(symbols) == 1
+            rows = trades if only else trades.filter(pc.equal(trades["symbol"], symbol))
             result = await import_trades(conn, symbol, rows, repair=args.repair)
             stored, skipped = stored + result.stored, skipped + result.skipped
             repaired += [f"{symbol} {minute.isoformat()}" for minute in result.repaired]

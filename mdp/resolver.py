@@ -12,7 +12,6 @@ from types import ModuleType
 from typing import Any
 
 from connexion.exceptions import ResolverError
-from connexion.resolver import Resolution, Resolver
 
 __all__ = ["HandlerResolver", "handler_name"]
 
@@ -28,23 +27,23 @@ def handler_name(operation_id: str) -> str:
     return _HUMP.sub(lambda hump: "_" + hump[0].lower(), operation_id)
 
 
-class HandlerResolver(Resolver):  # type: ignore[misc]
+class HandlerResolver:
     """Resolves `listCandles` to the `async def list_candles` that exactly one module of the
     handlers package defines (`handlers.market`), so the contract's ids stay free of module
     paths and a handler may move between modules without renaming the operation.
 
-    The operation keeps the contract's id: Connexion routes, secures and validates by it, and
-    metrics and audit lines are labelled with it. `.spectral.yaml`'s `mdp-operation-id-handler`
-    applies the same rule to the spec, so a dangling id fails the lint before start-up does.
+    `add_api(resolver=...)` takes it as the callable from operationId to function that
+    Connexion's `Resolver` is built around. The operation keeps the contract's id: Connexion
+    routes, secures and validates by it, and metrics and audit lines are labelled with it.
+    `.spectral.yaml`'s `mdp-operation-id-handler` applies the same rule to the spec, so a
+    dangling id fails the lint before start-up does.
     """
 
     def __init__(self, package: str = "handlers") -> None:
-        super().__init__(function_resolver=self._find)
         self.package = package
 
-    def resolve(self, operation: Any) -> Resolution:
-        operation_id: str = operation.operation_id
-        return Resolution(self.resolve_function_from_operation_id(operation_id), operation_id)
+    def __call__(self, operation_id: str) -> Callable[..., Any]:
+        return self._find(operation_id)
 
     @functools.cached_property
     def _modules(self) -> list[ModuleType]:

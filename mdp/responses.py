@@ -16,6 +16,7 @@ from mdp.caching import conditional
 from mdp.resolver import HandlerResolver
 from mdp.telemetry import current_request_id
 from web import encoding
+from web.answer import Answer
 from web.events import EventStream
 from web.request import current_scope
 
@@ -58,12 +59,14 @@ def _respond(result: Any) -> Response:
     else:
         headers: Mapping[str, str] = {}
         status = 200
-        if isinstance(result, tuple):
+        rows = 1
+        if isinstance(result, Answer):
+            result, status, headers, rows = result
+        elif isinstance(result, tuple):
             result, status, *rest = result
             headers = rest[0] if rest else headers
         if status < 300:
-            # Rows served, for the audit trail: a list's `count`, else one object.
-            audit.count_served(result.get("count", 1) if isinstance(result, dict) else 1)
+            audit.count_served(rows)
         response = Response(
             encoding.dumps(result),
             status_code=status,
@@ -74,16 +77,17 @@ def _respond(result: Any) -> Response:
 
 
 class JsonResolver(HandlerResolver):
-    """Wraps every handler so that a returned dict (or `(dict, status[, headers])`) becomes an
-    `application/json` response encoded by orjson.
+    """Wraps every handler so that a returned dict (or `(dict, status[, headers])`, or an
+    `Answer`) becomes an `application/json` response encoded by orjson, and an `EventStream`
+    a `text/event-stream` one.
 
     Naming the content type here is what lets an operation declare `application/json` for
     success and `application/problem+json` for errors (Connexion otherwise answers 500), and it
     skips Connexion's slower stdlib-json serialisation on the hot path.
     """
 
-    def resolve_function_from_operation_id(self, operation_id: str) -> Handler:
-        handler: Handler = super().resolve_function_from_operation_id(operation_id)
+    def __call__(self, operation_id: str) -> Handler:
+        handler: Handler = super().__call__(operation_id)
 
         @functools.wraps(handler)
         async def respond(*args: Any, **kwargs: Any) -> Any:

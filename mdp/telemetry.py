@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from connexion.middleware.abstract import ROUTING_CONTEXT
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from access import audit
@@ -112,7 +113,7 @@ class TelemetryMiddleware:
             elapsed = time.perf_counter() - started
             elapsed_ms = elapsed * 1000
             self.metrics.record(elapsed_ms)
-            routing = extensions.get("connexion_routing") or {}
+            routing = extensions.get(ROUTING_CONTEXT) or {}
             # Unrouted requests (404s, /docs) share one label: paths must not become labels.
             operation = routing.get("operation_id") or "unmatched"
             self.prometheus.observe(operation, scope["method"], status, elapsed)
@@ -146,7 +147,7 @@ class TelemetryMiddleware:
         if not stamped:
             headers.append((b"x-request-id", request_id))
         if not cached and self.secured:
-            routing = extensions.get("connexion_routing")
+            routing = extensions.get(ROUTING_CONTEXT)
             if routing is not None and routing.get("operation_id") in self.secured:
                 headers.append(UNCACHEABLE)
         outcome = audit.current()

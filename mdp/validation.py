@@ -1,4 +1,5 @@
-"""One operation's parameters and media types from the contract, compiled once per operation."""
+"""Request parameters checked against the contract: Connexion's parameter validator, replaced
+through `add_api(validator_map={"parameter": ...})` so that a refusal names every parameter."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
+from connexion.datastructures import MediaTypeDict
 from connexion.utils import is_null, is_nullable
+from connexion.validators import VALIDATOR_MAP as CONNEXION_VALIDATORS
 from jsonschema import Draft4Validator
+from starlette.types import Scope, Send
 
-from errors import NotAcceptable, RequestValidationFailed, ValidationIssue
-from web.negotiation import media_range
+from errors import RequestValidationFailed, ValidationIssue
 
-__all__ = ["OperationParameters", "accepts"]
+__all__ = ["PARSED", "VALIDATOR_MAP", "ParameterValidator"]
+
+# Where a request's parsed (query, path) values wait for the handler's arguments.
+PARSED = "mdp_parameters"
 
 
 # RFC 3339 date-times as rfc3339-validator checks them (Connexion's checker does not run here).
@@ -28,45 +34,28 @@ class UriParser(Protocol):
     def resolve_path(self, path_data: dict[str, Any]) -> dict[str, Any]: ...
 
 
-def accepts(accept: str, produces: Iterable[str]) -> bool:
-    """Whether an `Accept` header admits at least one of `produces` (RFC 9110 §12.5.1)."""
-    offered = [media_range(media)[0] for media in produces]
-    for item in accept.split(","):
-        media, quality = media_range(item)
-        if quality <= 0 or not media:
-            continue
-        kind, _, subtype = media.partition("/")
-        for offer in offered:
-            offer_kind, _, offer_subtype = offer.partition("/")
-            if kind == "*" or (kind == offer_kind and subtype in ("*", offer_subtype)):
-                return True
-    return False
+class ParameterValidator:
+    """Checks a request's query, path and header parameters against its operation's contract,
+    with the signature and `validate(scope)` of Connexion's own, which it replaces.
 
-
-class OperationParameters:
-    """Checks a request's query, path and header parameters against the operation's contract
-    and returns the query and path values, coerced, for the handler's arguments.
-
-    Every offending parameter is reported (Connexion stops at the first), in plain words, and
-    the JSON schemas are compiled once here instead of per request.
+    Every offending parameter is reported (Connexion's stops at the first), in plain words. The
+    values are coerced by Connexion's URI parser and left in the scope (`PARSED`) for the
+    handler's arguments. The JSON schemas are compiled here, so this is built once per
+    operation (see mdp.connexion_adaptations), not per request.
     """
 
-    # Each distinct Accept value is judged once; clients send few distinct ones.
-    _ACCEPT_CACHE_SIZE = 64
     # Distinct valid requests remembered per operation; more empty the memo, never grow it.
     _VALID_CACHE_SIZE = 1024
 
     def __init__(
         self,
         parameters: Iterable[Mapping[str, Any]],
-        *,
         uri_parser: UriParser,
-        produces: Iterable[str],
-        strict: bool,
-        allowed_extra_query: Iterable[str] = (),
+        strict_validation: bool = False,
+        security_query_params: Iterable[str] | None = None,
     ) -> None:
         self.uri_parser = uri_parser
-        self.strict = strict
+        self.strict = strict_validation
         self.by_location: dict[str, list[Mapping[str, Any]]] = {}
         self.compiled: dict[int, Draft4Validator] = {}
         for param in parameters:
@@ -75,7 +64,7 @@ class OperationParameters:
                 param.get("schema", param), format_checker=_FORMATS
             )
         query = self.by_location.get("query", [])
-        self.known_query = {p["name"] for p in query} | set(allowed_extra_query)
+        self.known_query = {p["name"] for p in query} | set(security_query_params or ())
         # Only an exploded array may repeat (`ids=1&ids=2`); any other repeat is ambiguous.
         self.repeatable = {
             p["name"]
@@ -87,7 +76,6 @@ class OperationParameters:
         self.defaults = {
             p["name"]: p["schema"]["default"] for p in query if "default" in p.get("schema", {})
         }
-        self.produces = tuple(produces)
         # Per location, each parameter with the key its value is found under.
         self.checked = {
             location: [
@@ -97,7 +85,6 @@ class OperationParameters:
             for location, params in self.by_location.items()
         }
         self.checks_path = "path" in self.by_location
-        self._accepted: dict[bytes, bool] = {}
         self._valid: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def _check(self, location: str, param: Mapping[str, Any], value: Any) -> ValidationIssue | None:
@@ -114,28 +101,16 @@ class OperationParameters:
         error = next(iter(self.compiled[id(param)].iter_errors(value)), None)
         return ValidationIssue(location, name, error.message) if error is not None else None
 
-    def _check_accept(self, accept: bytes | None) -> None:
-        if accept is None or not self.produces:
-            return
-        verdict = self._accepted.get(accept)
-        if verdict is None:
-            verdict = accepts(accept.decode("latin-1"), self.produces)
-            if len(self._accepted) >= self._ACCEPT_CACHE_SIZE:
-                self._accepted.clear()
-            self._accepted[accept] = verdict
-        if not verdict:
-            offered = ", ".join(self.produces)
-            raise NotAcceptable(f"Accept {accept.decode('latin-1')!r} admits none of: {offered}.")
+    def validate(self, scope: Scope) -> None:
+        """Leaves the request's (query, path) values in `scope`; RequestValidationFailed naming
+        every offending parameter otherwise."""
+        scope["extensions"][PARSED] = self.check(scope)
 
     def check(self, scope: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The request's (query, path) values, coerced; RequestValidationFailed naming every
-        offending parameter otherwise, NotAcceptable when no response type is acceptable."""
-        accept = None
+        """The request's (query, path) values, coerced, or RequestValidationFailed."""
         header_values: dict[str, str] = {}
         for key, value in scope["headers"]:
-            if key == b"accept":
-                accept = value if accept is None else accept + b"," + value
-            elif key in self.headers:
+            if key in self.headers:
                 header_values.setdefault(self.headers[key]["name"], value.decode("latin-1"))
         path_params = dict(scope.get("path_params") or {}) if self.checks_path else {}
         # Validation is a function of these alone, and clients repeat the same few requests
@@ -147,7 +122,6 @@ class OperationParameters:
             if len(self._valid) >= self._VALID_CACHE_SIZE:
                 self._valid.clear()
             self._valid[memo] = parsed
-        self._check_accept(accept)
         query, path = parsed
         # Copies: the handler may change what it is given, never what the next request gets.
         return {
@@ -186,3 +160,24 @@ class OperationParameters:
         if issues:
             raise RequestValidationFailed(issues)
         return query, path
+
+
+class _StreamedFileValidator:
+    """Export files pass response validation unchecked: Connexion would buffer the whole
+    (maybe compressed) file and parse NDJSON as one JSON document. Tests read them back."""
+
+    def __init__(self, scope: Scope, **_: Any) -> None:
+        pass
+
+    def wrap_send(self, send: Send) -> Send:
+        return send
+
+
+# For `add_api(validator_map=...)`. Connexion picks a response body validator by media type,
+# and its `*/*json` matches NDJSON too.
+VALIDATOR_MAP = {
+    "parameter": ParameterValidator,
+    "response": MediaTypeDict(
+        {**CONNEXION_VALIDATORS["response"], "application/x-ndjson": _StreamedFileValidator}
+    ),
+}

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from connexion.context import scope
-from starlette.types import Receive
+from contextvars import ContextVar
 
-__all__ = ["current_scope", "disconnected"]
+from starlette.types import Receive, Scope
 
-# The ASGI scope of the request being served, straight from the context variable behind
-# Connexion's `scope` proxy: each lookup through the proxy costs about a microsecond.
-current_scope = scope._get_current_object
+__all__ = ["current_scope", "disconnected", "serving"]
+
+# The ASGI scope of the request being served; set by the composing package's request
+# middleware (mdp.request_scope) for the handler and what it calls.
+serving: ContextVar[Scope] = ContextVar("serving")
+
+
+def current_scope() -> Scope:
+    return serving.get()
 
 
 async def disconnected(receive: Receive) -> None:

@@ -7,12 +7,15 @@ import csv
 import io
 
 import pyarrow as pa
+import pytest
 
+from handlers import export_encoders
 from handlers.export_encoders import CsvEncoder
 from handlers.exports import FILLED_CANDLES_SCHEMA, TRADES_SCHEMA
 
 
-def _encode(schema: pa.Schema, copy_csv: bytes) -> bytes:
+def _encode(schema: pa.Schema, copy_csv: bytes, *, chunk: int | None = None) -> bytes:
+    """`copy_csv` through the encoder, handed over whole or in chunks of `chunk` bytes."""
     out: list[bytes] = []
 
     async def emit(data: bytes) -> None:
@@ -20,7 +23,9 @@ def _encode(schema: pa.Schema, copy_csv: bytes) -> bytes:
 
     async def run() -> None:
         encoder = CsvEncoder(schema)
-        await encoder.feed(copy_csv, emit)
+        step = chunk or max(len(copy_csv), 1)
+        for start in range(0, len(copy_csv), step):
+            await encoder.feed(copy_csv[start : start + step], emit)
         await encoder.finish(emit)
 
     asyncio.run(run())
@@ -61,3 +66,18 @@ def test_filled_candles_keep_whole_numbers_and_nulls():
 def test_an_export_without_rows_is_its_header():
     header = b"id,symbol,price,volume,timestamp,venue_trade_id,side\r\n"
     assert _encode(TRADES_SCHEMA, b"") == header
+
+
+def test_rows_cut_across_chunks_and_blocks_come_out_whole_and_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    copy = b"".join(
+        b"%d,AAPL,1.%d00000000000000000,2.000000000000000000,2026-01-02 03:04:%02d+00,,\n"
+        % (n, n, n)
+        for n in range(40)
+    )
+    whole = _encode(TRADES_SCHEMA, copy)
+    # Blocks of a few rows, fed in chunks that end mid-row.
+    monkeypatch.setattr(export_encoders, "_BLOCK", 200)
+    assert _encode(TRADES_SCHEMA, copy, chunk=37) == whole
+    assert len(whole.split(b"\r\n")) == 42  # header, 40 rows, the final line end

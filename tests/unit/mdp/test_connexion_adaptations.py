@@ -1,5 +1,6 @@
-"""Each adaptation of Connexion's internals still applies: a Connexion upgrade that renames or
-stops calling what mdp.connexion_adaptations overrides must fail here, not slow the service."""
+"""Connexion runs the service's routing, security and validation through its documented options,
+and each adaptation of mdp.connexion_adaptations still applies: a Connexion upgrade that
+renames or stops calling what is overridden there must fail here, not slow the service."""
 
 from __future__ import annotations
 
@@ -10,21 +11,21 @@ import pytest
 from connexion import AsyncApp
 from connexion.lifecycle import ConnexionRequest
 from connexion.middleware.main import ConnexionMiddleware
-from connexion.middleware.request_validation import RequestValidationMiddleware
+from connexion.middleware.request_validation import RequestValidationOperation
 from connexion.middleware.response_validation import ResponseValidationMiddleware
-from connexion.middleware.routing import RoutingMiddleware
-from connexion.middleware.security import SecurityOperation
-from connexion.middleware.swagger_ui import SwaggerUIMiddleware
+from connexion.middleware.security import SecurityMiddleware, SecurityOperation
 from starlette.types import Receive, Scope, Send
 
+from access import security
 from access.apikeys import RateLimit, hash_key
 from access.keyring import Key
-from access.security import AuthError, Guard, required_scopes
+from access.security import AuthError, Forbidden, Guard, Unauthenticated, required_scopes
 from errors import RequestValidationFailed
 from mdp import connexion_adaptations as adaptations
 from mdp.app import create_app
 from mdp.settings import Settings
 from mdp.spec import load_contract
+from mdp.validation import PARSED, ParameterValidator
 
 OPERATION_IDS = {
     item[method]["operationId"]
@@ -47,11 +48,27 @@ def _one(stack: list[Any], kind: type) -> Any:
     return found
 
 
-def test_the_stock_middlewares_we_replace_are_still_connexions_defaults() -> None:
-    assert RequestValidationMiddleware in ConnexionMiddleware.default_middlewares
-    assert SwaggerUIMiddleware in ConnexionMiddleware.default_middlewares
-    assert RoutingMiddleware in ConnexionMiddleware.default_middlewares
-    assert ResponseValidationMiddleware in ConnexionMiddleware.default_middlewares
+def _operations(middleware: Any) -> dict[str, Any]:
+    [api] = [api for apis in middleware.apis.values() for api in apis]
+    return dict(api.operations)
+
+
+def test_the_stack_is_connexions_default_with_four_of_its_middlewares_adapted() -> None:
+    app = create_app(Settings(), validate_responses=True)
+    listed = [getattr(m, "func", m) for m in app.middleware.middlewares]
+    adapted = [m for m in listed if m.__module__ == adaptations.__name__]
+    frameworks = [m for m in listed if m.__module__.startswith("connexion.") or m in adapted]
+
+    # Each adapted middleware stands where the stock one it subclasses stands by default.
+    assert [
+        m.__mro__[1] if m in adapted else m for m in frameworks
+    ] == ConnexionMiddleware.default_middlewares
+    assert {m.__name__ for m in adapted} == {
+        "SwaggerUIMiddleware",
+        "RoutingMiddleware",
+        "SecurityMiddleware",
+        "RequestValidationMiddleware",
+    }
 
 
 def test_response_validation_is_in_the_stack_only_when_asked_for(stack: list[Any]) -> None:
@@ -64,7 +81,7 @@ def test_response_validation_is_in_the_stack_only_when_asked_for(stack: list[Any
 
 
 async def test_every_operation_is_routed_without_starlettes_router(stack: list[Any]) -> None:
-    routing = _one(stack, adaptations._RoutingMiddleware)
+    routing = _one(stack, adaptations.RoutingMiddleware)
     paths = load_contract().document["paths"]
     expected = {
         (method.upper(), path): ("", item[method]["operationId"])
@@ -102,34 +119,49 @@ async def test_every_operation_is_routed_without_starlettes_router(stack: list[A
     assert fallback == ["/symbols", "/nope"]
 
 
-def test_every_operation_is_validated_by_a_validator_built_once(stack: list[Any]) -> None:
-    validation = _one(stack, adaptations._ValidationMiddleware)
-    [api] = [api for apis in validation.apis.values() for api in apis]
+async def test_every_operation_is_validated_by_our_validator_built_once(
+    stack: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    operations = _operations(_one(stack, adaptations.RequestValidationMiddleware))
 
-    assert set(api.operations) == OPERATION_IDS
-    for operation in api.operations.values():
-        assert isinstance(operation, adaptations._ValidationOperation)
-        assert operation.parameters.strict
-        # What the stock operation reads per request, and the override builds from once.
-        assert operation._operation.uri_parser_class is not None
-        assert isinstance(operation.security_query_params, list)
+    assert set(operations) == OPERATION_IDS
+    for operation in operations.values():
+        assert isinstance(operation, RequestValidationOperation)
+        assert isinstance(operation.parameter_validator, ParameterValidator)
+        assert operation.parameter_validator.strict
+
+    built: list[Any] = []
+    monkeypatch.setattr(ParameterValidator, "__init__", lambda *args, **kw: built.append(args))
+    operation = operations["getLatestPrices"]
+    reached: list[Any] = []
+
+    async def downstream(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope["extensions"][PARSED])
+
+    monkeypatch.setattr(operation, "next_app", downstream)
+    scope = {"type": "http", "headers": [], "query_string": b"symbols=AAPL", "extensions": {}}
+    for _ in range(2):
+        await operation(scope, None, None)
+
+    # Connexion's own call would build a URI parser and a validator for each request.
+    assert built == []
+    assert reached == [({"symbols": ["AAPL"]}, {})] * 2
 
 
 def test_every_operation_is_served_by_an_operation_bound_once(stack: list[Any]) -> None:
     asgi_app = stack[-1]
     assert asgi_app.api_cls is adaptations._Api
     # Connexion's RoutedMiddleware calls `api.operations[operation_id]` for each request.
-    [api] = [api for apis in asgi_app.apis.values() for api in apis]
+    operations = _operations(asgi_app)
 
-    assert set(api.operations) == OPERATION_IDS
-    for operation in api.operations.values():
+    assert set(operations) == OPERATION_IDS
+    for operation in operations.values():
         assert isinstance(operation, adaptations._Operation)
-        # The stock operation wraps this attribute per request; the override calls it directly.
-        assert callable(operation._fn)
+        assert callable(operation.handler)
 
 
 async def test_swagger_ui_runs_its_router_only_for_its_own_paths(stack: list[Any]) -> None:
-    swagger = _one(stack, adaptations._SwaggerUIMiddleware)
+    swagger = _one(stack, adaptations.SwaggerUIMiddleware)
     assert swagger.prefixes and all(prefix.startswith("/docs") for prefix in swagger.prefixes)
     routed: list[str] = []
     passed: list[str] = []
@@ -163,7 +195,7 @@ def test_what_connexions_security_layer_records_reaches_the_handler() -> None:
     # Where Connexion's security handlers put what they found about the caller.
     context = ConnexionRequest(scope).context
     context.update(user="alice", token_info={"scope": "read"}, unrelated=1)
-    scope["extensions"][adaptations.ARGUMENTS] = ({"limit": 3, "order": "asc"}, {})
+    scope["extensions"][PARSED] = ({"limit": 3, "order": "asc"}, {})
 
     assert operation.bind(scope) == {"user": "alice", "token_info": {"scope": "read"}, "limit": 3}
 
@@ -171,9 +203,8 @@ def test_what_connexions_security_layer_records_reaches_the_handler() -> None:
 def test_a_repeated_valid_request_is_parsed_once_and_each_gets_its_own_values(
     stack: list[Any],
 ) -> None:
-    validation = _one(stack, adaptations._ValidationMiddleware)
-    [api] = [api for apis in validation.apis.values() for api in apis]
-    parameters = api.operations["getLatestPrices"].parameters
+    operations = _operations(_one(stack, adaptations.RequestValidationMiddleware))
+    parameters = operations["getLatestPrices"].parameter_validator
     scope = {"type": "http", "headers": [], "query_string": b"symbols=AAPL,MSFT"}
     parsed: list[bytes] = []
     parse = parameters._parse
@@ -199,21 +230,36 @@ def test_a_repeated_valid_request_is_parsed_once_and_each_gets_its_own_values(
     assert parsed == [b"symbols=AAPL,MSFT", *[b"symbols=AAPL&symbols=MSFT&x=1"] * 2]
 
 
-def _security_operations(stack: list[Any]) -> dict[str, Any]:
-    security = _one(stack, adaptations._SecurityMiddleware)
-    [api] = [api for apis in security.apis.values() for api in apis]
-    return dict(api.operations)
-
-
-def test_every_secured_operation_is_judged_by_one_call_of_mdp_security(stack: list[Any]) -> None:
+def test_every_secured_operation_is_verified_by_our_scheme_handlers(stack: list[Any]) -> None:
     secured = required_scopes(load_contract().document)
-    operations = _security_operations(stack)
+    middleware = _one(stack, SecurityMiddleware)
+    [api] = [api for apis in middleware.apis.values() for api in apis]
+    operations = _operations(middleware)
 
     assert set(operations) == OPERATION_IDS
+    for scheme, handler in security.security_map.items():
+        assert api.security_handler_factory.security_handlers[scheme] is handler
     for operation_id, operation in operations.items():
         assert isinstance(operation, adaptations._SecurityOperation)
-        # What the override reads of Connexion's operation, per the contract.
-        assert operation.judged_by_mdp == (operation_id in secured), operation_id
+        # Connexion's verification function, over the schemes the contract names.
+        assert operation.verification_fn.__module__ == "connexion.security"
+        assert bool(operation.security) == (operation_id in secured), operation_id
+
+
+def test_a_verification_function_may_read_all_of_a_connexion_request() -> None:
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "GET",
+        "path": "/symbols",
+        "headers": [(b"x-api-key", b"mdp_key")],
+        "query_string": b"limit=2",
+    }
+    request = adaptations._SecurityRequest(scope)
+
+    assert request.scope is scope
+    assert request.context is ConnexionRequest(scope).context
+    assert request.headers["x-api-key"] == "mdp_key"
+    assert request.query_params["limit"] == "2"
 
 
 def _key(key_id: str, scopes: set[str], *, revoked: bool = False) -> tuple[str, Key]:
@@ -224,7 +270,9 @@ def _key(key_id: str, scopes: set[str], *, revoked: bool = False) -> tuple[str, 
     return text, key
 
 
-async def test_the_one_call_decides_as_connexions_own_security_check(stack: list[Any]) -> None:
+async def test_each_request_is_judged_once_by_the_scheme_its_credentials_belong_to(
+    stack: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     document = load_contract().document
     guard = Guard(mode="required", scopes=required_scopes(document))
     reader, read_key = _key("a" * 12, {"read"})
@@ -233,21 +281,15 @@ async def test_the_one_call_decides_as_connexions_own_security_check(stack: list
     # The ring as a reload from the database leaves it (tests/integration/test_keyring.py).
     guard.ring._keys = {key.id: key for key in (read_key, stream_key, revoked_key)}
     guard.ring.loaded = True
-    operation = _security_operations(stack)["listSymbols"]
-    credentials: list[list[tuple[bytes, bytes]]] = [
-        [],
-        [(b"x-api-key", reader.encode())],
-        [(b"authorization", b"Bearer " + reader.encode())],
-        [(b"authorization", b"bearer  " + reader.encode() + b" ")],
-        [(b"x-api-key", reader.encode()), (b"authorization", b"Bearer " + reader.encode())],
-        [(b"x-api-key", reader.encode()), (b"x-api-key", reader.encode())],
-        [(b"authorization", b"Basic " + reader.encode())],
-        [(b"x-api-key", b"mdp_nope")],
-        [(b"x-api-key", reader[:-1].encode() + b"t")],
-        [(b"x-api-key", revoked.encode())],
-        [(b"authorization", b"Bearer " + streamer.encode())],
-        [(b"x-api-key", b"x" * 500)],
-    ]
+    judged: list[tuple[bytes, ...]] = []
+    judge = Guard.judge
+
+    def counting(self: Guard, scope: Any, api_keys: list[bytes], bearer: list[bytes]) -> Any:
+        judged.append((*api_keys, *bearer))
+        return judge(self, scope, api_keys, bearer)
+
+    monkeypatch.setattr(Guard, "judge", counting)
+    operation = _operations(_one(stack, SecurityMiddleware))["listSymbols"]
 
     async def decide(call: Any, headers: list[tuple[bytes, bytes]]) -> tuple[Any, ...]:
         scope: dict[str, Any] = {
@@ -258,10 +300,7 @@ async def test_the_one_call_decides_as_connexions_own_security_check(stack: list
             "query_string": b"",
             "state": {"app": SimpleNamespace(guard=guard)},
             "extensions": {
-                "connexion_routing": {
-                    "api_base_path": "",
-                    "operation_id": "listSymbols",
-                }
+                "connexion_routing": {"api_base_path": "", "operation_id": "listSymbols"}
             },
         }
         reached: list[dict[str, Any]] = []
@@ -269,26 +308,49 @@ async def test_the_one_call_decides_as_connexions_own_security_check(stack: list
         async def downstream(scope: Scope, receive: Receive, send: Send) -> None:
             reached.append(dict(scope["extensions"]["connexion_context"]))
 
-        original = operation.next_app
-        operation.next_app = downstream
+        monkeypatch.setattr(operation, "next_app", downstream)
+        judged.clear()
         try:
             await call(scope, None, None)
         except AuthError as exc:
-            return type(exc), exc.reason, exc.key
-        finally:
-            operation.next_app = original
-        return ("served", reached)
+            outcome: tuple[Any, ...] = (type(exc), exc.reason, exc.key)
+        else:
+            outcome = ("served", reached)
+        assert len(judged) == 1, headers
+        return outcome
 
-    for headers in credentials:
-        ours = await decide(operation, headers)
-        connexions = await decide(SecurityOperation.__call__.__get__(operation), headers)
-        assert ours == connexions, headers
-    assert await decide(operation, credentials[1]) == (
-        "served",
-        [
-            {
-                "user": read_key.id,
-                "token_info": {"sub": read_key.id, "max_exports": None, "max_streams": None},
-            }
-        ],
-    )
+    def api_key(value: bytes) -> list[tuple[bytes, bytes]]:
+        return [(b"x-api-key", value)]
+
+    def authorization(value: bytes) -> list[tuple[bytes, bytes]]:
+        return [(b"authorization", value)]
+
+    served = ("served", [{"user": read_key.id, "token_info": {"sub": read_key.id, **_CAPS}}])
+    cases: list[tuple[list[tuple[bytes, bytes]], tuple[Any, ...]]] = [
+        ([], (Unauthenticated, "missing_credentials", None)),
+        (api_key(reader.encode()), served),
+        (authorization(b"Bearer " + reader.encode()), served),
+        (authorization(b"bearer  " + reader.encode() + b" "), served),
+        (
+            api_key(reader.encode()) + authorization(b"Bearer " + reader.encode()),
+            (Unauthenticated, "several_credentials", None),
+        ),
+        (api_key(reader.encode()) * 2, (Unauthenticated, "several_credentials", None)),
+        (
+            authorization(b"Basic " + reader.encode()),
+            (Unauthenticated, "malformed_authorization", None),
+        ),
+        (api_key(b"mdp_nope"), (Unauthenticated, "malformed_key", None)),
+        (api_key(reader[:-1].encode() + b"t"), (Unauthenticated, "invalid_key", None)),
+        (api_key(revoked.encode()), (Unauthenticated, "revoked", revoked_key)),
+        (authorization(b"Bearer " + streamer.encode()), (Forbidden, "forbidden", stream_key)),
+        (api_key(b"x" * 500), (Unauthenticated, "malformed_key", None)),
+    ]
+    stock = SecurityOperation.__call__.__get__(operation)
+    for headers, expected in cases:
+        assert await decide(operation, headers) == expected, headers
+        # The same decision as Connexion's own call, with its ConnexionRequest.
+        assert await decide(stock, headers) == expected, headers
+
+
+_CAPS = {"max_exports": None, "max_streams": None}

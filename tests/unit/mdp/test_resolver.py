@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from connexion.exceptions import ResolverError
+from connexion.resolver import Resolver
 
 import handlers.market
 from mdp.resolver import HandlerResolver, handler_name
@@ -31,7 +32,7 @@ def test_handler_name_refuses_what_is_not_short_camel_case(operation_id: str) ->
 
 
 def test_resolution_keeps_the_contracts_id_and_finds_the_handler() -> None:
-    resolution = HandlerResolver().resolve(_operation("listCandles"))
+    resolution = Resolver(HandlerResolver()).resolve(_operation("listCandles"))
     assert resolution.operation_id == "listCandles"
     assert resolution.function is handlers.market.list_candles
 
@@ -44,7 +45,7 @@ def test_resolution_refuses_an_id_without_exactly_one_handler(
     operation_id: str, found: str
 ) -> None:
     with pytest.raises(ResolverError, match=f"in the handlers package, found {found}"):
-        HandlerResolver().resolve(_operation(operation_id))
+        Resolver(HandlerResolver()).resolve(_operation(operation_id))
 
 
 def test_a_handler_defined_in_two_modules_is_ambiguous(
@@ -59,4 +60,4 @@ def test_a_handler_defined_in_two_modules_is_ambiguous(
     with pytest.raises(
         ResolverError, match="found twice_handlers.one.get_thing, twice_handlers.two"
     ):
-        HandlerResolver("twice_handlers").resolve(_operation("getThing"))
+        Resolver(HandlerResolver("twice_handlers")).resolve(_operation("getThing"))
