@@ -93,9 +93,6 @@ class Captured:
     name: str
     sql: str
     params: tuple[Any, ...]
-    # Run first, in the transaction the EXPLAIN ANALYZE runs and rolls back in (writes only).
-    setup: str | None = None
-    note: str = ""
 
 
 class Recorder:
@@ -151,8 +148,7 @@ async def capture(engine: AsyncEngine, anchor: datetime) -> list[Captured]:
     """Runs the service's query functions as its handlers do, recording their SQL.
 
     `now` is pinned just after the newest trade, so the open buckets hold trades whatever the
-    age of the database. Candle reads run twice: cold (computes and persists the final
-    buckets) and warm (the steady state: coverage check, then final rows plus the live bucket).
+    age of the database. A candle read is one statement, the same on every request.
     """
     recorder = Recorder(engine)
     now = anchor + timedelta(milliseconds=500)
@@ -237,11 +233,10 @@ async def capture(engine: AsyncEngine, anchor: datetime) -> list[Captured]:
                     driver, symbol=SYMBOL, interval=interval, step=step, lo=lo, hi=hi, limit=limit
                 )
 
-            # Reads only read: one statement, the same on the first request as on any other.
             for statement in await one(f"{name}.page", read):
                 wanted.append(_named(statement, f"{name}.page"))
-        await conn.exec_driver_sql("ANALYZE candles")
-    # Several INSERTs for one window (roll-ups persist minutes first): keep names unique.
+    # A step may send several statements (a bounded read, then the unbounded one when the
+    # bound found nothing): keep names unique.
     seen: dict[str, int] = {}
     for item in wanted:
         seen[item.name] = seen.get(item.name, 0) + 1
@@ -250,8 +245,8 @@ async def capture(engine: AsyncEngine, anchor: datetime) -> list[Captured]:
     return wanted
 
 
-def _named(statement: Captured, name: str, *, setup: str | None = None) -> Captured:
-    return Captured(name, statement.sql, statement.params, setup)
+def _named(statement: Captured, name: str) -> Captured:
+    return Captured(name, statement.sql, statement.params)
 
 
 def _literal(value: Any) -> str:
@@ -277,28 +272,19 @@ async def explain(dsn: str, statement: Captured) -> tuple[str, str, str]:
         execute = f"EXECUTE bench_plan({arguments})" if arguments else "EXECUTE bench_plan"
         for mode in ("force_custom_plan", "force_generic_plan"):
             await conn.execute(f"SET plan_cache_mode = {mode}")
-            tx = conn.transaction()
-            await tx.start()
-            try:
-                if statement.setup:
-                    await conn.execute(statement.setup)
-                rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {execute}")
-            finally:
-                await tx.rollback()
+            rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {execute}")
             plans.append("\n".join(r[0] for r in rows))
-        chosen = "n/a (writes)"
-        if not statement.setup:
-            # What the service's prepared statement ends up with: PostgreSQL tries five custom
-            # plans, then keeps the generic one if it is not estimated dearer.
-            await conn.execute("RESET plan_cache_mode; DEALLOCATE bench_plan")
-            await conn.execute(f"PREPARE bench_plan AS {statement.sql}")
-            for _ in range(7):
-                await conn.execute(execute)
-            generic, custom = await conn.fetchrow(
-                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                "WHERE name = 'bench_plan'"
-            )
-            chosen = "generic" if generic else "custom"
+        # What the service's prepared statement ends up with: PostgreSQL tries five custom
+        # plans, then keeps the generic one if it is not estimated dearer.
+        await conn.execute("RESET plan_cache_mode; DEALLOCATE bench_plan")
+        await conn.execute(f"PREPARE bench_plan AS {statement.sql}")
+        for _ in range(7):
+            await conn.execute(execute)
+        generic, _ = await conn.fetchrow(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE name = 'bench_plan'"
+        )
+        chosen = "generic" if generic else "custom"
     finally:
         await conn.close()
     return plans[0], plans[1], chosen
@@ -527,9 +513,7 @@ async def write_plans(dsn: str, statements: list[Captured], out: Path, label: st
         custom, generic, chosen = await explain(dsn, statement)
         summaries.append(summarise(statement.name, custom, generic, chosen))
         (out / f"{statement.name}.txt").write_text(
-            f"-- {statement.name} at {label}"
-            + (f" ({statement.note})" if statement.note else "")
-            + "\n"
+            f"-- {statement.name} at {label}\n"
             f"-- parameters: {_params_text(statement.params)}\n"
             f"{statement.sql.strip()}\n\n"
             f"-- custom plan (plan_cache_mode = force_custom_plan)\n{custom}\n\n"
