@@ -11,8 +11,18 @@ Finality: a symbol is *complete through* the venue's clock (the newest venue tim
 the connection) less the lateness allowance, and that mark only advances while the symbol is
 connected and caught up. While it is down or recovering the mark stands still.
 
+Heartbeats: a venue that sends them (Coinbase) must send a message within the stall bound. For
+one that does not (Binance) the feed pings a few times per bound: no pong within it is a stall,
+and each pong is the heartbeat. The venue answered it after sending everything it had, so its
+clock has at least reached the time the ping left (in the venue's clock: our clock plus the
+offset the last trade showed, which its transit time makes an underestimate): a quiet market's
+watermark moves on, a dead connection's does not.
+
 Connection trouble (refused, dropped, closed, no message or heartbeat within the stall bound)
-is retried with backoff forever; a bad message is logged truncated, counted and skipped.
+is retried with backoff forever; a bad message is logged truncated, counted and skipped. A
+product the venue says it does not list (Coinbase: left out of the subscription
+acknowledgement; Binance: `Invalid symbol` from REST) is `unlisted`, not a quiet market, and
+is asked about again every `relist_seconds`.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import orjson
@@ -37,6 +47,7 @@ from ingestion.sources.base import (
     Rest,
     RestError,
     Subscribed,
+    Unlisted,
     Venue,
     VenueTrade,
     truncate,
@@ -46,16 +57,24 @@ __all__ = ["Feed", "FeedState", "Intake", "Mark", "SymbolFeed"]
 
 logger = logging.getLogger(__name__)
 
-FeedState = Literal["connecting", "connected", "recovering", "down"]
+FeedState = Literal["connecting", "connected", "recovering", "down", "unlisted"]
 
 # Reconnecting: quick first retry, then doubling up to a steady pace (with jitter, so many
 # instances of many services do not knock on the venue in step).
 _BACKOFF_FIRST = 0.2
 _BACKOFF_MAX = 30.0
+# Pings per stall bound, for venues without heartbeats: one lost pong is not a stall yet.
+_PINGS_PER_STALL = 3
+# How often a product the venue does not list is asked about again.
+_RELIST_SECONDS = 60.0
 
 
 class Stalled(RuntimeError):
     """No message and no heartbeat within the stall bound."""
+
+
+class Relisted(RuntimeError):
+    """A product the venue did not list is listed now: its stream starts on a new connection."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +104,8 @@ class SymbolFeed:
     recovering: asyncio.Task[None] | None = None
     reconnects_total: int = 0
     recovered_total: int = 0
+    # Late prints stored (counted by the writer once committed), and re-delivered trades
+    # skipped (here, and by the writer where the database's unique key refused them).
     late_total: int = 0
     duplicates_total: int = 0
     resets_total: int = 0
@@ -153,7 +174,7 @@ class Feed:
         self.symbols = {symbol: SymbolFeed(symbol) for symbol in symbols}
         self._names = frozenset(self.symbols)
         self.url = url
-        self.rest = Rest(rest_url)
+        self.rest = Rest(rest_url, venue.unlisted)
         self.stall_seconds = stall_seconds
         self.lateness = lateness
         self.intake = intake
@@ -161,6 +182,13 @@ class Feed:
         self.malformed_total = 0
         self.connected_since: float | None = None
         self.last_error: str | None = None
+        self.relist_seconds = _RELIST_SECONDS
+        # What the venue said about listing, kept across connections of this run: a listed
+        # product is not asked about again, an unlisted one is every `relist_seconds`.
+        self._listed: set[str] = set()
+        self._unlisted: set[str] = set()
+        # The venue's clock less ours, as the newest trade showed it (transit time included).
+        self._offset = timedelta(0)
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -177,7 +205,7 @@ class Feed:
             feed.since = mark.since if mark is not None else None
         # A client per run: the last run closed its own. The count goes on.
         throttled = self.rest.throttled_total
-        self.rest = Rest(self.rest.base_url)
+        self.rest = Rest(self.rest.base_url, self.venue.unlisted)
         self.rest.throttled_total = throttled
         delay = _BACKOFF_FIRST
         try:
@@ -210,26 +238,91 @@ class Feed:
     async def _session(self) -> None:
         names = sorted(self.symbols)
         for feed in self.symbols.values():
-            feed.become("connecting")
-        heartbeats = self.venue.sends_heartbeats
+            feed.become("unlisted" if feed.symbol in self._unlisted else "connecting")
         async with connect(
             self.venue.stream_url(self.url, names),
             open_timeout=self.stall_seconds,
-            # Without application heartbeats our pings are the heartbeat: no pong within the
-            # stall bound closes the connection.
-            ping_interval=None if heartbeats else self.stall_seconds / 2,
-            ping_timeout=None if heartbeats else self.stall_seconds / 2,
+            # Our own keepalive below: its pongs are a heartbeat that moves the watermark.
+            ping_interval=None,
             max_size=2**22,
         ) as ws:
-            await self._subscribe(ws, names)
-            while True:
-                try:
-                    raw = await asyncio.wait_for(
-                        ws.recv(), self.stall_seconds if heartbeats else None
-                    )
-                except TimeoutError:
-                    raise Stalled(f"no message within {self.stall_seconds:g}s") from None
-                self._handle(raw)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._listen(ws))
+                    tasks.create_task(self._relisting(ws))
+                    if not self.venue.sends_heartbeats:
+                        tasks.create_task(self._keepalive(ws))
+                    await self._subscribe(ws, names)
+            except* (Stalled, Relisted, websockets.exceptions.ConnectionClosed, OSError) as group:
+                # One of them ended the session: say which, as a bare exception.
+                raise group.exceptions[0] from None
+
+    async def _listen(self, ws: ClientConnection) -> None:
+        bound = self.stall_seconds if self.venue.sends_heartbeats else None
+        while True:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), bound)
+            except TimeoutError:
+                raise Stalled(f"no message within {self.stall_seconds:g}s") from None
+            self._handle(raw)
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        """Ping a few times per stall bound; each pong is a heartbeat (see the module doc)."""
+        every = self.stall_seconds / _PINGS_PER_STALL
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(every)
+            sent = datetime.now(UTC)
+            pong = await ws.ping()
+            remaining = self.stall_seconds - (time.monotonic() - last)
+            try:
+                await asyncio.wait_for(pong, max(remaining, 0.0))
+            except TimeoutError:
+                raise Stalled(f"no pong within {self.stall_seconds:g}s") from None
+            last = time.monotonic()
+            self._clock(sent + self._offset)
+            for feed in self.symbols.values():
+                self._advance_watermark(feed)
+
+    async def _relisting(self, ws: ClientConnection) -> None:
+        """Ask the venue about products it did not list, every `relist_seconds`: over REST
+        where the stream cannot say (Binance), by subscribing again where it acknowledges."""
+        asks_rest = not self.venue.subscriptions(sorted(self._names))
+        while True:
+            if asks_rest:
+                await self._check_listing()
+            await asyncio.sleep(self.relist_seconds)
+            unlisted = sorted(self._unlisted)
+            if unlisted and not asks_rest:
+                for message in self.venue.subscriptions(unlisted):
+                    await ws.send(orjson.dumps(message).decode())
+
+    async def _check_listing(self) -> None:
+        for symbol in sorted(self._names - self._listed):
+            try:
+                await self.venue.check_listed(self.rest, symbol)
+            except Unlisted as exc:
+                self._not_listed(symbol, str(exc))
+                continue
+            except (RestError, Malformed, OSError) as exc:
+                # Unknown for now: the feed carries on as if listed, and asks again later.
+                logger.warning("%s feed: cannot ask about %s: %s", self.venue.name, symbol, exc)
+                continue
+            self._listed.add(symbol)
+            if symbol in self._unlisted:
+                self._unlisted.discard(symbol)
+                logger.warning("%s feed: %s is listed now", self.venue.name, symbol)
+                raise Relisted(f"{symbol} is listed now")
+
+    def _not_listed(self, symbol: str, why: str) -> None:
+        feed = self.symbols[symbol]
+        if feed.recovering is not None:
+            feed.recovering.cancel()
+            feed.recovering = None
+        if symbol not in self._unlisted:
+            logger.warning("%s feed: the venue does not list %s (%s)", self.venue.name, symbol, why)
+        self._unlisted.add(symbol)
+        feed.become("unlisted")
 
     async def _subscribe(self, ws: ClientConnection, names: list[str]) -> None:
         messages = self.venue.subscriptions(names)
@@ -260,6 +353,7 @@ class Feed:
             return
         for event in events:
             if isinstance(event, VenueTrade):
+                self._offset = event.timestamp - datetime.now(UTC)
                 self._clock(event.timestamp)
                 self._take(self.symbols[event.symbol], event, live=True)
             elif isinstance(event, Heartbeat):
@@ -271,18 +365,23 @@ class Feed:
             self._advance_watermark(feed)
 
     def _subscribed(self, symbols: frozenset[str]) -> None:
+        """The venue streams `symbols` now (an acknowledgement lists every product it
+        streams on the connection; without one, every product asked for)."""
         self.connected_since = time.monotonic()
-        for symbol in symbols:
+        acknowledged = bool(self.venue.subscriptions(sorted(self._names)))
+        for symbol in sorted(symbols):
             feed = self.symbols[symbol]
+            if acknowledged:
+                self._unlisted.discard(symbol)
+            if feed.state not in ("connecting", "unlisted") or symbol in self._unlisted:
+                continue  # already streaming, or only listed once the venue says so
             if feed.contiguous is None:
                 feed.become("connected")  # nothing stored yet: ingestion starts now
             else:
                 self._recover(feed)
-        missing = self._names - symbols
-        if missing:
-            logger.warning(
-                "%s feed: the venue did not subscribe %s", self.venue.name, ", ".join(missing)
-            )
+        if acknowledged:
+            for symbol in sorted(self._names - symbols):
+                self._not_listed(symbol, "left out of the subscription")
 
     # -- trades -----------------------------------------------------------------------------
 
@@ -323,9 +422,6 @@ class Feed:
         else:
             feed.ahead[tid] = trade.timestamp
             self._absorb(feed)
-        if feed.complete_through is not None and trade.timestamp <= feed.complete_through:
-            # Late: its bucket may already be final. Stored all the same, and counted.
-            feed.late_total += 1
         if not live:
             feed.recovered_total += 1
         self.intake.put(trade)
@@ -384,6 +480,10 @@ class Feed:
                     for trade in page:
                         newest = max(newest, trade.trade_id)
                         fetched += self._take(feed, trade, live=False)
+            except Unlisted as exc:
+                feed.recovering = None  # this task: it ends here
+                self._not_listed(feed.symbol, str(exc))
+                return
             except (RestError, Malformed, OSError) as exc:
                 logger.warning(
                     "%s feed: recovering %s failed (%s); retrying in %.1fs",

@@ -43,8 +43,6 @@ class IngestionStatus:
     candle_failures_total: int = 0
     # The venue feed, when FEED names one (its per-symbol state is reported as is).
     feed: Feed | None = None
-    # Venue trades stored into buckets whose candles were already materialised (revised).
-    late_prints_total: int = 0
     # TRADES_RETENTION, and the oldest trade kept as the leader's housekeeping last saw it.
     trades_retention: timedelta | None = None
     oldest_trade_kept: datetime | None = None

@@ -102,6 +102,10 @@ class VenueIngestor(IngestionLoop):
             # Storing them again later is harmless (the unique key), losing them is not.
             intake.give_back(trades)
             raise
-        self.status.late_prints_total += batch.late
+        # Counted once committed: a late print or a duplicate is what the database found.
+        for symbol, count in batch.late.items():
+            self.feed.symbols[symbol].late_total += count
+        for symbol, count in batch.duplicates.items():
+            self.feed.symbols[symbol].duplicates_total += count
         self.status.record_success(batch.stored)
         return batch.stored

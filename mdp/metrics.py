@@ -6,6 +6,7 @@ import bisect
 import itertools
 import time
 from collections.abc import Callable, Iterator
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client import exposition as text_format
@@ -22,7 +23,7 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
-from ingestion.feed import Feed
+from ingestion.feed import Feed, FeedState
 from ingestion.status import IngestionStatus
 from live.broadcaster import Broadcaster
 from mdp.http_protocol import closed_connections
@@ -155,7 +156,8 @@ def _feed_metrics(feed: Feed) -> Iterator[Metric]:
     labels = ["venue", "symbol"]
     state = GaugeMetricFamily(
         "mdp_feed_state",
-        "1 for the feed state each symbol is in (connecting, connected, recovering, down).",
+        "1 for the feed state each symbol is in (connecting, connected, recovering, down, "
+        "unlisted).",
         labels=[*labels, "state"],
     )
     through = GaugeMetricFamily(
@@ -171,15 +173,19 @@ def _feed_metrics(feed: Feed) -> Iterator[Metric]:
             "mdp_feed_recovered_trades", "Trades recovered from venue REST history.", labels=labels
         ),
         "late_total": CounterMetricFamily(
-            "mdp_feed_late_trades", "Trades stamped within an already final range.", labels=labels
+            "mdp_feed_late_trades",
+            "Late prints stored: stamped at or before the watermark already committed.",
+            labels=labels,
         ),
         "duplicates_total": CounterMetricFamily(
-            "mdp_feed_duplicate_trades", "Re-delivered venue trades skipped.", labels=labels
+            "mdp_feed_duplicate_trades",
+            "Re-delivered venue trades skipped (by the feed, or by the unique key).",
+            labels=labels,
         ),
     }
     venue = feed.venue.name
     for symbol in feed.symbols.values():
-        for name in ("connecting", "connected", "recovering", "down"):
+        for name in get_args(FeedState):
             state.add_metric([venue, symbol.symbol, name], 1 if symbol.state == name else 0)
         if symbol.complete_through is not None:
             through.add_metric([venue, symbol.symbol], symbol.complete_through.timestamp())

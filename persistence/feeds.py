@@ -9,8 +9,9 @@ venue timestamps; streams find them by the batch's id range (`persistence.batche
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from sqlalchemy import BigInteger, DateTime, Integer, String, bindparam, text
@@ -35,6 +36,10 @@ __all__ = [
 ]
 
 
+# Before every trade: "nothing is materialised / complete yet".
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
 class StoredMark(NamedTuple):
     """Every trade id of the symbol up to `last_trade_id` is stored, and every trade stamped
     up to `complete_through`; `since` began the current unbroken stretch."""
@@ -46,8 +51,11 @@ class StoredMark(NamedTuple):
 
 class VenueBatch(NamedTuple):
     stored: int
-    # Trades stamped in buckets already materialised: stored, their candles revised.
-    late: int
+    # Per symbol, late prints stored: stamped at or before the watermark already committed
+    # (their candles are revised where already materialised).
+    late: dict[str, int]
+    # Per symbol, trades not stored because they already were (re-delivered, recovered twice).
+    duplicates: dict[str, int]
 
 
 _claim = text(
@@ -62,9 +70,15 @@ _claim = text(
     bindparam("lock_key", type_=BigInteger),
 )
 
-# How far each symbol's candles are materialised: a trade before that is a late print.
-_materialised = text(
-    "SELECT symbol, candles_until FROM candle_watermarks WHERE symbol = ANY(:symbols)"
+# Per symbol, before this batch: how far its candles are materialised (a trade before that
+# revises them) and how far its feed was complete (a trade at or before that is late).
+_committed = text(
+    """
+    SELECT s.symbol, cw.candles_until, fw.complete_through
+    FROM unnest(CAST(:symbols AS varchar[])) AS s(symbol)
+    LEFT JOIN candle_watermarks AS cw ON cw.symbol = s.symbol
+    LEFT JOIN feed_watermarks AS fw ON fw.symbol = s.symbol
+    """
 ).bindparams(bindparam("symbols", type_=ARRAY(String)))
 
 _publish = text(
@@ -147,7 +161,8 @@ async def insert_venue_batch(
 ) -> VenueBatch | None:
     """Store `trades` (each venue trade once) and move `marks`, in the caller's transaction;
     None when refused (not the leader any more, or not newer than the last batch). A trade
-    stamped in a bucket already materialised revises that bucket's candles here."""
+    stored in a bucket already materialised revises that bucket's candles here; one already
+    stored is counted as a duplicate, never as a late print."""
     claimed = (
         await conn.execute(
             _claim, {"stamped": stamped, "leader_pid": leader_pid, "lock_key": lock_key}
@@ -155,17 +170,29 @@ async def insert_venue_batch(
     ).scalar_one_or_none()
     if claimed is None:
         return None
-    rows = await conn.execute(_materialised, {"symbols": sorted({t.symbol for t in trades})})
-    materialised: dict[str, datetime] = {row[0]: row[1] for row in rows}
-    late: dict[str, list[datetime]] = {}
-    for trade in trades:
-        until = materialised.get(trade.symbol)
-        if until is not None and trade.timestamp < until:
-            late.setdefault(trade.symbol, []).append(trade.timestamp)
-    for symbol in sorted(late):
+    offered = Counter(trade.symbol for trade in trades)
+    committed = await conn.execute(_committed, {"symbols": sorted(offered)})
+    materialised: dict[str, datetime] = {}
+    complete: dict[str, datetime] = {}
+    for symbol, candles_until, complete_through in committed:
+        if candles_until is not None:
+            materialised[symbol] = candles_until
+        if complete_through is not None:
+            complete[symbol] = complete_through
+    for symbol in sorted(
+        {t.symbol for t in trades if t.timestamp < materialised.get(t.symbol, _NEVER)}
+    ):
         # Before the rows go in, as for a backfill: the leader's roll-up cannot miss them.
         await lock_candles(conn, symbol)
-    ids = await insert_trades(conn, trades)
+    stored = await insert_trades(conn, trades)
+    ids = [row[0] for row in stored]
+    revised: dict[str, list[datetime]] = {}
+    late: Counter[str] = Counter()
+    for _, symbol, moment in stored:
+        if moment < materialised.get(symbol, _NEVER):
+            revised.setdefault(symbol, []).append(moment)
+        if moment <= complete.get(symbol, _NEVER):
+            late[symbol] += 1
     if ids:
         await conn.execute(
             _publish,
@@ -178,7 +205,7 @@ async def insert_venue_batch(
                 "stamp_text": stamped.isoformat(),
             },
         )
-    for symbol, moments in late.items():
+    for symbol, moments in revised.items():
         await rematerialise(conn, symbol, min(moments), max(moments))
     if marks:
         symbols = sorted(marks)
@@ -201,7 +228,8 @@ async def insert_venue_batch(
             },
             feed=feed,
         )
-    return VenueBatch(len(ids), sum(len(m) for m in late.values()))
+    duplicates = offered - Counter(symbol for _, symbol, _ in stored)
+    return VenueBatch(len(ids), dict(late), dict(duplicates))
 
 
 async def record_intervals(

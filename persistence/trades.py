@@ -60,10 +60,9 @@ _c = _trades.c
 class TradeRow(NamedTuple):
     id: int
     symbol: str
-    # float8 on the way out: PostgreSQL prints the shortest exact form, so 100.1 stays 100.1
-    # (exact up to 15 significant digits, every venue's prices and sizes).
-    price: float
-    volume: float
+    # Exact, without trailing zeros (trim_scale): 100.1 stays 100.1, whatever its digits.
+    price: Decimal
+    volume: Decimal
     timestamp: datetime
     venue_trade_id: str | None
     side: str | None
@@ -93,7 +92,8 @@ class VenueTrade(NamedTuple):
 
 # The columns of a TradeRow, for the asyncpg reads.
 COLUMNS = (
-    "id, symbol, price::float8 AS price, volume::float8 AS volume, timestamp, venue_trade_id, side"
+    "id, symbol, trim_scale(price) AS price, trim_scale(volume) AS volume, timestamp, "
+    "venue_trade_id, side"
 )
 
 # Hot reads, sent on the read pool's asyncpg connections (see persistence.pool).
@@ -323,7 +323,7 @@ _insert_trades = Statement(
         CAST(:timestamps AS timestamptz[]), CAST(:ids AS text[]), CAST(:sides AS text[])
     )
     ON CONFLICT DO NOTHING
-    RETURNING id
+    RETURNING id, symbol, timestamp
     """
     ).bindparams(
         bindparam("symbols", type_=ARRAY(String)),
@@ -336,10 +336,13 @@ _insert_trades = Statement(
 )
 
 
-async def insert_trades(conn: AsyncConnection, trades: Sequence[VenueTrade]) -> list[int]:
+async def insert_trades(
+    conn: AsyncConnection, trades: Sequence[VenueTrade]
+) -> list[tuple[int, str, datetime]]:
     """Store the trades not stored yet (by symbol, venue trade id and timestamp; trades without
     a venue id are always stored), in the caller's transaction, ids in the order given; returns
-    the ids of the rows stored. The partitions of their months are created when missing."""
+    (id, symbol, timestamp) of the rows stored. The partitions of their months are created
+    when missing."""
     if not trades:
         return []
     symbols, prices, volumes, timestamps, ids, sides = zip(*trades, strict=True)
@@ -353,7 +356,7 @@ async def insert_trades(conn: AsyncConnection, trades: Sequence[VenueTrade]) -> 
         ids=list(ids),
         sides=list(sides),
     )
-    return list(result.scalars())
+    return [(row.id, row.symbol, row.timestamp) for row in result]
 
 
 async def oldest_trade(conn: AsyncConnection, symbol: str) -> tuple[datetime, Decimal] | None:

@@ -2,8 +2,19 @@
 
 A venue module (one per venue: `coinbase.py`, `binance.py`) knows its wire formats and nothing
 else: the stream URL and subscription for a set of products, how to read one message into
-events, and how to page its REST history. Connecting, noticing drops, stalls and gaps,
-reconnecting and recovering are the same for every venue and live in `ingestion/feed.py`.
+events, how to page its REST history and how its REST API says a product is not listed.
+Connecting, noticing drops, stalls and gaps, reconnecting and recovering are the same for
+every venue and live in `ingestion/feed.py`.
+
+The adapters are small and hand-written on `websockets` (the stream) and an HTTP client (the
+history) rather than on ccxt's unified `watch_trades`/`fetch_trades`: what this service
+promises needs the venue's own words, which a unified layer smooths away. Gaps are judged by
+venue trade ids and Coinbase `heartbeat` `last_trade_id`s; history is paged by the venue's own
+cursors (`CB-AFTER`, `fromId`) back to the last stored id; `Retry-After` and weight are the
+venue's; timestamps must stay exact to the microsecond (Binance's `timeUnit=MICROSECOND`), and
+an unlisted product must be told from a quiet one by the venue's own error. ccxt's streaming
+half (ccxt.pro) reconnects and buffers by itself, out of sight of the watermark, and would
+bring a large dependency for two venues of about 150 lines each.
 """
 
 from __future__ import annotations
@@ -11,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -27,6 +38,7 @@ __all__ = [
     "RestError",
     "Side",
     "Subscribed",
+    "Unlisted",
     "Venue",
     "VenueTrade",
     "decimal_field",
@@ -102,12 +114,25 @@ class RestError(RuntimeError):
     """The venue's REST history could not be read now (the feed retries later)."""
 
 
+class Unlisted(RestError):
+    """The venue says it does not list the product (a feed state, asked about again later)."""
+
+
 class Rest:
     """GETs on a venue's REST API: one connection pool, 429/418 honoured via Retry-After,
     5xx and network errors retried with backoff, every wait logged."""
 
-    def __init__(self, base_url: str, *, timeout: float = 10.0, attempts: int = 5) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        unlisted: Callable[[int, Any], bool],
+        *,
+        timeout: float = 10.0,
+        attempts: int = 5,
+    ) -> None:
+        """`unlisted(status, body)` tells a venue's "no such product" answer."""
         self.base_url = base_url.rstrip("/")
+        self.unlisted = unlisted
         self._client = httpx2.AsyncClient(timeout=timeout)
         self._attempts = attempts
         # Counted by the feed's status: how often the venue told us to slow down.
@@ -145,15 +170,23 @@ class Rest:
                     wait, why = delay, f"HTTP {response.status_code}"
                 else:
                     # 4xx: asking again will not help (an unknown product, a bad parameter).
-                    raise RestError(
-                        f"GET {path}: HTTP {response.status_code} {truncate(response.text)}"
-                    )
+                    problem = f"GET {path}: HTTP {response.status_code} {truncate(response.text)}"
+                    if self.unlisted(response.status_code, _json(response)):
+                        raise Unlisted(problem)
+                    raise RestError(problem)
             if attempt == self._attempts:
                 raise RestError(f"GET {path}: {why}, {attempt} attempts")
             logger.warning("venue REST GET %s: %s; retrying in %.1fs", path, why, wait)
             await asyncio.sleep(wait)
             delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")
+
+
+def _json(response: httpx2.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def _retry_after(raw: str | None, fallback: float) -> float:
@@ -188,6 +221,17 @@ class Venue(Protocol):
 
     def parse(self, raw: str | bytes, symbols: frozenset[str]) -> list[Event]:
         """The events in one message (possibly none); raises Malformed."""
+        ...
+
+    def unlisted(self, status: int, body: Any) -> bool:
+        """True when a REST error answer (`status`, JSON `body` or None) says the product is
+        not listed."""
+        ...
+
+    async def check_listed(self, rest: Rest, symbol: str) -> None:
+        """Ask the venue's REST API whether it lists `symbol` (one cheap request); raises
+        Unlisted when it does not. Only for venues whose stream cannot say (no subscription
+        acknowledgement)."""
         ...
 
     def history(

@@ -5,13 +5,18 @@ Stream (wss://stream.binance.com:9443): a combined stream subscribes in its URL,
 lowercase; `timeUnit` makes every timestamp microseconds, so none is rounded). Each message is
 `{"stream": "btcusdt@trade", "data": {"e": "trade", "E": ..., "s": "BTCUSDT", "t": <trade id>,
 "p": "<price>", "q": "<quantity>", "T": <trade time>, "m": <is the buyer the maker?>, "M": ...}}`.
-There are no application heartbeats: the server pings every 20 s and the feed pings too.
-A connection lives 24 h at most; `serverShutdown` announces a restart (we reconnect).
+There are no application heartbeats and no subscription acknowledgement: a product the venue
+does not list simply never trades, so listing is asked over REST (`check_listed`). The server
+pings every 20 s, longer than the default stall bound (FEED_STALL_SECONDS, 10 s), so the feed
+pings too, a few times per bound: no message and no pong within the bound is a stall, and each
+pong is the heartbeat that moves the watermark of a quiet market (`ingestion/feed.py`). A
+connection lives 24 h at most; `serverShutdown` announces a restart (we reconnect).
 
 REST (https://api.binance.com): `GET /api/v3/historicalTrades?symbol=&fromId=&limit=` answers
 trades from `fromId` upwards, oldest first, 1000 at most; keyless, weight 25 of 6,000 a
 minute per IP. The `X-MBX-TIME-UNIT: MICROSECOND` header makes its `time` microseconds too.
-Errors are `{"code": -1121, "msg": "Invalid symbol."}`; 429/418 carry `Retry-After`.
+Errors are `{"code": -1121, "msg": "Invalid symbol."}` (HTTP 400: the product is not listed);
+429/418 carry `Retry-After`.
 
 `m` / `isBuyerMaker` true means the buyer rested on the book: the aggressor sold.
 """
@@ -33,6 +38,7 @@ __all__ = ["Binance"]
 _PAGE = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECONDS = {"X-MBX-TIME-UNIT": "MICROSECOND"}
+_INVALID_SYMBOL = -1121
 
 
 def _micros(raw: object, key: str) -> datetime:
@@ -67,6 +73,12 @@ class Binance:
 
     def subscriptions(self, symbols: Sequence[str]) -> list[dict[str, Any]]:
         return []  # the URL subscribes
+
+    def unlisted(self, status: int, body: Any) -> bool:
+        return status == 400 and isinstance(body, dict) and body.get("code") == _INVALID_SYMBOL
+
+    async def check_listed(self, rest: Rest, symbol: str) -> None:
+        await rest.get("/api/v3/historicalTrades", {"symbol": symbol, "limit": 1}, _MICROSECONDS)
 
     def parse(self, raw: str | bytes, symbols: frozenset[str]) -> list[Event]:
         try:

@@ -11,6 +11,7 @@ what gaps are judged by.
 REST (https://api.exchange.coinbase.com): `GET /products/{id}/trades?limit=&after=` answers the
 newest trades first; `after=<id>` pages to older ones, the cursor for the next page is the
 `CB-AFTER` header (`CB-BEFORE` points the other way). About 10 requests/s per IP, 1000 a page.
+An unknown product answers 404 `{"message": "NotFound"}`.
 
 `side` is the maker's side on both: the aggressor (what we store) is the other one.
 """
@@ -82,6 +83,12 @@ class Coinbase:
 
     def stream_url(self, base: str, symbols: Sequence[str]) -> str:
         return base
+
+    def unlisted(self, status: int, body: Any) -> bool:
+        return status == 404 and isinstance(body, dict) and body.get("message") == "NotFound"
+
+    async def check_listed(self, rest: Rest, symbol: str) -> None:
+        await rest.get(f"/products/{symbol}/trades", {"limit": 1})
 
     def subscriptions(self, symbols: Sequence[str]) -> list[dict[str, Any]]:
         channels = ["matches", "heartbeat"]

@@ -53,7 +53,7 @@ __all__ = [
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 # A trade of one symbol as tests write it: (timestamp, price, volume).
-Row = tuple[datetime, str | Decimal, int]
+Row = tuple[datetime, str | Decimal, int | Decimal]
 # One of the service's write paths, storing trades in the caller's transaction.
 StoreTrades = Callable[[AsyncConnection, list[NewTrade]], Awaitable[None]]
 _NEWEST_IDS = text("SELECT id FROM trades WHERE symbol = :symbol ORDER BY id DESC LIMIT :count")
@@ -178,7 +178,7 @@ class TradeRecord:
     id: int
     symbol: str
     price: Decimal
-    volume: int
+    volume: int | Decimal
     timestamp: datetime
 
 
@@ -300,8 +300,8 @@ class SyncDatabase:
     ) -> int:
         """A venue feed's batch of `symbol` (venue trade id, time, price; size 1), committed
         with the watermark `complete_through` as the leader writes one (its feed ingesting
-        without a break since `_VENUE_SINCE`); how many were late (stamped in buckets already
-        materialised)."""
+        without a break since `_VENUE_SINCE`); how many were late (stored, and stamped at or
+        before the watermark already committed)."""
         new = [
             VenueTrade(symbol, Decimal(price), Decimal(1), moment, venue_id, "buy")
             for moment, venue_id, price in trades
@@ -321,7 +321,7 @@ class SyncDatabase:
                     lock_key=LEADER_LOCK_KEY,
                 )
                 assert batch is not None, f"a venue batch at {stamped} is not newer than the last"
-                return batch.late
+                return sum(batch.late.values())
 
         late: int = self._run(write())
         return late

@@ -16,7 +16,7 @@ from ingestion.leader import LEADER_LOCK_KEY
 from persistence import zoned
 from persistence.candles import read_candle_page
 from persistence.connections import driver_connection
-from persistence.feeds import StoredMark, insert_venue_batch, stored_marks
+from persistence.feeds import StoredMark, VenueBatch, insert_venue_batch, stored_marks
 from persistence.materialise import advance_watermark
 from persistence.partitions import ensure_partitions
 from persistence.symbols import ensure_symbols
@@ -45,7 +45,7 @@ async def write(
     *,
     last_id: int,
     stamped: datetime,
-) -> int:
+) -> VenueBatch:
     batch = await insert_venue_batch(
         conn,
         trades,
@@ -56,7 +56,7 @@ async def write(
         lock_key=LEADER_LOCK_KEY,
     )
     assert batch is not None
-    return batch.late
+    return batch
 
 
 async def closed(conn: AsyncConnection, start: datetime) -> bool:
@@ -153,27 +153,29 @@ async def test_a_late_print_into_a_materialised_bucket_is_stored_and_revises_it(
         advance = await advance_watermark(conn, span=timedelta(days=1))
         assert advance is not None and advance.after == BASE + 2 * MINUTE
     async with fresh_engine.begin() as conn:
-        late = await write(
+        batch = await write(
             conn,
             [trade(BASE + timedelta(seconds=2), 2, "90")],
             BASE + 2 * MINUTE,
             last_id=2,
             stamped=stamped + MICROSECOND,
         )
-        assert late == 1
+        assert (batch.late, batch.duplicates) == ({SYMBOL: 1}, {})
     async with fresh_engine.connect() as conn:
         assert await candle(conn, "1m") == (Decimal("90"), 1)
         # The hour is not final: the print's roll-up of it is not a revision.
         assert await candle(conn, "1h") == (Decimal("90"), 0)
     async with fresh_engine.begin() as conn:
-        # Re-delivered: stored once, and the candle is not revised again.
-        await write(
+        # Re-delivered: stored once, counted as a duplicate (not a late print), and the
+        # candle is not revised again.
+        batch = await write(
             conn,
             [trade(BASE + timedelta(seconds=2), 2, "90")],
             BASE + 2 * MINUTE,
             last_id=2,
             stamped=stamped + 2 * MICROSECOND,
         )
+        assert (batch.stored, batch.late, batch.duplicates) == (0, {}, {SYMBOL: 1})
         # The hour becomes final: the leader completing it is its first version, not a revision.
         await write(
             conn,
@@ -212,7 +214,9 @@ async def test_each_symbol_is_materialised_as_far_as_its_own_feed_a_stalled_one_
     stalled = "ETH-USD"
     stamped = datetime.now(UTC)
 
-    async def batch(conn: AsyncConnection, trades: list[VenueTrade], at: datetime) -> int:
+    async def batch(
+        conn: AsyncConnection, trades: list[VenueTrade], at: datetime
+    ) -> dict[str, int]:
         marks = {
             SYMBOL: StoredMark(3, BASE + MINUTE + MINUTE / 2, BASE),
             stalled: StoredMark(7, BASE - MINUTE, BASE - MINUTE),
@@ -244,7 +248,7 @@ async def test_each_symbol_is_materialised_as_far_as_its_own_feed_a_stalled_one_
         late = await batch(
             conn, [trade(BASE + timedelta(seconds=2), 2, "90")], stamped + MICROSECOND
         )
-        assert late == 1
+        assert late == {SYMBOL: 1}
     async with fresh_engine.connect() as conn:
         assert await candle(conn, "1m") == (Decimal("90"), 1)
 

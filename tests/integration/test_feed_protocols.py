@@ -18,7 +18,7 @@ from ingestion.feed import Feed, Intake, Mark
 from ingestion.sources import venue
 from ingestion.sources.base import VenueTrade
 from tests.support import wait_until_async
-from tests.support.venues import Print, VenueServer, venue_server
+from tests.support.venues import Print, VenueName, VenueServer, venue_server
 
 VENUES = {"coinbase": ["BTC-USD", "ETH-USD"], "binance": ["BTCUSDT", "ETHUSDT"]}
 
@@ -46,18 +46,23 @@ class Collected:
 
 @asynccontextmanager
 async def running(
-    server: VenueServer, resume: dict[str, Mark] | None = None, *, stall: float = 5.0
+    server: VenueServer,
+    resume: dict[str, Mark] | None = None,
+    *,
+    stall: float = 5.0,
+    products: list[str] | None = None,
 ) -> AsyncIterator[tuple[Feed, Collected]]:
     intake = Intake()
     feed = Feed(
         venue(server.venue),
-        server.products,
+        products or server.products,
         url=server.url,
         rest_url=server.rest_url,
         stall_seconds=stall,
         lateness=timedelta(seconds=0),
         intake=intake,
     )
+    feed.relist_seconds = 0.2
     stop = asyncio.Event()
     task = asyncio.create_task(feed.run(stop, resume or {}))
     try:
@@ -187,20 +192,65 @@ async def test_bad_messages_are_counted_and_skipped(server: VenueServer) -> None
 
 
 @pytest.mark.timing
-async def test_a_stalled_coinbase_connection_is_replaced() -> None:
-    with venue_server("coinbase", ["BTC-USD"]) as server:
+@pytest.mark.parametrize("name", sorted(VENUES))
+async def test_a_stalled_connection_is_replaced(name: VenueName) -> None:
+    """Coinbase: no message (heartbeats included) within the bound; Binance: no message and
+    no pong to the feed's pings within it."""
+    symbol = VENUES[name][0]
+    with venue_server(name, [symbol]) as server:
         async with running(server, stall=0.5) as (feed, collected):
             await subscribed(feed, server)
-            server.trade("BTC-USD")
-            await has(collected, "BTC-USD", [1])
+            server.trade(symbol)
+            await has(collected, symbol, [1])
             server.stall()
-            server.trade("BTC-USD")  # printed while nothing reaches us
+            server.trade(symbol)  # printed while nothing reaches us
             await wait_until_async(
-                lambda: feed.symbols["BTC-USD"].reconnects_total, what="a reconnection"
+                lambda: feed.symbols[symbol].reconnects_total, what="a reconnection"
             )
+            assert feed.last_error is not None and "Stalled" in feed.last_error
             server.stall(False)
-            await has(collected, "BTC-USD", [1, 2])
-        exactly_once(collected, "BTC-USD", server.tape["BTC-USD"])
+            await has(collected, symbol, [1, 2])
+        exactly_once(collected, symbol, server.tape[symbol])
+
+
+async def test_a_quiet_binance_market_is_complete_through_its_last_pong() -> None:
+    """Binance sends no heartbeats: the feed's pongs move a quiet symbol's watermark, so its
+    buckets still close."""
+    with venue_server("binance", ["BTCUSDT"]) as server:
+        async with running(server, stall=0.5) as (feed, collected):
+            await subscribed(feed, server)
+            printed = server.trade("BTCUSDT")
+            await has(collected, "BTCUSDT", [1])
+            await wait_until_async(
+                lambda: feed.symbols["BTCUSDT"].complete_through,
+                lambda through: through is not None and through > printed.time,
+                what="the watermark past the last trade without another one",
+            )
+            assert feed.symbols["BTCUSDT"].state == "connected"
+
+
+@pytest.mark.parametrize("name", sorted(VENUES))
+async def test_an_unlisted_product_is_a_feed_state_asked_about_again(name: VenueName) -> None:
+    """Not a quiet market: the venue says so (a Coinbase subscription error, a Binance
+    `Invalid symbol`), the feed reports it and carries on, and picks it up once listed."""
+    listed, later = VENUES[name]
+    with venue_server(name, [listed]) as server:
+        async with running(server, products=[listed, later]) as (feed, collected):
+            await wait_until_async(
+                lambda: (feed.symbols[listed].state, feed.symbols[later].state),
+                lambda states: states == ("connected", "unlisted"),
+                what="the unlisted product reported",
+            )
+            server.trade(listed)
+            await has(collected, listed, [1])
+            assert feed.symbols[later].complete_through is None
+            server.list_product(later)
+            await wait_until_async(
+                lambda: feed.symbols[later].state, lambda s: s == "connected", what="listed"
+            )
+            await wait_until_async(lambda: server.streams(later), what="its stream")
+            server.trade(later)
+            await has(collected, later, [1])
 
 
 async def test_the_watermark_stands_still_while_the_symbol_recovers() -> None:

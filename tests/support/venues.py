@@ -15,6 +15,7 @@ and async ones drive it alike.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import threading
 import uuid
@@ -31,7 +32,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-__all__ = ["Print", "VenueServer", "venue_server"]
+__all__ = ["Print", "VenueName", "VenueServer", "venue_server"]
 
 VenueName = Literal["coinbase", "binance"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -149,8 +150,15 @@ class VenueServer:
         self._call(self._close_all())
 
     def stall(self, stalled: bool = True) -> None:
-        """Keep connections open but send nothing at all (no trades, no heartbeats)."""
+        """Keep connections open but send nothing at all (no trades, no heartbeats, no pongs:
+        nothing the client sends is read)."""
         self._stalled = stalled
+        self._call(self._freeze_all())
+
+    def list_product(self, product: str) -> None:
+        """Start listing `product` (a venue adding a market)."""
+        self.products.append(product)
+        self.tape[product] = []
 
     def go_offline(self, offline: bool = True) -> None:
         """Refuse new stream connections and close the open ones."""
@@ -164,6 +172,10 @@ class VenueServer:
 
     def subscribed(self) -> int:
         return len(self._subscribers)
+
+    def streams(self, product: str) -> bool:
+        """Whether a connection is subscribed to `product` (its prints reach the client)."""
+        return any(product in products for products in list(self._subscribers.values()))
 
     def close(self) -> None:
         self._call(self._stop())
@@ -187,6 +199,16 @@ class VenueServer:
         self._beating.cancel()
         self._server.close()
         await self._server.wait_closed()
+
+    async def _freeze_all(self) -> None:
+        for connection in list(self._subscribers):
+            self._freeze(connection)
+
+    def _freeze(self, connection: ServerConnection) -> None:
+        if self._stalled:
+            connection.transport.pause_reading()
+        else:
+            connection.transport.resume_reading()
 
     async def _close_all(self) -> None:
         for connection in list(self._subscribers):
@@ -276,6 +298,7 @@ class VenueServer:
                 streams = (query.get("streams") or [""])[0].split("/")
                 wanted = {s.removesuffix("@trade").upper() for s in streams}
                 self._subscribers[connection] = wanted & set(self.products)
+                self._freeze(connection)
                 await connection.wait_closed()
         finally:
             self._subscribers.pop(connection, None)
@@ -299,18 +322,20 @@ class VenueServer:
                     )
                 )
             known = [p for p in products if p in self.tape]
+            # Subscribing adds to what the connection has; the answer lists all of it.
+            subscribed = self._subscribers.get(connection, set()) | set(known)
+            self._subscribers[connection] = subscribed
             await connection.send(
                 _json(
                     {
                         "type": "subscriptions",
                         "channels": [
-                            {"name": name, "product_ids": known}
+                            {"name": name, "product_ids": sorted(subscribed)}
                             for name in request.get("channels") or []
                         ],
                     }
                 )
             )
-            self._subscribers[connection] = set(known)
             for product in known:
                 if self.tape[product] and not self._stalled:
                     await connection.send(
@@ -349,13 +374,16 @@ class VenueServer:
         if tape is None:
             return _respond(connection, 404, {"message": "NotFound"})
         limit = min(int(query.get("limit", 1000)), 1000, self.page_limit)
-        newest_first = sorted(tape, key=lambda t: t.trade_id, reverse=True)
+        # The tape is in id order: a page is a slice found by bisection (a bench's tape holds
+        # a million trades).
         if "after" in query:
-            newest_first = [t for t in newest_first if t.trade_id < int(query["after"])]
+            end = bisect.bisect_left(tape, int(query["after"]), key=_trade_id)
+            page = tape[max(0, end - limit) : end][::-1]
         elif "before" in query:
-            newer = [t for t in newest_first if t.trade_id > int(query["before"])]
-            newest_first = newer[-limit:]
-        page = newest_first[:limit]
+            start = bisect.bisect_right(tape, int(query["before"]), key=_trade_id)
+            page = tape[start : start + limit][::-1]
+        else:
+            page = tape[-limit:][::-1]
         body = [
             {
                 "time": _iso(t.time),
@@ -381,7 +409,8 @@ class VenueServer:
             return _respond(connection, 400, {"code": -1121, "msg": "Invalid symbol."})
         limit = min(int(query.get("limit", 500)), 1000, self.page_limit)
         if "fromId" in query:
-            page = [t for t in tape if t.trade_id >= int(query["fromId"])][:limit]
+            start = bisect.bisect_left(tape, int(query["fromId"]), key=_trade_id)
+            page = tape[start : start + limit]
         else:
             page = tape[-limit:]
         micros = headers.get("X-MBX-TIME-UNIT", "").upper() == "MICROSECOND"
@@ -398,6 +427,10 @@ class VenueServer:
             for t in page
         ]
         return _respond(connection, 200, body)
+
+
+def _trade_id(trade: Print) -> int:
+    return trade.trade_id
 
 
 def _iso(moment: datetime) -> str:
