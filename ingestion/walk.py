@@ -45,6 +45,11 @@ class BoundedWalk:
 
     def step(self) -> Decimal:
         """Advance one trade and return the new price."""
+        self.advance()
+        return self.price
+
+    def advance(self) -> None:
+        """Advance one trade (`ticks` is its price)."""
         moved = self.ticks + self._rng.randint(-self.max_step_ticks, self.max_step_ticks)
         # Reflect off the band's edges so the walk keeps moving instead of sticking to them.
         if moved > self.high:
@@ -52,7 +57,6 @@ class BoundedWalk:
         elif moved < self.low:
             moved = 2 * self.low - moved
         self.ticks = min(max(moved, self.low), self.high)
-        return self.price
 
     def trade_count(self, maximum: int) -> int:
         """How many trades this symbol prints in the next batch (1..maximum)."""
@@ -61,7 +65,11 @@ class BoundedWalk:
     def volume(self) -> Decimal:
         """A positive whole-number trade size (an exact decimal, as a venue's), mostly small
         with the odd block."""
-        return Decimal(min(100_000, int(self._rng.paretovariate(1.2) * 10)))
+        return Decimal(self.volume_units())
+
+    def volume_units(self) -> int:
+        """`volume()` as an int."""
+        return min(100_000, int(self._rng.paretovariate(1.2) * 10))
 
     def snapshot(self) -> tuple[int, object]:
         return self.ticks, self._rng.getstate()

@@ -34,7 +34,8 @@ __all__ = [
 START = datetime(1, 1, 1, tzinfo=UTC)
 
 _COLUMNS = (
-    "t.id, t.symbol, t.price::float8, t.volume::float8, t.timestamp, t.venue_trade_id, t.side"
+    "t.id, t.symbol, trim_scale(t.price), trim_scale(t.volume), t.timestamp, t.venue_trade_id, "
+    "t.side"
 )
 
 # Trades of the live batches after a position (stamp, id), in stream order: commit order,

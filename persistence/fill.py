@@ -33,8 +33,8 @@ _SPANS = statement(
     hi=TIMESTAMP,
 )
 _BEFORE = statement(
-    "SELECT timestamp, price FROM trades WHERE symbol = :symbol AND timestamp < :moment "
-    "ORDER BY timestamp DESC, id DESC LIMIT 1",
+    "SELECT timestamp, trim_scale(price) FROM trades "
+    "WHERE symbol = :symbol AND timestamp < :moment ORDER BY timestamp DESC, id DESC LIMIT 1",
     symbol=String,
     moment=TIMESTAMP,
 )

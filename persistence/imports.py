@@ -12,30 +12,25 @@ write path's own code.
 
 from __future__ import annotations
 
-import asyncio
-import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 from sqlalchemy import BigInteger, DateTime, String, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.finality import bin_sql, horizon
+from persistence.history import TABLE_COLUMNS, copy_table
 from persistence.materialise import lock_candles, rematerialise
 from persistence.partitions import ensure_partitions
 
 __all__ = ["BucketsTaken", "Imported", "TooNew", "import_trades"]
 
-# The columns of the table `import_trades` takes, in order (ingestion.files.TRADES).
-_COLUMNS = ("symbol", "price", "volume", "timestamp", "venue_trade_id", "side")
-# Rows per CSV piece handed to COPY: a few MB, written while the previous one is sent.
-_PIECE_ROWS = 100_000
+_COLUMNS = TABLE_COLUMNS
 _MINUTE = timedelta(minutes=1)
 
 _TS = DateTime(timezone=True)
@@ -117,27 +112,6 @@ def _minute(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
-def _piece(batch: pa.RecordBatch) -> bytes:
-    piece = io.BytesIO()
-    pa_csv.write_csv(
-        batch, piece, pa_csv.WriteOptions(include_header=False, quoting_style="needed")
-    )
-    return piece.getvalue()
-
-
-async def _csv(table: pa.Table) -> AsyncIterator[bytes]:
-    # Written in a thread: the loop goes on sending the last piece meanwhile.
-    for batch in table.to_batches(max_chunksize=_PIECE_ROWS):
-        yield await asyncio.to_thread(_piece, batch)
-
-
-async def _copy(conn: AsyncConnection, target: str, table: pa.Table) -> None:
-    raw = await conn.get_raw_connection()
-    await raw.driver_connection.copy_to_table(  # type: ignore[union-attr]
-        target, source=_csv(table), columns=_COLUMNS, format="csv"
-    )
-
-
 async def import_trades(
     conn: AsyncConnection, symbol: str, trades: pa.Table, *, repair: bool
 ) -> Imported:
@@ -164,7 +138,7 @@ async def import_trades(
     if not occupied:
         try:
             async with conn.begin_nested():
-                await _copy(conn, "trades", trades)
+                await copy_table(conn, "trades", trades)
         except asyncpg.UniqueViolationError:
             pass  # the file names a venue trade twice: staged, it is stored once
         else:
@@ -172,7 +146,7 @@ async def import_trades(
             return Imported(trades.num_rows, 0, [])
     await conn.execute(_STAGE)
     await conn.execute(_EMPTY)
-    await _copy(conn, "import_staging", trades)
+    await copy_table(conn, "import_staging", trades)
     moved = (await conn.execute(_MOVE)).all()
     if not moved:
         return Imported(0, trades.num_rows, [])

@@ -60,10 +60,9 @@ _c = _trades.c
 class TradeRow(NamedTuple):
     id: int
     symbol: str
-    # float8 on the way out: PostgreSQL prints the shortest exact form, so 100.1 stays 100.1
-    # (exact up to 15 significant digits, every venue's prices and sizes).
-    price: float
-    volume: float
+    # Exact, without trailing zeros (trim_scale): 100.1 stays 100.1, whatever its digits.
+    price: Decimal
+    volume: Decimal
     timestamp: datetime
     venue_trade_id: str | None
     side: str | None
@@ -93,7 +92,8 @@ class VenueTrade(NamedTuple):
 
 # The columns of a TradeRow, for the asyncpg reads.
 COLUMNS = (
-    "id, symbol, price::float8 AS price, volume::float8 AS volume, timestamp, venue_trade_id, side"
+    "id, symbol, trim_scale(price) AS price, trim_scale(volume) AS volume, timestamp, "
+    "venue_trade_id, side"
 )
 
 # Hot reads, sent on the read pool's asyncpg connections (see persistence.pool).

@@ -187,11 +187,12 @@ _CLOSED = f"{_S}[r.n + 1] <= least($3::timestamptz, {feed_watermark_sql('r.symbo
 def _columns(shape: str, start: str, closed: str, gap: str | None = None) -> str:
     """The candle columns of one shape from rows `r`: their bucket start is `start`, whether
     it is final `closed`, and (only for filled candles) whether it is a gap `gap`."""
-    if shape == "float":
-        # JSON operations: exact prices as float8 (PostgreSQL prints their shortest form).
+    if shape == "decimal":
+        # JSON operations: exact decimals without trailing zeros, and the revision (exports
+        # do not carry it yet).
         return (
-            f"r.symbol, {start}, r.open::float8, r.high::float8, r.low::float8, "
-            f"r.close::float8, r.volume::float8, r.vwap::float8, r.trade_count, "
+            f"r.symbol, {start}, trim_scale(r.open), trim_scale(r.high), trim_scale(r.low), "
+            f"trim_scale(r.close), trim_scale(r.volume), trim_scale(r.vwap), r.trade_count, "
             f"{closed} AS closed, r.revision"
         )
     if shape == "typed":
@@ -224,7 +225,7 @@ def _select(shape: str, rows: str, start: str, closed: str, gap: str | None = No
 
 def candles_query(shape: str) -> str:
     """Candles of the buckets in $2, by (timestamp, symbol), in one of the export shapes
-    (`text`, `json`, `typed`) or `float` for the JSON operations."""
+    (`text`, `json`, `typed`) or `decimal` for the JSON operations."""
     select = _select(shape, "rolled", _START, _CLOSED)
     return f"WITH rolled AS ({_ROLLED}) {select} ORDER BY {_START}, r.symbol"
 
@@ -287,11 +288,11 @@ async def read_zoned_candles(
     starts: Sequence[datetime],
     now: Clock,
     *,
-    shape: str = "float",
+    shape: str = "decimal",
 ) -> list[Any]:
     """Rows (symbol, timestamp, open, high, low, close, volume, vwap, trade_count, closed)
     for the buckets `starts` (the last element is where the last bucket ends); prices as
-    float8 followed by the revision, or exact (`typed`)."""
+    exact decimals without trailing zeros followed by the revision, or as stored (`typed`)."""
     rows: list[Any] = await conn.fetch(
         candles_query(shape), list(symbols), list(starts), now.horizon, now.minutes_done
     )
