@@ -362,14 +362,14 @@ async def _filled_candles(
             [row[1:] for row in rows],
             edges,
             fill,
-            horizon=now.horizon,
+            horizon=now.complete,
             spans=await filling.ingested_spans(conn, code, lo, until),
             before=await filling.last_trade_before(conn, code, lo) if fill == "previous" else None,
         )
     next_cursor = None
     if until < hi:
         next_cursor = cursors.encode("candles", window.filters, (until, window.start, window.end))
-    return _candle_answer(window, timezone, filled, next_cursor, final=until <= now.horizon)
+    return _candle_answer(window, timezone, filled, next_cursor, final=until <= now.complete)
 
 
 async def get_ticker(symbols: list[str]) -> Answer:

@@ -21,7 +21,12 @@ from sqlalchemy import String
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from persistence.candles import MINUTES_FROM_TRADES
-from persistence.finality import HORIZON_SQL, feed_watermark_sql, materialised_through_sql
+from persistence.finality import (
+    HORIZON_SQL,
+    feed_watermark_sql,
+    materialised_through_sql,
+    symbols_horizon_sql,
+)
 from persistence.models import VWAP_SCALE
 from persistence.statements import TIMESTAMP, Connection, statement
 
@@ -128,14 +133,18 @@ def pages(
 
 
 class Clock(NamedTuple):
-    # Buckets ending at or before `horizon` are final (persistence.finality); 1m candles
-    # starting before `minutes_done` are materialised for every symbol read.
+    # Buckets ending at or before `horizon` are final by the clock (persistence.finality);
+    # 1m candles starting before `minutes_done` are materialised for every symbol read; every
+    # symbol read has all its trades before `complete` (its feed's watermark held back too).
     horizon: datetime
     minutes_done: datetime
+    complete: datetime
 
 
 _CLOCK = statement(
-    f"SELECT {HORIZON_SQL}, {materialised_through_sql(':symbols')}", symbols=ARRAY(String)
+    f"SELECT {HORIZON_SQL}, {materialised_through_sql(':symbols')},"
+    f" {symbols_horizon_sql(':symbols')}",
+    symbols=ARRAY(String),
 )
 
 
@@ -143,7 +152,7 @@ async def clock(conn: Connection, symbols: Sequence[str]) -> Clock:
     """The clock of a read of `symbols`."""
     row = await _CLOCK.fetchrow(conn, symbols=list(symbols))
     assert row is not None
-    return Clock(row[0], row[1])
+    return Clock(row[0], row[1], row[2])
 
 
 # $1 symbols, $2 bucket starts followed by the end of the last bucket, $3 the horizon, $4 the
