@@ -20,14 +20,13 @@ import asyncpg
 from sqlalchemy import String
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from persistence.candles import MINUTES_FROM_TRADES
+from persistence.candles import MINUTES_FROM_TRADES, vwap_sql
 from persistence.finality import (
     HORIZON_SQL,
     feed_watermark_sql,
     materialised_through_sql,
     symbols_horizon_sql,
 )
-from persistence.models import VWAP_SCALE
 from persistence.statements import TIMESTAMP, Connection, statement
 
 __all__ = [
@@ -181,7 +180,7 @@ _ROLLED = f"""{_MINUTES}
     SELECT m.symbol, width_bucket(m.timestamp, {_S}) AS n,
            (array_agg(m.open ORDER BY m.timestamp))[1] AS open, max(m.high) AS high,
            min(m.low) AS low, (array_agg(m.close ORDER BY m.timestamp DESC))[1] AS close,
-           sum(m.volume) AS volume, round(sum(m.notional) / sum(m.volume), {VWAP_SCALE}) AS vwap,
+           sum(m.volume) AS volume, {vwap_sql("sum(m.notional)", "sum(m.volume)")} AS vwap,
            sum(m.trade_count)::bigint AS trade_count,
            -- Rises whenever one of its minutes is revised (a late print changed it).
            sum(m.revision)::integer AS revision
