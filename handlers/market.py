@@ -16,8 +16,6 @@ from handlers.context import app_state
 from handlers.params import parse_window, parse_zone, symbol_code, symbol_codes
 from persistence import batches, candles, finality, symbols, ticker, trades, zoned
 from persistence import fill as filling
-from persistence.finality import VISIBILITY_DEADLINE
-from persistence.models import VWAP_SCALE
 from web import encoding
 from web.answer import Answer
 
@@ -135,10 +133,10 @@ async def list_trades(
         after = (cast(datetime, moment), cast(int, trade_id))
     final = False
     async with app_state().db.connect() as conn:
-        # Only a window that ended before the clock's horizon may be final; then the database
-        # serving the read decides (a replica only as far as it has replayed), before the
-        # query, so that every trade before its horizon is visible to the query.
-        if end_at is not None and end_at <= datetime.now(UTC) - VISIBILITY_DEADLINE:
+        # Only a window with an end may be final: the database serving the read decides (a
+        # replica only as far as it has replayed), before the query, so that every trade
+        # before its horizon is visible to the query.
+        if end_at is not None:
             final = end_at <= await finality.settled(conn, code, _settlement())
         rows = await trades.list_trades(
             conn,
@@ -362,14 +360,14 @@ async def _filled_candles(
             [row[1:] for row in rows],
             edges,
             fill,
-            horizon=now.horizon,
+            horizon=now.complete,
             spans=await filling.ingested_spans(conn, code, lo, until),
             before=await filling.last_trade_before(conn, code, lo) if fill == "previous" else None,
         )
     next_cursor = None
     if until < hi:
         next_cursor = cursors.encode("candles", window.filters, (until, window.start, window.end))
-    return _candle_answer(window, timezone, filled, next_cursor, final=until <= now.horizon)
+    return _candle_answer(window, timezone, filled, next_cursor, final=until <= now.complete)
 
 
 async def get_ticker(symbols: list[str]) -> Answer:
@@ -401,7 +399,7 @@ def _ticker(code: str, stats: ticker.Stats, now: datetime) -> dict[str, Any]:
         "high": _trimmed(stats.high),
         "low": _trimmed(stats.low),
         "volume": _trimmed(stats.volume),
-        "vwap": _trimmed(round(stats.notional / stats.volume, VWAP_SCALE)),
+        "vwap": _trimmed(candles.vwap(stats.notional, stats.volume)),
         "trade_count": stats.trade_count,
         "change": _trimmed(change),
         "change_percent": _trimmed(round(100 * change / stats.open, 4)),

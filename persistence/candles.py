@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -36,6 +36,8 @@ __all__ = [
     "materialised_minutes",
     "read_candle_page",
     "read_candle_page_json",
+    "vwap",
+    "vwap_sql",
 ]
 
 
@@ -82,6 +84,20 @@ class MinuteCandle(NamedTuple):
     volume: Decimal
     notional: Decimal  # Σ price × volume: a rolled-up vwap is Σ notional / Σ volume
     trade_count: int
+
+
+def vwap_sql(notional: str, volume: str) -> str:
+    """SQL for a candle's vwap: Σ price × volume / Σ volume, rounded half away from zero to
+    VWAP_SCALE decimals (what `candles.vwap` stores)."""
+    return f"round({notional} / {volume}, {VWAP_SCALE})"
+
+
+def vwap(notional: Decimal, volume: Decimal) -> Decimal:
+    """`vwap_sql` for figures summed in Python (the ticker's)."""
+    return (notional / volume).quantize(_VWAP_PLACES, rounding=ROUND_HALF_UP)
+
+
+_VWAP_PLACES = Decimal(1).scaleb(-VWAP_SCALE)
 
 
 # 1m buckets from trades `t` (one pass over an index range of (symbol, timestamp, id) INCLUDE
@@ -143,9 +159,7 @@ _PAGE_CANDLES = f"""
         WHERE c.symbol = :symbol AND c.interval = :interval
           AND c.timestamp >= page.lo AND c.timestamp < least(page.done, page.hi)
     ), computed AS (
-        SELECT timestamp, open, high, low, close, volume, round(notional / volume, {
-    VWAP_SCALE
-}) AS vwap,
+        SELECT timestamp, open, high, low, close, volume, {vwap_sql("notional", "volume")} AS vwap,
                trade_count, 0 AS revision
         FROM ({
     ROLL_UP.format(

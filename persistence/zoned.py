@@ -20,9 +20,13 @@ import asyncpg
 from sqlalchemy import String
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from persistence.candles import MINUTES_FROM_TRADES
-from persistence.finality import HORIZON_SQL, feed_watermark_sql, materialised_through_sql
-from persistence.models import VWAP_SCALE
+from persistence.candles import MINUTES_FROM_TRADES, vwap_sql
+from persistence.finality import (
+    HORIZON_SQL,
+    feed_watermark_sql,
+    materialised_through_sql,
+    symbols_horizon_sql,
+)
 from persistence.statements import TIMESTAMP, Connection, statement
 
 __all__ = [
@@ -128,14 +132,18 @@ def pages(
 
 
 class Clock(NamedTuple):
-    # Buckets ending at or before `horizon` are final (persistence.finality); 1m candles
-    # starting before `minutes_done` are materialised for every symbol read.
+    # Buckets ending at or before `horizon` are final by the clock (persistence.finality);
+    # 1m candles starting before `minutes_done` are materialised for every symbol read; every
+    # symbol read has all its trades before `complete` (its feed's watermark held back too).
     horizon: datetime
     minutes_done: datetime
+    complete: datetime
 
 
 _CLOCK = statement(
-    f"SELECT {HORIZON_SQL}, {materialised_through_sql(':symbols')}", symbols=ARRAY(String)
+    f"SELECT {HORIZON_SQL}, {materialised_through_sql(':symbols')},"
+    f" {symbols_horizon_sql(':symbols')}",
+    symbols=ARRAY(String),
 )
 
 
@@ -143,7 +151,7 @@ async def clock(conn: Connection, symbols: Sequence[str]) -> Clock:
     """The clock of a read of `symbols`."""
     row = await _CLOCK.fetchrow(conn, symbols=list(symbols))
     assert row is not None
-    return Clock(row[0], row[1])
+    return Clock(row[0], row[1], row[2])
 
 
 # $1 symbols, $2 bucket starts followed by the end of the last bucket, $3 the horizon, $4 the
@@ -172,7 +180,7 @@ _ROLLED = f"""{_MINUTES}
     SELECT m.symbol, width_bucket(m.timestamp, {_S}) AS n,
            (array_agg(m.open ORDER BY m.timestamp))[1] AS open, max(m.high) AS high,
            min(m.low) AS low, (array_agg(m.close ORDER BY m.timestamp DESC))[1] AS close,
-           sum(m.volume) AS volume, round(sum(m.notional) / sum(m.volume), {VWAP_SCALE}) AS vwap,
+           sum(m.volume) AS volume, {vwap_sql("sum(m.notional)", "sum(m.volume)")} AS vwap,
            sum(m.trade_count)::bigint AS trade_count,
            -- Rises whenever one of its minutes is revised (a late print changed it).
            sum(m.revision)::integer AS revision
