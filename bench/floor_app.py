@@ -38,8 +38,7 @@ from persistence.finality import (
     bucket_floor,
 )
 from persistence.models import VWAP_SCALE
-
-_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+from web import encoding
 
 # The service's own statements, imported (never copied) from persistence/: what the hot reads
 # send through the driver connection.
@@ -104,7 +103,8 @@ COUNTERS = Counters()
 
 
 def _json(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body, option=_OPTIONS), status, media_type="application/json")
+    # The service's encoder: prices and volumes are exact decimals, as the service sends them.
+    return Response(encoding.dumps(body), status, media_type="application/json")
 
 
 def _problem(status: int, detail: str) -> Response:

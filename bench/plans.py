@@ -229,7 +229,8 @@ async def capture(engine: AsyncEngine, anchor: datetime) -> list[Captured]:
                 hi: datetime = hi,
                 limit: int = limit,
             ) -> Any:
-                return candles.read_candle_page(
+                # What `/candles` sends: the page with its candles as one JSON array.
+                return candles.read_candle_page_json(
                     driver, symbol=SYMBOL, interval=interval, step=step, lo=lo, hi=hi, limit=limit
                 )
 

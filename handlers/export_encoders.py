@@ -68,8 +68,8 @@ class _BlockEncoder:
     """
 
     def __init__(self, names: list[str], types: dict[str, pa.DataType]) -> None:
-        # COPY's chunks since the last block, joined once a block's worth has come: one copy
-        # of every byte (a growing bytearray, sliced and copied again, cost three).
+        # COPY's chunks since the last block, joined once a block's worth has come: every
+        # byte is copied once, and pyarrow reads the block where it lies.
         self._chunks: list[bytes] = []
         self._size = 0
         self._pending: asyncio.Task[None] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
@@ -15,8 +16,7 @@ from handlers.context import app_state
 from handlers.params import parse_window, parse_zone, symbol_code, symbol_codes
 from persistence import batches, candles, finality, symbols, ticker, trades, zoned
 from persistence import fill as filling
-from persistence.finality import VISIBILITY_DEADLINE
-from persistence.models import VWAP_SCALE
+from web import encoding
 from web.answer import Answer
 
 __all__ = [
@@ -133,10 +133,10 @@ async def list_trades(
         after = (cast(datetime, moment), cast(int, trade_id))
     final = False
     async with app_state().db.connect() as conn:
-        # Only a window that ended before the clock's horizon may be final; then the database
-        # serving the read decides (a replica only as far as it has replayed), before the
-        # query, so that every trade before its horizon is visible to the query.
-        if end_at is not None and end_at <= datetime.now(UTC) - VISIBILITY_DEADLINE:
+        # Only a window with an end may be final: the database serving the read decides (a
+        # replica only as far as it has replayed), before the query, so that every trade
+        # before its horizon is visible to the query.
+        if end_at is not None:
             final = end_at <= await finality.settled(conn, code, _settlement())
         rows = await trades.list_trades(
             conn,
@@ -220,7 +220,7 @@ async def list_candles(
     async with state.db.connect() as conn:
         # Before the page: what is settled then is settled in the page's later snapshot too.
         settled = await finality.settled(conn, code, _settlement())
-        page = await candles.read_candle_page(
+        page = await candles.read_candle_page_json(
             conn, symbol=code, interval=interval, step=step, lo=lo, hi=hi, limit=limit
         )
     if page.from_trades:
@@ -231,7 +231,8 @@ async def list_candles(
     window = _Window(code, interval, step, start_at, end_at, limit, filters)
     # Final when every bucket the page spans is closed and settled: nothing can change it.
     final = page.closed and min(page.until, hi) <= settled
-    return _candle_answer(window, "UTC", page.candles, next_cursor, final=final)
+    body = _candle_body(window, "UTC", encoding.composed(page.candles), page.size, next_cursor)
+    return Answer(body, 200, _cache_control(final=final), rows=page.size)
 
 
 class _Window(NamedTuple):
@@ -244,6 +245,21 @@ class _Window(NamedTuple):
     filters: tuple[str | None, ...]
 
 
+def _candle_body(
+    window: _Window, timezone: str, candles: Any, count: int, next_cursor: str | None
+) -> dict[str, Any]:
+    return {
+        "symbol": window.symbol,
+        "interval": window.interval,
+        "timezone": timezone,
+        "start": window.start,
+        "end": window.end,
+        "count": count,
+        "candles": candles,
+        "next_cursor": next_cursor,
+    }
+
+
 def _candle_answer(
     window: _Window,
     timezone: str,
@@ -252,33 +268,25 @@ def _candle_answer(
     *,
     final: bool,
 ) -> Answer:
-    body = {
-        "symbol": window.symbol,
-        "interval": window.interval,
-        "timezone": timezone,
-        "start": window.start,
-        "end": window.end,
-        "count": len(rows),
-        "candles": [
-            {
-                "timestamp": t,
-                "open": o,
-                "high": h,
-                "low": lo_,
-                "close": c,
-                "volume": v,
-                "vwap": w,
-                "trade_count": n,
-                "closed": closed,
-                "revision": revision,
-                # Only with `fill`: whether the symbol was not being ingested through it.
-                **({"gap": marks[0]} if marks else {}),
-            }
-            for t, o, h, lo_, c, v, w, n, closed, revision, *marks in rows
-        ],
-        "next_cursor": next_cursor,
-    }
-    return Answer(body, 200, _cache_control(final=final), rows=len(rows))
+    candles = [
+        {
+            "timestamp": t,
+            "open": o,
+            "high": h,
+            "low": lo_,
+            "close": c,
+            "volume": v,
+            "vwap": w,
+            "trade_count": n,
+            "closed": closed,
+            "revision": revision,
+            # Only with `fill`: whether the symbol was not being ingested through it.
+            **({"gap": marks[0]} if marks else {}),
+        }
+        for t, o, h, lo_, c, v, w, n, closed, revision, *marks in rows
+    ]
+    body = _candle_body(window, timezone, candles, len(candles), next_cursor)
+    return Answer(body, 200, _cache_control(final=final), rows=len(candles))
 
 
 async def _zoned_candles(
@@ -352,14 +360,14 @@ async def _filled_candles(
             [row[1:] for row in rows],
             edges,
             fill,
-            horizon=now.horizon,
+            horizon=now.complete,
             spans=await filling.ingested_spans(conn, code, lo, until),
             before=await filling.last_trade_before(conn, code, lo) if fill == "previous" else None,
         )
     next_cursor = None
     if until < hi:
         next_cursor = cursors.encode("candles", window.filters, (until, window.start, window.end))
-    return _candle_answer(window, timezone, filled, next_cursor, final=until <= now.horizon)
+    return _candle_answer(window, timezone, filled, next_cursor, final=until <= now.complete)
 
 
 async def get_ticker(symbols: list[str]) -> Answer:
@@ -382,18 +390,26 @@ async def get_ticker(symbols: list[str]) -> Answer:
 
 def _ticker(code: str, stats: ticker.Stats, now: datetime) -> dict[str, Any]:
     change = stats.close - stats.open
-    # Exact decimals, sent as the shortest float that reads back as the same decimal.
     return {
         "symbol": code,
         "window_start": now - ticker.TICKER_WINDOW,
-        "last_price": float(stats.close),
+        "last_price": _trimmed(stats.close),
         "last_timestamp": stats.last_at,
-        "open": float(stats.open),
-        "high": float(stats.high),
-        "low": float(stats.low),
-        "volume": float(stats.volume),
-        "vwap": float(round(stats.notional / stats.volume, VWAP_SCALE)),
+        "open": _trimmed(stats.open),
+        "high": _trimmed(stats.high),
+        "low": _trimmed(stats.low),
+        "volume": _trimmed(stats.volume),
+        "vwap": _trimmed(candles.vwap(stats.notional, stats.volume)),
         "trade_count": stats.trade_count,
-        "change": float(change),
-        "change_percent": float(round(100 * change / stats.open, 4)),
+        "change": _trimmed(change),
+        "change_percent": _trimmed(round(100 * change / stats.open, 4)),
     }
+
+
+def _trimmed(value: Decimal) -> Decimal:
+    """`value` without trailing zeros, as PostgreSQL's trim_scale() writes the other answers'
+    decimals (and in plain notation: 100, not 1E+2)."""
+    return value.quantize(_ONE) if value == value.to_integral_value() else value.normalize()
+
+
+_ONE = Decimal(1)

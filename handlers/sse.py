@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
+from web import encoding
 
 __all__ = [
     "HEADERS",
@@ -25,7 +25,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Ids as encode_id writes them, within what a datetime and a bigint hold.
 _EVENT_ID = re.compile(r"^([0-9a-f]{1,14})-([0-9a-f]{1,15})$")
 _NEVER = (datetime.max.replace(tzinfo=UTC), 0)
-_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 # What a proxy must not do to a stream: buffer it (nginx honours this header).
 HEADERS = {"X-Accel-Buffering": "no"}
 # The first bytes of every stream, so clients see it open before any event: a quick
@@ -66,12 +65,7 @@ def unreplayable(moment: datetime, horizon_seconds: float) -> str | None:
 
 def event(kind: str, data: Any, event_id: str | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return (
-        f"{head}event: {kind}\n".encode()
-        + b"data: "
-        + orjson.dumps(data, option=_OPTIONS)
-        + b"\n\n"
-    )
+    return f"{head}event: {kind}\n".encode() + b"data: " + encoding.dumps(data) + b"\n\n"
 
 
 class Bounds:

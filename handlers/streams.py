@@ -208,7 +208,9 @@ async def stream_trades(
     return _respond(state, subscription, events)
 
 
-def _candle_event(row: candles.CandleRow) -> bytes:
+def _candle_event(row: candles.CandleRow, *, revised: bool = False) -> bytes:
+    """A candle's event; a revised one carries no id: the stream's position stays where the
+    stream is (a resumed stream does not go back for it)."""
     t, o, h, lo, c, v, w, n, closed, revision = row
     data = {
         "timestamp": t,
@@ -222,7 +224,7 @@ def _candle_event(row: candles.CandleRow) -> bytes:
         "closed": closed,
         "revision": revision,
     }
-    return sse.event("candle", data, sse.encode_id(t, int(closed)))
+    return sse.event("candle", data, None if revised else sse.encode_id(t, int(closed)))
 
 
 # A page of candles and the bucket before which none of them changes again.
@@ -294,6 +296,15 @@ def _is_news(shown: dict[datetime, candles.CandleRow], row: candles.CandleRow) -
     return True
 
 
+def _revised(sent: dict[datetime, candles.CandleRow], row: candles.CandleRow) -> bool:
+    """Whether `row`, a final candle read again after a late print, differs from the one this
+    stream sent final (`sent`, by bucket); keeps `sent` up to date."""
+    if sent.get(row.timestamp, row) == row:
+        return False  # unchanged, or sent before this stream started
+    sent[row.timestamp] = row
+    return True
+
+
 async def _candle_events(
     state: RequestState,
     subscription: Subscription,
@@ -303,12 +314,17 @@ async def _candle_events(
     step: timedelta,
 ) -> AsyncIterator[tuple[bytes, int]]:
     """The candles from the open bucket (or where `after` says) on, each again whenever a
-    batch or time changes it."""
+    batch or time changes it, and a final one again when a late print revises it."""
     yield sse.OPENED, 0
     lo, reset = _candles_from(after, step, state.settings.stream_replay_seconds)
     if reset is not None:
         yield reset, 1
     shown: dict[datetime, candles.CandleRow] = {}
+    # Candles sent final that a late print may still revise: those that ended within the
+    # settlement horizon (older ones never change again).
+    settlement = timedelta(seconds=state.settings.feed_settlement_seconds)
+    sent_final: dict[datetime, candles.CandleRow] = {}
+    revise_from: datetime | None = None
     stale = True
     # What the next read must include: the newest batch heard, and time since `since`.
     loop = asyncio.get_running_loop()
@@ -316,16 +332,23 @@ async def _candle_events(
     since = loop.time()
     while not bounds.done:
         if stale:
-            rows, final = await read(lo, heard, since)
+            rows, final = await read(min(lo, revise_from or lo), heard, since)
             for row in rows:
-                if not _is_news(shown, row):
+                revised = row.timestamp < lo
+                if not (_revised(sent_final, row) if revised else _is_news(shown, row)):
                     continue
+                if row.closed:
+                    sent_final[row.timestamp] = row
                 bounds.count()
-                yield _candle_event(row), 1
+                yield _candle_event(row, revised=revised), 1
                 if bounds.done:
                     return
-            # Buckets before `final` never change again: the next read starts after them.
-            lo = max(lo, final)
+            # Buckets before `final` change again only for a late print: the next read starts
+            # after them unless a batch brings one.
+            lo, revise_from = max(lo, final), None
+            settled = finality.bucket_floor(datetime.now(UTC) - settlement, step)
+            for bucket in [bucket for bucket in sent_final if bucket < settled]:
+                del sent_final[bucket]
         item = await subscription.next(bounds.wait())
         if isinstance(item, Ended):
             if item.reason == "overflow":
@@ -339,6 +362,10 @@ async def _candle_events(
             heard = item.position
         elif item is not None:
             heard = _key(item[-1])
+            # A late print: stamped in a bucket this stream already sent final.
+            oldest = finality.bucket_floor(min(trade.timestamp for trade in item), step)
+            if sent_final and oldest < lo:
+                revise_from = max(oldest, min(sent_final))
         if aged:
             since = loop.time()  # what time alone changed needs a read from now on
         stale = item is not None or aged

@@ -13,10 +13,11 @@ from ingestion.generator import TradeGenerator
 from ingestion.leader import LEADER_LOCK_KEY, LeaderLock
 from ingestion.materialiser import CandleMaterialiser
 from ingestion.status import IngestionStatus
+from persistence.batches import latest_trades
 from persistence.connections import describe_error, is_unavailable
 from persistence.feeds import record_intervals
 from persistence.finality import VISIBILITY_DEADLINE
-from persistence.trades import insert_live_batch, last_prices
+from persistence.trades import insert_live_batch
 
 __all__ = ["BatchRefused", "BatchTooLate", "IngestionLoop", "Ingestor"]
 
@@ -152,7 +153,8 @@ class Ingestor(IngestionLoop):
         if not self._resumed:
             # After a restart each walk continues from its symbol's last stored price.
             async with self.engine.connect() as conn:
-                self.generator.resume(await last_prices(conn, list(self.generator.walks)))
+                latest = await latest_trades(conn, list(self.generator.walks))
+            self.generator.resume({s: t.price for s, t in latest.items() if t is not None})
             self._resumed = True
             # A (re)start or a takeover: nothing proves what happened since the last batch.
             self._stretch = None

@@ -15,18 +15,16 @@ from access import audit
 from mdp.caching import conditional
 from mdp.resolver import HandlerResolver
 from mdp.telemetry import current_request_id
+from web import encoding
 from web.answer import Answer
 from web.events import EventStream
 from web.request import current_scope
 
 __all__ = ["JsonResolver", "dumps", "jsonifier"]
 
-# Timestamps leave as RFC 3339 with a `Z`; aware datetimes from asyncpg are already in UTC.
-_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
-
 
 def dumps(data: Any, **_: Any) -> str:
-    return orjson.dumps(data, option=_OPTIONS).decode()
+    return encoding.dumps(data).decode()
 
 
 def _loads(data: str | bytes) -> Any:
@@ -70,7 +68,7 @@ def _respond(result: Any) -> Response:
         if status < 300:
             audit.count_served(rows)
         response = Response(
-            orjson.dumps(result, option=_OPTIONS),
+            encoding.dumps(result),
             status_code=status,
             headers={**headers, "X-Request-ID": request_id} if request_id else headers,
             media_type="application/json",

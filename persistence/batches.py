@@ -17,7 +17,7 @@ from sqlalchemy import BigInteger, Integer, String
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from persistence.statements import TIMESTAMP, Connection, Row, statement
-from persistence.trades import TradeRow
+from persistence.trades import RECENT, TradeRow
 
 __all__ = [
     "START",
@@ -34,7 +34,8 @@ __all__ = [
 START = datetime(1, 1, 1, tzinfo=UTC)
 
 _COLUMNS = (
-    "t.id, t.symbol, t.price::float8, t.volume::float8, t.timestamp, t.venue_trade_id, t.side"
+    "t.id, t.symbol, trim_scale(t.price), trim_scale(t.volume), t.timestamp, t.venue_trade_id, "
+    "t.side"
 )
 
 # Trades of the live batches after a position (stamp, id), in stream order: commit order,
@@ -60,18 +61,23 @@ _AFTER = statement(
 )
 
 # Each known symbol with its newest trade (NULLs without trades): one index probe per symbol.
-_LATEST = statement(
-    f"""
-    SELECT s.symbol, {_COLUMNS}
+_LATEST = """
+    SELECT s.symbol, {columns}
     FROM symbols s
     LEFT JOIN LATERAL (
-        SELECT * FROM trades WHERE trades.symbol = s.symbol
+        SELECT * FROM trades WHERE trades.symbol = s.symbol {bound}
         ORDER BY trades.timestamp DESC, trades.id DESC LIMIT 1
     ) t ON true
     WHERE :symbols IS NULL OR s.symbol = ANY(:symbols)
-""",
+"""
+# First within RECENT of now: the planner prunes to the partitions of that stretch, and it
+# holds every symbol that traded lately; only the others are looked for in all of history.
+_LATEST_SINCE = statement(
+    _LATEST.format(columns=_COLUMNS, bound="AND trades.timestamp >= :since"),
     symbols=ARRAY(String),
+    since=TIMESTAMP,
 )
+_LATEST_EVER = statement(_LATEST.format(columns=_COLUMNS, bound=""), symbols=ARRAY(String))
 
 
 _OLDEST_BATCH = statement("SELECT min(stamped) FROM live_batches")
@@ -135,5 +141,10 @@ async def latest_trades(
 ) -> dict[str, TradeRow | None]:
     """Every known symbol among `symbols` (all when None) with its newest trade, or None when
     it has none yet; unknown symbols are absent."""
-    rows = await _LATEST.fetch(conn, symbols=symbols)
-    return {row[0]: (_trade(row, 1) if row[1] is not None else None) for row in rows}
+    rows = await _LATEST_SINCE.fetch(conn, symbols=symbols, since=datetime.now(UTC) - RECENT)
+    latest = {row[0]: (_trade(row, 1) if row[1] is not None else None) for row in rows}
+    quiet = [symbol for symbol, trade in latest.items() if trade is None]
+    if quiet:
+        rows = await _LATEST_EVER.fetch(conn, symbols=quiet)
+        latest.update((row[0], _trade(row, 1) if row[1] is not None else None) for row in rows)
+    return latest

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from decimal import Decimal
-from typing import NamedTuple
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, NamedTuple
 
 import asyncpg
 from sqlalchemy import Integer, Interval, String
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.types import TypeEngine
 
 from errors import SymbolNotFound
 from persistence.finality import (
@@ -30,21 +31,25 @@ __all__ = [
     "ROLL_UP",
     "CandlePage",
     "CandleRow",
+    "JsonCandlePage",
     "MinuteCandle",
     "materialised_minutes",
     "read_candle_page",
+    "read_candle_page_json",
+    "vwap",
+    "vwap_sql",
 ]
 
 
 class CandleRow(NamedTuple):
     timestamp: datetime
-    # float8 on the way out: PostgreSQL prints the shortest exact form of the stored numeric.
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
-    vwap: float
+    # Exact, without trailing zeros (trim_scale).
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    vwap: Decimal
     trade_count: int
     closed: bool
     # Changes since the candle was materialised as final (late prints); 0 when rolled up
@@ -79,6 +84,20 @@ class MinuteCandle(NamedTuple):
     volume: Decimal
     notional: Decimal  # Σ price × volume: a rolled-up vwap is Σ notional / Σ volume
     trade_count: int
+
+
+def vwap_sql(notional: str, volume: str) -> str:
+    """SQL for a candle's vwap: Σ price × volume / Σ volume, rounded half away from zero to
+    VWAP_SCALE decimals (what `candles.vwap` stores)."""
+    return f"round({notional} / {volume}, {VWAP_SCALE})"
+
+
+def vwap(notional: Decimal, volume: Decimal) -> Decimal:
+    """`vwap_sql` for figures summed in Python (the ticker's)."""
+    return (notional / volume).quantize(_VWAP_PLACES, rounding=ROUND_HALF_UP)
+
+
+_VWAP_PLACES = Decimal(1).scaleb(-VWAP_SCALE)
 
 
 # 1m buckets from trades `t` (one pass over an index range of (symbol, timestamp, id) INCLUDE
@@ -118,8 +137,7 @@ _CANDLE_COLUMNS = "c.symbol, c.timestamp, c.open, c.high, c.low, c.close, c.volu
 # [lo, hi) (skipping a stretch without trades) and spans at most :limit buckets. Buckets below
 # the watermark come from `candles`; the rest (the open bucket, and final buckets not
 # materialised yet) roll up materialised minutes plus minutes aggregated from trades.
-_PAGE = statement(
-    f"""
+_PAGE_CANDLES = f"""
     WITH clock AS MATERIALIZED (
         SELECT {bin_sql(":step", symbol_horizon_sql(":symbol"))} AS final,
                {materialised_sql(":symbol")} AS minutes_done
@@ -141,43 +159,85 @@ _PAGE = statement(
         WHERE c.symbol = :symbol AND c.interval = :interval
           AND c.timestamp >= page.lo AND c.timestamp < least(page.done, page.hi)
     ), computed AS (
-        SELECT timestamp, open, high, low, close, volume, round(notional / volume, {
-        VWAP_SCALE
-    }) AS vwap,
+        SELECT timestamp, open, high, low, close, volume, {vwap_sql("notional", "volume")} AS vwap,
                trade_count, 0 AS revision
         FROM ({
-        ROLL_UP.format(
-            minutes=f'''
+    ROLL_UP.format(
+        minutes=f'''
                 SELECT {_CANDLE_COLUMNS}, c.notional, c.trade_count FROM page, candles AS c
                 WHERE c.symbol = :symbol AND c.interval = '1m'
                   AND c.timestamp >= greatest(page.lo, page.done)
                   AND c.timestamp < least(page.minutes_done, page.hi)
                 UNION ALL
                 {
-                MINUTES_FROM_TRADES.format(
-                    source="page, trades AS t",
-                    where="t.symbol = :symbol AND t.timestamp < page.hi"
-                    " AND t.timestamp >= greatest(page.lo, page.done, page.minutes_done)",
-                )
-            }'''
-        )
-    }) AS rolled
+            MINUTES_FROM_TRADES.format(
+                source="page, trades AS t",
+                where="t.symbol = :symbol AND t.timestamp < page.hi"
+                " AND t.timestamp >= greatest(page.lo, page.done, page.minutes_done)",
+            )
+        }'''
+    )
+}) AS rolled
     )
     SELECT page.hi, page.final,
            greatest(page.lo, page.done) < least(page.final, page.hi),
-           EXISTS (SELECT FROM symbols WHERE symbol = :symbol),
-           c.timestamp, c.open::float8, c.high::float8, c.low::float8, c.close::float8,
-           c.volume::float8, c.vwap::float8, c.trade_count, c.timestamp < page.final,
-           c.revision
-    FROM page LEFT JOIN (SELECT * FROM stored UNION ALL SELECT * FROM computed) AS c ON true
+           EXISTS (SELECT FROM symbols WHERE symbol = :symbol)"""
+_PAGE_FROM = (
+    "FROM page LEFT JOIN (SELECT * FROM stored UNION ALL SELECT * FROM computed) AS c ON true"
+)
+_PAGE_TYPES: dict[str, TypeEngine[Any]] = {
+    "symbol": String(),
+    "interval": String(),
+    "step": Interval(),
+    "lo": TIMESTAMP,
+    "hi": TIMESTAMP,
+    "limit": Integer(),
+}
+_PAGE = statement(
+    f"""{_PAGE_CANDLES},
+           c.timestamp, trim_scale(c.open), trim_scale(c.high), trim_scale(c.low),
+           trim_scale(c.close), trim_scale(c.volume), trim_scale(c.vwap), c.trade_count,
+           c.timestamp < page.final, c.revision
+    {_PAGE_FROM}
     ORDER BY c.timestamp
     """,
-    symbol=String,
-    interval=String,
-    step=Interval,
-    lo=TIMESTAMP,
-    hi=TIMESTAMP,
-    limit=Integer,
+    **_PAGE_TYPES,
+)
+# The same page with its candles as one JSON array, composed by PostgreSQL: for a page of
+# thousands of candles, decoding rows and encoding them again in Python costs more than the
+# query. Keys in the order the API writes them; bucket starts are whole UTC minutes, written
+# as RFC 3339 with `Z`; decimals as `web.encoding` writes them.
+
+
+def _json_number(column: str) -> str:
+    """SQL for a numeric as the API writes it: exact, without trailing zeros, and with a
+    fraction even when whole (`14.0`, never `14`), as `web.encoding.number` writes it."""
+    return (
+        f"CASE WHEN scale(trim_scale({column})) = 0 THEN trim_scale({column}) || '.0'"
+        f" ELSE trim_scale({column})::text END"
+    )
+
+
+_CANDLE_JSON = f"""concat(
+    '{{"timestamp":"', to_char(c.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+    '","open":', {_json_number("c.open")}, ',"high":', {_json_number("c.high")},
+    ',"low":', {_json_number("c.low")}, ',"close":', {_json_number("c.close")},
+    ',"volume":', {_json_number("c.volume")}, ',"vwap":', {_json_number("c.vwap")},
+    ',"trade_count":', c.trade_count, ',"closed":', (c.timestamp < page.final)::text,
+    ',"revision":', c.revision, '}}'
+)"""
+_PAGE_JSON = statement(
+    f"""{_PAGE_CANDLES},
+           count(c.timestamp)::integer,
+           '[' || coalesce(
+               string_agg({_CANDLE_JSON}, ',' ORDER BY c.timestamp)
+                   FILTER (WHERE c.timestamp IS NOT NULL),
+               ''
+           ) || ']'
+    {_PAGE_FROM}
+    GROUP BY page.hi, page.final, page.lo, page.done
+    """,
+    **_PAGE_TYPES,
 )
 
 
@@ -202,6 +262,41 @@ async def read_candle_page(
     if not candles and not exists:
         raise SymbolNotFound(symbol)
     return CandlePage(candles, until, final, from_trades)
+
+
+class JsonCandlePage(NamedTuple):
+    """A `CandlePage` whose candles are one JSON array (text), and how many it holds."""
+
+    candles: str
+    size: int
+    until: datetime
+    final: datetime
+    from_trades: bool
+
+    @property
+    def closed(self) -> bool:
+        return self.until <= self.final
+
+
+async def read_candle_page_json(
+    conn: asyncpg.Connection,
+    *,
+    symbol: str,
+    interval: str,
+    step: timedelta,
+    lo: datetime,
+    hi: datetime,
+    limit: int,
+) -> JsonCandlePage:
+    """`read_candle_page`, its candles as the JSON array the API sends."""
+    row = await _PAGE_JSON.fetchrow(
+        conn, symbol=symbol, interval=interval, step=step, lo=lo, hi=hi, limit=limit
+    )
+    assert row is not None  # `page` is one row: the grouping always answers
+    until, final, from_trades, exists, size, candles = row
+    if not size and not exists:
+        raise SymbolNotFound(symbol)
+    return JsonCandlePage(candles, size, until, final, from_trades)
 
 
 _MINUTES = statement(

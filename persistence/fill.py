@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import String
 
 from persistence.statements import TIMESTAMP, Connection, statement
+from persistence.trades import RECENT
 
 __all__ = ["FILLS", "Span", "fill_buckets", "ingested_spans", "last_trade_before"]
 
@@ -32,12 +33,19 @@ _SPANS = statement(
     lo=TIMESTAMP,
     hi=TIMESTAMP,
 )
-_BEFORE = statement(
-    "SELECT timestamp, price FROM trades WHERE symbol = :symbol AND timestamp < :moment "
-    "ORDER BY timestamp DESC, id DESC LIMIT 1",
+_BEFORE = (
+    "SELECT timestamp, trim_scale(price) FROM trades "
+    "WHERE symbol = :symbol AND timestamp < :moment {bound} "
+    "ORDER BY timestamp DESC, id DESC LIMIT 1"
+)
+# Within RECENT first: planned on the partitions of that stretch only (see persistence.trades).
+_BEFORE_SINCE = statement(
+    _BEFORE.format(bound="AND timestamp >= :since"),
     symbol=String,
     moment=TIMESTAMP,
+    since=TIMESTAMP,
 )
+_BEFORE_EVER = statement(_BEFORE.format(bound=""), symbol=String, moment=TIMESTAMP)
 
 
 async def ingested_spans(conn: Connection, symbol: str, lo: datetime, hi: datetime) -> list[Span]:
@@ -50,7 +58,9 @@ async def last_trade_before(
     conn: Connection, symbol: str, moment: datetime
 ) -> tuple[datetime, Decimal] | None:
     """When the last trade before `moment` happened, and its price (`previous` starts from it)."""
-    row = await _BEFORE.fetchrow(conn, symbol=symbol, moment=moment)
+    row = await _BEFORE_SINCE.fetchrow(conn, symbol=symbol, moment=moment, since=moment - RECENT)
+    if row is None:
+        row = await _BEFORE_EVER.fetchrow(conn, symbol=symbol, moment=moment)
     return None if row is None else (row[0], row[1])
 
 

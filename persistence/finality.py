@@ -52,6 +52,7 @@ __all__ = [
     "materialised_through_sql",
     "settled",
     "symbol_horizon_sql",
+    "symbols_horizon_sql",
 ]
 
 VISIBILITY_DEADLINE = timedelta(seconds=2)
@@ -94,6 +95,15 @@ def symbol_horizon_sql(symbol: str) -> str:
     """SQL for the horizon of `symbol`: the clock's, held back by its feed's watermark
     (`least` ignores the NULL of a symbol without one)."""
     return f"least({HORIZON_SQL}, {feed_watermark_sql(symbol)})"
+
+
+def symbols_horizon_sql(symbols: str) -> str:
+    """SQL for the horizon of every symbol of the array `symbols` at once: the clock's, held
+    back by the slowest of their feeds' watermarks."""
+    return (
+        f"least({HORIZON_SQL}, (SELECT min(coalesce(w.complete_through, {_EPOCH_SQL}))"
+        f" FROM feed_watermarks AS w WHERE w.symbol = ANY({symbols})))"
+    )
 
 
 # "Nothing materialised": a time before any trade a request can name.

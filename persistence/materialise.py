@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import TypeEngine
 
-from persistence.candles import MINUTES_FROM_TRADES, ROLL_UP
+from persistence.candles import MINUTES_FROM_TRADES, ROLL_UP, vwap_sql
 from persistence.finality import (
     BASE,
     INTERVALS,
@@ -33,7 +33,6 @@ from persistence.finality import (
     materialised_sql,
     symbol_horizon_sql,
 )
-from persistence.models import VWAP_SCALE
 from persistence.statements import TIMESTAMP, statement
 
 __all__ = ["Advance", "advance_watermark", "lock_candles", "rematerialise"]
@@ -44,7 +43,7 @@ _UPSERT = f"""
     INSERT INTO candles AS c (symbol, interval, timestamp, open, high, low, close, volume,
                               notional, vwap, trade_count)
     SELECT symbol, :interval, timestamp, open, high, low, close, volume, notional,
-           round(notional / volume, {VWAP_SCALE}), trade_count
+           {vwap_sql("notional", "volume")}, trade_count
     FROM ({{source}}) AS a
     ORDER BY symbol, timestamp
     ON CONFLICT (symbol, interval, timestamp) DO UPDATE

@@ -24,6 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, BYTEA
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from persistence.finality import INTERVALS
+
 __all__ = [
     "ApiKey",
     "ApiKeyChanges",
@@ -146,7 +148,10 @@ class Candle(Base):
     revision: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
     __table_args__ = (
-        CheckConstraint("interval IN ('1m', '5m', '15m', '1h', '4h', '1d')", name="interval"),
+        # The intervals the service knows (persistence.finality), and no other.
+        CheckConstraint(
+            f"interval IN ({', '.join(repr(name) for name in INTERVALS)})", name="interval"
+        ),
     )
 
 

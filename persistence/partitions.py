@@ -9,13 +9,14 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.statements import TIMESTAMP, statement
+from persistence.statements import TIMESTAMP, Connection, statement
 
 __all__ = [
     "drop_expired",
     "ensure_ahead",
     "ensure_partitions",
     "include_name",
+    "oldest_month_end",
     "oldest_trade_kept",
 ]
 
@@ -109,14 +110,42 @@ async def drop_expired(conn: asyncpg.Connection, before: datetime) -> list[str]:
     return dropped
 
 
-async def oldest_trade_kept(conn: asyncpg.Connection) -> datetime | None:
-    """The time of the oldest stored trade of any symbol: one ordered probe per symbol, which
-    stops in the first partition that has its rows."""
-    moment: datetime | None = await conn.fetchval(
-        """
-        SELECT min(o.timestamp) FROM symbols AS s, LATERAL (
-            SELECT timestamp FROM trades WHERE symbol = s.symbol ORDER BY timestamp LIMIT 1
-        ) AS o
-        """
-    )
+# The oldest partition attached: no trade is older than the end of its month. A read without
+# a window that looks for the oldest trades tries that month first, planned alone (planning
+# every monthly partition costs milliseconds).
+_OLDEST_PARTITION = statement(
+    """
+    SELECT min(c.relname) FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'trades'::regclass AND NOT i.inhdetachpending
+    """
+)
+
+
+async def oldest_month_end(conn: Connection) -> datetime | None:
+    """The end of the oldest month `trades` has a partition for (None without any)."""
+    name: str | None = await _OLDEST_PARTITION.fetchval(conn)
+    return _next_month(_month(name)) if name is not None else None
+
+
+_OLDEST_KEPT = """
+    SELECT min(o.timestamp) FROM symbols AS s, LATERAL (
+        SELECT timestamp FROM trades WHERE symbol = s.symbol {bound}
+        ORDER BY timestamp LIMIT 1
+    ) AS o
+"""
+_OLDEST_KEPT_BEFORE = statement(
+    _OLDEST_KEPT.format(bound="AND timestamp < :before"), before=TIMESTAMP
+)
+_OLDEST_KEPT_EVER = statement(_OLDEST_KEPT.format(bound=""))
+
+
+async def oldest_trade_kept(conn: Connection) -> datetime | None:
+    """The time of the oldest stored trade of any symbol: one ordered probe per symbol, in the
+    oldest month first."""
+    before = await oldest_month_end(conn)
+    moment: datetime | None = None
+    if before is not None:
+        moment = await _OLDEST_KEPT_BEFORE.fetchval(conn, before=before)
+    if moment is None:
+        moment = await _OLDEST_KEPT_EVER.fetchval(conn)
     return moment

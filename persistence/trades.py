@@ -17,7 +17,6 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
-    select,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -25,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import TypeEngine
 
 from persistence.models import Trade
-from persistence.partitions import ensure_partitions
-from persistence.statements import TIMESTAMP, Row, Statement, statement
+from persistence.partitions import ensure_partitions, oldest_month_end
+from persistence.statements import TIMESTAMP, Connection, Row, Statement, statement
 
 __all__ = [
     "COLUMNS",
@@ -40,7 +39,6 @@ __all__ = [
     "VenueTrade",
     "insert_live_batch",
     "insert_trades",
-    "last_prices",
     "oldest_trade",
     "latest_trade",
     "list_trades",
@@ -60,10 +58,9 @@ _c = _trades.c
 class TradeRow(NamedTuple):
     id: int
     symbol: str
-    # float8 on the way out: PostgreSQL prints the shortest exact form, so 100.1 stays 100.1
-    # (exact up to 15 significant digits, every venue's prices and sizes).
-    price: float
-    volume: float
+    # Exact, without trailing zeros (trim_scale): 100.1 stays 100.1, whatever its digits.
+    price: Decimal
+    volume: Decimal
     timestamp: datetime
     venue_trade_id: str | None
     side: str | None
@@ -93,7 +90,8 @@ class VenueTrade(NamedTuple):
 
 # The columns of a TradeRow, for the asyncpg reads.
 COLUMNS = (
-    "id, symbol, price::float8 AS price, volume::float8 AS volume, timestamp, venue_trade_id, side"
+    "id, symbol, trim_scale(price) AS price, trim_scale(volume) AS volume, timestamp, "
+    "venue_trade_id, side"
 )
 
 # Hot reads, sent on the read pool's asyncpg connections (see persistence.pool).
@@ -359,29 +357,23 @@ async def insert_trades(
     return [(row.id, row.symbol, row.timestamp) for row in result]
 
 
-async def oldest_trade(conn: AsyncConnection, symbol: str) -> tuple[datetime, Decimal] | None:
-    """Time and price of the symbol's oldest trade (where a backfill has to stop)."""
-    query = (
-        select(_c.timestamp, _c.price)
-        .where(_c.symbol == symbol)
-        .order_by(_c.timestamp, _c.id)
-        .limit(1)
-    )
-    row = (await conn.execute(query)).first()
+_OLDEST = """
+    SELECT timestamp, price FROM trades WHERE symbol = :symbol {bound}
+    ORDER BY timestamp, id LIMIT 1
+"""
+_OLDEST_BEFORE = statement(
+    _OLDEST.format(bound="AND timestamp < :before"), symbol=String, before=TIMESTAMP
+)
+_OLDEST_EVER = statement(_OLDEST.format(bound=""), symbol=String)
+
+
+async def oldest_trade(conn: Connection, symbol: str) -> tuple[datetime, Decimal] | None:
+    """Time and price of the symbol's oldest trade (where a backfill has to stop): in the
+    oldest month first (planned alone), in all of history only when it has none there."""
+    before = await oldest_month_end(conn)
+    row = None
+    if before is not None:
+        row = await _OLDEST_BEFORE.fetchrow(conn, symbol=symbol, before=before)
+    if row is None:
+        row = await _OLDEST_EVER.fetchrow(conn, symbol=symbol)
     return (row[0], row[1]) if row is not None else None
-
-
-async def last_prices(conn: AsyncConnection, symbols: Sequence[str]) -> dict[str, Decimal]:
-    """Each symbol's newest stored price (symbols without trades are absent)."""
-    newest = (
-        select(_c.price)
-        .where(_c.symbol == bindparam("symbol"))
-        .order_by(_c.timestamp.desc(), _c.id.desc())
-        .limit(1)
-    )
-    prices: dict[str, Decimal] = {}
-    for symbol in symbols:
-        price = (await conn.execute(newest, {"symbol": symbol})).scalar_one_or_none()
-        if price is not None:
-            prices[symbol] = price
-    return prices

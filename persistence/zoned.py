@@ -20,9 +20,13 @@ import asyncpg
 from sqlalchemy import String
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from persistence.candles import MINUTES_FROM_TRADES
-from persistence.finality import HORIZON_SQL, feed_watermark_sql, materialised_through_sql
-from persistence.models import VWAP_SCALE
+from persistence.candles import MINUTES_FROM_TRADES, vwap_sql
+from persistence.finality import (
+    HORIZON_SQL,
+    feed_watermark_sql,
+    materialised_through_sql,
+    symbols_horizon_sql,
+)
 from persistence.statements import TIMESTAMP, Connection, statement
 
 __all__ = [
@@ -128,14 +132,18 @@ def pages(
 
 
 class Clock(NamedTuple):
-    # Buckets ending at or before `horizon` are final (persistence.finality); 1m candles
-    # starting before `minutes_done` are materialised for every symbol read.
+    # Buckets ending at or before `horizon` are final by the clock (persistence.finality);
+    # 1m candles starting before `minutes_done` are materialised for every symbol read; every
+    # symbol read has all its trades before `complete` (its feed's watermark held back too).
     horizon: datetime
     minutes_done: datetime
+    complete: datetime
 
 
 _CLOCK = statement(
-    f"SELECT {HORIZON_SQL}, {materialised_through_sql(':symbols')}", symbols=ARRAY(String)
+    f"SELECT {HORIZON_SQL}, {materialised_through_sql(':symbols')},"
+    f" {symbols_horizon_sql(':symbols')}",
+    symbols=ARRAY(String),
 )
 
 
@@ -143,7 +151,7 @@ async def clock(conn: Connection, symbols: Sequence[str]) -> Clock:
     """The clock of a read of `symbols`."""
     row = await _CLOCK.fetchrow(conn, symbols=list(symbols))
     assert row is not None
-    return Clock(row[0], row[1])
+    return Clock(row[0], row[1], row[2])
 
 
 # $1 symbols, $2 bucket starts followed by the end of the last bucket, $3 the horizon, $4 the
@@ -172,7 +180,7 @@ _ROLLED = f"""{_MINUTES}
     SELECT m.symbol, width_bucket(m.timestamp, {_S}) AS n,
            (array_agg(m.open ORDER BY m.timestamp))[1] AS open, max(m.high) AS high,
            min(m.low) AS low, (array_agg(m.close ORDER BY m.timestamp DESC))[1] AS close,
-           sum(m.volume) AS volume, round(sum(m.notional) / sum(m.volume), {VWAP_SCALE}) AS vwap,
+           sum(m.volume) AS volume, {vwap_sql("sum(m.notional)", "sum(m.volume)")} AS vwap,
            sum(m.trade_count)::bigint AS trade_count,
            -- Rises whenever one of its minutes is revised (a late print changed it).
            sum(m.revision)::integer AS revision
@@ -187,11 +195,12 @@ _CLOSED = f"{_S}[r.n + 1] <= least($3::timestamptz, {feed_watermark_sql('r.symbo
 def _columns(shape: str, start: str, closed: str, gap: str | None = None) -> str:
     """The candle columns of one shape from rows `r`: their bucket start is `start`, whether
     it is final `closed`, and (only for filled candles) whether it is a gap `gap`."""
-    if shape == "float":
-        # JSON operations: exact prices as float8 (PostgreSQL prints their shortest form).
+    if shape == "decimal":
+        # JSON operations: exact decimals without trailing zeros, and the revision (exports
+        # do not carry it yet).
         return (
-            f"r.symbol, {start}, r.open::float8, r.high::float8, r.low::float8, "
-            f"r.close::float8, r.volume::float8, r.vwap::float8, r.trade_count, "
+            f"r.symbol, {start}, trim_scale(r.open), trim_scale(r.high), trim_scale(r.low), "
+            f"trim_scale(r.close), trim_scale(r.volume), trim_scale(r.vwap), r.trade_count, "
             f"{closed} AS closed, r.revision"
         )
     if shape == "typed":
@@ -224,7 +233,7 @@ def _select(shape: str, rows: str, start: str, closed: str, gap: str | None = No
 
 def candles_query(shape: str) -> str:
     """Candles of the buckets in $2, by (timestamp, symbol), in one of the export shapes
-    (`text`, `json`, `typed`) or `float` for the JSON operations."""
+    (`text`, `json`, `typed`) or `decimal` for the JSON operations."""
     select = _select(shape, "rolled", _START, _CLOSED)
     return f"WITH rolled AS ({_ROLLED}) {select} ORDER BY {_START}, r.symbol"
 
@@ -287,11 +296,11 @@ async def read_zoned_candles(
     starts: Sequence[datetime],
     now: Clock,
     *,
-    shape: str = "float",
+    shape: str = "decimal",
 ) -> list[Any]:
     """Rows (symbol, timestamp, open, high, low, close, volume, vwap, trade_count, closed)
     for the buckets `starts` (the last element is where the last bucket ends); prices as
-    float8 followed by the revision, or exact (`typed`)."""
+    exact decimals without trailing zeros followed by the revision, or as stored (`typed`)."""
     rows: list[Any] = await conn.fetch(
         candles_query(shape), list(symbols), list(starts), now.horizon, now.minutes_done
     )

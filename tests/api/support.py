@@ -53,7 +53,7 @@ __all__ = [
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 # A trade of one symbol as tests write it: (timestamp, price, volume).
-Row = tuple[datetime, str | Decimal, int]
+Row = tuple[datetime, str | Decimal, int | Decimal]
 # One of the service's write paths, storing trades in the caller's transaction.
 StoreTrades = Callable[[AsyncConnection, list[NewTrade]], Awaitable[None]]
 _NEWEST_IDS = text("SELECT id FROM trades WHERE symbol = :symbol ORDER BY id DESC LIMIT :count")
@@ -178,7 +178,7 @@ class TradeRecord:
     id: int
     symbol: str
     price: Decimal
-    volume: int
+    volume: int | Decimal
     timestamp: datetime
 
 

@@ -106,6 +106,22 @@ def test_fill_previous_carries_the_close_but_never_across_a_gap(
     assert carried["open"] == carried["high"] == carried["low"] == 100 and carried["volume"] == 0
 
 
+def test_an_empty_bucket_closes_only_once_its_feed_stored_everything_through_it(
+    client: TestClient, history: SyncDatabase
+):
+    # AAPL's feed has stored everything only through minute 2.5: later buckets, empty or not,
+    # may still receive trades, however long ago they ended by the clock.
+    history.execute(
+        "INSERT INTO feed_watermarks (symbol, feed, last_trade_id, complete_through, since) "
+        "VALUES ('AAPL', 'coinbase', 1, $1, $2)",
+        at(2.5),
+        at(-60),
+    )
+    response = client.get("/candles", params={**WINDOW, "fill": "null"})
+    assert [c["closed"] for c in response.json()["candles"]] == [True, True] + [False] * 8
+    assert "immutable" not in response.headers["cache-control"]
+
+
 def test_without_a_record_of_ingestion_every_empty_bucket_is_a_gap(
     client: TestClient, market: SyncDatabase
 ):

@@ -63,7 +63,7 @@ def walk_trades(client: TestClient, symbol: str) -> list[Row]:
         page = client.get("/trades", params=params)
         body = json.loads(page.text, parse_float=Decimal)
         rows += [
-            (t["id"], t["symbol"], Decimal(t["price"]), t["volume"], _utc(t["timestamp"]))
+            (t["id"], t["symbol"], Decimal(t["price"]), Decimal(t["volume"]), _utc(t["timestamp"]))
             for t in body["trades"]
         ]
         if body["next_cursor"] is None:

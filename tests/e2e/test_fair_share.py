@@ -101,6 +101,8 @@ def _refusal(head: bytes, code: bytes) -> bool:
     return code in head and b"retry-after:" in head.lower()
 
 
+# Asserts that reads beside two held exports answer within 2 s: a wall-clock bound.
+@pytest.mark.timing
 def test_exports_take_their_own_connections_and_their_share(
     server: Service, trades: None, module_database: URL
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from handlers.sse import decode_id
+from handlers.sse import decode_id, encode_id
 from tests.e2e.sse import Event, consuming, read_events
 from tests.support import MakeDatabase, Service, serve, wait_until
 from tests.support.venues import VenueServer, venue_server
@@ -333,3 +334,52 @@ def test_streams_replay_venue_trades_in_commit_order_and_resume_exactly(
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     resumed = _stream(service, symbol, events[1].id or "", 2)
     assert [e.data for e in resumed] == [e.data for e in events[2:]]
+
+
+def test_a_late_print_sends_the_final_candle_it_revised_again(
+    binance: VenueServer, launch: Launch
+) -> None:
+    """The candle stream sends a candle it sent final once more when a late print changes it:
+    same bucket, still closed, without an id (the stream's position does not go back)."""
+    venue, symbol = binance, "BTCUSDT"
+    service = launch(venue)
+    connected(service, venue.products)
+    subscribed(venue)
+    minute = timedelta(minutes=1)
+    base = datetime.now(UTC).replace(second=0, microsecond=0) - 3 * minute
+    venue.trade(symbol, time=base + timedelta(seconds=10))
+    serves_exactly(service, venue, symbol)
+    # The candle stream from the bucket `base` on (within the replay window).
+    url = f"{service.base}/stream/candles"
+    params = {"symbol": symbol, "interval": "1m", "duration": 60}
+    headers = {**service.headers, "Last-Event-ID": encode_id(base, 0)}
+
+    def sent(events: list[Event]) -> list[Event]:
+        return [
+            e
+            for e in list(events)
+            if e.kind == "candle" and datetime.fromisoformat(e.data["timestamp"]) == base
+        ]
+
+    with consuming(url, params, headers=headers) as events:
+        # The venue's clock passes the bucket's end: it is sent final.
+        venue.trade(symbol, time=base + minute + timedelta(seconds=30))
+        wait_until(
+            lambda: sent(events),
+            lambda e: any(c.data["closed"] for c in e),
+            what="sent final",
+        )
+        venue.trade(symbol, price="90", time=base + timedelta(seconds=20))  # a late print
+        revised = wait_until(
+            lambda: sent(events), lambda e: e[-1].data["trade_count"] == 2, what="sent again"
+        )
+        # One more event after the block ends the client.
+        threading.Timer(0.5, venue.trade, (symbol,), {"time": base + 2 * minute}).start()
+    final = [e for e in revised if e.data["closed"]]
+    assert [e.data["trade_count"] for e in final] == [1, 2]
+    assert final[0].id is not None and final[1].id is None
+    assert final[1].data["low"] == 90
+    window = f"start={base.isoformat()}&end={(base + minute).isoformat()}".replace("+", "%2B")
+    (candle,) = _json(service, f"/candles?symbol={symbol}&interval=1m&{window}")["candles"]
+    fields = ("closed", "trade_count", "low", "revision")
+    assert [candle[f] for f in fields] == [final[1].data[f] for f in fields]

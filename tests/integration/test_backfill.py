@@ -427,7 +427,7 @@ VWAP_PLACES = Decimal(1).scaleb(-VWAP_SCALE)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-Candle = tuple[datetime, float, float, float, float, int, float, int]
+Candle = tuple[datetime, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal, int]
 
 
 def _reference(rows: Sequence[Row], lo: datetime, hi: datetime, step: timedelta) -> list[Candle]:
@@ -449,12 +449,12 @@ def _reference(rows: Sequence[Row], lo: datetime, hi: datetime, step: timedelta)
         candles.append(
             (
                 start,
-                float(prices[0]),
-                float(max(prices)),
-                float(min(prices)),
-                float(prices[-1]),
+                prices[0],
+                max(prices),
+                min(prices),
+                prices[-1],
                 volume,
-                float(vwap),
+                vwap,
                 len(group),
             )
         )
@@ -468,10 +468,7 @@ async def _stored_candles(engine: AsyncEngine, interval: str) -> list[Candle]:
     )
     async with engine.connect() as conn:
         rows = await conn.execute(query, {"interval": interval})
-        return [
-            (ts, float(o), float(h), float(lo), float(c), v, float(w), n)
-            for ts, o, h, lo, c, v, w, n in rows
-        ]
+        return [(ts, o, h, lo, c, v, w, n) for ts, o, h, lo, c, v, w, n in rows]
 
 
 @pytest.mark.parametrize("interval", ["1m", "5m", "1h", "1d"])

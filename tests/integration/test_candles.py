@@ -52,7 +52,7 @@ class Stored:
     timestamp: datetime
 
 
-Candle = tuple[datetime, float, float, float, float, int, float, int]
+Candle = tuple[datetime, Decimal, Decimal, Decimal, Decimal, Decimal, Decimal, int]
 
 
 def _floor(moment: datetime, step: timedelta) -> datetime:
@@ -86,12 +86,12 @@ def reference(
         candles.append(
             (
                 start,
-                float(group[0].price),
-                float(max(t.price for t in group)),
-                float(min(t.price for t in group)),
-                float(group[-1].price),
+                group[0].price,
+                max(t.price for t in group),
+                min(t.price for t in group),
+                group[-1].price,
                 volume,
-                float(vwap),
+                vwap,
                 len(group),
             )
         )
@@ -139,10 +139,7 @@ async def _candle_table(conn: AsyncConnection, symbol: str, interval: str) -> li
         ),
         {"s": symbol, "i": interval},
     )
-    return [
-        (ts, float(o), float(h), float(lo), float(c), v, float(w), n)
-        for ts, o, h, lo, c, v, w, n in rows
-    ]
+    return [(ts, o, h, lo, c, v, w, n) for ts, o, h, lo, c, v, w, n in rows]
 
 
 async def read(
@@ -298,7 +295,7 @@ async def test_vwap_rounds_half_away_from_zero_to_twelve_places(conn: AsyncConne
     for _ in range(2):
         (candle,), _ = await read(conn, "HALF", "1m", moment, moment + timedelta(minutes=1))
 
-        assert (candle[6], candle[5]) == (100.000004882813, 2048)
+        assert (candle[6], candle[5]) == (Decimal("100.000004882813"), 2048)
         await materialise(conn)
 
 
@@ -385,7 +382,7 @@ async def test_the_open_bucket_rolls_up_materialised_minutes_and_the_live_minute
 
     (candle,) = page.candles
     # Not stored as final yet: revision 0.
-    assert tuple(candle) == (bucket, 10.0, 12.0, 10.0, 12.0, 25, 10.8, 3, False, 0)
+    assert tuple(candle) == (bucket, 10, 12, 10, 12, 25, Decimal("10.8"), 3, False, 0)
     assert not page.from_trades
     assert await _candle_table(conn, "OPEN", interval) == []
     assert [c[0] for c in await _candle_table(conn, "OPEN", "1m")] == [last_final_minute]

@@ -268,6 +268,6 @@ async def test_without_a_feed_a_bucket_closes_exactly_at_the_clock_horizon(
         raw = await driver_connection(conn)
         starts = [BASE, BASE + MINUTE]
         for horizon, final in ((BASE + MINUTE, True), (BASE + MINUTE - MICROSECOND, False)):
-            clock = zoned.Clock(horizon, BASE)
+            clock = zoned.Clock(horizon, BASE, horizon)
             (row,) = await zoned.read_zoned_candles(raw, ["AAPL"], starts, clock)
             assert row["closed"] is final, horizon

@@ -21,6 +21,13 @@ from tests.support import wait_until_async
 from tests.support.venues import Print, VenueName, VenueServer, venue_server
 
 VENUES = {"coinbase": ["BTC-USD", "ETH-USD"], "binance": ["BTCUSDT", "ETHUSDT"]}
+# A trade message of each venue, well formed but for a price that does not parse.
+UNPARSABLE_PRICE = {
+    "coinbase": '{"type": "match", "trade_id": 2, "product_id": "BTC-USD", "price": "1,5",'
+    ' "size": "1", "side": "buy", "time": "2026-01-02T03:04:05.000006Z"}',
+    "binance": '{"stream": "btcusdt@trade", "data": {"e": "trade", "s": "BTCUSDT", "t": 2,'
+    ' "p": "1,5", "q": "1", "T": 1, "m": true}}',
+}
 
 
 @pytest.fixture(params=sorted(VENUES))
@@ -184,11 +191,17 @@ async def test_bad_messages_are_counted_and_skipped(server: VenueServer) -> None
         await subscribed(feed, server)
         server.trade(symbol)
         await has(collected, symbol, [1])
-        for raw in ("{not json", '{"type": "match", "product_id": "DOGE-EUR"}', "[]"):
+        for raw in (
+            "{not json",
+            '{"type": "match", "product_id": "DOGE-EUR"}',
+            "[]",
+            UNPARSABLE_PRICE[server.venue],
+        ):
             server.send_raw(raw)
         server.trade(symbol)
         await has(collected, symbol, [1, 2])
-        await wait_until_async(lambda: feed.malformed_total, lambda n: n >= 3, what="counted")
+        await wait_until_async(lambda: feed.malformed_total, lambda n: n >= 4, what="counted")
+    assert all(t.price == Decimal("100.00000001") for t in collected.drain())
 
 
 @pytest.mark.timing

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from persistence.finality import INTERVALS
 from persistence.migrate import alembic_config, upgrade
 from persistence.models import metadata
 from persistence.partitions import include_name
@@ -283,6 +284,21 @@ async def test_upgrade_creates_foreign_keys_checks_and_id_sequence(empty_databas
     )
     # Identity columns on partitioned tables need PostgreSQL 17: a sequence default instead.
     assert id_default == "nextval('trades_id_seq'::regclass)"
+
+
+async def test_the_candles_interval_check_allows_exactly_the_intervals_the_service_knows(
+    empty_database: URL,
+) -> None:
+    # Alembic's comparison of schema and models does not look at CHECK constraints.
+    engine = open_test_engine(empty_database)
+    try:
+        await upgrade(engine)
+        schema = await _schema(engine)
+    finally:
+        await engine.dispose()
+
+    definitions = {name: definition for _, name, _, definition in schema["constraints"]}
+    assert set(re.findall(r"'(\w+)'", definitions["ck_candles_interval"])) == set(INTERVALS)
 
 
 async def test_upgrade_records_head_revision_in_alembic_version(empty_database: URL) -> None:

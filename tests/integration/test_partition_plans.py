@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from persistence import batches, trades
 from persistence.connections import driver_connection
-from persistence.partitions import ensure_partitions
+from persistence.partitions import ensure_partitions, oldest_month_end
+from persistence.statements import Statement
 from persistence.trades import RECENT, page_sql
 
 # Three years of monthly partitions: what a service keeps for years plans against.
@@ -58,3 +60,37 @@ async def test_latest_within_recent_plans_only_the_months_since(conn: AsyncConne
 
     # December, and the months created ahead of it.
     assert {name for name in _scanned(_json(plan)) if name < "trades_y2026m12"} == set()
+
+
+async def _scanned_by(conn: AsyncConnection, read: Statement, **values: object) -> set[str]:
+    """The partitions the plan of `read` with `values` touches."""
+    driver = await driver_connection(conn)
+    plan = await driver.fetchval(f"EXPLAIN (FORMAT JSON) {read.sql}", *read.arguments(values))
+    return _scanned(_json(plan))
+
+
+async def test_latest_trades_within_recent_plan_only_the_months_since(
+    conn: AsyncConnection,
+) -> None:
+    await ensure_partitions(conn, FIRST, LAST)
+    since = datetime(2026, 12, 20, tzinfo=UTC) - RECENT
+
+    scanned = await _scanned_by(conn, batches._LATEST_SINCE, symbols=["PLAN"], since=since)
+
+    # December, and the months created ahead of it.
+    assert "trades_y2026m12" in scanned
+    assert {
+        name for name in scanned if name.startswith("trades_y") and name < "trades_y2026m12"
+    } == set()
+
+
+async def test_the_oldest_trade_is_looked_for_in_the_oldest_month_first(
+    conn: AsyncConnection,
+) -> None:
+    await ensure_partitions(conn, FIRST, LAST)
+    before = await oldest_month_end(conn)
+
+    scanned = await _scanned_by(conn, trades._OLDEST_BEFORE, symbol="PLAN", before=before)
+
+    assert before == datetime(2024, 2, 1, tzinfo=UTC)
+    assert scanned == {"trades_y2024m01"}

@@ -47,7 +47,7 @@ async def test_latest_trade_is_newest_by_timestamp_not_by_id(conn: AsyncConnecti
 
     assert latest is not None
     assert (latest.price, latest.volume, latest.timestamp) == (
-        12.34,
+        Decimal("12.34"),
         7,
         T0 + timedelta(seconds=60),
     )
@@ -166,14 +166,16 @@ async def test_list_trades_after_continues_strictly_past_the_key_inside_a_tie(
         ("100.10", "100.1"),
         ("0.30", "0.3"),
         ("1234.56", "1234.56"),
-        ("0.000001", "1e-06"),
+        ("0.000001", "0.000001"),
         ("99999.99", "99999.99"),
         ("12.345678", "12.345678"),
         ("333.33", "333.33"),
-        ("100", "100.0"),
+        ("100", "100"),
+        # Beyond a binary float's ~15 significant digits.
+        ("123456.789012345678", "123456.789012345678"),
     ],
 )
-async def test_trade_prices_come_back_as_the_float_of_the_stored_decimal(
+async def test_trade_prices_come_back_as_the_stored_decimal_without_trailing_zeros(
     conn: AsyncConnection, stored: str, shown: str
 ) -> None:
     await ensure_symbols(conn, [("PRX", "Prices")])
@@ -192,9 +194,9 @@ async def test_trade_prices_come_back_as_the_float_of_the_stored_decimal(
 
     assert latest is not None
     for price in (latest.price, listed["price"]):
-        assert type(price) is float
-        assert price == float(Decimal(stored))
-        assert repr(price) == shown
+        assert type(price) is Decimal
+        assert price == Decimal(stored)
+        assert str(price) == shown
 
 
 async def test_trade_timestamps_keep_microseconds_and_come_back_in_utc(

@@ -150,3 +150,59 @@ def test_a_stalled_second_request_on_a_kept_alive_connection_gets_408(server: in
         rest = _answer(sock)
     assert first.startswith(b"HTTP/1.1 200")
     assert rest.startswith(b"HTTP/1.1 408")
+
+
+class _RecordingTransport(asyncio.Transport):
+    """What reaches the socket: each write (or writev) as one call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[bytes]] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.calls.append([bytes(data)])
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.calls.append([bytes(data) for data in list_of_data])
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_responses_head_and_body_leave_in_one_send() -> None:
+    transport = _RecordingTransport()
+    coalescing = http_protocol._Coalescing(transport, asyncio.get_running_loop())
+    coalescing.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    coalescing.write(b"ok")
+    assert transport.calls == [[b"HTTP/1.1 200 OK\r\n\r\nok"]]
+
+
+async def test_a_lone_write_leaves_by_the_end_of_the_loop_turn() -> None:
+    transport = _RecordingTransport()
+    coalescing = http_protocol._Coalescing(transport, asyncio.get_running_loop())
+    coalescing.write(b"chunk")
+    assert transport.calls == []
+    await asyncio.sleep(0)  # one turn of the loop, not a wait for something
+    assert transport.calls == [[b"chunk"]]
+
+
+async def test_large_writes_leave_together_without_being_joined() -> None:
+    transport = _RecordingTransport()
+    coalescing = http_protocol._Coalescing(transport, asyncio.get_running_loop())
+    coalescing.write(b"head")
+    coalescing.write(_CHUNK)
+    assert transport.calls == [[b"head", _CHUNK]]
+
+
+async def test_closing_sends_what_is_held_first() -> None:
+    transport = _RecordingTransport()
+    coalescing = http_protocol._Coalescing(transport, asyncio.get_running_loop())
+    coalescing.write(b"last words")
+    coalescing.close()
+    assert transport.calls == [[b"last words"]] and transport.closed
+    await asyncio.sleep(0)
+    assert transport.calls == [[b"last words"]]

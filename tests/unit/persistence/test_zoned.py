@@ -5,7 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from persistence import finality, zoned
+from persistence.finality import INTERVALS
 from persistence.zoned import UnknownZone, bucket_starts, zone
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
@@ -97,3 +101,16 @@ def test_the_end_is_the_next_bucket_start_and_limit_caps_the_count():
 def test_unknown_zones_are_refused(name: str):
     with pytest.raises(UnknownZone):
         zone(name)
+
+
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+    ),
+    step=st.sampled_from(sorted(INTERVALS.values())),
+)
+def test_utc_buckets_are_the_epoch_aligned_buckets(moment: datetime, step: timedelta) -> None:
+    # UTC is the zone whose offset is 0: its local buckets are the epoch-aligned ones.
+    utc = zone("UTC")
+    assert zoned.bucket_floor(utc, step, moment) == finality.bucket_floor(moment, step)
+    assert zoned.bucket_ceil(utc, step, moment) == finality.bucket_ceil(moment, step)
