@@ -137,6 +137,12 @@ _CANDLE_COLUMNS = "c.symbol, c.timestamp, c.open, c.high, c.low, c.close, c.volu
 # [lo, hi) (skipping a stretch without trades) and spans at most :limit buckets. Buckets below
 # the watermark come from `candles`; the rest (the open bucket, and final buckets not
 # materialised yet) roll up materialised minutes plus minutes aggregated from trades.
+# The page's bounds come from the `page` CTE, which the planner cannot see into: it would
+# guess a third of the symbol's rows for each bound and, at tens of millions of candles, scan
+# the whole table. The request's own window (wider than the page, so it changes no answer)
+# gives it bounds it can estimate, and prunes the trade partitions while planning.
+_WINDOW = f"AND {{column}} >= {bin_sql(':step', ':lo')} AND {{column}} < :hi"
+
 _PAGE_CANDLES = f"""
     WITH clock AS MATERIALIZED (
         SELECT {bin_sql(":step", symbol_horizon_sql(":symbol"))} AS final,
@@ -158,6 +164,7 @@ _PAGE_CANDLES = f"""
         FROM page, candles AS c
         WHERE c.symbol = :symbol AND c.interval = :interval
           AND c.timestamp >= page.lo AND c.timestamp < least(page.done, page.hi)
+          {_WINDOW.format(column="c.timestamp")}
     ), computed AS (
         SELECT timestamp, open, high, low, close, volume, {vwap_sql("notional", "volume")} AS vwap,
                trade_count, 0 AS revision
@@ -168,12 +175,14 @@ _PAGE_CANDLES = f"""
                 WHERE c.symbol = :symbol AND c.interval = '1m'
                   AND c.timestamp >= greatest(page.lo, page.done)
                   AND c.timestamp < least(page.minutes_done, page.hi)
+                  {_WINDOW.format(column="c.timestamp")}
                 UNION ALL
                 {
             MINUTES_FROM_TRADES.format(
                 source="page, trades AS t",
                 where="t.symbol = :symbol AND t.timestamp < page.hi"
-                " AND t.timestamp >= greatest(page.lo, page.done, page.minutes_done)",
+                " AND t.timestamp >= greatest(page.lo, page.done, page.minutes_done) "
+                + _WINDOW.format(column="t.timestamp"),
             )
         }'''
     )
