@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -81,3 +83,37 @@ def test_rows_cut_across_chunks_and_blocks_come_out_whole_and_in_order(
     monkeypatch.setattr(export_encoders, "_BLOCK", 200)
     assert _encode(TRADES_SCHEMA, copy, chunk=37) == whole
     assert len(whole.split(b"\r\n")) == 42  # header, 40 rows, the final line end
+
+
+# A fresh interpreter: whatever this test process imported already does not count.
+_EVERY_ENCODER = """
+import asyncio, sys
+from handlers.export_encoders import ArrowEncoder, CsvEncoder
+from handlers.exports import TRADES_SCHEMA
+
+COPY = b"7,AAPL,187.420000000000000000,100.000000000000000000,2026-01-02 03:04:05.5+00,,\\n"
+
+async def emit(data):
+    pass
+
+async def run(encoder):
+    await encoder.feed(COPY, emit)
+    await encoder.finish(emit)
+
+for encoder in (
+    CsvEncoder(TRADES_SCHEMA),
+    ArrowEncoder(TRADES_SCHEMA, parquet=True),
+    ArrowEncoder(TRADES_SCHEMA, parquet=False),
+):
+    asyncio.run(run(encoder))
+print("pandas" in sys.modules)
+"""
+
+
+def test_exporting_never_imports_pandas_into_the_server():
+    # pyarrow imports pandas, where it is installed, to convert a Python value: 150 MiB of the
+    # server's memory for good, and seconds on its first export.
+    ran = subprocess.run(
+        [sys.executable, "-c", _EVERY_ENCODER], capture_output=True, text=True, check=True
+    )
+    assert ran.stdout.strip() == "False", ran.stderr
