@@ -48,9 +48,6 @@ class Budget:
     def __len__(self) -> int:
         return len(self._claims)
 
-    def held_by(self, owner: str) -> int:
-        return self._by_owner.get(owner, 0)
-
     def claim(self, owner: str | None, per_owner: int | None) -> Claim:
         """A share for `owner`, who may hold `per_owner` at once (None: no cap of its own)."""
         if (

@@ -35,8 +35,11 @@ def test_a_released_claim_frees_both_shares_once() -> None:
     claim = budget.claim("k1", 1)
     claim.release()
     claim.release()
-    assert len(budget) == 0 and budget.held_by("k1") == 0
+    assert len(budget) == 0
     budget.claim("k1", 1)
+    # Released once: the owner's count is back at 0, not below it.
+    with pytest.raises(_OwnerFull):
+        budget.claim("k1", 1)
 
 
 def test_revoking_an_owner_ends_its_claims_only() -> None:
