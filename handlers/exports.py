@@ -317,11 +317,14 @@ async def _filled_columns(
     lo, hi = bounds[0], bounds[-1]
     for code in codes:
         before = await filling.last_trade_before(conn, code, lo) if fill == "previous" else None
+        # An empty bucket is final once this symbol's feed has stored everything through it,
+        # as `/candles` judges it: not by the clock, nor held back by the other symbols.
+        complete = (await zoned.clock(conn, [code])).complete
         buckets = filling.fill_buckets(
             traded[code],
             bounds,
             fill,
-            horizon=now.horizon,
+            horizon=complete,
             spans=await filling.ingested_spans(conn, code, lo, hi),
             before=before,
         )

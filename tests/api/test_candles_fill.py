@@ -283,6 +283,23 @@ def test_a_filled_candle_export_holds_what_filled_candles_answer(
     assert [_normal(row) for row in export_rows(response.content, fmt)] == expected
 
 
+def test_an_exported_empty_bucket_closes_only_once_its_feed_stored_everything_through_it(
+    client: TestClient, history: SyncDatabase
+):
+    history.execute(
+        "INSERT INTO feed_watermarks (symbol, feed, last_trade_id, complete_through, since) "
+        "VALUES ('AAPL', 'coinbase', 1, $1, $2)",
+        at(2.5),
+        at(-60),
+    )
+    window = {k: v for k, v in WINDOW.items() if k != "symbol"}
+    params = {**window, "symbols": "AAPL", "format": "csv", "fill": "null"}
+    rows = export_rows(client.get("/export/candles", params=params).content, "csv")
+    answered = client.get("/candles", params={**WINDOW, "fill": "null"}).json()["candles"]
+    assert [row["closed"] == "true" for row in rows] == [c["closed"] for c in answered]
+    assert [c["closed"] for c in answered] == [True, True] + [False] * 8
+
+
 def test_a_candle_export_has_a_gap_column_only_with_fill(client: TestClient, history: SyncDatabase):
     params = {**WINDOW, "symbols": "AAPL", "format": "csv"}
     del params["symbol"]
