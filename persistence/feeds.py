@@ -19,7 +19,7 @@ from sqlalchemy import BigInteger, DateTime, Integer, String, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.materialise import lock_candles, rematerialise
+from persistence.materialise import lock_candles, materialise_final, rematerialise
 from persistence.trades import (
     LEADER_HELD,
     LIVE_CHANNEL,
@@ -163,8 +163,9 @@ async def insert_venue_batch(
 ) -> VenueBatch | None:
     """Store `trades` (each venue trade once) and move `marks`, in the caller's transaction;
     None when refused (not the leader any more, or not newer than the last batch). A trade
-    stored in a bucket already materialised revises that bucket's candles here; one already
-    stored is counted as a duplicate, never as a late print."""
+    stored in a bucket already final revises that bucket's candles here (materialising the
+    symbol's final buckets first if the leader has not yet); one already stored is counted as
+    a duplicate, never as a late print."""
     claimed = (
         await conn.execute(
             _claim, {"stamped": stamped, "leader_pid": leader_pid, "lock_key": lock_key}
@@ -181,11 +182,21 @@ async def insert_venue_batch(
             materialised[symbol] = candles_until
         if complete_through is not None:
             complete[symbol] = complete_through
+    # Late prints into buckets final but not materialised yet: clients read those closed,
+    # aggregated from trades.
+    unstored = {
+        t.symbol
+        for t in trades
+        if materialised.get(t.symbol, _NEVER) <= t.timestamp <= complete.get(t.symbol, _NEVER)
+    }
     for symbol in sorted(
-        {t.symbol for t in trades if t.timestamp < materialised.get(t.symbol, _NEVER)}
+        unstored | {t.symbol for t in trades if t.timestamp < materialised.get(t.symbol, _NEVER)}
     ):
         # Before the rows go in, as for a backfill: the leader's roll-up cannot miss them.
         await lock_candles(conn, symbol)
+        if symbol in unstored:
+            # Stored as they were read first, so that the print revises them.
+            materialised[symbol] = await materialise_final(conn, symbol)
     stored = await insert_trades(conn, trades)
     ids = [row[0] for row in stored]
     revised: dict[str, list[datetime]] = {}
