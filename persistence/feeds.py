@@ -4,7 +4,8 @@ committed together; and the marks a new leader resumes from.
 A venue batch is fenced and ordered like a live batch (`persistence.trades`): written only
 while the writer holds the leader lock, stamped later than every batch before it, recorded in
 `live_batches` and announced on `LIVE_CHANNEL` by its own transaction. Its trades keep their
-venue timestamps; streams find them by the batch's id range (`persistence.batches`).
+venue timestamps; streams find them by the batch's id range and their `live` mark
+(`persistence.batches`).
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ _publish = text(
     """
     WITH pruned AS (DELETE FROM live_batches WHERE stamped < :horizon),
     recorded AS (
-        INSERT INTO live_batches (stamped, first_id, last_id) VALUES (:stamped, :first, :last)
+        INSERT INTO live_batches (stamped, first_id, last_id, rows_marked)
+        VALUES (:stamped, :first, :last, true)
     )
     SELECT pg_notify(:channel, concat_ws(' ', :stamp_text, :first, :last))
     """
