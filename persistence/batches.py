@@ -1,10 +1,11 @@
 """Live batches: their NOTIFY payloads, the trades they carried, each symbol's newest trade.
 
-A live batch is exactly the trades whose id lies in the batch's [first_id, last_id] and whose
-timestamp is the batch's stamp (synthetic) or that carry a venue trade id (a venue batch).
-Backfill may take ids in that range concurrently, but never with that timestamp (it writes
-only before the oldest stored trade, or 2 s short of now) nor with a venue id.
-Streams resume from `live_batches`, so backfilled history can never reach a live client.
+A live batch is exactly the trades whose id lies in the batch's [first_id, last_id] and that
+its writer marked `live`. History (backfill, `mdp import`) takes ids from the same sequence
+while a batch is written, so its rows can fall in a batch's range (venue ids and all), but
+it is never marked; and the ranges of two batches never overlap (each claims the ingestion
+row before it takes ids, so one waits for the other to commit). Streams send and resume
+from `live_batches`, so history can never reach a live client.
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ _COLUMNS = (
 # batch by batch, by id within one. The position's own batch is included from the trade after
 # `id`, so a resume is exact mid-batch. A synthetic batch's trades carry its stamp; a venue
 # batch's keep their venue timestamps (recovered ones older than live ones committed
-# before) and are the venue trades in its id range.
+# before). A batch a revision before migration 0013 wrote (during a deploy) is not marked:
+# its trades are found as that revision found them.
 _AFTER = statement(
     f"""
     SELECT {_COLUMNS}, b.stamped
     FROM live_batches b
     JOIN trades t ON t.id BETWEEN b.first_id AND b.last_id
-        AND (t.timestamp = b.stamped OR t.venue_trade_id IS NOT NULL)
+        AND CASE WHEN b.rows_marked THEN t.live
+                 ELSE t.timestamp = b.stamped OR t.venue_trade_id IS NOT NULL END
     WHERE b.stamped >= :stamped AND (b.stamped, t.id) > (:stamped, :id)
       AND (:symbols IS NULL OR t.symbol = ANY(:symbols))
     ORDER BY b.stamped, t.id

@@ -4,7 +4,8 @@ committed together; and the marks a new leader resumes from.
 A venue batch is fenced and ordered like a live batch (`persistence.trades`): written only
 while the writer holds the leader lock, stamped later than every batch before it, recorded in
 `live_batches` and announced on `LIVE_CHANNEL` by its own transaction. Its trades keep their
-venue timestamps; streams find them by the batch's id range (`persistence.batches`).
+venue timestamps; streams find them by the batch's id range and their `live` mark
+(`persistence.batches`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy import BigInteger, DateTime, Integer, String, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.materialise import lock_candles, rematerialise
+from persistence.materialise import lock_candles, materialise_final, rematerialise
 from persistence.trades import (
     LEADER_HELD,
     LIVE_CHANNEL,
@@ -85,7 +86,8 @@ _publish = text(
     """
     WITH pruned AS (DELETE FROM live_batches WHERE stamped < :horizon),
     recorded AS (
-        INSERT INTO live_batches (stamped, first_id, last_id) VALUES (:stamped, :first, :last)
+        INSERT INTO live_batches (stamped, first_id, last_id, rows_marked)
+        VALUES (:stamped, :first, :last, true)
     )
     SELECT pg_notify(:channel, concat_ws(' ', :stamp_text, :first, :last))
     """
@@ -161,8 +163,9 @@ async def insert_venue_batch(
 ) -> VenueBatch | None:
     """Store `trades` (each venue trade once) and move `marks`, in the caller's transaction;
     None when refused (not the leader any more, or not newer than the last batch). A trade
-    stored in a bucket already materialised revises that bucket's candles here; one already
-    stored is counted as a duplicate, never as a late print."""
+    stored in a bucket already final revises that bucket's candles here (materialising the
+    symbol's final buckets first if the leader has not yet); one already stored is counted as
+    a duplicate, never as a late print."""
     claimed = (
         await conn.execute(
             _claim, {"stamped": stamped, "leader_pid": leader_pid, "lock_key": lock_key}
@@ -179,11 +182,21 @@ async def insert_venue_batch(
             materialised[symbol] = candles_until
         if complete_through is not None:
             complete[symbol] = complete_through
+    # Late prints into buckets final but not materialised yet: clients read those closed,
+    # aggregated from trades.
+    unstored = {
+        t.symbol
+        for t in trades
+        if materialised.get(t.symbol, _NEVER) <= t.timestamp <= complete.get(t.symbol, _NEVER)
+    }
     for symbol in sorted(
-        {t.symbol for t in trades if t.timestamp < materialised.get(t.symbol, _NEVER)}
+        unstored | {t.symbol for t in trades if t.timestamp < materialised.get(t.symbol, _NEVER)}
     ):
         # Before the rows go in, as for a backfill: the leader's roll-up cannot miss them.
         await lock_candles(conn, symbol)
+        if symbol in unstored:
+            # Stored as they were read first, so that the print revises them.
+            materialised[symbol] = await materialise_final(conn, symbol)
     stored = await insert_trades(conn, trades, materialised=materialised, complete=complete)
     if stored:
         await conn.execute(

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -99,6 +100,10 @@ class Trade(Base):
     venue_trade_id: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The aggressor's side (`buy`: the buyer took the offer); NULL where unknown.
     side: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # TRUE for a trade a live batch stored (what streams send), NULL for history (backfill,
+    # import): history takes ids from the same sequence while a batch is written, so a
+    # batch's id range alone does not say which rows are its own (migration 0013).
+    live: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
     __table_args__ = (
         CheckConstraint("price > 0 AND price <> 'NaN'", name="price_positive"),
@@ -225,13 +230,16 @@ class ApiKeyChanges(Base):
 
 
 class LiveBatch(Base):
-    """A batch the ingestion leader wrote live: trades stamped `stamped` with ids in range."""
+    """A batch the ingestion leader wrote live: its trades (`trades.live`) have ids in range."""
 
     __tablename__ = "live_batches"
 
     stamped: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     first_id: Mapped[int] = mapped_column(BigInteger)
     last_id: Mapped[int] = mapped_column(BigInteger)
+    # Its trades carry `trades.live`; false for a batch a revision before migration 0013
+    # wrote (during a deploy), whose trades are found by its stamp and venue ids instead.
+    rows_marked: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
     __table_args__ = (CheckConstraint("first_id <= last_id", name="id_range"),)
 

@@ -225,7 +225,8 @@ LEADER_HELD = """(CAST(:leader_pid AS integer) IS NULL OR EXISTS (
 # A live batch: written only if the writer still holds the leader lock (fencing a leader that
 # lost it) and the batch is newer than the last one written (a retried or raced batch can never
 # be stored twice). One statement: the claim, the rows, the batch's record in `live_batches`
-# (what streams replay from) and its NOTIFY commit together or not at all. The payload is the
+# (what streams replay from; its rows are marked `live`) and its NOTIFY commit together or not
+# at all. The payload is the
 # stamp and id range, a few dozen bytes whatever the number of symbols (NOTIFY allows 8,000).
 _insert_live_batch = Statement(
     text(
@@ -236,8 +237,8 @@ _insert_live_batch = Statement(
         RETURNING 1
     ),
     inserted AS (
-        INSERT INTO trades (symbol, price, volume, timestamp)
-        SELECT * FROM unnest(
+        INSERT INTO trades (symbol, price, volume, timestamp, live)
+        SELECT *, true FROM unnest(
             CAST(:symbols AS varchar[]), CAST(:prices AS numeric[]),
             CAST(:volumes AS numeric[]), CAST(:timestamps AS timestamptz[])
         )
@@ -250,8 +251,8 @@ _insert_live_batch = Statement(
         WHERE stamped < :horizon AND EXISTS (SELECT 1 FROM claim)
     ),
     recorded AS (
-        INSERT INTO live_batches (stamped, first_id, last_id)
-        SELECT :stamped, first_id, last_id FROM span WHERE size > 0
+        INSERT INTO live_batches (stamped, first_id, last_id, rows_marked)
+        SELECT :stamped, first_id, last_id, true FROM span WHERE size > 0
     )
     SELECT size, CASE WHEN size > 0 THEN pg_notify(
         :channel, concat_ws(' ', :stamp_text, first_id, last_id)
@@ -289,7 +290,8 @@ async def insert_live_batch(
         return 0
     symbols, prices, volumes, timestamps = zip(*trades, strict=True)
     if any(moment != stamped for moment in timestamps):
-        # Streams find a batch's trades by its stamp: one timestamp per batch, always.
+        # One timestamp per batch, always: a revision before migration 0013 (still leading
+        # during a deploy, or rolled back to) finds a batch's trades by it.
         raise ValueError("every trade of a live batch must carry the batch's stamp")
     # The leader keeps partitions months ahead; this only checks (a catalog lookup), except
     # for a writer whose clock is where no partition is yet.
@@ -314,13 +316,14 @@ async def insert_live_batch(
 # Venue trades, each stored at most once: a re-delivered message or an overlapping recovery
 # conflicts on uq_trades_symbol_venue_trade_id_timestamp and is skipped, inside PostgreSQL.
 # What the writer needs to know of the rows stored comes back summed per symbol: a batch of
-# thousands returns a row a symbol, not a row a trade.
+# thousands returns a row a symbol, not a row a trade. Marked `live`: streams send them
+# (`persistence.batches`).
 _insert_trades = Statement(
     text(
         """
     WITH stored AS (
-        INSERT INTO trades (symbol, price, volume, timestamp, venue_trade_id, side)
-        SELECT * FROM unnest(
+        INSERT INTO trades (symbol, price, volume, timestamp, venue_trade_id, side, live)
+        SELECT *, true FROM unnest(
             CAST(:symbols AS varchar[]), CAST(:prices AS numeric[]),
             CAST(:volumes AS numeric[]), CAST(:timestamps AS timestamptz[]),
             CAST(:ids AS text[]), CAST(:sides AS text[])
@@ -374,10 +377,11 @@ async def insert_trades(
     materialised: Mapping[str, datetime] | None = None,
     complete: Mapping[str, datetime] | None = None,
 ) -> list[StoredTrades]:
-    """Store the trades not stored yet (by symbol, venue trade id and timestamp; trades without
-    a venue id are always stored), in the caller's transaction, ids in the order given; returns
-    per symbol what was stored, judged against the `materialised` and `complete` marks. The
-    partitions of their months are created when missing."""
+    """Store a live batch's trades not stored yet (by symbol, venue trade id and timestamp;
+    trades without a venue id are always stored), marked `live`, in the caller's transaction
+    (the batch's), ids in the order given; returns per symbol what was stored, judged against
+    the `materialised` and `complete` marks. The partitions of their months are created when
+    missing."""
     if not trades:
         return []
     symbols, prices, volumes, timestamps, ids, sides = zip(*trades, strict=True)

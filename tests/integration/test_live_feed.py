@@ -9,16 +9,21 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
+import pyarrow as pa
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ingestion.files import TRADES
 from live.broadcaster import Broadcaster, Reset, Subscription
 from live.listener import Listener
 from persistence import batches
+from persistence.feeds import StoredMark, insert_venue_batch
+from persistence.imports import import_trades
+from persistence.partitions import ensure_partitions
 from persistence.symbols import ensure_symbols
-from persistence.trades import LIVE_CHANNEL, NewTrade, TradeRow, insert_live_batch
+from persistence.trades import LIVE_CHANNEL, NewTrade, TradeRow, VenueTrade, insert_live_batch
 from tests.support import dsn, seed_trades, wait_until_async
 
 SYMBOLS = ("AAA", "BBB")
@@ -208,3 +213,126 @@ async def test_backfilled_trades_are_never_replayed_as_live(
         (s, c) for s in (first, second) for c in SYMBOLS
     ]
     assert [(t.timestamp, t.symbol) for t in after_first] == [(first, "BBB"), (second, "BBB")]
+
+
+async def _venue_batch(
+    engine: AsyncEngine, trades: list[VenueTrade], through: datetime, stamped: datetime
+) -> None:
+    last_id = max(int(trade.venue_trade_id or 0) for trade in trades)
+    async with engine.begin() as conn:
+        batch = await insert_venue_batch(
+            conn,
+            trades,
+            {"AAA": StoredMark(last_id, through, through - timedelta(hours=1))},
+            feed="coinbase",
+            stamped=stamped,
+            leader_pid=None,
+            lock_key=0,
+        )
+        assert batch is not None
+
+
+def _file(symbol: str, rows: list[tuple[str, datetime]]) -> pa.Table:
+    """A trade file of `symbol` as `mdp import` reads one: (venue trade id, time) per trade."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "symbol": symbol,
+                "price": "7.5",
+                "volume": "2",
+                "timestamp": moment,
+                "venue_trade_id": venue_id,
+                "side": "sell",
+            }
+            for venue_id, moment in rows
+        ],
+        schema=TRADES,
+    )
+
+
+async def test_imported_trades_are_never_streamed_as_live(
+    feed_engine: AsyncEngine, empty_database: URL
+) -> None:
+    """An import commits its ids inside a venue batch's id range (the batch waited on a trade
+    the import holds too): its trades reach neither live streams nor a replay."""
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    first, second = _stamps(2)
+    async with feed_engine.begin() as conn:
+        await ensure_partitions(conn, base, base + timedelta(hours=1))
+    live = [VenueTrade("AAA", Decimal("10"), Decimal(1), base, "1", "buy")]
+    await _venue_batch(feed_engine, live, base + timedelta(minutes=10), first)
+    broadcaster = Broadcaster(max_streams=10, queue_size=100)
+    async with _listening(empty_database, broadcaster), feed_engine.connect() as importing:
+        subscription = broadcaster.subscribe(SYMBOLS)
+        transaction = await importing.begin()
+        shared = base + timedelta(minutes=2)
+        await import_trades(importing, "AAA", _file("AAA", [("2", shared)]), repair=False)
+        # A recovered trade the import holds too: the batch waits for the import to end,
+        # holding the ids it drew before, and draws the next ones after it.
+        batch = [
+            VenueTrade("AAA", Decimal("11"), Decimal(1), base + timedelta(minutes=11), "3", "buy"),
+            VenueTrade("AAA", Decimal("7.5"), Decimal(2), shared, "2", "sell"),
+            VenueTrade("AAA", Decimal("12"), Decimal(1), base + timedelta(minutes=12), "4", "buy"),
+        ]
+        writing = asyncio.create_task(
+            _venue_batch(feed_engine, batch, base + timedelta(minutes=12), second)
+        )
+        await wait_until_async(
+            lambda: _waiting_on_a_transaction(importing), what="the batch to wait"
+        )
+        history = [(str(i), base + timedelta(minutes=3, seconds=i)) for i in range(3)]
+        await import_trades(importing, "BBB", _file("BBB", history), repair=False)
+        await transaction.commit()
+        await asyncio.wait_for(writing, 10)
+        await wait_until_async(
+            lambda: broadcaster.position is not None and broadcaster.position[0] == second,
+            what="the batch heard",
+        )
+        received = await _drain(subscription)
+    conn = await asyncpg.connect(dsn(empty_database))
+    try:
+        replayed = await batches.trades_after(conn, (batches.START, 0), limit=100)
+    finally:
+        await conn.close()
+    assert [(t.symbol, t.venue_trade_id) for t in received if isinstance(t, TradeRow)] == [
+        ("AAA", "3"),
+        ("AAA", "4"),
+    ]
+    assert [(t.symbol, t.venue_trade_id) for t in replayed] == [
+        ("AAA", "1"),
+        ("AAA", "3"),
+        ("AAA", "4"),
+    ]
+
+
+async def _waiting_on_a_transaction(conn: AsyncConnection) -> bool:
+    waiting = await conn.scalar(
+        text(
+            "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND locktype = 'transactionid')"
+        )
+    )
+    return bool(waiting)
+
+
+async def test_a_batch_an_earlier_revision_wrote_is_replayed_by_its_stamp(
+    feed_engine: AsyncEngine, empty_database: URL
+) -> None:
+    """During a deploy the previous revision may still lead: its batches mark nothing, and
+    their trades are found as it found them."""
+    first, second = _stamps(2)
+    await _write_batch(feed_engine, first)
+    await _write_batch(feed_engine, second)
+    async with feed_engine.begin() as conn:
+        # What that revision writes: neither the rows nor the batch marked.
+        await conn.execute(text("UPDATE trades SET live = NULL WHERE timestamp = :s"), {"s": first})
+        await conn.execute(
+            text("UPDATE live_batches SET rows_marked = false WHERE stamped = :s"), {"s": first}
+        )
+    conn = await asyncpg.connect(dsn(empty_database))
+    try:
+        replayed = await batches.trades_after(conn, (batches.START, 0), limit=100)
+    finally:
+        await conn.close()
+    assert [(t.timestamp, t.symbol) for t in replayed] == [
+        (s, c) for s in (first, second) for c in SYMBOLS
+    ]

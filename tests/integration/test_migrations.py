@@ -40,6 +40,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("timestamp", "timestamp with time zone", None, "NO"),
         ("venue_trade_id", "text", None, "YES"),
         ("side", "text", None, "YES"),
+        ("live", "boolean", None, "YES"),
     ],
     "candles": [
         ("symbol", "character varying", 16, "NO"),
@@ -67,6 +68,7 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("stamped", "timestamp with time zone", None, "NO"),
         ("first_id", "bigint", None, "NO"),
         ("last_id", "bigint", None, "NO"),
+        ("rows_marked", "boolean", None, "NO"),
     ],
     "api_keys": [
         ("id", "character varying", 16, "NO"),
