@@ -40,6 +40,15 @@ _LATERAL = {"json": f" CROSS JOIN LATERAL (SELECT {_TRADE_TEXT}) AS r"}
 Sink = Callable[[bytes], Awaitable[None]]
 
 
+def _ranges(symbol_count: int, columns: str, order: str = "") -> str:
+    """One index range per symbol ($3…) of the window [$1, $2), as a UNION ALL."""
+    return " UNION ALL ".join(
+        f"(SELECT {columns} FROM trades WHERE symbol = ${n + 3} "
+        f"AND timestamp >= $1 AND timestamp < $2{order})"
+        for n in range(symbol_count)
+    )
+
+
 @functools.cache
 def trades_query(symbol_count: int, shape: RowShape) -> str:
     """The trades of `symbol_count` symbols ($3…) in [$1, $2), by (timestamp, symbol, id).
@@ -47,16 +56,24 @@ def trades_query(symbol_count: int, shape: RowShape) -> str:
     One ordered index range per symbol, merged: PostgreSQL streams the first row at once and
     never sorts the whole window (a single `symbol = ANY(…)` scan would sort it all first).
     """
-    ranges = " UNION ALL ".join(
-        "(SELECT id, symbol, price, volume, timestamp, venue_trade_id, side FROM trades "
-        f"WHERE symbol = ${n + 3} "
-        "AND timestamp >= $1 AND timestamp < $2 ORDER BY timestamp, id)"
-        for n in range(symbol_count)
+    ranges = _ranges(
+        symbol_count,
+        "id, symbol, price, volume, timestamp, venue_trade_id, side",
+        " ORDER BY timestamp, id",
     )
     return (
         f"{_TRADE_SELECT[shape]} ({ranges}) AS t{_LATERAL.get(shape, '')} "
         "ORDER BY t.timestamp, t.symbol, t.id"
     )
+
+
+@functools.cache
+def _count_query(symbol_count: int) -> str:
+    # Index-only scans of each symbol's range: a `symbol = ANY(…)` filter over a large
+    # share of the table is planned as a sequential scan of all of it, two to four times
+    # slower (a 1M-trade window of 2.2M: 0.25 s against 0.06-0.11 s).
+    ranges = _ranges(symbol_count, "")
+    return f"SELECT count(*) FROM ({ranges} LIMIT ${symbol_count + 3}) AS capped"
 
 
 def snapshot(conn: asyncpg.Connection) -> Transaction:
@@ -85,14 +102,7 @@ async def count_trades(
     conn: asyncpg.Connection, codes: Sequence[str], start: datetime, end: datetime, *, cap: int
 ) -> int:
     """The trades in the window, counted up to `cap`: the cost is bounded by the cap."""
-    count = await conn.fetchval(
-        "SELECT count(*) FROM (SELECT 1 FROM trades WHERE symbol = ANY($1::varchar[]) "
-        "AND timestamp >= $2 AND timestamp < $3 LIMIT $4) AS capped",
-        list(codes),
-        start,
-        end,
-        cap,
-    )
+    count = await conn.fetchval(_count_query(len(codes)), start, end, *codes, cap)
     return int(count or 0)
 
 
