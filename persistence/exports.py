@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from asyncpg.transaction import Transaction
 
 __all__ = [
+    "CopyFormat",
     "RowShape",
     "configure_snapshot",
     "copy_out",
@@ -21,9 +22,13 @@ __all__ = [
 ]
 
 # Output shapes of one export query. `json`: one JSON object per line, its values as the JSON
-# operations write them (shortest exact price, RFC 3339 UTC with microseconds); `typed`:
-# PostgreSQL's own text forms, exact and cheapest to print, parsed by the service (CSV, Arrow).
+# operations write them (shortest exact price, RFC 3339 UTC with microseconds); `typed`: the
+# stored types, copied in PostgreSQL's cheapest forms (`CopyFormat`) for the service to parse.
 RowShape = str
+# How COPY writes rows: `text` (NDJSON's lines as they are), `csv` (PostgreSQL's text forms,
+# for the CSV export) or `binary` (each value's internal form: timestamps and integers as
+# they are stored, numerics as base-10,000 digits; nothing to print, for Parquet and Arrow).
+CopyFormat = Literal["text", "csv", "binary"]
 _RFC3339 = "to_char(t.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 _TRADE_TEXT = (
     "t.id, t.symbol, trim_scale(t.price) AS price, trim_scale(t.volume) AS volume, "
@@ -112,7 +117,7 @@ async def copy_out(
     args: Sequence[Any],
     sink: Sink,
     *,
-    csv: bool,
+    format: CopyFormat,
     timeout_seconds: float,
 ) -> None:
     """COPY the rows of `query` to `sink`, chunk by chunk, inside the export's transaction.
@@ -120,5 +125,4 @@ async def copy_out(
     asyncpg stops reading the socket while `sink` awaits, so a slow client holds PostgreSQL
     back instead of filling memory; an error in `sink` (a client gone) cancels the query.
     """
-    options: dict[str, Any] = {"format": "csv" if csv else "text"}
-    await conn.copy_from_query(query, *args, output=sink, timeout=timeout_seconds, **options)
+    await conn.copy_from_query(query, *args, output=sink, timeout=timeout_seconds, format=format)
