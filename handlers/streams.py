@@ -267,9 +267,9 @@ def _candles_from(
     """The first bucket a candle stream sends, and the reset event to send before it when
     `after` (a Last-Event-ID) cannot be resumed from.
 
-    From the first bucket the database does not hold final (`opened`: a venue symbol's feed
-    may be behind the clock, or ahead of it) on; after a Last-Event-ID, from the bucket it
-    named (or the next one, when that one was already sent final).
+    From the first bucket the database does not hold final (`opened`: earlier than the
+    clock's while a venue symbol's feed is behind) on; after a Last-Event-ID, from the bucket
+    it named (or the next one, when that one was already sent final), whatever the clocks.
     """
     if after is None:
         return opened, None

@@ -197,29 +197,22 @@ async def insert_venue_batch(
         if symbol in unstored:
             # Stored as they were read first, so that the print revises them.
             materialised[symbol] = await materialise_final(conn, symbol)
-    stored = await insert_trades(conn, trades)
-    ids = [row[0] for row in stored]
-    revised: dict[str, list[datetime]] = {}
-    late: Counter[str] = Counter()
-    for _, symbol, moment in stored:
-        if moment < materialised.get(symbol, _NEVER):
-            revised.setdefault(symbol, []).append(moment)
-        if moment <= complete.get(symbol, _NEVER):
-            late[symbol] += 1
-    if ids:
+    stored = await insert_trades(conn, trades, materialised=materialised, complete=complete)
+    if stored:
         await conn.execute(
             _publish,
             {
                 "stamped": stamped,
                 "horizon": stamped - LIVE_RETENTION,
-                "first": min(ids),
-                "last": max(ids),
+                "first": min(s.first_id for s in stored),
+                "last": max(s.last_id for s in stored),
                 "channel": LIVE_CHANNEL,
                 "stamp_text": stamped.isoformat(),
             },
         )
-    for symbol, moments in revised.items():
-        await rematerialise(conn, symbol, min(moments), max(moments))
+    for summary in stored:
+        if summary.revised_from is not None and summary.revised_to is not None:
+            await rematerialise(conn, summary.symbol, summary.revised_from, summary.revised_to)
     if marks:
         symbols = sorted(marks)
         await conn.execute(
@@ -241,8 +234,9 @@ async def insert_venue_batch(
             },
             feed=feed,
         )
-    duplicates = offered - Counter(symbol for _, symbol, _ in stored)
-    return VenueBatch(len(ids), dict(late), dict(duplicates))
+    duplicates = offered - Counter({s.symbol: s.stored for s in stored})
+    late = {s.symbol: s.late for s in stored if s.late}
+    return VenueBatch(sum(s.stored for s in stored), late, dict(duplicates))
 
 
 async def record_intervals(
