@@ -266,8 +266,11 @@ def run(venue: Replay, args: argparse.Namespace, url: URL, data_dir: str) -> dic
             stream.start()
             loaded: list[float] = []
             ages: list[float] = []
-            pids = {service.process.pid, reader.process.pid}
-            cpu = sum(map(_cpu_seconds, pids)), _database_cpu_seconds(data_dir)
+            cpu = (
+                _cpu_seconds(service.process.pid),
+                _cpu_seconds(reader.process.pid),
+                _database_cpu_seconds(data_dir),
+            )
             venue.start_load(args.rate, args.duration)
             # Sampled while the load runs, on this thread: the load keeps its own pace.
             while venue.load_running():
@@ -279,8 +282,9 @@ def run(venue: Replay, args: argparse.Namespace, url: URL, data_dir: str) -> dic
             offered, elapsed = venue.join_load()
             printed += offered
             drained = _stored(service, printed, 600)
-            service_cpu = sum(map(_cpu_seconds, pids)) - cpu[0]
-            database_cpu = _database_cpu_seconds(data_dir) - cpu[1]
+            ingester_cpu = _cpu_seconds(service.process.pid) - cpu[0]
+            reader_cpu = _cpu_seconds(reader.process.pid) - cpu[1]
+            database_cpu = _database_cpu_seconds(data_dir) - cpu[2]
             stream.stop()
         venue.go_offline()
         missed = venue.burst(args.recover, publish=False)
@@ -292,7 +296,10 @@ def run(venue: Replay, args: argparse.Namespace, url: URL, data_dir: str) -> dic
         "symbols": len(venue.products),
         "offered_trades_per_second": round(offered / elapsed),
         "stored_trades_per_second": round(offered / (elapsed + drained)),
-        "service_cpu_us_per_trade": round(service_cpu / offered * 1e6, 1),
+        "ingester_cpu_us_per_trade": round(ingester_cpu / offered * 1e6, 1),
+        "reader_cpu_us_per_trade": round(reader_cpu / offered * 1e6, 1)
+        if not args.single
+        else None,
         "database_cpu_us_per_trade": round(database_cpu / offered * 1e6, 1),
         "heartbeat_age_max_seconds": round(max(ages, default=0.0), 3),
         "heartbeat_limit_seconds": 1.5 * INTERVAL,
