@@ -21,13 +21,17 @@ requests (10,000 trades) a second.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import multiprocessing
 import statistics
 import sys
-import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +39,13 @@ if __package__ in (None, ""):  # `python bench/feeds.py`: make `bench` importabl
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
+import psutil  # noqa: E402
+from sqlalchemy import URL, make_url  # noqa: E402
 
+from bench.support import EmbeddedServer, git_revision, recreate_database  # noqa: E402
 from tests.e2e.sse import read_events  # noqa: E402
 from tests.support import Service, serve, wait_until  # noqa: E402
-from tests.support.venues import VenueServer, venue_server  # noqa: E402
+from tests.support.venues import venue_server  # noqa: E402
 
 INTERVAL = 0.25
 
@@ -80,35 +87,113 @@ def _stored(service: Service, total: int, timeout: float) -> float:
     return time.monotonic() - started
 
 
-class Load:
-    """Prints `rate` trades a second for `duration` seconds on a thread of its own, in bursts
-    every 50 ms (a burst that falls behind is made up by the next)."""
+class Replay:
+    """The local Binance (tests/support/venues.py) in a process of its own, printing `rate`
+    trades a second in bursts every 50 ms (a burst that falls behind is made up by the next):
+    a load generator sharing this process would take the GIL from the measuring threads and
+    inflate every latency they see. Driven over a pipe."""
 
-    def __init__(self, venue: VenueServer, rate: int, duration: float) -> None:
-        self.printed = 0
-        self._venue, self._rate, self._duration = venue, rate, duration
-        self._thread = threading.Thread(target=self._print, daemon=True)
-        self._elapsed = 0.0
+    def __init__(self, products: list[str]) -> None:
+        self.products = products
+        context = multiprocessing.get_context("spawn")
+        self._pipe, child = context.Pipe()
+        self._process = context.Process(target=_replay, args=(child, products), daemon=True)
+        self._process.start()
+        self.url, self.rest_url = self._pipe.recv()
 
-    def start(self) -> None:
-        self._thread.start()
+    def _ask(self, *command: Any) -> Any:
+        self._pipe.send(command)
+        answer = self._pipe.recv()
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
-    def running(self) -> bool:
-        return self._thread.is_alive()
+    def subscribed(self) -> int:
+        count: int = self._ask("subscribed")
+        return count
 
-    def join(self) -> float:
-        """Seconds the load lasted."""
-        self._thread.join()
-        return self._elapsed
+    def burst(self, count: int, *, publish: bool = True) -> int:
+        printed: int = self._ask("burst", count, publish)
+        return printed
 
-    def _print(self) -> None:
-        started = time.monotonic()
-        while (elapsed := time.monotonic() - started) < self._duration:
-            due = int(self._rate * elapsed) - self.printed
-            if due > 0:
-                self.printed += self._venue.burst(due)
-            time.sleep(0.05)
-        self._elapsed = time.monotonic() - started
+    def go_offline(self, offline: bool = True) -> None:
+        self._ask("offline", offline)
+
+    def start_load(self, rate: int, duration: float) -> None:
+        self._ask("load", rate, duration)
+
+    def load_running(self) -> bool:
+        running: bool = self._ask("running")
+        return running
+
+    def join_load(self) -> tuple[int, float]:
+        """Trades printed and seconds the load lasted."""
+        result: tuple[int, float] = self._ask("join")
+        return result
+
+    def close(self) -> None:
+        self._ask("close")
+        self._process.join(timeout=10)
+
+
+def _replay(pipe: Connection, products: list[str]) -> None:
+    with venue_server("binance", products) as venue:
+        pipe.send((venue.url, venue.rest_url))
+        load: threading.Thread | None = None
+        paced = {"printed": 0, "elapsed": 0.0}
+
+        def pace(rate: int, duration: float) -> None:
+            started = time.monotonic()
+            while (elapsed := time.monotonic() - started) < duration:
+                due = int(rate * elapsed) - paced["printed"]
+                if due > 0:
+                    paced["printed"] += venue.burst(due)
+                time.sleep(0.05)
+            paced["elapsed"] = time.monotonic() - started
+
+        while True:
+            command, *args = pipe.recv()
+            try:
+                if command == "close":
+                    pipe.send(None)
+                    return
+                if command == "subscribed":
+                    pipe.send(venue.subscribed())
+                elif command == "burst":
+                    pipe.send(venue.burst(args[0], publish=args[1]))
+                elif command == "offline":
+                    pipe.send(venue.go_offline(args[0]))
+                elif command == "load":
+                    paced.update(printed=0, elapsed=0.0)
+                    load = threading.Thread(target=pace, args=args, daemon=True)
+                    load.start()
+                    pipe.send(None)
+                elif command == "running":
+                    pipe.send(load is not None and load.is_alive())
+                elif command == "join":
+                    assert load is not None
+                    load.join()
+                    pipe.send((paced["printed"], paced["elapsed"]))
+            except Exception as exc:  # noqa: BLE001 - handed to the bench, which raises it
+                pipe.send(exc)
+
+
+def _cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def _database_cpu_seconds(data_dir: str) -> float:
+    """CPU seconds of the embedded PostgreSQL under `data_dir`: its postmaster and every
+    backend and worker it started."""
+    total = 0.0
+    for process in psutil.process_iter(["cmdline"]):
+        if data_dir in " ".join(process.info["cmdline"] or []):
+            with contextlib.suppress(psutil.Error):
+                total += _cpu_seconds(process.pid)
+                for child in process.children():
+                    total += _cpu_seconds(child.pid)
+    return total
 
 
 class StreamLatency:
@@ -143,47 +228,72 @@ class StreamLatency:
                     self.seconds.append((datetime.now(UTC) - printed).total_seconds())
 
 
-def run(venue: VenueServer, args: argparse.Namespace, data_dir: str) -> dict[str, Any]:
+@contextlib.contextmanager
+def instances(venue: Replay, url: URL, *, split: bool) -> Iterator[tuple[Service, Service]]:
+    """The ingesting instance and the one reads are measured on: with `split`, a second
+    instance with ingestion off (docs/deploy.md: a heavy feed's leader apart from the readers),
+    else the ingesting instance itself."""
     env = {
         "FEED": "binance",
         "SYMBOLS": ",".join(venue.products),
         "FEED_URL": venue.url,
         "FEED_REST_URL": venue.rest_url,
         "INGESTION_INTERVAL_SECONDS": str(INTERVAL),
-        "MDP_DATA_DIR": data_dir,
+        "AUTH_MODE": "off",
     }
-    with serve(None, env, ready="/status/ingestion") as service:
+    with serve(url, env, ready="/status/ingestion") as ingester:
+        if not split:
+            yield ingester, ingester
+            return
+        with serve(url, {**env, "INGESTION_ENABLED": "false"}) as reader:
+            yield ingester, reader
+
+
+def run(venue: Replay, args: argparse.Namespace, url: URL, data_dir: str) -> dict[str, Any]:
+    with instances(venue, url, split=not args.single) as (service, reader):
         wait_until(venue.subscribed, what="the feed subscribed", timeout=60)
         symbol = venue.products[0]
         printed = venue.burst(len(venue.products))
         _stored(service, printed, 60)
-        with httpx.Client(base_url=service.base, timeout=10) as client:
+        with httpx.Client(base_url=reader.base, timeout=10) as client:
+            wait_until(
+                lambda: client.get(f"/price/latest?symbol={symbol}").status_code,
+                lambda status: status == 200,
+                what="the reader knows a price",
+            )
             idle = _p99(_latencies(client, symbol, 200))
-            stream = StreamLatency(service, symbol)
+            stream = StreamLatency(reader, symbol)
             stream.start()
             loaded: list[float] = []
             ages: list[float] = []
-            load = Load(venue, args.rate, args.duration)
-            load.start()
+            pids = {service.process.pid, reader.process.pid}
+            cpu = sum(map(_cpu_seconds, pids)), _database_cpu_seconds(data_dir)
+            venue.start_load(args.rate, args.duration)
             # Sampled while the load runs, on this thread: the load keeps its own pace.
-            while load.running():
+            while venue.load_running():
                 loaded.extend(_latencies(client, symbol, 1))
                 age = _status(service)["seconds_since_last_batch"]
                 if age is not None:
                     ages.append(age)
                 time.sleep(0.05)
-            elapsed = load.join()
-            printed += load.printed
+            offered, elapsed = venue.join_load()
+            printed += offered
             drained = _stored(service, printed, 600)
+            service_cpu = sum(map(_cpu_seconds, pids)) - cpu[0]
+            database_cpu = _database_cpu_seconds(data_dir) - cpu[1]
             stream.stop()
         venue.go_offline()
         missed = venue.burst(args.recover, publish=False)
         venue.go_offline(False)
         recovery = _stored(service, printed + missed, 3600)
     return {
+        "commit": git_revision(),
+        "instances": "one ingesting, one reading" if not args.single else "one",
         "symbols": len(venue.products),
-        "offered_trades_per_second": round((printed - len(venue.products)) / elapsed),
-        "stored_trades_per_second": round((printed - len(venue.products)) / (elapsed + drained)),
+        "offered_trades_per_second": round(offered / elapsed),
+        "stored_trades_per_second": round(offered / (elapsed + drained)),
+        "service_cpu_us_per_trade": round(service_cpu / offered * 1e6, 1),
+        "database_cpu_us_per_trade": round(database_cpu / offered * 1e6, 1),
         "heartbeat_age_max_seconds": round(max(ages, default=0.0), 3),
         "heartbeat_limit_seconds": 1.5 * INTERVAL,
         "price_latest_p99_idle_ms": round(idle * 1000, 2),
@@ -204,12 +314,24 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20_000, help="trades a second, all symbols")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument(
+        "--single",
+        action="store_true",
+        help="read from the ingesting instance (default: a second instance, ingestion off)",
+    )
+    parser.add_argument(
         "--recover", type=int, default=1_000_000, help="trades missed, then recovered"
     )
     args = parser.parse_args()
     products = [f"SYM{n:02d}USDT" for n in range(args.symbols)]
-    with venue_server("binance", products) as venue, tempfile.TemporaryDirectory() as data:
-        result = run(venue, args, data)
+    embedded = EmbeddedServer()
+    server = embedded.start()
+    venue = Replay(products)
+    try:
+        url = make_url(asyncio.run(recreate_database(server, "mdp_feeds")))
+        result = run(venue, args, url, str(embedded.pgdata))
+    finally:
+        venue.close()
+        embedded.stop()
     print(json.dumps(result, indent=2))
 
 

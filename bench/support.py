@@ -68,6 +68,7 @@ class EmbeddedServer:
     the end of every run)."""
 
     def __init__(self, pgdata: Path = WORK / "postgres") -> None:
+        self.pgdata = pgdata
         self._embedded = EmbeddedPostgres(pgdata)
 
     def start(self) -> Server:

@@ -151,16 +151,20 @@ async def _release(
 
 def _shape(fmt: ExportFormat) -> str:
     """The COPY output each format is made from (see persistence.exports): NDJSON's objects
-    are built by PostgreSQL, every other format is parsed from its cheapest text forms."""
+    are built by PostgreSQL, every other format is made from the stored types."""
     return "json" if fmt.name == "ndjson" else "typed"
 
 
 def _copy(conn: asyncpg.Connection, fmt: ExportFormat) -> Callable[..., Awaitable[None]]:
-    """COPY of a query into the export's sink: CSV, or text for NDJSON's lines."""
+    """COPY of a query into the export's sink: text for NDJSON's lines, CSV for the CSV
+    export, binary for Parquet and Arrow (decoded without PostgreSQL printing a value)."""
+    copy_format: exports.CopyFormat = (
+        "text" if fmt.name == "ndjson" else "csv" if fmt.name == "csv" else "binary"
+    )
     return functools.partial(
         exports.copy_out,
         conn,
-        csv=_shape(fmt) != "json",
+        format=copy_format,
         timeout_seconds=app_state().settings.export_timeout_seconds,
     )
 

@@ -262,26 +262,27 @@ def _candle_reads(state: RequestState, code: str, interval: str, step: timedelta
 
 
 def _candles_from(
-    after: tuple[datetime, int] | None, step: timedelta, replay_seconds: float
+    after: tuple[datetime, int] | None, opened: datetime, step: timedelta, replay_seconds: float
 ) -> tuple[datetime, bytes | None]:
     """The first bucket a candle stream sends, and the reset event to send before it when
     `after` (a Last-Event-ID) cannot be resumed from.
 
-    From the open bucket on; after a Last-Event-ID, from the bucket it named (or the next one,
-    when that one was already sent final).
+    From the first bucket the database does not hold final (`opened`: earlier than the
+    clock's while a venue symbol's feed is behind) on; after a Last-Event-ID, from the bucket
+    it named (or the next one, when that one was already sent final), whatever the clocks.
     """
-    lo = finality.bucket_floor(datetime.now(UTC), step)
     if after is None:
-        return lo, None
+        return opened, None
     bucket, closed = after
     reason = sse.unreplayable(bucket, replay_seconds)
     if reason is None and finality.bucket_floor(bucket, step) != bucket:
         reason = "not_issued"
     if reason is not None:
-        # Its id says "the bucket before `lo` was sent final": a reconnect starts at `lo`.
-        data = {"resumes_after": lo, "reason": reason}
-        return lo, sse.event("reset", data, sse.encode_id(lo - step, 1))
-    return min(lo, bucket + step if closed else bucket), None
+        # Its id says "the bucket before `opened` was sent final" (it is final): a reconnect
+        # starts at `opened`.
+        data = {"resumes_after": opened, "reason": reason}
+        return opened, sse.event("reset", data, sse.encode_id(opened - step, 1))
+    return (bucket + step if closed else bucket), None
 
 
 def _is_news(shown: dict[datetime, candles.CandleRow], row: candles.CandleRow) -> bool:
@@ -310,13 +311,16 @@ async def _candle_events(
     subscription: Subscription,
     bounds: sse.Bounds,
     read: _CandleReads,
+    code: str,
     after: tuple[datetime, int] | None,
     step: timedelta,
 ) -> AsyncIterator[tuple[bytes, int]]:
     """The candles from the open bucket (or where `after` says) on, each again whenever a
     batch or time changes it, and a final one again when a late print revises it."""
     yield sse.OPENED, 0
-    lo, reset = _candles_from(after, step, state.settings.stream_replay_seconds)
+    async with state.db.connect() as conn:
+        opened = await finality.open_bucket(conn, code, step)
+    lo, reset = _candles_from(after, opened, step, state.settings.stream_replay_seconds)
     if reset is not None:
         yield reset, 1
     shown: dict[datetime, candles.CandleRow] = {}
@@ -384,5 +388,5 @@ async def stream_candles(
     bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
     read = _candle_reads(state, code, interval, step)
     return _respond(
-        state, subscription, _candle_events(state, subscription, bounds, read, after, step)
+        state, subscription, _candle_events(state, subscription, bounds, read, code, after, step)
     )

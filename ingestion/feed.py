@@ -245,6 +245,9 @@ class Feed:
             # Our own keepalive below: its pongs are a heartbeat that moves the watermark.
             ping_interval=None,
             max_size=2**22,
+            # Uncompressed: inflating every message cost more CPU than anything else we do
+            # with it, and a feed's bandwidth is not what runs short.
+            compression=None,
         ) as ws:
             try:
                 async with asyncio.TaskGroup() as tasks:
@@ -258,13 +261,19 @@ class Feed:
                 raise group.exceptions[0] from None
 
     async def _listen(self, ws: ClientConnection) -> None:
-        bound = self.stall_seconds if self.venue.sends_heartbeats else None
-        while True:
-            try:
-                raw = await asyncio.wait_for(ws.recv(), bound)
-            except TimeoutError:
-                raise Stalled(f"no message within {self.stall_seconds:g}s") from None
-            self._handle(raw)
+        if not self.venue.sends_heartbeats:
+            # Stalls are the keepalive's to find (its pongs); a close raises here.
+            while True:
+                self._handle(await ws.recv())
+        # One deadline moved on by every message: cheaper than a timeout per message.
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(None) as deadline:
+                while True:
+                    deadline.reschedule(loop.time() + self.stall_seconds)
+                    self._handle(await ws.recv())
+        except TimeoutError:
+            raise Stalled(f"no message within {self.stall_seconds:g}s") from None
 
     async def _keepalive(self, ws: ClientConnection) -> None:
         """Ping a few times per stall bound; each pong is a heartbeat (see the module doc)."""
@@ -281,8 +290,6 @@ class Feed:
                 raise Stalled(f"no pong within {self.stall_seconds:g}s") from None
             last = time.monotonic()
             self._clock(sent + self._offset)
-            for feed in self.symbols.values():
-                self._advance_watermark(feed)
 
     async def _relisting(self, ws: ClientConnection) -> None:
         """Ask the venue about products it did not list, every `relist_seconds`: over REST
@@ -361,8 +368,6 @@ class Feed:
                 self._heartbeat(self.symbols[event.symbol], event)
             elif isinstance(event, Subscribed):
                 self._subscribed(event.symbols)
-        for feed in self.symbols.values():
-            self._advance_watermark(feed)
 
     def _subscribed(self, symbols: frozenset[str]) -> None:
         """The venue streams `symbols` now (an acknowledgement lists every product it
@@ -445,6 +450,17 @@ class Feed:
         if beat.last_trade_id > newest:
             feed.want_through = beat.last_trade_id
             self._recover(feed)
+
+    def marks(self) -> dict[str, Mark]:
+        """What a batch of everything handed over so far makes true, per symbol: the
+        watermarks are moved here, once a batch rather than once a message (the venue's clock
+        and each symbol's state are what they are now)."""
+        marks = {}
+        for symbol, feed in self.symbols.items():
+            self._advance_watermark(feed)
+            if (mark := feed.mark()) is not None:
+                marks[symbol] = mark
+        return marks
 
     def _advance_watermark(self, feed: SymbolFeed) -> None:
         if feed.state != "connected" or not feed.caught_up or self.venue_clock is None:

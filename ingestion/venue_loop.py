@@ -81,8 +81,7 @@ class VenueIngestor(IngestionLoop):
         trades = intake.take()
         marks = {
             symbol: StoredMark(mark.last_trade_id, mark.complete_through, mark.since)
-            for symbol, feed in self.feed.symbols.items()
-            if (mark := feed.mark()) is not None
+            for symbol, mark in self.feed.marks().items()
         }
         stamped = datetime.now(UTC)
         try:

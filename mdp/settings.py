@@ -404,8 +404,10 @@ class Settings:
         None,
         _retention,
         "raw trades older than this (`400d`, `36h`) are dropped by the ingestion leader, a whole "
-        "month at a time once the month is past it; candles are kept for ever. `/trades` and "
-        "`/export/trades` answer what is left",
+        "month at a time once the month is past it and every trade in it is in a stored candle "
+        "(a minute that never became final keeps its month: the last one of a venue symbol no "
+        "longer fed, say); candles are kept for ever. `/trades` and `/export/trades` answer "
+        "what is left",
         shown="`off`",
     )
     stream_max_clients: int = setting(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from asyncpg.transaction import Transaction
 
 __all__ = [
+    "CopyFormat",
     "RowShape",
     "configure_snapshot",
     "copy_out",
@@ -21,9 +22,13 @@ __all__ = [
 ]
 
 # Output shapes of one export query. `json`: one JSON object per line, its values as the JSON
-# operations write them (shortest exact price, RFC 3339 UTC with microseconds); `typed`:
-# PostgreSQL's own text forms, exact and cheapest to print, parsed by the service (CSV, Arrow).
+# operations write them (shortest exact price, RFC 3339 UTC with microseconds); `typed`: the
+# stored types, copied in PostgreSQL's cheapest forms (`CopyFormat`) for the service to parse.
 RowShape = str
+# How COPY writes rows: `text` (NDJSON's lines as they are), `csv` (PostgreSQL's text forms,
+# for the CSV export) or `binary` (each value's internal form: timestamps and integers as
+# they are stored, numerics as base-10,000 digits; nothing to print, for Parquet and Arrow).
+CopyFormat = Literal["text", "csv", "binary"]
 _RFC3339 = "to_char(t.timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 _TRADE_TEXT = (
     "t.id, t.symbol, trim_scale(t.price) AS price, trim_scale(t.volume) AS volume, "
@@ -40,6 +45,15 @@ _LATERAL = {"json": f" CROSS JOIN LATERAL (SELECT {_TRADE_TEXT}) AS r"}
 Sink = Callable[[bytes], Awaitable[None]]
 
 
+def _ranges(symbol_count: int, columns: str, order: str = "") -> str:
+    """One index range per symbol ($3…) of the window [$1, $2), as a UNION ALL."""
+    return " UNION ALL ".join(
+        f"(SELECT {columns} FROM trades WHERE symbol = ${n + 3} "
+        f"AND timestamp >= $1 AND timestamp < $2{order})"
+        for n in range(symbol_count)
+    )
+
+
 @functools.cache
 def trades_query(symbol_count: int, shape: RowShape) -> str:
     """The trades of `symbol_count` symbols ($3…) in [$1, $2), by (timestamp, symbol, id).
@@ -47,16 +61,24 @@ def trades_query(symbol_count: int, shape: RowShape) -> str:
     One ordered index range per symbol, merged: PostgreSQL streams the first row at once and
     never sorts the whole window (a single `symbol = ANY(…)` scan would sort it all first).
     """
-    ranges = " UNION ALL ".join(
-        "(SELECT id, symbol, price, volume, timestamp, venue_trade_id, side FROM trades "
-        f"WHERE symbol = ${n + 3} "
-        "AND timestamp >= $1 AND timestamp < $2 ORDER BY timestamp, id)"
-        for n in range(symbol_count)
+    ranges = _ranges(
+        symbol_count,
+        "id, symbol, price, volume, timestamp, venue_trade_id, side",
+        " ORDER BY timestamp, id",
     )
     return (
         f"{_TRADE_SELECT[shape]} ({ranges}) AS t{_LATERAL.get(shape, '')} "
         "ORDER BY t.timestamp, t.symbol, t.id"
     )
+
+
+@functools.cache
+def _count_query(symbol_count: int) -> str:
+    # Index-only scans of each symbol's range: a `symbol = ANY(…)` filter over a large
+    # share of the table is planned as a sequential scan of all of it, two to four times
+    # slower (a 1M-trade window of 2.2M: 0.25 s against 0.06-0.11 s).
+    ranges = _ranges(symbol_count, "")
+    return f"SELECT count(*) FROM ({ranges} LIMIT ${symbol_count + 3}) AS capped"
 
 
 def snapshot(conn: asyncpg.Connection) -> Transaction:
@@ -85,14 +107,7 @@ async def count_trades(
     conn: asyncpg.Connection, codes: Sequence[str], start: datetime, end: datetime, *, cap: int
 ) -> int:
     """The trades in the window, counted up to `cap`: the cost is bounded by the cap."""
-    count = await conn.fetchval(
-        "SELECT count(*) FROM (SELECT 1 FROM trades WHERE symbol = ANY($1::varchar[]) "
-        "AND timestamp >= $2 AND timestamp < $3 LIMIT $4) AS capped",
-        list(codes),
-        start,
-        end,
-        cap,
-    )
+    count = await conn.fetchval(_count_query(len(codes)), start, end, *codes, cap)
     return int(count or 0)
 
 
@@ -102,7 +117,7 @@ async def copy_out(
     args: Sequence[Any],
     sink: Sink,
     *,
-    csv: bool,
+    format: CopyFormat,
     timeout_seconds: float,
 ) -> None:
     """COPY the rows of `query` to `sink`, chunk by chunk, inside the export's transaction.
@@ -110,5 +125,4 @@ async def copy_out(
     asyncpg stops reading the socket while `sink` awaits, so a slow client holds PostgreSQL
     back instead of filling memory; an error in `sink` (a client gone) cancels the query.
     """
-    options: dict[str, Any] = {"format": "csv" if csv else "text"}
-    await conn.copy_from_query(query, *args, output=sink, timeout=timeout_seconds, **options)
+    await conn.copy_from_query(query, *args, output=sink, timeout=timeout_seconds, format=format)

@@ -19,7 +19,7 @@ from sqlalchemy import BigInteger, DateTime, Integer, String, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.materialise import lock_candles, rematerialise
+from persistence.materialise import lock_candles, materialise_final, rematerialise
 from persistence.trades import (
     LEADER_HELD,
     LIVE_CHANNEL,
@@ -163,8 +163,9 @@ async def insert_venue_batch(
 ) -> VenueBatch | None:
     """Store `trades` (each venue trade once) and move `marks`, in the caller's transaction;
     None when refused (not the leader any more, or not newer than the last batch). A trade
-    stored in a bucket already materialised revises that bucket's candles here; one already
-    stored is counted as a duplicate, never as a late print."""
+    stored in a bucket already final revises that bucket's candles here (materialising the
+    symbol's final buckets first if the leader has not yet); one already stored is counted as
+    a duplicate, never as a late print."""
     claimed = (
         await conn.execute(
             _claim, {"stamped": stamped, "leader_pid": leader_pid, "lock_key": lock_key}
@@ -181,34 +182,37 @@ async def insert_venue_batch(
             materialised[symbol] = candles_until
         if complete_through is not None:
             complete[symbol] = complete_through
+    # Late prints into buckets final but not materialised yet: clients read those closed,
+    # aggregated from trades.
+    unstored = {
+        t.symbol
+        for t in trades
+        if materialised.get(t.symbol, _NEVER) <= t.timestamp <= complete.get(t.symbol, _NEVER)
+    }
     for symbol in sorted(
-        {t.symbol for t in trades if t.timestamp < materialised.get(t.symbol, _NEVER)}
+        unstored | {t.symbol for t in trades if t.timestamp < materialised.get(t.symbol, _NEVER)}
     ):
         # Before the rows go in, as for a backfill: the leader's roll-up cannot miss them.
         await lock_candles(conn, symbol)
-    stored = await insert_trades(conn, trades)
-    ids = [row[0] for row in stored]
-    revised: dict[str, list[datetime]] = {}
-    late: Counter[str] = Counter()
-    for _, symbol, moment in stored:
-        if moment < materialised.get(symbol, _NEVER):
-            revised.setdefault(symbol, []).append(moment)
-        if moment <= complete.get(symbol, _NEVER):
-            late[symbol] += 1
-    if ids:
+        if symbol in unstored:
+            # Stored as they were read first, so that the print revises them.
+            materialised[symbol] = await materialise_final(conn, symbol)
+    stored = await insert_trades(conn, trades, materialised=materialised, complete=complete)
+    if stored:
         await conn.execute(
             _publish,
             {
                 "stamped": stamped,
                 "horizon": stamped - LIVE_RETENTION,
-                "first": min(ids),
-                "last": max(ids),
+                "first": min(s.first_id for s in stored),
+                "last": max(s.last_id for s in stored),
                 "channel": LIVE_CHANNEL,
                 "stamp_text": stamped.isoformat(),
             },
         )
-    for symbol, moments in revised.items():
-        await rematerialise(conn, symbol, min(moments), max(moments))
+    for summary in stored:
+        if summary.revised_from is not None and summary.revised_to is not None:
+            await rematerialise(conn, summary.symbol, summary.revised_from, summary.revised_to)
     if marks:
         symbols = sorted(marks)
         await conn.execute(
@@ -230,8 +234,9 @@ async def insert_venue_batch(
             },
             feed=feed,
         )
-    duplicates = offered - Counter(symbol for _, symbol, _ in stored)
-    return VenueBatch(len(ids), dict(late), dict(duplicates))
+    duplicates = offered - Counter({s.symbol: s.stored for s in stored})
+    late = {s.symbol: s.late for s in stored if s.late}
+    return VenueBatch(sum(s.stored for s in stored), late, dict(duplicates))
 
 
 async def record_intervals(

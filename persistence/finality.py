@@ -50,6 +50,7 @@ __all__ = [
     "horizon",
     "materialised_sql",
     "materialised_through_sql",
+    "open_bucket",
     "settled",
     "symbol_horizon_sql",
     "symbols_horizon_sql",
@@ -153,6 +154,19 @@ async def horizon(conn: Connection) -> datetime:
     """The finality horizon as the database behind `conn` sees it (buckets ending at or
     before it are final)."""
     value = await _HORIZON.fetchval(conn)
+    assert isinstance(value, datetime)
+    return value
+
+
+_OPEN_BUCKET = statement(
+    f"SELECT {bin_sql(':step', symbol_horizon_sql(':symbol'))}", symbol=String, step=Interval
+)
+
+
+async def open_bucket(conn: Connection, symbol: str, step: timedelta) -> datetime:
+    """The first bucket of width `step` of `symbol` that is not final, as the database behind
+    `conn` judges it: the clock's, or an earlier one while a venue feed is behind."""
+    value = await _OPEN_BUCKET.fetchval(conn, symbol=symbol, step=step)
     assert isinstance(value, datetime)
     return value
 

@@ -35,7 +35,7 @@ from persistence.finality import (
 )
 from persistence.statements import TIMESTAMP, statement
 
-__all__ = ["Advance", "advance_watermark", "lock_candles", "rematerialise"]
+__all__ = ["Advance", "advance_watermark", "lock_candles", "materialise_final", "rematerialise"]
 
 _MINUTE = INTERVALS[BASE]
 
@@ -199,22 +199,46 @@ async def advance_watermark(
         caught_up = caught_up and after >= final
         if after > before:
             moves.setdefault((before, after), []).append(symbol)
-    if moves:
-        await conn.execute(_sort_in_memory)
-    for (before, after), group in moves.items():
-        for interval, step in INTERVALS.items():
-            # Minutes first; then every longer bucket that ended within (before, after].
-            lo, hi = bucket_floor(before, step), bucket_floor(after, step)
-            await _upsert(conn, group, interval, lo, hi)
-    if moves:
-        moved = [symbol for group in moves.values() for symbol in group]
-        await _move.execute(conn, symbols=moved, untils=[afters[s] for s in moved])
+    await _materialise(conn, moves, afters)
     return Advance(
         min(before for _, before, _ in rows),
         min(afters.values()),
         caught_up,
         max((after - before for before, after in moves), default=timedelta(0)),
     )
+
+
+async def _materialise(
+    conn: AsyncConnection,
+    moves: dict[tuple[datetime, datetime], list[str]],
+    afters: dict[str, datetime],
+) -> None:
+    """Materialise each group of symbols from `before` to `after` (its key) and move their
+    watermarks there."""
+    if not moves:
+        return
+    await conn.execute(_sort_in_memory)
+    for (before, after), group in moves.items():
+        for interval, step in INTERVALS.items():
+            # Minutes first; then every longer bucket that ended within (before, after].
+            lo, hi = bucket_floor(before, step), bucket_floor(after, step)
+            await _upsert(conn, group, interval, lo, hi)
+    moved = [symbol for group in moves.values() for symbol in group]
+    await _move.execute(conn, symbols=moved, untils=[afters[s] for s in moved])
+
+
+async def materialise_final(conn: AsyncConnection, symbol: str) -> datetime:
+    """Materialise every final bucket of `symbol` not materialised yet, as the leader's step
+    would, in the caller's transaction (which holds `lock_candles(symbol)`); returns its
+    watermark. Before a late print is stored: the candles clients already read as closed
+    (aggregated from trades) are stored as they were, so the print revises them."""
+    await _initialise.execute(conn, symbols=[symbol])
+    ((_, before, final),) = await _state.fetch(conn, symbols=[symbol])
+    assert isinstance(before, datetime) and isinstance(final, datetime)
+    if final <= before:
+        return before
+    await _materialise(conn, {(before, final): [symbol]}, {symbol: final})
+    return final
 
 
 async def rematerialise(

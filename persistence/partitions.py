@@ -60,12 +60,26 @@ _PARTITIONS = """
       AND c.relname ~ '^trades_y[0-9]{4}m[0-9]{2}$'
     ORDER BY c.relname
 """
-# Raw trades may go only once their candles are stored: never past any symbol's candle
-# watermark (NULL while a symbol has none yet).
-_CANDLES_UNTIL = """
-    SELECT CASE WHEN bool_and(w.symbol IS NOT NULL) THEN min(w.candles_until) END
-    FROM symbols AS s LEFT JOIN candle_watermarks AS w ON w.symbol = s.symbol
-"""
+# Raw trades may go only once their candles are stored: a month holds a trade of some symbol
+# at or past its candle watermark (any trade, while it has none yet). Judged per symbol, not
+# by the slowest watermark: a symbol whose feed stopped (no longer configured) keeps its
+# watermark where the feed stopped for ever, and holds back only a month where it has trades
+# not in stored candles, never the months after. One index probe per symbol.
+_HOLDS_UNSTORED = statement(
+    """
+    SELECT EXISTS (
+        SELECT FROM symbols AS s
+        LEFT JOIN candle_watermarks AS w ON w.symbol = s.symbol
+        WHERE EXISTS (
+            SELECT FROM trades AS t
+            WHERE t.symbol = s.symbol AND t.timestamp >= :lo AND t.timestamp < :hi
+              AND t.timestamp >= coalesce(w.candles_until, :lo)
+        )
+    )
+    """,
+    lo=TIMESTAMP,
+    hi=TIMESTAMP,
+)
 # Creating a partition gives up rather than queue behind a detach that waits for an export.
 _ATTACH_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '5s'"
 # A detach waits that long for the transactions still reading its partition (an export's);
@@ -86,20 +100,24 @@ async def ensure_ahead(conn: asyncpg.Connection, now: datetime, ahead: timedelta
 
 async def drop_expired(conn: asyncpg.Connection, before: datetime) -> list[str]:
     """Detach and drop every partition whose month ended at or before `before` and whose
-    candles are all stored (below the candle watermark); returns the partitions dropped.
+    trades are all in stored candles (each before its symbol's candle watermark); returns
+    the partitions dropped.
 
     Run on a connection outside any transaction: `DETACH ... CONCURRENTLY` cannot run in
     one, and it waits for every transaction that may still read the partition (an export's
     snapshot included) instead of locking readers out.
     """
-    until: datetime | None = await conn.fetchval(_CANDLES_UNTIL)
-    if until is None:
-        return []
-    cutoff = min(before, until)
     dropped = []
     await conn.execute(_DETACH_LOCK_TIMEOUT)
     for name, attached, pending in await conn.fetch(_PARTITIONS):
-        if _next_month(_month(name)) > cutoff:
+        month = _month(name)
+        if _next_month(month) > before:
+            continue
+        if (
+            attached
+            and not pending
+            and await _HOLDS_UNSTORED.fetchval(conn, lo=month, hi=_next_month(month))
+        ):
             continue
         if pending:
             await conn.execute(f'ALTER TABLE trades DETACH PARTITION "{name}" FINALIZE')

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, cast
@@ -38,6 +38,7 @@ __all__ = [
     "TradeRow",
     "VenueTrade",
     "insert_live_batch",
+    "StoredTrades",
     "insert_trades",
     "oldest_trade",
     "latest_trade",
@@ -312,19 +313,34 @@ async def insert_live_batch(
     return size
 
 
-# A venue batch's trades, each stored at most once: a re-delivered message or an overlapping
-# recovery conflicts on uq_trades_symbol_venue_trade_id_timestamp and is skipped, inside
-# PostgreSQL. Marked `live`: streams send them (`persistence.batches`).
+# Venue trades, each stored at most once: a re-delivered message or an overlapping recovery
+# conflicts on uq_trades_symbol_venue_trade_id_timestamp and is skipped, inside PostgreSQL.
+# What the writer needs to know of the rows stored comes back summed per symbol: a batch of
+# thousands returns a row a symbol, not a row a trade. Marked `live`: streams send them
+# (`persistence.batches`).
 _insert_trades = Statement(
     text(
         """
-    INSERT INTO trades (symbol, price, volume, timestamp, venue_trade_id, side, live)
-    SELECT *, true FROM unnest(
-        CAST(:symbols AS varchar[]), CAST(:prices AS numeric[]), CAST(:volumes AS numeric[]),
-        CAST(:timestamps AS timestamptz[]), CAST(:ids AS text[]), CAST(:sides AS text[])
+    WITH stored AS (
+        INSERT INTO trades (symbol, price, volume, timestamp, venue_trade_id, side, live)
+        SELECT *, true FROM unnest(
+            CAST(:symbols AS varchar[]), CAST(:prices AS numeric[]),
+            CAST(:volumes AS numeric[]), CAST(:timestamps AS timestamptz[]),
+            CAST(:ids AS text[]), CAST(:sides AS text[])
+        )
+        ON CONFLICT DO NOTHING
+        RETURNING id, symbol, timestamp
     )
-    ON CONFLICT DO NOTHING
-    RETURNING id, symbol, timestamp
+    SELECT s.symbol, count(*), min(s.id), max(s.id),
+           min(s.timestamp) FILTER (WHERE s.timestamp < w.materialised),
+           max(s.timestamp) FILTER (WHERE s.timestamp < w.materialised),
+           count(*) FILTER (WHERE s.timestamp <= w.complete)
+    FROM stored s
+    LEFT JOIN unnest(
+        CAST(:marked AS varchar[]), CAST(:materialised AS timestamptz[]),
+        CAST(:complete AS timestamptz[])
+    ) AS w(symbol, materialised, complete) ON w.symbol = s.symbol
+    GROUP BY s.symbol
     """
     ).bindparams(
         bindparam("symbols", type_=ARRAY(String)),
@@ -333,22 +349,44 @@ _insert_trades = Statement(
         bindparam("timestamps", type_=ARRAY(DateTime(timezone=True))),
         bindparam("ids", type_=ARRAY(String)),
         bindparam("sides", type_=ARRAY(String)),
+        bindparam("marked", type_=ARRAY(String)),
+        bindparam("materialised", type_=ARRAY(DateTime(timezone=True))),
+        bindparam("complete", type_=ARRAY(DateTime(timezone=True))),
     )
 )
 
 
+class StoredTrades(NamedTuple):
+    """What one symbol's rows of an insert stored."""
+
+    symbol: str
+    stored: int
+    first_id: int
+    last_id: int
+    # The earliest and latest stored before the symbol's `materialised` mark (None: none).
+    revised_from: datetime | None
+    revised_to: datetime | None
+    # Stored at or before the symbol's `complete` mark.
+    late: int
+
+
 async def insert_trades(
-    conn: AsyncConnection, trades: Sequence[VenueTrade]
-) -> list[tuple[int, str, datetime]]:
+    conn: AsyncConnection,
+    trades: Sequence[VenueTrade],
+    *,
+    materialised: Mapping[str, datetime] | None = None,
+    complete: Mapping[str, datetime] | None = None,
+) -> list[StoredTrades]:
     """Store a live batch's trades not stored yet (by symbol, venue trade id and timestamp;
     trades without a venue id are always stored), marked `live`, in the caller's transaction
-    (the batch's), ids in the order given; returns
-    (id, symbol, timestamp) of the rows stored. The partitions of their months are created
-    when missing."""
+    (the batch's), ids in the order given; returns per symbol what was stored, judged against
+    the `materialised` and `complete` marks. The partitions of their months are created when
+    missing."""
     if not trades:
         return []
     symbols, prices, volumes, timestamps, ids, sides = zip(*trades, strict=True)
     await ensure_partitions(conn, min(timestamps), max(timestamps))
+    marked = sorted({*(materialised or {}), *(complete or {})})
     result = await _insert_trades.execute(
         conn,
         symbols=list(symbols),
@@ -357,8 +395,11 @@ async def insert_trades(
         timestamps=list(timestamps),
         ids=list(ids),
         sides=list(sides),
+        marked=marked,
+        materialised=[(materialised or {}).get(symbol) for symbol in marked],
+        complete=[(complete or {}).get(symbol) for symbol in marked],
     )
-    return [(row.id, row.symbol, row.timestamp) for row in result]
+    return [StoredTrades._make(row) for row in result]
 
 
 _OLDEST = """

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 import httpx2
 
@@ -59,9 +59,10 @@ def truncate(raw: str | bytes) -> str:
     return text if len(text) <= _LOGGED_CHARS else text[:_LOGGED_CHARS] + "…"
 
 
-@dataclass(frozen=True, slots=True)
-class VenueTrade:
-    """One print as the venue reported it: its id, exact decimals and its own timestamp."""
+class VenueTrade(NamedTuple):
+    """One print as the venue reported it: its id, exact decimals and its own timestamp.
+    A named tuple: made tens of thousands of times a second, at a fraction of a frozen
+    dataclass's cost."""
 
     symbol: str
     trade_id: int

@@ -551,3 +551,53 @@ def _late_print_revises_once(client: TestClient, market: SyncDatabase) -> None:
     )
 
     assert answers() == revised
+
+
+def test_candles_late_print_into_a_closed_bucket_not_stored_yet_raises_the_revision(
+    fresh_database_url: URL,
+):
+    # An app of its own, as above. Nothing materialises here (no ingestion leader): the
+    # closed buckets are answered from trades, as between two steps of the leader.
+    with running_app(app_settings(fresh_database_url)) as client:
+        market = SyncDatabase(fresh_database_url)
+        try:
+            _late_print_before_materialising_revises(client, market)
+        finally:
+            market.close()
+
+
+def _late_print_before_materialising_revises(client: TestClient, market: SyncDatabase) -> None:
+    through = at(minutes=90)
+    stamped = datetime.now(UTC)
+    market.insert_venue_batch(
+        "AAPL", [(at(seconds=1), "1", "100")], complete_through=through, stamped=stamped
+    )
+    window = {"start": iso(BASE), "end": iso(at(hours=1))}
+
+    def candles() -> dict[str, tuple[bool, int, int, int]]:
+        found = {}
+        for interval in ("1m", "1h"):
+            params = {"symbol": "AAPL", "interval": interval, **window}
+            (candle,) = client.get("/candles", params=params).json()["candles"]
+            found[interval] = (
+                candle["closed"],
+                candle["low"],
+                candle["trade_count"],
+                candle["revision"],
+            )
+        return found
+
+    # Closed, as a client sees them: a print that changes them is a revision.
+    assert candles() == {"1m": (True, 100, 1, 0), "1h": (True, 100, 1, 0)}
+    late = market.insert_venue_batch(
+        "AAPL",
+        [(at(seconds=2), "2", "90")],
+        complete_through=through,
+        stamped=stamped + timedelta(seconds=1),
+    )
+
+    assert late == 1
+    assert candles() == {"1m": (True, 90, 2, 1), "1h": (True, 90, 2, 1)}
+    # The leader's step later changes nothing of it.
+    market.materialise()
+    assert candles() == {"1m": (True, 90, 2, 1), "1h": (True, 90, 2, 1)}

@@ -355,11 +355,7 @@ def test_a_late_print_sends_the_final_candle_it_revised_again(
     headers = {**service.headers, "Last-Event-ID": encode_id(base, 0)}
 
     def sent(events: list[Event]) -> list[Event]:
-        return [
-            e
-            for e in list(events)
-            if e.kind == "candle" and datetime.fromisoformat(e.data["timestamp"]) == base
-        ]
+        return _candles_of(events, base)
 
     with consuming(url, params, headers=headers) as events:
         # The venue's clock passes the bucket's end: it is sent final.
@@ -383,3 +379,43 @@ def test_a_late_print_sends_the_final_candle_it_revised_again(
     (candle,) = _json(service, f"/candles?symbol={symbol}&interval=1m&{window}")["candles"]
     fields = ("closed", "trade_count", "low", "revision")
     assert [candle[f] for f in fields] == [final[1].data[f] for f in fields]
+
+
+def _candles_of(events: list[Event], bucket: datetime) -> list[Event]:
+    """The candle events of `bucket` a stream sent so far."""
+    return [
+        e
+        for e in list(events)
+        if e.kind == "candle" and datetime.fromisoformat(e.data["timestamp"]) == bucket
+    ]
+
+
+def test_a_candle_stream_starts_at_the_bucket_its_feed_has_not_closed(
+    binance: VenueServer, launch: Launch
+) -> None:
+    """A stream opened while the symbol's feed is behind the clock starts at the bucket the
+    feed still holds open (as `/candles` answers it), not at the clock's: that candle is sent
+    at once, and again final when the feed passes it."""
+    venue, symbol = binance, "BTCUSDT"
+    service = launch(venue)
+    connected(service, venue.products)
+    subscribed(venue)
+    minute = timedelta(minutes=1)
+    # The venue's clock three minutes behind ours: its pongs keep it so, `base` stays open
+    # for about 50 s.
+    base = datetime.now(UTC).replace(second=0, microsecond=0) - 3 * minute
+    venue.trade(symbol, time=base + timedelta(seconds=10))
+    serves_exactly(service, venue, symbol)
+    url = f"{service.base}/stream/candles"
+    params = {"symbol": symbol, "interval": "1m", "duration": 60}
+    with consuming(url, params, headers=service.headers) as events:
+        wait_until(lambda: _candles_of(events, base), what="the open candle sent")
+        venue.trade(symbol, time=base + minute + timedelta(seconds=30))
+        wait_until(
+            lambda: _candles_of(events, base),
+            lambda sent: sent[-1].data["closed"],
+            what="sent final",
+        )
+        # One more event after the block ends the client.
+        threading.Timer(0.5, venue.trade, (symbol,), {"time": base + 2 * minute}).start()
+    assert [e.data["closed"] for e in _candles_of(events, base)] == [False, True]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -226,6 +226,12 @@ async def test_a_stalled_connection_is_replaced(name: VenueName) -> None:
         exactly_once(collected, symbol, server.tape[symbol])
 
 
+def complete_through(feed: Feed, symbol: str) -> datetime | None:
+    """The symbol's watermark as the writer's next batch commits it."""
+    mark = feed.marks().get(symbol)
+    return mark.complete_through if mark is not None else None
+
+
 async def test_a_quiet_binance_market_is_complete_through_its_last_pong() -> None:
     """Binance sends no heartbeats: the feed's pongs move a quiet symbol's watermark, so its
     buckets still close."""
@@ -235,7 +241,7 @@ async def test_a_quiet_binance_market_is_complete_through_its_last_pong() -> Non
             printed = server.trade("BTCUSDT")
             await has(collected, "BTCUSDT", [1])
             await wait_until_async(
-                lambda: feed.symbols["BTCUSDT"].complete_through,
+                lambda: complete_through(feed, "BTCUSDT"),
                 lambda through: through is not None and through > printed.time,
                 what="the watermark past the last trade without another one",
             )
@@ -256,7 +262,7 @@ async def test_an_unlisted_product_is_a_feed_state_asked_about_again(name: Venue
             )
             server.trade(listed)
             await has(collected, listed, [1])
-            assert feed.symbols[later].complete_through is None
+            assert complete_through(feed, later) is None
             server.list_product(later)
             await wait_until_async(
                 lambda: feed.symbols[later].state, lambda s: s == "connected", what="listed"
@@ -275,13 +281,14 @@ async def test_the_watermark_stands_still_while_the_symbol_recovers() -> None:
             await has(collected, "BTCUSDT", [1])
             await connected(feed)
             symbol = feed.symbols["BTCUSDT"]
-            before = symbol.complete_through
+            before = complete_through(feed, "BTCUSDT")
             assert before is not None
             server.throttle(1000)  # the venue's history is unavailable for now
             server.trade("BTCUSDT", publish=False)
             server.trade("BTCUSDT")
             await wait_until_async(lambda: symbol.state, lambda s: s == "recovering", what="")
-            assert symbol.complete_through == before
+            assert complete_through(feed, "BTCUSDT") == before
             server.throttle(0)
             await connected(feed)
-            assert symbol.complete_through is not None and symbol.complete_through > before
+            after = complete_through(feed, "BTCUSDT")
+            assert after is not None and after > before

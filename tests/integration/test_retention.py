@@ -12,17 +12,20 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingestion.housekeeping import TradeHousekeeping
+from ingestion.leader import LEADER_LOCK_KEY
 from ingestion.status import IngestionStatus
 from persistence.connections import dedicated_connection
+from persistence.feeds import StoredMark, insert_venue_batch
 from persistence.materialise import advance_watermark
 from persistence.symbols import ensure_symbols
-from persistence.trades import NewTrade
+from persistence.trades import NewTrade, VenueTrade
 from tests.support import dsn, seed_trades, wait_until_async
 
 # "Now" for these tests: mid-April 2026, with trades from January to March.
 NOW = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)
 RETENTION = timedelta(days=60)  # NOW - 60 days is in February: only January has expired.
 STAMPS = [datetime(2026, month, day, 10, 30, tzinfo=UTC) for month in (1, 2, 3) for day in (5, 20)]
+MINUTE = timedelta(minutes=1)
 
 
 def _housekeeping(url: URL, status: IngestionStatus) -> TradeHousekeeping:
@@ -30,9 +33,9 @@ def _housekeeping(url: URL, status: IngestionStatus) -> TradeHousekeeping:
     return TradeHousekeeping(connect, status=status, leading=lambda: True)
 
 
-def _status() -> IngestionStatus:
+def _status(retention: timedelta = RETENTION) -> IngestionStatus:
     return IngestionStatus(
-        enabled=True, interval_seconds=1.0, symbols=("OLD",), trades_retention=RETENTION
+        enabled=True, interval_seconds=1.0, symbols=("OLD",), trades_retention=retention
     )
 
 
@@ -130,3 +133,59 @@ async def test_retention_waits_for_a_reader_of_the_month_and_never_blocks_other_
     finally:
         await reader.close()
         await other.close()
+
+
+# A venue symbol fed until January 10th, 10:35:30 (its complete-through watermark ever since).
+GONE_UNTIL = datetime(2026, 1, 10, 10, 35, 30, tzinfo=UTC)
+
+
+async def _feed_ended(engine: AsyncEngine, stamps: list[datetime]) -> None:
+    """History of OLD, and trades of GONE at `stamps` from a venue feed no longer configured:
+    its watermark stands where the feed stopped. The leader has materialised what it could."""
+    async with engine.begin() as conn:
+        await ensure_symbols(conn, [("OLD", "Old"), ("GONE", "Gone")])
+        await seed_trades(conn, [NewTrade("OLD", Decimal("10.5"), Decimal(2), t) for t in STAMPS])
+        trades = [
+            VenueTrade("GONE", Decimal(7), Decimal(1), moment, str(i), "buy")
+            for i, moment in enumerate(stamps, 1)
+        ]
+        batch = await insert_venue_batch(
+            conn,
+            trades,
+            {"GONE": StoredMark(len(stamps), GONE_UNTIL, datetime(2026, 1, 1, tzinfo=UTC))},
+            feed="coinbase",
+            stamped=datetime.now(UTC),
+            leader_pid=None,
+            lock_key=LEADER_LOCK_KEY,
+        )
+        assert batch is not None
+        await advance_watermark(conn, span=timedelta(days=3650))
+
+
+async def test_retention_is_not_held_back_by_a_symbol_no_longer_fed(
+    fresh_engine: AsyncEngine, empty_database: URL
+) -> None:
+    """Every trade of GONE is in a final candle, stored: its feed's watermark standing still
+    holds none of the months after it back."""
+    await _feed_ended(fresh_engine, [GONE_UNTIL - timedelta(days=5), GONE_UNTIL - 5 * MINUTE])
+
+    dropped = await _housekeeping(empty_database, _status(timedelta(days=30))).once(NOW)
+
+    kept, _ = await _counts(fresh_engine)
+    assert dropped == ["trades_y2026m01", "trades_y2026m02"]
+    assert kept == STAMPS[4:]
+
+
+async def test_retention_keeps_the_month_of_trades_whose_candle_is_not_final(
+    fresh_engine: AsyncEngine, empty_database: URL
+) -> None:
+    """GONE's last minute never became final (its feed stopped inside it): the month holding
+    it stays, and only that month."""
+    last = GONE_UNTIL - timedelta(seconds=10)
+    await _feed_ended(fresh_engine, [GONE_UNTIL - 5 * MINUTE, last])
+
+    dropped = await _housekeeping(empty_database, _status(timedelta(days=30))).once(NOW)
+
+    kept, _ = await _counts(fresh_engine)
+    assert dropped == ["trades_y2026m02"]
+    assert kept == sorted([*STAMPS[:2], GONE_UNTIL - 5 * MINUTE, last, *STAMPS[4:]])

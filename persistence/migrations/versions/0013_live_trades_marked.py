@@ -7,10 +7,12 @@ too) commits venue trades inside the batch's range, and streams sent that histor
 replayed it. Live writers now mark their rows (`trades.live`, TRUE) and their batch
 (`live_batches.rows_marked`); streams take only marked rows of a marked batch.
 
-Both are metadata-only: `live` is nullable without a default (history stays NULL, costing a
-bit of the null bitmap), `rows_marked` has a constant default. A batch that a revision before
-this one writes while a deploy overlaps it is unmarked, and read by the old rule until it is
-pruned (an hour later).
+Both are metadata-only: `live` is nullable without a default (history stays NULL),
+`rows_marked` has a constant default. Measured (PostgreSQL 18, 200,000 rows, heap bytes per
+row): history 77 (synthetic-like) and 93 (with a venue id), unchanged; a venue trade marked
+93, unchanged (the mark fits the row's alignment padding); a synthetic trade marked 85
+instead of 77. A batch that a revision before this one writes while a deploy overlaps it is
+unmarked, and read by the old rule until it is pruned (an hour later).
 
 Revision ID: 0013
 Revises: 0012

@@ -92,20 +92,32 @@ from handlers.export_encoders import ArrowEncoder, CsvEncoder
 from handlers.exports import TRADES_SCHEMA
 
 COPY = b"7,AAPL,187.420000000000000000,100.000000000000000000,2026-01-02 03:04:05.5+00,,\\n"
+# The same row in binary COPY: header; field count; id; symbol; 187.42 and 100 as numeric
+# (ndigits, weight, sign, dscale, base-10,000 digits); microseconds since 2000; two NULLs.
+BINARY = (
+    b"PGCOPY\\n\\xff\\r\\n\\x00" + bytes(8)
+    + b"\\x00\\x07" + b"\\x00\\x00\\x00\\x08" + (7).to_bytes(8, "big")
+    + b"\\x00\\x00\\x00\\x04AAPL"
+    + b"\\x00\\x00\\x00\\x0c\\x00\\x02\\x00\\x00\\x00\\x00\\x00\\x12\\x00\\xbb\\x10\\x68"
+    + b"\\x00\\x00\\x00\\x0a\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x12\\x00\\x64"
+    + b"\\x00\\x00\\x00\\x08" + (820_638_245_500_000).to_bytes(8, "big")
+    + b"\\xff\\xff\\xff\\xff" * 2
+    + b"\\xff\\xff"
+)
 
 async def emit(data):
     pass
 
-async def run(encoder):
-    await encoder.feed(COPY, emit)
+async def run(encoder, copy):
+    await encoder.feed(copy, emit)
     await encoder.finish(emit)
 
-for encoder in (
-    CsvEncoder(TRADES_SCHEMA),
-    ArrowEncoder(TRADES_SCHEMA, parquet=True),
-    ArrowEncoder(TRADES_SCHEMA, parquet=False),
+for encoder, copy in (
+    (CsvEncoder(TRADES_SCHEMA), COPY),
+    (ArrowEncoder(TRADES_SCHEMA, parquet=True), BINARY),
+    (ArrowEncoder(TRADES_SCHEMA, parquet=False), BINARY),
 ):
-    asyncio.run(run(encoder))
+    asyncio.run(run(encoder, copy))
 print("pandas" in sys.modules)
 """
 
