@@ -43,11 +43,10 @@ import psutil  # noqa: E402
 from sqlalchemy import URL, make_url  # noqa: E402
 
 from bench.support import EmbeddedServer, git_revision, recreate_database  # noqa: E402
-from tests.e2e.sse import read_events  # noqa: E402
+from handlers.sse import decode_id  # noqa: E402
+from tests.e2e.sse import parse_events  # noqa: E402
 from tests.support import Service, serve, wait_until  # noqa: E402
 from tests.support.venues import venue_server  # noqa: E402
-
-INTERVAL = 0.25
 
 
 def _status(service: Service) -> dict[str, Any]:
@@ -140,7 +139,7 @@ def _replay(pipe: Connection, products: list[str]) -> None:
     with venue_server("binance", products) as venue:
         pipe.send((venue.url, venue.rest_url))
         load: threading.Thread | None = None
-        paced = {"printed": 0, "elapsed": 0.0}
+        paced: dict[str, Any] = {"printed": 0, "elapsed": 0.0}
 
         def pace(rate: int, duration: float) -> None:
             started = time.monotonic()
@@ -162,7 +161,8 @@ def _replay(pipe: Connection, products: list[str]) -> None:
                 elif command == "burst":
                     pipe.send(venue.burst(args[0], publish=args[1]))
                 elif command == "offline":
-                    pipe.send(venue.go_offline(args[0]))
+                    venue.go_offline(args[0])
+                    pipe.send(None)
                 elif command == "load":
                     paced.update(printed=0, elapsed=0.0)
                     load = threading.Thread(target=pace, args=args, daemon=True)
@@ -180,7 +180,7 @@ def _replay(pipe: Connection, products: list[str]) -> None:
 
 def _cpu_seconds(pid: int) -> float:
     times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
+    return float(times.user + times.system)
 
 
 def _database_cpu_seconds(data_dir: str) -> float:
@@ -197,39 +197,58 @@ def _database_cpu_seconds(data_dir: str) -> float:
 
 
 class StreamLatency:
-    """A client of `/stream/trades?symbols=<symbol>` on a thread: print-to-receipt seconds of
-    every trade event, from `start()` until `stop()`."""
+    """A client of `/stream/trades?symbols=<symbol>` in a process of its own (parsing a
+    thousand events a second on a thread here would take the GIL from the one timing
+    `/price/latest`): print-to-receipt seconds of every trade event until `stop()`."""
 
     def __init__(self, service: Service, symbol: str) -> None:
-        self.seconds: list[float] = []
-        self._stop = threading.Event()
-        self._url = f"{service.base}/stream/trades"
-        self._symbol = symbol
-        self._thread = threading.Thread(target=self._consume, daemon=True)
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._results, results = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_stream_latency,
+            args=(f"{service.base}/stream/trades", symbol, self._stop, results),
+            daemon=True,
+        )
+        self._process.start()
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
+    def stop(self) -> list[tuple[float, float]]:
+        """Per trade event, seconds from its print and from its batch's stamp to its receipt
+        (the stream's heartbeat comments end the wait for the next event)."""
         self._stop.set()
-        self._thread.join(timeout=30)
+        seconds: list[tuple[float, float]] = self._results.recv()
+        self._process.join(timeout=10)
+        return seconds
 
-    def _consume(self) -> None:
-        params = {"symbols": self._symbol}
-        with (
-            httpx.Client(timeout=httpx.Timeout(10, read=None)) as client,
-            client.stream("GET", self._url, params=params) as response,
-        ):
-            for event in read_events(response):
-                if self._stop.is_set():
+
+def _stream_latency(url: str, symbol: str, stop: Any, results: Connection) -> None:
+    seconds: list[tuple[float, float]] = []
+    with (
+        httpx.Client(timeout=httpx.Timeout(10, read=None)) as client,
+        client.stream("GET", url, params={"symbols": symbol}) as response,
+    ):
+
+        def lines() -> Iterator[str]:
+            for line in response.iter_lines():
+                if stop.is_set():
                     return
-                if event.kind == "trade":
-                    printed = datetime.fromisoformat(event.data["timestamp"])
-                    self.seconds.append((datetime.now(UTC) - printed).total_seconds())
+                yield line
+
+        for event in parse_events(lines()):
+            position = decode_id(event.id)
+            if event.kind == "trade" and position is not None:
+                now = datetime.now(UTC)
+                printed = datetime.fromisoformat(event.data["timestamp"])
+                seconds.append(
+                    ((now - printed).total_seconds(), (now - position[0]).total_seconds())
+                )
+    results.send(seconds)
 
 
 @contextlib.contextmanager
-def instances(venue: Replay, url: URL, *, split: bool) -> Iterator[tuple[Service, Service]]:
+def instances(
+    venue: Replay, url: URL, *, interval: float, split: bool
+) -> Iterator[tuple[Service, Service]]:
     """The ingesting instance and the one reads are measured on: with `split`, a second
     instance with ingestion off (docs/deploy.md: a heavy feed's leader apart from the readers),
     else the ingesting instance itself."""
@@ -238,7 +257,9 @@ def instances(venue: Replay, url: URL, *, split: bool) -> Iterator[tuple[Service
         "SYMBOLS": ",".join(venue.products),
         "FEED_URL": venue.url,
         "FEED_REST_URL": venue.rest_url,
-        "INGESTION_INTERVAL_SECONDS": str(INTERVAL),
+        "INGESTION_INTERVAL_SECONDS": str(interval),
+        # Idle streams send a comment a second: the latency client notices its stop in time.
+        "STREAM_HEARTBEAT_SECONDS": "1",
         "AUTH_MODE": "off",
     }
     with serve(url, env, ready="/status/ingestion") as ingester:
@@ -250,7 +271,7 @@ def instances(venue: Replay, url: URL, *, split: bool) -> Iterator[tuple[Service
 
 
 def run(venue: Replay, args: argparse.Namespace, url: URL, data_dir: str) -> dict[str, Any]:
-    with instances(venue, url, split=not args.single) as (service, reader):
+    with instances(venue, url, interval=args.interval, split=not args.single) as (service, reader):
         wait_until(venue.subscribed, what="the feed subscribed", timeout=60)
         symbol = venue.products[0]
         printed = venue.burst(len(venue.products))
@@ -263,11 +284,13 @@ def run(venue: Replay, args: argparse.Namespace, url: URL, data_dir: str) -> dic
             )
             idle = _p99(_latencies(client, symbol, 200))
             stream = StreamLatency(reader, symbol)
-            stream.start()
             loaded: list[float] = []
             ages: list[float] = []
-            pids = {service.process.pid, reader.process.pid}
-            cpu = sum(map(_cpu_seconds, pids)), _database_cpu_seconds(data_dir)
+            cpu = (
+                _cpu_seconds(service.process.pid),
+                _cpu_seconds(reader.process.pid),
+                _database_cpu_seconds(data_dir),
+            )
             venue.start_load(args.rate, args.duration)
             # Sampled while the load runs, on this thread: the load keeps its own pace.
             while venue.load_running():
@@ -279,9 +302,10 @@ def run(venue: Replay, args: argparse.Namespace, url: URL, data_dir: str) -> dic
             offered, elapsed = venue.join_load()
             printed += offered
             drained = _stored(service, printed, 600)
-            service_cpu = sum(map(_cpu_seconds, pids)) - cpu[0]
-            database_cpu = _database_cpu_seconds(data_dir) - cpu[1]
-            stream.stop()
+            ingester_cpu = _cpu_seconds(service.process.pid) - cpu[0]
+            reader_cpu = _cpu_seconds(reader.process.pid) - cpu[1]
+            database_cpu = _database_cpu_seconds(data_dir) - cpu[2]
+            streamed = stream.stop()
         venue.go_offline()
         missed = venue.burst(args.recover, publish=False)
         venue.go_offline(False)
@@ -292,17 +316,24 @@ def run(venue: Replay, args: argparse.Namespace, url: URL, data_dir: str) -> dic
         "symbols": len(venue.products),
         "offered_trades_per_second": round(offered / elapsed),
         "stored_trades_per_second": round(offered / (elapsed + drained)),
-        "service_cpu_us_per_trade": round(service_cpu / offered * 1e6, 1),
+        "ingester_cpu_us_per_trade": round(ingester_cpu / offered * 1e6, 1),
+        "reader_cpu_us_per_trade": round(reader_cpu / offered * 1e6, 1)
+        if not args.single
+        else None,
         "database_cpu_us_per_trade": round(database_cpu / offered * 1e6, 1),
         "heartbeat_age_max_seconds": round(max(ages, default=0.0), 3),
-        "heartbeat_limit_seconds": 1.5 * INTERVAL,
+        "heartbeat_limit_seconds": 1.5 * args.interval,
         "price_latest_p99_idle_ms": round(idle * 1000, 2),
         "price_latest_p99_loaded_ms": round(_p99(loaded) * 1000, 2) if loaded else None,
-        "stream_trade_events": len(stream.seconds),
-        "stream_print_to_client_p50_ms": _ms(statistics.median(stream.seconds))
-        if stream.seconds
+        "stream_trade_events": len(streamed),
+        "stream_print_to_client_p50_ms": _ms(statistics.median(p for p, _ in streamed))
+        if streamed
         else None,
-        "stream_print_to_client_p99_ms": _ms(_p99(stream.seconds)) if stream.seconds else None,
+        "stream_print_to_client_p99_ms": _ms(_p99([p for p, _ in streamed])) if streamed else None,
+        "stream_commit_to_client_p50_ms": _ms(statistics.median(c for _, c in streamed))
+        if streamed
+        else None,
+        "stream_commit_to_client_p99_ms": _ms(_p99([c for _, c in streamed])) if streamed else None,
         "recovered_trades": missed,
         "recovered_trades_per_second": round(missed / recovery) if recovery else None,
     }
@@ -313,6 +344,9 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=20)
     parser.add_argument("--rate", type=int, default=20_000, help="trades a second, all symbols")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    parser.add_argument(
+        "--interval", type=float, default=1.0, help="INGESTION_INTERVAL_SECONDS (its default)"
+    )
     parser.add_argument(
         "--single",
         action="store_true",

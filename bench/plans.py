@@ -12,8 +12,8 @@ Candles are materialised by the leader's own function, a week per transaction. P
 bench/plans/<commit>/<size>/<query>.txt, with the custom plan (what a first execution gets) and
 the generic plan (what a prepared statement may switch to after five executions);
 bench/plans/<commit>/summary.md compares the sizes and records how each database was built.
-A run removes the plans of other commits; with uncommitted changes it writes under
-.mdp/bench/uncommitted/plans/ instead.
+A run removes the plans of other commits (`--build-only` leaves them); with uncommitted
+changes it writes under .mdp/bench/uncommitted/plans/ instead.
 """
 
 from __future__ import annotations
@@ -596,10 +596,6 @@ def write_summary(out: Path, results: dict[str, tuple[dict[str, Any], list[Summa
 async def amain(sizes: list[str], server_url: str | None, *, build_only: bool) -> None:
     revision = git_revision()
     plans = results_directory(PLANS)
-    # Named by the commit measured: plans of other commits go, never left stale.
-    for stale in plans.iterdir() if plans.is_dir() else ():
-        if stale.is_dir() and stale.name != revision:
-            shutil.rmtree(stale)
     out = plans / revision
     embedded = None if server_url else EmbeddedServer()
     try:
@@ -612,6 +608,11 @@ async def amain(sizes: list[str], server_url: str | None, *, build_only: bool) -
             for size in sizes:
                 log(f"{size}: {await build(server, size)}")
             return
+        # Named by the commit measured: plans of other commits go, never left stale. Not when
+        # only building: that writes none, and would leave the tree without the committed ones.
+        for stale in plans.iterdir() if plans.is_dir() else ():
+            if stale.is_dir() and stale.name != revision:
+                shutil.rmtree(stale)
         results = {size: await plan_size(server, out, size) for size in sizes}
         write_summary(out, results)
         log(f"wrote {out / 'summary.md'}")

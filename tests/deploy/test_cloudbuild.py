@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from mdp.settings import Settings
 from tests.deploy import CLOUDBUILD, load_stages
 
 IMAGE = "${_REGION}-docker.pkg.dev/$PROJECT_ID/${_REPOSITORY}/${_SERVICE}:$COMMIT_SHA"
@@ -116,6 +117,14 @@ def test_steps_build_push_migrate_then_deploy(steps: list[dict[str, Any]]) -> No
     assert all(step.get("waitFor") in (None, []) for step in steps)
 
 
+def _env_vars(flag: str) -> dict[str, str]:
+    """`--set-env-vars` as gcloud reads it: `,`-separated, or by the `^X^` prefix's `X`."""
+    separator = ","
+    if escaped := re.fullmatch(r"\^(.)\^(.*)", flag, re.DOTALL):
+        separator, flag = escaped[1], escaped[2]
+    return dict(item.split("=", 1) for item in flag.split(separator))
+
+
 def test_deploy_step_sets_every_cloud_run_flag(steps: list[dict[str, Any]]) -> None:
     args = _gcloud(steps[_index(steps, ["run", "deploy"])])
     for flag in DEPLOY_FLAGS:
@@ -129,13 +138,31 @@ def test_deploy_step_sets_every_cloud_run_flag(steps: list[dict[str, Any]]) -> N
     assert _one(args, "--min-instances") == "1"
     assert int(_one(args, "--concurrency")) >= 1
     assert "--cpu-throttling" not in args
-    env = dict(item.split("=", 1) for item in _one(args, "--set-env-vars").split(","))
-    assert set(env) >= {"LOG_LEVEL", "INGESTION_INTERVAL_SECONDS"}
+    env = _env_vars(_one(args, "--set-env-vars"))
+    assert set(env) >= {"LOG_LEVEL", "INGESTION_INTERVAL_SECONDS", "INGESTION_ENABLED"}
+    # The source and its products, with the commas SYMBOLS holds.
+    assert (env["FEED"], env["SYMBOLS"]) == ("${_FEED}", "${_SYMBOLS}")
     # The pool size the budget was computed for is the one the service uses.
     assert env["DB_POOL_SIZE"] == "${_DB_POOL_SIZE}"
     assert env["EXPORT_MAX_CONCURRENT"] == "${_EXPORT_MAX_CONCURRENT}"
     assert env["DATABASE_READ_POOLER"] == "${_DATABASE_READ_POOLER}"
     assert re.fullmatch(r"\d+s", _one(args, "--timeout"))
+
+
+def test_the_deploy_defaults_are_settings_the_service_accepts(
+    steps: list[dict[str, Any]], config: dict[str, Any]
+) -> None:
+    """The environment the deploy step sets, with the default substitutions, starts the
+    service: a misspelt FEED or a SYMBOLS the source refuses would fail every instance."""
+    args = _gcloud(steps[_index(steps, ["run", "deploy"])])
+    defaults = config["substitutions"]
+    env = {
+        name: re.sub(r"\$\{(_[A-Z_]+)\}", lambda m: str(defaults[m[1]]), value)
+        for name, value in _env_vars(_one(args, "--set-env-vars")).items()
+    }
+    settings = Settings.from_env({**env, "DATABASE_URL": "postgresql://cloud-sql/mdp"})
+    assert settings.feed == "synthetic" and settings.ingestion_enabled
+    assert [s.symbol for s in settings.symbols] == defaults["_SYMBOLS"].split(",")
 
 
 def test_port_matches_the_dockerfile(steps: list[dict[str, Any]]) -> None:
