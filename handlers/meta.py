@@ -140,6 +140,7 @@ def _feed(feed: Feed) -> dict[str, Any]:
                 "recovered_total": s.recovered_total,
                 "late_total": s.late_total,
                 "duplicates_total": s.duplicates_total,
+                "deferred_total": s.deferred_total,
             }
             for s in feed.symbols.values()
         ],

@@ -108,6 +108,9 @@ class SymbolFeed:
     # skipped (here, and by the writer where the database's unique key refused them).
     late_total: int = 0
     duplicates_total: int = 0
+    # Trades the writer put back for a later batch, each time, because history being
+    # written (an import) held the symbol's candles.
+    deferred_total: int = 0
     resets_total: int = 0
     # Monotonic time the symbol was last connected and caught up (or the feed was made).
     behind_since: float = field(default_factory=time.monotonic)

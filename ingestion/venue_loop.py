@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,6 +43,8 @@ class VenueIngestor(IngestionLoop):
         status.feed = feed
         self._stop = asyncio.Event()
         self._running: asyncio.Task[None] | None = None
+        # Symbols whose trades the last batch put back (logged when that starts and ends).
+        self._waiting: set[str] = set()
 
     async def _start_feed(self) -> None:
         """Connect, resuming every symbol after what the previous leader stored."""
@@ -101,6 +104,7 @@ class VenueIngestor(IngestionLoop):
             # Storing them again later is harmless (the unique key), losing them is not.
             intake.give_back(trades)
             raise
+        self._put_back([trades[i] for i in batch.deferred])
         # Counted once committed: a late print or a duplicate is what the database found.
         for symbol, count in batch.late.items():
             self.feed.symbols[symbol].late_total += count
@@ -108,3 +112,23 @@ class VenueIngestor(IngestionLoop):
             self.feed.symbols[symbol].duplicates_total += count
         self.status.record_success(batch.stored)
         return batch.stored
+
+    def _put_back(self, deferred: list[VenueTrade]) -> None:
+        """Offer again next batch the trades left out because history being written held
+        their symbol's candles; say when a symbol starts and stops waiting so (once, not a
+        line a batch)."""
+        if not deferred and not self._waiting:
+            return
+        self.feed.intake.give_back(deferred)
+        waiting = Counter(trade.symbol for trade in deferred)
+        for symbol, count in waiting.items():
+            self.feed.symbols[symbol].deferred_total += count
+        if started := sorted(waiting.keys() - self._waiting):
+            logger.info(
+                "trades of %s wait for history being written (mdp import, backfill) to commit; "
+                "the rest of each batch commits meanwhile",
+                ", ".join(started),
+            )
+        if ended := sorted(self._waiting - waiting.keys()):
+            logger.info("trades of %s no longer wait for history being written", ", ".join(ended))
+        self._waiting = set(waiting)

@@ -182,6 +182,11 @@ def _feed_metrics(feed: Feed) -> Iterator[Metric]:
             "Re-delivered venue trades skipped (by the feed, or by the unique key).",
             labels=labels,
         ),
+        "deferred_total": CounterMetricFamily(
+            "mdp_feed_deferred_trades",
+            "Trades put back for a later batch (each time) while an import held their candles.",
+            labels=labels,
+        ),
     }
     venue = feed.venue.name
     for symbol in feed.symbols.values():

@@ -6,6 +6,15 @@ while the writer holds the leader lock, stamped later than every batch before it
 `live_batches` and announced on `LIVE_CHANNEL` by its own transaction. Its trades keep their
 venue timestamps; streams find them by the batch's id range and their `live` mark
 (`persistence.batches`).
+
+A batch never waits for history being written beside it (`mdp import`, `mdp backfill`):
+those hold the symbol's candle lock from before their first row until they commit, minutes
+for a big file, while the batch holds the ingestion row every symbol's feed needs. Only a
+trade at or below what a history writer may write (the symbol's committed watermark, see
+`persistence.imports`), or before its materialised candles, can meet such a writer's rows or
+need its candle lock; for those the lock is only tried. When it is taken, they wait for a
+later batch (the caller puts them back) with the symbol's watermark where it was, and the
+rest of the batch commits.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from sqlalchemy import BigInteger, DateTime, Integer, String, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.materialise import lock_candles, materialise_final, rematerialise
+from persistence.materialise import materialise_final, rematerialise, try_lock_candles
 from persistence.trades import (
     LEADER_HELD,
     LIVE_CHANNEL,
@@ -37,8 +46,9 @@ __all__ = [
 ]
 
 
-# Before every trade: "nothing is materialised / complete yet".
+# Before every trade: "nothing is materialised / complete yet"; after every trade.
 _NEVER = datetime.min.replace(tzinfo=UTC)
+_ALWAYS = datetime.max.replace(tzinfo=UTC)
 
 
 class StoredMark(NamedTuple):
@@ -52,6 +62,9 @@ class StoredMark(NamedTuple):
 
 class VenueBatch(NamedTuple):
     stored: int
+    # Positions in the batch of the trades not stored because history being written holds
+    # their symbol's candles: the caller offers them again in a later batch.
+    deferred: list[int]
     # Per symbol, late prints stored: stamped at or before the watermark already committed
     # (their candles are revised where already materialised).
     late: dict[str, int]
@@ -72,10 +85,12 @@ _claim = text(
 )
 
 # Per symbol, before this batch: how far its candles are materialised (a trade before that
-# revises them) and how far its feed was complete (a trade at or before that is late).
+# revises them), how far its feed was complete (a trade at or before that is late) and how
+# far an import may write (`persistence.imports`; NULL: no feed row, up to the clock).
 _committed = text(
     """
-    SELECT s.symbol, cw.candles_until, fw.complete_through
+    SELECT s.symbol, cw.candles_until, fw.complete_through,
+           coalesce(fw.complete_through, fw.since)
     FROM unnest(CAST(:symbols AS varchar[])) AS s(symbol)
     LEFT JOIN candle_watermarks AS cw ON cw.symbol = s.symbol
     LEFT JOIN feed_watermarks AS fw ON fw.symbol = s.symbol
@@ -165,7 +180,8 @@ async def insert_venue_batch(
     None when refused (not the leader any more, or not newer than the last batch). A trade
     stored in a bucket already final revises that bucket's candles here (materialising the
     symbol's final buckets first if the leader has not yet); one already stored is counted as
-    a duplicate, never as a late print."""
+    a duplicate, never as a late print. Trades whose symbol's candles history being written
+    holds are left out (`deferred`), and so is that symbol's mark: never waited for."""
     claimed = (
         await conn.execute(
             _claim, {"stamped": stamped, "leader_pid": leader_pid, "lock_key": lock_key}
@@ -177,26 +193,43 @@ async def insert_venue_batch(
     committed = await conn.execute(_committed, {"symbols": sorted(offered)})
     materialised: dict[str, datetime] = {}
     complete: dict[str, datetime] = {}
-    for symbol, candles_until, complete_through in committed:
+    # Up to where history may be written beside the feed (no feed row: up to the clock).
+    writable: dict[str, datetime] = {}
+    for symbol, candles_until, complete_through, importable in committed:
         if candles_until is not None:
             materialised[symbol] = candles_until
         if complete_through is not None:
             complete[symbol] = complete_through
-    # Late prints into buckets final but not materialised yet: clients read those closed,
-    # aggregated from trades.
-    unstored = {
-        t.symbol
-        for t in trades
-        if materialised.get(t.symbol, _NEVER) <= t.timestamp <= complete.get(t.symbol, _NEVER)
-    }
-    for symbol in sorted(
-        unstored | {t.symbol for t in trades if t.timestamp < materialised.get(t.symbol, _NEVER)}
-    ):
-        # Before the rows go in, as for a backfill: the leader's roll-up cannot miss them.
-        await lock_candles(conn, symbol)
-        if symbol in unstored:
-            # Stored as they were read first, so that the print revises them.
+        writable[symbol] = importable if importable is not None else _ALWAYS
+    # Trades that need the symbol's candle lock: late prints (their candles are revised or
+    # materialised here) and whatever history being written beside the feed may hold too.
+    locking = [
+        i
+        for i, t in enumerate(trades)
+        if t.timestamp <= writable[t.symbol] or t.timestamp < materialised.get(t.symbol, _NEVER)
+    ]
+    deferred: list[int] = []
+    if locking:
+        busy = await try_lock_candles(conn, sorted({trades[i].symbol for i in locking}))
+        # Late prints into buckets final but not materialised yet: clients read those closed,
+        # aggregated from trades. Stored as they were read first, so that the print revises
+        # them (before the rows go in, as for a backfill: the leader's roll-up cannot miss
+        # them).
+        unstored = {
+            t.symbol
+            for t in (trades[i] for i in locking)
+            if t.symbol not in busy
+            and materialised.get(t.symbol, _NEVER) <= t.timestamp <= complete.get(t.symbol, _NEVER)
+        }
+        for symbol in sorted(unstored):
             materialised[symbol] = await materialise_final(conn, symbol)
+        if busy:
+            deferred = [i for i in locking if trades[i].symbol in busy]
+            offered -= Counter(trades[i].symbol for i in deferred)
+            waiting = set(deferred)
+            trades = [t for i, t in enumerate(trades) if i not in waiting]
+            # Their marks say every trade up to them is stored: not yet.
+            marks = {s: m for s, m in marks.items() if s not in busy}
     stored = await insert_trades(conn, trades, materialised=materialised, complete=complete)
     if stored:
         await conn.execute(
@@ -236,7 +269,7 @@ async def insert_venue_batch(
         )
     duplicates = offered - Counter({s.symbol: s.stored for s in stored})
     late = {s.symbol: s.late for s in stored if s.late}
-    return VenueBatch(sum(s.stored for s in stored), late, dict(duplicates))
+    return VenueBatch(sum(s.stored for s in stored), deferred, late, dict(duplicates))
 
 
 async def record_intervals(

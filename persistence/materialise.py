@@ -35,7 +35,14 @@ from persistence.finality import (
 )
 from persistence.statements import TIMESTAMP, statement
 
-__all__ = ["Advance", "advance_watermark", "lock_candles", "materialise_final", "rematerialise"]
+__all__ = [
+    "Advance",
+    "advance_watermark",
+    "lock_candles",
+    "materialise_final",
+    "rematerialise",
+    "try_lock_candles",
+]
 
 _MINUTE = INTERVALS[BASE]
 
@@ -95,6 +102,14 @@ _upsert_rollup = statement(
 _lock_symbol = statement(
     "SELECT pg_advisory_xact_lock(hashtext('mdp.candles'), hashtext(:symbol))", symbol=String
 )
+# The symbols whose lock another transaction holds; this one holds the others' from then on.
+_try_lock_symbols = statement(
+    """
+    SELECT symbol FROM unnest(CAST(:symbols AS varchar[])) AS s(symbol)
+    WHERE NOT pg_try_advisory_xact_lock(hashtext('mdp.candles'), hashtext(symbol))
+    """,
+    symbols=ARRAY(String),
+)
 # All or nothing: the leader never waits behind a backfill chunk (its cadence matters more).
 _try_lock_all = text(
     """
@@ -150,6 +165,13 @@ _sort_in_memory = text("SET LOCAL work_mem = '64MB'")
 async def lock_candles(conn: AsyncConnection, symbol: str) -> None:
     """Hold the symbol's candle lock until the transaction ends."""
     await _lock_symbol.execute(conn, symbol=symbol)
+
+
+async def try_lock_candles(conn: AsyncConnection, symbols: Sequence[str]) -> set[str]:
+    """Take the candle locks of `symbols` that no other transaction holds, until this one
+    ends, without waiting; returns the symbols whose lock another transaction holds (a
+    backfill chunk, an import: for as long as it runs)."""
+    return {row[0] for row in await _try_lock_symbols.fetch(conn, symbols=list(symbols))}
 
 
 async def _upsert(

@@ -16,12 +16,15 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import pyarrow as pa
 import pytest
 from sqlalchemy.engine import URL
 
 from handlers.sse import decode_id, encode_id
+from ingestion.files import TRADES
+from persistence.imports import import_trades
 from tests.e2e.sse import Event, consuming, read_events
-from tests.support import MakeDatabase, Service, serve, wait_until
+from tests.support import MakeDatabase, Service, open_test_engine, serve, wait_until
 from tests.support.venues import VenueServer, venue_server
 
 pytestmark = pytest.mark.slow
@@ -248,6 +251,57 @@ def test_a_standby_resumes_from_the_stored_trade_ids_when_the_leader_is_killed(
     wait_until(lambda: feed(standby), what="the standby taking over", every=0.05)
     venue.trade(symbol)
     serves_exactly(standby, venue, symbol)
+
+
+async def test_the_feed_goes_on_while_an_import_of_one_of_its_symbols_is_under_way(
+    coinbase: VenueServer, launch: Launch, database: URL
+) -> None:
+    """An import holds its symbol's candles until it commits (minutes for a big file): every
+    other trade is stored meanwhile, and a late print of that symbol waits for the import."""
+    venue, symbol = coinbase, "BTC-USD"
+    service = launch(venue)
+    connected(service, venue.products)
+    subscribed(venue)
+    venue.trade(symbol)
+    serves_exactly(service, venue, symbol)
+    past = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=10)
+    history = pa.Table.from_pylist(
+        [
+            {
+                "symbol": symbol,
+                "price": "99",
+                "volume": "1",
+                "timestamp": past + timedelta(seconds=10),
+                "venue_trade_id": "history-1",
+                "side": "buy",
+            }
+        ],
+        schema=TRADES,
+    )
+
+    def ids() -> list[str]:
+        return sorted(t["venue_trade_id"] for t in served(service, symbol))
+
+    tape = [str(t.trade_id) for t in venue.tape[symbol]]
+    engine = open_test_engine(database)
+    try:
+        async with engine.connect() as importing:
+            transaction = await importing.begin()
+            await import_trades(importing, symbol, history, repair=False)
+            late = venue.trade(symbol, time=past + timedelta(seconds=30))
+            fresh = [venue.trade(symbol), venue.trade("ETH-USD")]
+            wait_until(
+                ids, lambda got: got == sorted([*tape, str(fresh[0].trade_id)]), what="fresh ones"
+            )
+            serves_exactly(service, venue, "ETH-USD")
+            assert feed(service)[symbol]["deferred_total"] > 0
+            assert str(late.trade_id) not in ids()
+            await transaction.commit()
+    finally:
+        await engine.dispose()
+    expected = sorted([*tape, str(late.trade_id), str(fresh[0].trade_id), "history-1"])
+    wait_until(ids, lambda got: got == expected, what="the late print stored after the import")
+    assert feed(service)[symbol]["late_total"] == 1
 
 
 def test_a_bucket_does_not_close_while_its_feed_recovers(launch: Launch) -> None:

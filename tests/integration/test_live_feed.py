@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingestion.files import TRADES
 from live.broadcaster import Broadcaster, Reset, Subscription
@@ -253,21 +253,28 @@ def _file(symbol: str, rows: list[tuple[str, datetime]]) -> pa.Table:
 async def test_imported_trades_are_never_streamed_as_live(
     feed_engine: AsyncEngine, empty_database: URL
 ) -> None:
-    """An import commits its ids inside a venue batch's id range (the feed's first batch of
-    a symbol whose history is being imported waited on a trade the import holds too): its
-    trades reach neither live streams nor a replay."""
+    """History takes ids from the same sequence while a venue batch is written, so an import
+    can commit ids inside a batch's id range (here the batch is held mid-statement, on a trade
+    another transaction holds, while the import draws its ids): its trades reach neither live
+    streams nor a replay."""
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
     (stamped,) = _stamps(1)
     async with feed_engine.begin() as conn:
         await ensure_partitions(conn, base, base + timedelta(hours=1))
     broadcaster = Broadcaster(max_streams=10, queue_size=100)
+    # The test engine's pool has two connections: the import's and the batch's.
+    holding = await asyncpg.connect(dsn(empty_database))
     async with _listening(empty_database, broadcaster), feed_engine.connect() as importing:
         subscription = broadcaster.subscribe(SYMBOLS)
-        transaction = await importing.begin()
         shared = base + timedelta(minutes=2)
-        await import_trades(importing, "AAA", _file("AAA", [("2", shared)]), repair=False)
-        # A recovered trade the import holds too: the batch waits for the import to end,
-        # holding the ids it drew before, and draws the next ones after it.
+        held = holding.transaction()
+        await held.start()
+        await holding.execute(
+            "INSERT INTO trades (symbol, price, volume, timestamp, venue_trade_id) "
+            "VALUES ('AAA', 7.5, 2, $1, '2')",
+            shared,
+        )
+        # The batch draws an id for each trade in turn, and waits at the one held.
         batch = [
             VenueTrade("AAA", Decimal("11"), Decimal(1), base + timedelta(minutes=11), "3", "buy"),
             VenueTrade("AAA", Decimal("7.5"), Decimal(2), shared, "2", "sell"),
@@ -276,12 +283,13 @@ async def test_imported_trades_are_never_streamed_as_live(
         writing = asyncio.create_task(
             _venue_batch(feed_engine, batch, base + timedelta(minutes=12), stamped)
         )
-        await wait_until_async(
-            lambda: _waiting_on_a_transaction(importing), what="the batch to wait"
-        )
+        await wait_until_async(lambda: _waiting_on_a_transaction(holding), what="the batch to wait")
+        transaction = await importing.begin()
         history = [(str(i), base + timedelta(minutes=3, seconds=i)) for i in range(3)]
         await import_trades(importing, "BBB", _file("BBB", history), repair=False)
         await transaction.commit()
+        await held.rollback()
+        await holding.close()
         await asyncio.wait_for(writing, 10)
         await wait_until_async(
             lambda: broadcaster.position is not None and broadcaster.position[0] == stamped,
@@ -291,20 +299,23 @@ async def test_imported_trades_are_never_streamed_as_live(
     conn = await asyncpg.connect(dsn(empty_database))
     try:
         replayed = await batches.trades_after(conn, (batches.START, 0), limit=100)
+        (first, last) = await conn.fetchrow("SELECT first_id, last_id FROM live_batches")
+        inside = await conn.fetchval(
+            "SELECT count(*) FROM trades WHERE symbol = 'BBB' AND id BETWEEN $1 AND $2",
+            first,
+            last,
+        )
     finally:
         await conn.close()
-    assert [(t.symbol, t.venue_trade_id) for t in received if isinstance(t, TradeRow)] == [
-        ("AAA", "3"),
-        ("AAA", "4"),
-    ]
-    assert [(t.symbol, t.venue_trade_id) for t in replayed] == [("AAA", "3"), ("AAA", "4")]
+    assert inside == 3  # the import's ids are inside the batch's range
+    live = [("AAA", "3"), ("AAA", "2"), ("AAA", "4")]
+    assert [(t.symbol, t.venue_trade_id) for t in received if isinstance(t, TradeRow)] == live
+    assert [(t.symbol, t.venue_trade_id) for t in replayed] == live
 
 
-async def _waiting_on_a_transaction(conn: AsyncConnection) -> bool:
-    waiting = await conn.scalar(
-        text(
-            "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND locktype = 'transactionid')"
-        )
+async def _waiting_on_a_transaction(conn: asyncpg.Connection) -> bool:
+    waiting = await conn.fetchval(
+        "SELECT EXISTS (SELECT FROM pg_locks WHERE NOT granted AND locktype = 'transactionid')"
     )
     return bool(waiting)
 
