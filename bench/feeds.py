@@ -211,6 +211,8 @@ class StreamLatency:
             daemon=True,
         )
         self._process.start()
+        # Subscribed before the load starts, or it would miss the first batches.
+        self._results.recv()
 
     def stop(self) -> list[tuple[float, float]]:
         """Per trade event, seconds from its print and from its batch's stamp to its receipt
@@ -227,6 +229,7 @@ def _stream_latency(url: str, symbol: str, stop: Any, results: Connection) -> No
         httpx.Client(timeout=httpx.Timeout(10, read=None)) as client,
         client.stream("GET", url, params={"symbols": symbol}) as response,
     ):
+        results.send("open")
 
         def lines() -> Iterator[str]:
             for line in response.iter_lines():

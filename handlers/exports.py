@@ -215,11 +215,12 @@ async def export_trades(
         return rows
 
     opened = await _snapshot(codes, within_limit)
-    produce = functools.partial(
-        _copy(opened.conn, fmt),
-        exports.trades_query(len(codes), _shape(fmt)),
-        [start_at, end_at, *codes],
-    )
+    copy = _copy(opened.conn, fmt)
+
+    async def produce(sink: Callable[[bytes], Awaitable[None]]) -> None:
+        await exports.plan_trades(opened.conn)
+        await copy(exports.trades_query(len(codes), _shape(fmt)), [start_at, end_at, *codes], sink)
+
     return _response(
         fmt,
         TRADES_SCHEMA,

@@ -32,8 +32,8 @@ __all__ = ["Listener"]
 logger = logging.getLogger(__name__)
 
 # Trades read back a page at a time. Reading and handing out a page holds the event loop
-# (a few microseconds a trade): 1,000 keep the requests in between waiting a few milliseconds
-# at most, where 10,000 held them some 30 ms behind every busy batch of a venue feed.
+# (a few microseconds a trade): 1,000 keep the requests in between waiting a few
+# milliseconds at most, where 10,000 held them some 30 ms behind a venue feed's busy batch.
 _PAGE = 1_000
 
 

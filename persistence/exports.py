@@ -17,6 +17,7 @@ __all__ = [
     "copy_out",
     "count_trades",
     "existing_symbols",
+    "plan_trades",
     "snapshot",
     "trades_query",
 ]
@@ -70,6 +71,19 @@ def trades_query(symbol_count: int, shape: RowShape) -> str:
         f"{_TRADE_SELECT[shape]} ({ranges}) AS t{_LATERAL.get(shape, '')} "
         "ORDER BY t.timestamp, t.symbol, t.id"
     )
+
+
+async def plan_trades(conn: asyncpg.Connection) -> None:
+    """Inside the export's transaction: `trades_query` planned as it is written.
+
+    Where a symbol's range is a large share of its partition, PostgreSQL prefers a bitmap
+    scan and sorts each range (on disk past work_mem) over reading the index in order: the
+    symbol, the index's first column, says nothing of where rows lie in the heap, so it
+    prices the ordered scan as random reads. The trades of a symbol lie in time order, so
+    the ordered scans are cheaper in fact (a 1M-trade window: a quarter less backend CPU)
+    and the first row leaves at once instead of after every sort.
+    """
+    await conn.execute("SELECT set_config('enable_bitmapscan', 'off', true)")
 
 
 @functools.cache

@@ -29,6 +29,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 import httpx2
+import orjson
 
 __all__ = [
     "Event",
@@ -160,8 +161,10 @@ class Rest:
             else:
                 if response.status_code == 200:
                     try:
-                        return response.json(), response.headers
-                    except ValueError:
+                        # orjson: the client's own json() is the standard library's, about
+                        # six times slower on a page of a thousand trades.
+                        return orjson.loads(response.content), response.headers
+                    except orjson.JSONDecodeError:
                         raise RestError(f"GET {path}: a 200 that is not JSON") from None
                 if response.status_code in (418, 429):
                     self.throttled_total += 1
@@ -185,7 +188,7 @@ class Rest:
 
 def _json(response: httpx2.Response) -> Any:
     try:
-        return response.json()
+        return orjson.loads(response.content)
     except ValueError:
         return None
 

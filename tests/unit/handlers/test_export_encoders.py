@@ -57,6 +57,23 @@ def test_a_string_that_needs_quotes_is_quoted_and_empty_strings_stay_apart_from_
     assert b'"",' in _encode(TRADES_SCHEMA, copy)  # not an empty field: that would be NULL
 
 
+@pytest.mark.parametrize("needing", ['a"b', "a,b", "a\rb", "a\nb", ""])
+def test_each_byte_rfc_4180_quotes_gets_its_block_quoted(needing: str):
+    quoted = '"' + needing.replace('"', '""') + '"'
+    copy = (
+        "1,AAPL,1.000000000000000000,1.000000000000000000,2026-01-02 03:04:05+00,plain,\n"
+        f"2,AAPL,1.000000000000000000,1.000000000000000000,2026-01-02 03:04:05+00,{quoted},\n"
+    ).encode()
+    out = _encode(TRADES_SCHEMA, copy).decode()
+    assert '"plain"' in out
+    assert [row[5] for row in csv.reader(io.StringIO(out, newline=""))][1:] == ["plain", needing]
+
+
+def test_a_block_of_plain_strings_is_not_quoted():
+    copy = b"1,AAPL,1.000000000000000000,1.000000000000000000,2026-01-02 03:04:05+00,x-1,buy\n"
+    assert b'"' not in _encode(TRADES_SCHEMA, copy)
+
+
 def test_filled_candles_keep_whole_numbers_and_nulls():
     # An empty bucket: null prices, volume 0 as a whole number (no decimal point to trim at).
     copy = b"AAPL,2026-01-02 03:04:00+00,,,,,0,,0,t,0,t\n"
