@@ -141,6 +141,7 @@ def _feed(feed: Feed) -> dict[str, Any]:
                 "late_total": s.late_total,
                 "duplicates_total": s.duplicates_total,
                 "deferred_total": s.deferred_total,
+                "expired_total": s.expired_total,
             }
             for s in feed.symbols.values()
         ],

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ingestion.walk import BoundedWalk
 from persistence.finality import VISIBILITY_DEADLINE
 from persistence.history import write_history_table
+from persistence.partitions import dropped_months, next_month
 from persistence.trades import oldest_trade
 
 __all__ = ["BackfillPlan", "ChunkWritten", "plan_backfill", "run_backfill"]
@@ -65,11 +66,14 @@ async def plan_backfill(
             oldest = await oldest_trade(conn, symbol)
             # Without trades yet, stop short of any live batch that may still be committing.
             end, price = oldest if oldest is not None else (now - VISIBILITY_DEADLINE, base)
-            if start >= end:
+            # Never into a month retention dropped: its candles are kept as they were.
+            dropped = await dropped_months(conn, start, end)
+            begin = max(start, next_month(dropped[-1])) if dropped else start
+            if begin >= end:
                 continue
-            rows = (end - start) // spacing
+            rows = (end - begin) // spacing
             if rows:
-                plans.append(BackfillPlan(symbol, start, end, rows, spacing, price, base))
+                plans.append(BackfillPlan(symbol, begin, end, rows, spacing, price, base))
     return plans
 
 

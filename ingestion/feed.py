@@ -111,6 +111,8 @@ class SymbolFeed:
     # Trades the writer put back for a later batch, each time, because history being
     # written (an import) held the symbol's candles.
     deferred_total: int = 0
+    # Prints skipped because retention had dropped their month's trades (candles kept).
+    expired_total: int = 0
     resets_total: int = 0
     # Monotonic time the symbol was last connected and caught up (or the feed was made).
     behind_since: float = field(default_factory=time.monotonic)

@@ -110,6 +110,14 @@ class VenueIngestor(IngestionLoop):
             self.feed.symbols[symbol].late_total += count
         for symbol, count in batch.duplicates.items():
             self.feed.symbols[symbol].duplicates_total += count
+        for symbol, count in batch.expired.items():
+            self.feed.symbols[symbol].expired_total += count
+            logger.warning(
+                "%d trade(s) of %s skipped: stamped in a month whose trades TRADES_RETENTION "
+                "dropped (its candles are kept as they were)",
+                count,
+                symbol,
+            )
         self.status.record_success(batch.stored)
         return batch.stored
 

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tqdm import tqdm
 
 from ingestion.files import COLUMNS, FORMATS, FileRefused, Options, read_trades
-from persistence.imports import BucketsTaken, TooNew, import_trades
+from persistence.imports import BucketsTaken, InDroppedMonths, TooNew, import_trades
 from persistence.symbols import ensure_symbols
 
 __all__ = ["add_command", "run"]
@@ -157,6 +157,9 @@ async def run(engine: AsyncEngine, args: argparse.Namespace) -> int:
                 line = await _one(engine, path, args, progress)
             except (FileRefused, TooNew, OSError) as exc:
                 print(f"mdp import: {exc}", file=sys.stderr)
+                return 1
+            except InDroppedMonths as exc:
+                print(f"mdp import: {path}: {exc}", file=sys.stderr)
                 return 1
             except BucketsTaken as exc:
                 print(

@@ -187,6 +187,11 @@ def _feed_metrics(feed: Feed) -> Iterator[Metric]:
             "Trades put back for a later batch (each time) while an import held their candles.",
             labels=labels,
         ),
+        "expired_total": CounterMetricFamily(
+            "mdp_feed_expired_trades",
+            "Prints skipped: stamped in a month whose trades TRADES_RETENTION dropped.",
+            labels=labels,
+        ),
     }
     venue = feed.venue.name
     for symbol in feed.symbols.values():

@@ -407,7 +407,9 @@ class Settings:
         "month at a time once the month is past it and every trade in it is in a stored candle "
         "(a minute that never became final keeps its month: the last one of a venue symbol no "
         "longer fed, say); candles are kept for ever. `/trades` and `/export/trades` answer "
-        "what is left",
+        "what is left. A month dropped takes no trade again (its candles could not be "
+        "recomputed): `mdp import` refuses a file with trades in it, a venue print stamped in "
+        "it is skipped and counted (`expired_total`)",
         shown="`off`",
     )
     stream_max_clients: int = setting(

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from persistence.batches import notice
 from persistence.finality import BASE, INTERVALS, bucket_floor
 from persistence.materialise import materialise_final, rematerialise, try_lock_candles
+from persistence.partitions import dropped_months, month_of
 from persistence.trades import (
     LEADER_HELD,
     LIVE_CHANNEL,
@@ -76,6 +77,9 @@ class VenueBatch(NamedTuple):
     late: dict[str, int]
     # Per symbol, trades not stored because they already were (re-delivered, recovered twice).
     duplicates: dict[str, int]
+    # Per symbol, prints skipped because retention dropped their month's trades (its candles
+    # are kept, and could only be recomputed from what is left).
+    expired: dict[str, int]
 
 
 _claim = text(
@@ -219,7 +223,20 @@ async def insert_venue_batch(
         if t.timestamp <= writable[t.symbol] or t.timestamp < materialised.get(t.symbol, _NEVER)
     ]
     deferred: list[int] = []
+    expired: Counter[str] = Counter()
     if locking:
+        # Prints stamped in a month retention dropped are skipped: its candles could only be
+        # recomputed from what is left of its trades (nothing).
+        dropped = set(
+            await dropped_months(
+                conn,
+                min(trades[i].timestamp for i in locking),
+                max(trades[i].timestamp for i in locking),
+            )
+        )
+        gone = {i for i in locking if month_of(trades[i].timestamp) in dropped}
+        expired.update(trades[i].symbol for i in gone)
+        locking = [i for i in locking if i not in gone]
         busy = await try_lock_candles(conn, sorted({trades[i].symbol for i in locking}))
         # Late prints into buckets final but not materialised yet: clients read those closed,
         # aggregated from trades. Stored as they were read first, so that the print revises
@@ -233,11 +250,11 @@ async def insert_venue_batch(
         }
         for symbol in sorted(unstored):
             materialised[symbol] = await materialise_final(conn, symbol)
-        if busy:
-            deferred = [i for i in locking if trades[i].symbol in busy]
-            offered -= Counter(trades[i].symbol for i in deferred)
-            waiting = set(deferred)
-            trades = [t for i, t in enumerate(trades) if i not in waiting]
+        deferred = [i for i in locking if trades[i].symbol in busy]
+        if gone or deferred:
+            offered -= expired + Counter(trades[i].symbol for i in deferred)
+            left_out = gone | set(deferred)
+            trades = [t for i, t in enumerate(trades) if i not in left_out]
             # Their marks say every trade up to them is stored: not yet.
             marks = {s: m for s, m in marks.items() if s not in busy}
     stored = await insert_trades(conn, trades, materialised=materialised, complete=complete)
@@ -292,7 +309,9 @@ async def insert_venue_batch(
         )
     duplicates = offered - Counter({s.symbol: s.stored for s in stored})
     late = {s.symbol: s.late for s in stored if s.late}
-    return VenueBatch(sum(s.stored for s in stored), deferred, late, dict(duplicates))
+    return VenueBatch(
+        sum(s.stored for s in stored), deferred, late, dict(duplicates), dict(expired)
+    )
 
 
 async def record_intervals(

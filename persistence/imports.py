@@ -26,9 +26,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from persistence.finality import bin_sql, horizon
 from persistence.history import TABLE_COLUMNS, copy_table
 from persistence.materialise import lock_candles, rematerialise
-from persistence.partitions import ensure_partitions
+from persistence.partitions import dropped_months, ensure_partitions, next_month
 
-__all__ = ["BucketsTaken", "Imported", "TooNew", "import_trades"]
+__all__ = ["BucketsTaken", "Imported", "InDroppedMonths", "TooNew", "import_trades"]
 
 _COLUMNS = TABLE_COLUMNS
 _MINUTE = timedelta(minutes=1)
@@ -90,6 +90,19 @@ class TooNew(ValueError):
     """A trade is newer than what the service holds complete (its final horizon)."""
 
 
+class InDroppedMonths(ValueError):
+    """Trades fall in months whose raw trades retention dropped (their candles are kept)."""
+
+    def __init__(self, count: int, months: Sequence[datetime]) -> None:
+        named = ", ".join(month.strftime("%Y-%m") for month in months)
+        super().__init__(
+            f"{count} trade(s) fall in {named}, whose trades TRADES_RETENTION dropped: the "
+            "candles kept there cannot be recomputed from part of their trades; leave those "
+            "trades out"
+        )
+        self.months = list(months)
+
+
 class BucketsTaken(ValueError):
     """The import would change minutes that already held stored trades (without repair)."""
 
@@ -112,13 +125,34 @@ def _minute(moment: datetime) -> datetime:
     return moment.replace(second=0, microsecond=0)
 
 
+async def _refuse_dropped_months(
+    conn: AsyncConnection, trades: pa.Table, oldest: datetime, newest: datetime
+) -> None:
+    """Raise InDroppedMonths when a trade falls in a month retention dropped (recreating its
+    partition and recomputing its candles from these trades alone would overwrite them)."""
+    held: list[datetime] = []
+    count = 0
+    stamps = trades["timestamp"]
+    for month in await dropped_months(conn, oldest, newest):
+        end = next_month(month)
+        inside = pc.and_(
+            pc.greater_equal(stamps, pa.scalar(month, stamps.type)),
+            pc.less(stamps, pa.scalar(end, stamps.type)),
+        )
+        if found := pc.sum(inside).as_py():
+            held.append(month)
+            count += found
+    if held:
+        raise InDroppedMonths(count, held)
+
+
 async def import_trades(
     conn: AsyncConnection, symbol: str, trades: pa.Table, *, repair: bool
 ) -> Imported:
     """Store the trades of `symbol` (a table of `_COLUMNS`, in time order) not stored yet and
     materialise the candles they touch, in the caller's transaction. Raises TooNew for a
-    trade at or past the final horizon, and BucketsTaken for new trades in a minute that
-    held stored ones unless `repair`."""
+    trade at or past the final horizon, InDroppedMonths for one in a month retention dropped,
+    and BucketsTaken for new trades in a minute that held stored ones unless `repair`."""
     if trades.num_rows == 0:
         return Imported(0, 0, [])
     oldest, newest = (moment.as_py() for moment in pc.min_max(trades["timestamp"]).values())
@@ -130,6 +164,7 @@ async def import_trades(
             f"a trade at {newest.isoformat()} is newer than the live feed's complete-through "
             f"watermark of {symbol} ({complete.isoformat()}): the feed fills that itself"
         )
+    await _refuse_dropped_months(conn, trades, oldest, newest)
     await lock_candles(conn, symbol)
     await ensure_partitions(conn, oldest, newest)
     await conn.execute(_WORK_MEM)

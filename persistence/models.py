@@ -172,6 +172,16 @@ class CandleWatermark(Base):
     candles_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class DroppedMonth(Base):
+    """A month whose raw trades `TRADES_RETENTION` dropped (its candles stay): nothing is
+    written into it again, as its candles could only be recomputed from what is left."""
+
+    __tablename__ = "trades_dropped_months"
+
+    month: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    dropped_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class IngestionProgress(Base):
     """The `ingestion_state` row: the newest batch written (batches are idempotent and only
     move forward)."""

@@ -13,6 +13,9 @@ from persistence.statements import TIMESTAMP, Connection, statement
 
 __all__ = [
     "drop_expired",
+    "dropped_months",
+    "month_of",
+    "next_month",
     "ensure_ahead",
     "ensure_partitions",
     "include_name",
@@ -46,7 +49,8 @@ def _month(name: str) -> datetime:
     return datetime(int(name[8:12]), int(name[13:15]), 1, tzinfo=UTC)
 
 
-def _next_month(month: datetime) -> datetime:
+def next_month(month: datetime) -> datetime:
+    """The start of the month after `month` (the start of a month)."""
     return month.replace(year=month.year + month.month // 12, month=month.month % 12 + 1)
 
 
@@ -98,6 +102,31 @@ async def ensure_ahead(conn: asyncpg.Connection, now: datetime, ahead: timedelta
     return created
 
 
+_RECORD_DROPPED = "INSERT INTO trades_dropped_months (month) VALUES ($1) ON CONFLICT DO NOTHING"
+_DROPPED = statement(
+    """
+    SELECT month FROM trades_dropped_months
+    WHERE month > :lo - INTERVAL '1 month' AND month <= :hi
+    ORDER BY month
+    """,
+    lo=TIMESTAMP,
+    hi=TIMESTAMP,
+)
+
+
+async def dropped_months(conn: Connection, lo: datetime, hi: datetime) -> list[datetime]:
+    """The months retention dropped the trades of (`drop_expired`) that hold a moment of
+    [lo, hi], oldest first: no trade is written into them again."""
+    months: list[datetime] = [row[0] for row in await _DROPPED.fetch(conn, lo=lo, hi=hi)]
+    return months
+
+
+def month_of(moment: datetime) -> datetime:
+    """The start of `moment`'s UTC month, as partitions and `dropped_months` have them."""
+    moment = moment.astimezone(UTC)
+    return datetime(moment.year, moment.month, 1, tzinfo=UTC)
+
+
 async def drop_expired(conn: asyncpg.Connection, before: datetime) -> list[str]:
     """Detach and drop every partition whose month ended at or before `before` and whose
     trades are all in stored candles (each before its symbol's candle watermark); returns
@@ -111,14 +140,17 @@ async def drop_expired(conn: asyncpg.Connection, before: datetime) -> list[str]:
     await conn.execute(_DETACH_LOCK_TIMEOUT)
     for name, attached, pending in await conn.fetch(_PARTITIONS):
         month = _month(name)
-        if _next_month(month) > before:
+        if next_month(month) > before:
             continue
         if (
             attached
             and not pending
-            and await _HOLDS_UNSTORED.fetchval(conn, lo=month, hi=_next_month(month))
+            and await _HOLDS_UNSTORED.fetchval(conn, lo=month, hi=next_month(month))
         ):
             continue
+        # Recorded first: from now on no writer adds trades to the month (its candles could
+        # only be recomputed from what is left). One already writing is waited for below.
+        await conn.execute(_RECORD_DROPPED, month)
         if pending:
             await conn.execute(f'ALTER TABLE trades DETACH PARTITION "{name}" FINALIZE')
         elif attached:
@@ -142,7 +174,7 @@ _OLDEST_PARTITION = statement(
 async def oldest_month_end(conn: Connection) -> datetime | None:
     """The end of the oldest month `trades` has a partition for (None without any)."""
     name: str | None = await _OLDEST_PARTITION.fetchval(conn)
-    return _next_month(_month(name)) if name is not None else None
+    return next_month(_month(name)) if name is not None else None
 
 
 _OLDEST_KEPT = """

@@ -560,6 +560,28 @@ async def test_a_trade_newer_than_the_feeds_complete_through_watermark_is_refuse
     assert await _count(engine, "FED") == 0
 
 
+async def test_a_file_with_trades_in_a_month_retention_dropped_is_refused_in_one_line(
+    engine: AsyncEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    month = _binance(BINANCE_MS, "KEPT")[0][4].replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0
+    )
+    async with engine.begin() as conn:
+        # Retention dropped the file's month: its candles are kept, its trades gone.
+        await conn.execute(
+            text("INSERT INTO trades_dropped_months (month) VALUES (:month)"), {"month": month}
+        )
+
+    assert await import_cli.run(engine, _args(BINANCE_MS, symbol="KEPT")) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"mdp import: {BINANCE_MS}: 300 trade(s) fall in {month:%Y-%m}, whose trades "
+        "TRADES_RETENTION dropped: the candles kept there cannot be recomputed from part of "
+        "their trades; leave those trades out"
+    )
+    assert await _count(engine, "KEPT") == 0
+
+
 async def test_a_file_naming_one_venue_trade_twice_stores_it_once(
     client: TestClient, engine: AsyncEngine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

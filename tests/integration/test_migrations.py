@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import sys
+from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
 
@@ -100,6 +101,10 @@ EXPECTED_COLUMNS: dict[str, list[tuple[str, str, Any, str]]] = {
         ("feed", "character varying", 16, "NO"),
         ("started_at", "timestamp with time zone", None, "NO"),
         ("complete_through", "timestamp with time zone", None, "NO"),
+    ],
+    "trades_dropped_months": [
+        ("month", "timestamp with time zone", None, "NO"),
+        ("dropped_at", "timestamp with time zone", None, "NO"),
     ],
 }
 
@@ -278,6 +283,7 @@ async def test_upgrade_creates_foreign_keys_checks_and_id_sequence(empty_databas
         ("trades", "ck_trades_side"): "c",
         ("trades", "ck_trades_volume_positive"): "c",
         ("trades", "pk_trades"): "p",
+        ("trades_dropped_months", "pk_trades_dropped_months"): "p",
         ("alembic_version", "alembic_version_pkc"): "p",
     }
     definitions = {name: definition for _, name, _, definition in schema["constraints"]}
@@ -432,6 +438,43 @@ async def test_two_migrate_processes_serialise_on_advisory_lock_and_leave_one_he
     assert schema["versions"] == [HEAD]
     for table, expected in EXPECTED_COLUMNS.items():
         assert schema[f"{table}.columns"] == expected, table
+
+
+async def test_months_retention_dropped_before_0014_are_recorded_by_their_candles(
+    empty_database: URL,
+) -> None:
+    """A month with candles and no partition had its trades dropped by retention."""
+    engine = open_test_engine(empty_database)
+    try:
+        await upgrade(engine, "0013")
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO symbols (symbol, name) VALUES ('OLD', 'Old')"))
+            await conn.execute(
+                text(
+                    "SELECT mdp_ensure_trade_partitions("
+                    "'2026-01-01T00:00:00Z', '2026-03-01T00:00:00Z')"
+                )
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO candles (symbol, interval, timestamp, open, high, low, close, "
+                    "volume, notional, vwap, trade_count) "
+                    "SELECT 'OLD', '1d', day, 1, 1, 1, 1, 1, 1, 1, 1 FROM unnest(CAST("
+                    "'{2026-01-05T00:00:00Z,2026-01-20T00:00:00Z,2026-02-03T00:00:00Z,"
+                    "2026-03-04T00:00:00Z}' AS timestamptz[])) AS day"
+                )
+            )
+            # Retention dropped February (January stayed: a minute of it was not final).
+            await conn.execute(text("ALTER TABLE trades DETACH PARTITION trades_y2026m02"))
+            await conn.execute(text("DROP TABLE trades_y2026m02"))
+
+        await upgrade(engine)
+
+        async with engine.connect() as conn:
+            months = (await conn.execute(text("SELECT month FROM trades_dropped_months"))).all()
+    finally:
+        await engine.dispose()
+    assert months == [(datetime(2026, 2, 1, tzinfo=UTC),)]
 
 
 async def test_trades_v2_keeps_every_row_and_id_of_a_populated_database(

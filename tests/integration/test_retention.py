@@ -7,15 +7,20 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
+import pyarrow as pa
+import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ingestion.backfill import plan_backfill
+from ingestion.files import TRADES
 from ingestion.housekeeping import TradeHousekeeping
 from ingestion.leader import LEADER_LOCK_KEY
 from ingestion.status import IngestionStatus
 from persistence.connections import dedicated_connection
 from persistence.feeds import StoredMark, insert_venue_batch
+from persistence.imports import InDroppedMonths, import_trades
 from persistence.materialise import advance_watermark
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, VenueTrade
@@ -189,3 +194,94 @@ async def test_retention_keeps_the_month_of_trades_whose_candle_is_not_final(
     kept, _ = await _counts(fresh_engine)
     assert dropped == ["trades_y2026m02"]
     assert kept == sorted([*STAMPS[:2], GONE_UNTIL - 5 * MINUTE, last, *STAMPS[4:]])
+
+
+def _file(rows: list[tuple[str, datetime]]) -> pa.Table:
+    """A trade file of OLD as `mdp import` reads one: (venue trade id, time) per trade."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "symbol": "OLD",
+                "price": "99",
+                "volume": "1",
+                "timestamp": moment,
+                "venue_trade_id": venue_id,
+                "side": "buy",
+            }
+            for venue_id, moment in rows
+        ],
+        schema=TRADES,
+    )
+
+
+async def _candles(engine: AsyncEngine) -> list[tuple[datetime, str, Decimal, int]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT timestamp, interval, volume, trade_count FROM candles ORDER BY 1, 2")
+        )
+        return [tuple(row) for row in rows]
+
+
+async def test_a_month_retention_dropped_takes_no_trade_again(
+    fresh_engine: AsyncEngine, empty_database: URL
+) -> None:
+    """January's trades are gone, its candles kept: recomputing them from a new trade alone
+    would overwrite them. An import into it is refused whole; a venue print is skipped and
+    counted; a month still kept takes both."""
+    await _history(fresh_engine)
+    await _housekeeping(empty_database, _status()).once(NOW)
+    candles = await _candles(fresh_engine)
+    january = STAMPS[0] + MINUTE
+    async with fresh_engine.connect() as conn:
+        transaction = await conn.begin()
+        with pytest.raises(InDroppedMonths) as refused:
+            await import_trades(
+                conn, "OLD", _file([("1", january), ("2", STAMPS[2] + MINUTE)]), repair=False
+            )
+        await transaction.rollback()
+    assert str(refused.value) == (
+        "1 trade(s) fall in 2026-01, whose trades TRADES_RETENTION dropped: the candles kept "
+        "there cannot be recomputed from part of their trades; leave those trades out"
+    )
+    async with fresh_engine.begin() as conn:
+        batch = await insert_venue_batch(
+            conn,
+            [
+                VenueTrade("OLD", Decimal(7), Decimal(1), january, "3", "buy"),
+                VenueTrade("OLD", Decimal(7), Decimal(1), STAMPS[3] + MINUTE, "4", "buy"),
+            ],
+            {"OLD": StoredMark(4, NOW, STAMPS[0])},
+            feed="coinbase",
+            stamped=datetime.now(UTC),
+            leader_pid=None,
+            lock_key=LEADER_LOCK_KEY,
+        )
+    assert batch is not None
+    assert (batch.stored, batch.expired) == (1, {"OLD": 1})
+
+    kept, _ = await _counts(fresh_engine)
+    assert kept == sorted([*STAMPS[2:], STAMPS[3] + MINUTE])
+    assert "trades_y2026m01" not in await _partitions(fresh_engine)
+    after = await _candles(fresh_engine)
+    assert [c for c in after if c[0] < datetime(2026, 2, 1, tzinfo=UTC)] == [
+        c for c in candles if c[0] < datetime(2026, 2, 1, tzinfo=UTC)
+    ]
+    async with fresh_engine.begin() as conn:
+        imported = await import_trades(
+            conn, "OLD", _file([("5", STAMPS[4] + MINUTE)]), repair=False
+        )
+    assert imported.stored == 1
+
+
+async def test_a_backfill_stops_at_the_months_retention_dropped(
+    fresh_engine: AsyncEngine, empty_database: URL
+) -> None:
+    await _history(fresh_engine)
+    await _housekeeping(empty_database, _status()).once(NOW)
+
+    # A year back from now: below the oldest trade kept (February 5th) lies January, dropped.
+    (plan,) = await plan_backfill(
+        fresh_engine, {"OLD": Decimal(10)}, days=365, trades_per_second=0.001, now=NOW
+    )
+
+    assert (plan.start, plan.end) == (datetime(2026, 2, 1, tzinfo=UTC), STAMPS[2])
