@@ -14,7 +14,7 @@ from errors import DatabaseUnavailable, SymbolsNotFound
 from handlers import sse
 from handlers.context import api_key_id, app_state, key_cap, request_header
 from handlers.params import symbol_codes
-from live.broadcaster import Batch, Ended, Reset, Subscription
+from live.broadcaster import Batch, Closed, Ended, Reset, Subscription
 from persistence import batches, candles, finality
 from persistence.trades import TradeRow
 from web.events import EventStream
@@ -73,9 +73,9 @@ async def _known(state: RequestState, symbols: Sequence[str]) -> list[str]:
     return codes
 
 
-def _subscribe(state: RequestState, codes: list[str]) -> Subscription:
+def _subscribe(state: RequestState, codes: list[str], *, closings: bool = False) -> Subscription:
     per_key = key_cap("max_streams", state.settings.stream_max_per_key)
-    return state.broadcaster.subscribe(codes, api_key_id(), per_owner=per_key)
+    return state.broadcaster.subscribe(codes, api_key_id(), per_owner=per_key, closings=closings)
 
 
 def _respond(
@@ -182,6 +182,8 @@ async def _trade_events(
             if item.reason == "overflow":
                 yield sse.OVERFLOW, 1
             return
+        elif isinstance(item, Closed):
+            continue  # never offered: a trade stream subscribes without closings
         elif (position is None or _key(item[0]) > position) and bounds.allows(len(item)):
             # The usual case: the whole batch, its bytes made once for every stream.
             position = _key(item[-1])
@@ -364,6 +366,8 @@ async def _candle_events(
         aged = bool(shown) and min(shown) < finality.bucket_floor(horizon, step)
         if isinstance(item, Reset):
             heard = item.position
+        elif isinstance(item, Closed):
+            since = loop.time()  # a watermark closed candles: read from now on
         elif item is not None:
             heard = _key(item[-1])
             # A late print: stamped in a bucket this stream already sent final.
@@ -384,7 +388,7 @@ async def stream_candles(
     after = sse.decode_id(request_header("Last-Event-ID"))
     (code,) = await _known(state, [symbol])
     step = finality.INTERVALS[interval]
-    subscription = _subscribe(state, [code])
+    subscription = _subscribe(state, [code], closings=True)
     bounds = sse.Bounds(limit, duration, state.settings.stream_heartbeat_seconds)
     read = _candle_reads(state, code, interval, step)
     return _respond(

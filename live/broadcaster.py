@@ -15,7 +15,16 @@ from persistence.batches import position
 from persistence.budget import Budget, Claim
 from persistence.trades import TradeRow
 
-__all__ = ["Batch", "Broadcaster", "Ended", "Reset", "Subscription"]
+__all__ = [
+    "CLOSED",
+    "Batch",
+    "Broadcaster",
+    "Closed",
+    "Ended",
+    "Item",
+    "Reset",
+    "Subscription",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +45,15 @@ class Ended:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """A batch moved the watermark of a symbol of the stream into a later minute without a
+    trade of it: candles closed (only candle streams ask to hear it)."""
+
+
+CLOSED = Closed()
+
+
 class Batch(tuple[TradeRow, ...]):
     """Live trades of a set of symbols in stream order (one or more batches), one object shared
     by every stream of that set: what a stream makes of it (its bytes on the wire) is made
@@ -44,8 +62,9 @@ class Batch(tuple[TradeRow, ...]):
     rendered: bytes | None = None
 
 
-# What a subscription's queue carries: one batch's trades for its symbols, a reset, or the end.
-Item = Batch | Reset | Ended
+# What a subscription's queue carries: one batch's trades for its symbols, candles closed, a
+# reset, or the end.
+Item = Batch | Closed | Reset | Ended
 
 
 def _key(trade: TradeRow) -> tuple[datetime, int]:
@@ -62,10 +81,14 @@ def _batch(symbols: frozenset[str], by_symbol: Mapping[str, list[TradeRow]]) -> 
 
 class Subscription:
     """One stream's view of the live feed: its symbols, the API key it was opened with (None
-    without access control) and a bounded queue of batches."""
+    without access control), whether it hears of candles closed, and a bounded queue of
+    batches."""
 
-    def __init__(self, symbols: frozenset[str], size: int, claim: Claim) -> None:
+    def __init__(
+        self, symbols: frozenset[str], size: int, claim: Claim, *, closings: bool = False
+    ) -> None:
         self.symbols = symbols
+        self.closings = closings
         self.claim = claim
         self.owner = claim.owner
         self.ended: Ended | None = None
@@ -84,6 +107,8 @@ class Subscription:
         False)."""
         if self.ended is not None:
             return True
+        if item is CLOSED and CLOSED in self._items:
+            return True  # not read yet: one read will see both
         if len(self._items) >= self._size:
             self.end(Ended("overflow"))
             return False
@@ -209,6 +234,13 @@ class Broadcaster:
             if batch:
                 self._offer(subscription, batch)
 
+    def closed(self, symbols: frozenset[str] | None) -> None:
+        """A batch closed candles of `symbols` (None: of any symbol) by moving their
+        watermarks: the candle streams of those symbols read again."""
+        for subscription in tuple(self._subscriptions):
+            if subscription.closings and (symbols is None or subscription.symbols & symbols):
+                self._offer(subscription, CLOSED)
+
     def reset(self, position: tuple[datetime, int]) -> None:
         """Batches were missed beyond replay: every stream says where it resumes."""
         logger.warning("live feed had a gap beyond replay; streams resume at %s", position[0])
@@ -227,14 +259,19 @@ class Broadcaster:
             )
 
     def subscribe(
-        self, symbols: Iterable[str], owner: str | None = None, *, per_owner: int | None = None
+        self,
+        symbols: Iterable[str],
+        owner: str | None = None,
+        *,
+        per_owner: int | None = None,
+        closings: bool = False,
     ) -> Subscription:
         """A stream of `symbols` for `owner` (an API key id), who may hold `per_owner` at
-        once (None: no cap of its own)."""
+        once (None: no cap of its own); with `closings`, it hears of candles closed too."""
         if self._closed:
             raise StreamsAtCapacity("This instance is shutting down; retry (on another one).")
         claim = self._slots.claim(owner, per_owner)
-        subscription = Subscription(frozenset(symbols), self.queue_size, claim)
+        subscription = Subscription(frozenset(symbols), self.queue_size, claim, closings=closings)
         self._subscriptions.add(subscription)
         return subscription
 

@@ -106,9 +106,16 @@ class Listener:
 
     def _on_notice(self, payload: str, heard: asyncio.Event) -> None:
         notice = parse_notice(payload)
+        if notice is None:
+            heard.set()
+            return
+        if notice.closed != frozenset():
+            # Committed before we heard it: a read now sees the candles closed.
+            self._broadcaster.closed(notice.closed)
         position = self._broadcaster.position
-        # A batch an earlier catch-up already read (it committed meanwhile) needs no query.
-        if notice is None or position is None or notice.stamped > position[0]:
+        # A batch an earlier catch-up already read (it committed meanwhile), or one that
+        # stored no trade, needs no query.
+        if notice.first_id is not None and (position is None or notice.stamped > position[0]):
             heard.set()
 
     async def _catch_up(self, conn: asyncpg.Connection) -> None:

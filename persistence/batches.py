@@ -10,7 +10,7 @@ from `live_batches`, so history can never reach a live client.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -25,6 +25,7 @@ __all__ = [
     "BatchNotice",
     "latest_trades",
     "newest_position",
+    "notice",
     "oldest_live_batch",
     "parse_notice",
     "position",
@@ -88,20 +89,45 @@ _NEWEST_BATCH = statement("SELECT stamped, last_id FROM live_batches ORDER BY st
 
 
 class BatchNotice(NamedTuple):
-    """What a NOTIFY says: the batch's stamp and its id range (a few dozen bytes)."""
+    """What a NOTIFY says: the batch's stamp and its id range (None, None: it stored no
+    trade), and the symbols whose candles it closed by moving their watermark into a later
+    minute (None: too many to name, any symbol's may have). A few dozen bytes, or a few
+    hundred with symbols named; never past NOTIFY's 8,000."""
 
     stamped: datetime
-    first_id: int
-    last_id: int
+    first_id: int | None
+    last_id: int | None
+    closed: frozenset[str] | None = frozenset()
+
+
+# Symbols named in a notice take at most this many bytes (NOTIFY allows 8,000 in all).
+_NAMED_BYTES = 7_000
+
+
+def notice(stamped: datetime, ids: tuple[int, int] | None, closed: Collection[str] = ()) -> str:
+    """The payload announcing a venue batch: `stamp first last [symbols]`, with `- -` for a
+    batch that stored no trade and `*` for symbols too many to name."""
+    first, last = (str(ids[0]), str(ids[1])) if ids is not None else ("-", "-")
+    parts = [stamped.isoformat(), first, last]
+    if closed:
+        named = ",".join(sorted(closed))
+        parts.append(named if len(named) <= _NAMED_BYTES else "*")
+    return " ".join(parts)
 
 
 def parse_notice(payload: str) -> BatchNotice | None:
-    """The notice in a payload written by `insert_live_batch`; None when it is not one."""
+    """The notice in a payload written by `insert_live_batch` or `notice`; None when it is
+    not one."""
+    stamp, first_id, last_id, *named = [*payload.split(" "), "", "", ""][:4]
     try:
-        stamp, first_id, last_id = payload.split(" ")
-        return BatchNotice(datetime.fromisoformat(stamp), int(first_id), int(last_id))
+        stamped = datetime.fromisoformat(stamp)
+        ids = (int(first_id), int(last_id)) if (first_id, last_id) != ("-", "-") else None
     except ValueError:
         return None
+    names = frozenset(named[0].split(",")) if named[0] else frozenset()
+    closed = None if names == {"*"} else names
+    first, last = ids if ids is not None else (None, None)
+    return BatchNotice(stamped, first, last, closed)
 
 
 def _trade(row: Row, offset: int = 0) -> TradeRow:

@@ -28,6 +28,8 @@ from sqlalchemy import BigInteger, DateTime, Integer, String, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from persistence.batches import notice
+from persistence.finality import BASE, INTERVALS, bucket_floor
 from persistence.materialise import materialise_final, rematerialise, try_lock_candles
 from persistence.trades import (
     LEADER_HELD,
@@ -49,6 +51,10 @@ __all__ = [
 # Before every trade: "nothing is materialised / complete yet"; after every trade.
 _NEVER = datetime.min.replace(tzinfo=UTC)
 _ALWAYS = datetime.max.replace(tzinfo=UTC)
+
+
+def _minute(moment: datetime) -> datetime:
+    return bucket_floor(moment, INTERVALS[BASE]) if moment > _NEVER else moment
 
 
 class StoredMark(NamedTuple):
@@ -104,7 +110,7 @@ _publish = text(
         INSERT INTO live_batches (stamped, first_id, last_id, rows_marked)
         VALUES (:stamped, :first, :last, true)
     )
-    SELECT pg_notify(:channel, concat_ws(' ', :stamp_text, :first, :last))
+    SELECT pg_notify(:channel, :payload)
     """
 ).bindparams(
     bindparam("stamped", type_=DateTime(timezone=True)),
@@ -112,7 +118,11 @@ _publish = text(
     bindparam("first", type_=BigInteger),
     bindparam("last", type_=BigInteger),
     bindparam("channel", type_=String),
-    bindparam("stamp_text", type_=String),
+    bindparam("payload", type_=String),
+)
+# A batch that stored no trade but closed candles (a quiet symbol's watermark moved on).
+_notify = text("SELECT pg_notify(:channel, :payload)").bindparams(
+    bindparam("channel", type_=String), bindparam("payload", type_=String)
 )
 
 # A mark only moves forward within a stretch; a later stretch (a venue that restarted its
@@ -190,7 +200,7 @@ async def insert_venue_batch(
     if claimed is None:
         return None
     offered = Counter(trade.symbol for trade in trades)
-    committed = await conn.execute(_committed, {"symbols": sorted(offered)})
+    committed = await conn.execute(_committed, {"symbols": sorted(offered.keys() | marks)})
     materialised: dict[str, datetime] = {}
     complete: dict[str, datetime] = {}
     # Up to where history may be written beside the feed (no feed row: up to the clock).
@@ -231,17 +241,30 @@ async def insert_venue_batch(
             # Their marks say every trade up to them is stored: not yet.
             marks = {s: m for s, m in marks.items() if s not in busy}
     stored = await insert_trades(conn, trades, materialised=materialised, complete=complete)
+    # One notice a batch at most: its trades, and the symbols whose watermark it moves into a
+    # later minute (a quiet symbol's final candle goes out now, not at a stream's heartbeat).
+    closed = [
+        symbol
+        for symbol, mark in marks.items()
+        if mark.complete_through is not None
+        and _minute(mark.complete_through) > _minute(complete.get(symbol, _NEVER))
+    ]
     if stored:
+        first, last = min(s.first_id for s in stored), max(s.last_id for s in stored)
         await conn.execute(
             _publish,
             {
                 "stamped": stamped,
                 "horizon": stamped - LIVE_RETENTION,
-                "first": min(s.first_id for s in stored),
-                "last": max(s.last_id for s in stored),
+                "first": first,
+                "last": last,
                 "channel": LIVE_CHANNEL,
-                "stamp_text": stamped.isoformat(),
+                "payload": notice(stamped, (first, last), closed),
             },
+        )
+    elif closed:
+        await conn.execute(
+            _notify, {"channel": LIVE_CHANNEL, "payload": notice(stamped, None, closed)}
         )
     for summary in stored:
         if summary.revised_from is not None and summary.revised_to is not None:

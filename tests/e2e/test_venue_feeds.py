@@ -444,6 +444,38 @@ def _candles_of(events: list[Event], bucket: datetime) -> list[Event]:
     ]
 
 
+def test_a_quiet_symbols_final_candle_is_sent_when_another_symbol_moves_the_venue_clock(
+    binance: VenueServer, launch: Launch
+) -> None:
+    """A symbol's watermark moves without a trade of it (the venue's clock moved on): the
+    final candle goes out within an ingestion interval or so, not at the stream's next
+    heartbeat (here longer than the stream lasts)."""
+    venue, symbol = binance, "BTCUSDT"
+    service = launch(venue, STREAM_HEARTBEAT_SECONDS="120")
+    connected(service, venue.products)
+    subscribed(venue)
+    minute = timedelta(minutes=1)
+    # The venue's clock three minutes behind ours (as the trades stamp it), `base` open.
+    base = datetime.now(UTC).replace(second=0, microsecond=0) - 3 * minute
+    venue.trade(symbol, time=base + timedelta(seconds=10))
+    serves_exactly(service, venue, symbol)
+    url = f"{service.base}/stream/candles"
+    params = {"symbol": symbol, "interval": "1m", "duration": 30}
+    with consuming(url, params, headers=service.headers) as events:
+        wait_until(lambda: _candles_of(events, base), what="the open candle sent")
+        # Only the other symbol trades: BTCUSDT's watermark passes the end of `base`.
+        venue.trade("ETHUSDT", time=base + minute + timedelta(seconds=30))
+        sent = wait_until(
+            lambda: _candles_of(events, base),
+            lambda sent: sent[-1].data["closed"],
+            what="sent final",
+            timeout=25,
+        )
+        # One more event after the block ends the client.
+        threading.Timer(0.5, venue.trade, (symbol,), {"time": base + 2 * minute}).start()
+    assert [e.data["closed"] for e in sent] == [False, True]
+
+
 def test_a_candle_stream_starts_at_the_bucket_its_feed_has_not_closed(
     binance: VenueServer, launch: Launch
 ) -> None:

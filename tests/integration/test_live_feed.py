@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingestion.files import TRADES
-from live.broadcaster import Broadcaster, Reset, Subscription
+from live.broadcaster import CLOSED, Batch, Broadcaster, Item, Reset, Subscription
 from live.listener import Listener
 from persistence import batches
 from persistence.feeds import StoredMark, insert_venue_batch
@@ -311,6 +311,84 @@ async def test_imported_trades_are_never_streamed_as_live(
     live = [("AAA", "3"), ("AAA", "2"), ("AAA", "4")]
     assert [(t.symbol, t.venue_trade_id) for t in received if isinstance(t, TradeRow)] == live
     assert [(t.symbol, t.venue_trade_id) for t in replayed] == live
+
+
+async def test_a_batch_names_the_symbols_whose_candles_its_watermarks_closed_once(
+    feed_engine: AsyncEngine, empty_database: URL
+) -> None:
+    """A watermark moved into a later minute closes candles, with or without a trade of the
+    symbol: the batch's one notice names it, and only candle streams of it hear so. Moving
+    within the minute closes nothing and costs no notice."""
+    base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
+    since = base - timedelta(hours=1)
+    stamps = _stamps(3)
+    async with feed_engine.begin() as conn:
+        await ensure_partitions(conn, base, base + timedelta(hours=1))
+
+    async def write(stamped: datetime, trades: list[VenueTrade], **through: datetime) -> None:
+        async with feed_engine.begin() as conn:
+            batch = await insert_venue_batch(
+                conn,
+                trades,
+                {s: StoredMark(1, moment, since) for s, moment in through.items()},
+                feed="coinbase",
+                stamped=stamped,
+                leader_pid=None,
+                lock_key=0,
+            )
+            assert batch is not None
+
+    broadcaster = Broadcaster(max_streams=10, queue_size=100)
+    async with _listening(empty_database, broadcaster), _notices(empty_database) as heard:
+        aaa = broadcaster.subscribe(["AAA"], closings=True)
+        bbb = broadcaster.subscribe(["BBB"], closings=True)
+        trades = broadcaster.subscribe(SYMBOLS)
+        at = base + timedelta(seconds=30)
+        await write(
+            stamps[0], [VenueTrade("AAA", Decimal(7), Decimal(1), base, "1", "buy")], AAA=at, BBB=at
+        )
+        await wait_until_async(
+            lambda: broadcaster.position is not None and broadcaster.position[0] == stamps[0],
+            what="the batch heard",
+        )
+        first = [await _items(s) for s in (aaa, bbb, trades)]
+        await write(stamps[1], [], AAA=at + timedelta(seconds=20), BBB=at)
+        await write(stamps[2], [], AAA=at + timedelta(seconds=40), BBB=at)
+        closed = await aaa.next(5)
+        later = [await _items(s) for s in (aaa, bbb, trades)]
+        notices = [batches.parse_notice(await asyncio.wait_for(heard.get(), 5)) for _ in "12"]
+    (live,) = [item for item in first[0] if isinstance(item, Batch)]
+    # Closings are offered when the notice is heard, its trades once read back.
+    assert sorted(first[0], key=lambda item: item is CLOSED) == [live, CLOSED]
+    assert first[1:] == [[CLOSED], [live]]
+    assert [t.venue_trade_id for t in live] == ["1"]
+    assert (closed, later) == (CLOSED, [[], [], []])
+    # One notice a batch that closed candles; none for the batch that closed none.
+    assert notices == [
+        batches.BatchNotice(stamps[0], live[0].id, live[0].id, frozenset(SYMBOLS)),
+        batches.BatchNotice(stamps[2], None, None, frozenset({"AAA"})),
+    ]
+
+
+async def _items(subscription: Subscription) -> list[Item]:
+    """What the subscription's queue holds now, in order."""
+    items = []
+    while (item := await subscription.next(0)) is not None:
+        items.append(item)
+    return items
+
+
+def test_a_notice_names_symbols_within_notifys_limit() -> None:
+    stamped = datetime.now(UTC)
+    many = [f"SYMBOL{n:05d}" for n in range(1_000)]
+    payload = batches.notice(stamped, (1, 2), many)
+
+    assert len(payload.encode()) < 8_000
+    assert batches.parse_notice(payload) == batches.BatchNotice(stamped, 1, 2, None)
+    named = batches.notice(stamped, None, many[:3])
+    assert batches.parse_notice(named) == batches.BatchNotice(
+        stamped, None, None, frozenset(many[:3])
+    )
 
 
 async def _waiting_on_a_transaction(conn: asyncpg.Connection) -> bool:

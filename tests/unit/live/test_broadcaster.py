@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from errors import KeyStreamsAtCapacity, StreamsAtCapacity
-from live.broadcaster import Broadcaster, Ended, Reset
+from live.broadcaster import CLOSED, Broadcaster, Ended, Reset
 from persistence.trades import TradeRow
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -63,6 +63,25 @@ async def test_streams_of_the_same_symbols_share_one_batch_object() -> None:
     assert shared is await second.next(0.1)
     assert shared == (_trade(1, "AAA"),)
     assert await other.next(0.1) == (_trade(1, "AAA"), _trade(2, "BBB"))
+
+
+async def test_candles_closed_reach_the_candle_streams_of_their_symbols_once_unread() -> None:
+    broadcaster = Broadcaster(max_streams=4, queue_size=2)
+    candles = broadcaster.subscribe(["AAA"], closings=True)
+    other = broadcaster.subscribe(["BBB"], closings=True)
+    trades = broadcaster.subscribe(["AAA"])
+
+    for _ in range(3):  # more than the queue holds: not read yet, one read serves them all
+        broadcaster.closed(frozenset({"AAA"}))
+    broadcaster.publish([_trade(1, "AAA")])
+
+    assert [await candles.next(0.01) for _ in "123"] == [CLOSED, (_trade(1, "AAA"),), None]
+    assert candles.ended is None
+    assert await other.next(0.01) is None
+    assert await trades.next(0.01) == (_trade(1, "AAA"),)
+    broadcaster.closed(None)  # too many symbols to name: every candle stream reads again
+    assert (await candles.next(0.01), await other.next(0.01)) == (CLOSED, CLOSED)
+    assert await trades.next(0.01) is None
 
 
 async def test_an_earlier_waits_heartbeat_timer_does_not_cut_a_later_wait_short() -> None:
