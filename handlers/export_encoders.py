@@ -24,10 +24,11 @@ Emit = Callable[[bytes], Awaitable[None]]
 # row as 4 MiB blocks, and what an export holds (and leaves the allocator with) is an eighth.
 _BLOCK = 512 * 1024
 # Binary COPY is decoded by numpy, a few hundred array operations per block whatever its size,
-# each handing the GIL to the event loop (reading COPY) and taking it back: 4 MiB blocks
-# (~55,000 rows) export a fifth more rows/s than 1 MiB ones with less CPU; 2 MiB fare between,
-# 8 MiB no better. Two blocks and their columns stay well within an export's memory budget.
-_BINARY_BLOCK = 4 * 1024 * 1024
+# each handing the GIL to the event loop (reading COPY) and taking it back: 2 MiB blocks
+# (~28,000 rows) export a fifth more rows/s than 1 MiB ones, about as many as 4 MiB ones. The
+# peak RSS of a 1M-trade export over idle: Arrow +12, +24 and +38 MiB with 1, 2 and 4 MiB
+# blocks, Parquet (whose writer holds more) +51, +46 and +76 MiB.
+_BINARY_BLOCK = 2 * 1024 * 1024
 # The bytes for which RFC 4180 CSV quotes a string.
 _QUOTED = (b'"', b",", b"\r", b"\n")
 # pyarrow's default allocator (mimalloc) keeps for good, per thread, what an export's blocks
