@@ -43,11 +43,24 @@ def _trade_event(trade: TradeRow) -> bytes:
     return sse.event("trade", data, sse.encode_id(*batches.position(trade)))
 
 
-def _batch_events(batch: Batch) -> bytes:
-    """A live batch's events: encoded by the first stream that sends it, shared by the rest."""
+# A live batch's events are encoded and sent this many at a time, the event loop free in
+# between: a busy venue's batch holds a thousand trades of a symbol, and encoding them in one
+# go held every request of the instance back for over 10 ms (bench/feeds.py).
+_SLICE = 100
+
+
+async def _batch_events(batch: Batch) -> AsyncIterator[tuple[bytes, int]]:
+    """A live batch's events, a slice at a time: each slice encoded by the first stream that
+    sends it, shared by the rest."""
     if batch.rendered is None:
-        batch.rendered = b"".join(_trade_event(trade) for trade in batch)
-    return batch.rendered
+        batch.rendered = []
+    rendered = batch.rendered
+    for n, start in enumerate(range(0, len(batch), _SLICE)):
+        if n and n == len(rendered):
+            await asyncio.sleep(0)
+        if n == len(rendered):  # not made by another stream of this batch meanwhile
+            rendered.append(b"".join(_trade_event(t) for t in batch[start : start + _SLICE]))
+        yield rendered[n], min(_SLICE, len(batch) - start)
 
 
 def _key(trade: TradeRow) -> tuple[datetime, int]:
@@ -188,7 +201,8 @@ async def _trade_events(
             # The usual case: the whole batch, its bytes made once for every stream.
             position = _key(item[-1])
             bounds.count(len(item))
-            yield _batch_events(item), len(item)
+            async for chunk in _batch_events(item):
+                yield chunk
         else:
             chunk, position = _unsent(item, position, bounds)
             if chunk[1]:

@@ -56,10 +56,10 @@ CLOSED = Closed()
 
 class Batch(tuple[TradeRow, ...]):
     """Live trades of a set of symbols in stream order (one or more batches), one object shared
-    by every stream of that set: what a stream makes of it (its bytes on the wire) is made
-    once and kept in `rendered` for the others."""
+    by every stream of that set: what a stream makes of it (its bytes on the wire, a slice of
+    trades at a time) is made once and kept in `rendered` for the others."""
 
-    rendered: bytes | None = None
+    rendered: list[bytes] | None = None
 
 
 # What a subscription's queue carries: one batch's trades for its symbols, candles closed, a
