@@ -85,11 +85,7 @@ def _chunks(plan: BackfillPlan, walk: BoundedWalk) -> Iterator[pa.Table]:
     written = 0
     while written < plan.rows:
         rows = min(CHUNK_ROWS, plan.rows - written)
-        ticks, units = [], []
-        for _ in range(rows):
-            walk.advance()
-            ticks.append(walk.ticks)
-            units.append(walk.volume_units())
+        ticks, units = walk.path(rows)
         steps = pa.array(range(written, written + rows), pa.int64())
         moments = pc.subtract(newest, pc.multiply(steps, spacing))
         yield pa.table(

@@ -58,6 +58,26 @@ class BoundedWalk:
             moved = 2 * self.low - moved
         self.ticks = min(max(moved, self.low), self.high)
 
+    def path(self, count: int) -> tuple[list[int], list[int]]:
+        """The next `count` trades' prices (as ticks) and volume units: `advance()` and
+        `volume_units()` that many times, the same draws in the same order, without a method
+        call per trade (a backfill draws millions)."""
+        rng, low, high, step = self._rng, self.low, self.high, self.max_step_ticks
+        moves, sizes = rng.randint, rng.paretovariate
+        current = self.ticks
+        ticks, units = [], []
+        for _ in range(count):
+            moved = current + moves(-step, step)
+            if moved > high:
+                moved = 2 * high - moved
+            elif moved < low:
+                moved = 2 * low - moved
+            current = min(max(moved, low), high)
+            ticks.append(current)
+            units.append(min(100_000, int(sizes(1.2) * 10)))
+        self.ticks = current
+        return ticks, units
+
     def trade_count(self, maximum: int) -> int:
         """How many trades this symbol prints in the next batch (1..maximum)."""
         return self._rng.randint(1, maximum)

@@ -190,3 +190,20 @@ def test_walk_trade_count_is_between_one_and_the_maximum(seed: int, maximum: int
     counts = {walk.trade_count(maximum) for _ in range(200)}
     assert min(counts) >= 1
     assert max(counts) <= maximum
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=seeds, base=base_prices, steps=step_counts, band=bands)
+def test_a_path_is_the_walk_advanced_trade_by_trade(
+    seed: int, base: Decimal, steps: int, band: str
+) -> None:
+    """A backfill's `path()` draws what `advance()` and `volume_units()` would, in order: a
+    seed gives the same history either way, and the walk goes on from the same place."""
+    stepped, pathed = (make_walk(base, seed, band=float(band)) for _ in range(2))
+    ticks, units = [], []
+    for _ in range(steps):
+        stepped.advance()
+        ticks.append(stepped.ticks)
+        units.append(stepped.volume_units())
+    assert pathed.path(steps) == (ticks, units)
+    assert (pathed.ticks, pathed.step()) == (stepped.ticks, stepped.step())
