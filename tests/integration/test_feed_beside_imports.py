@@ -11,17 +11,16 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import pyarrow as pa
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingestion.files import TRADES
 from ingestion.leader import LEADER_LOCK_KEY
 from persistence.feeds import StoredMark, VenueBatch, insert_venue_batch, stored_marks
 from persistence.imports import import_trades
 from persistence.partitions import ensure_partitions
 from persistence.symbols import ensure_symbols
 from persistence.trades import VenueTrade
+from tests.support import import_table
 
 MINUTE = timedelta(minutes=1)
 # Seconds a batch may take here: a batch that waits for the import waits for ever.
@@ -30,24 +29,6 @@ PROMPT = 10
 
 def trade(symbol: str, venue_id: int, at: datetime, price: str = "10") -> VenueTrade:
     return VenueTrade(symbol, Decimal(price), Decimal(1), at, str(venue_id), "buy")
-
-
-def history(symbol: str, rows: list[tuple[int, datetime]]) -> pa.Table:
-    """A file of `symbol` as `mdp import` reads one: (venue trade id, time) per trade."""
-    return pa.Table.from_pylist(
-        [
-            {
-                "symbol": symbol,
-                "price": "7.5",
-                "volume": "2",
-                "timestamp": moment,
-                "venue_trade_id": str(venue_id),
-                "side": "sell",
-            }
-            for venue_id, moment in rows
-        ],
-        schema=TRADES,
-    )
 
 
 async def write(
@@ -97,7 +78,7 @@ async def test_a_batch_never_waits_for_an_import_and_stores_what_it_held_back_la
         transaction = await importing.begin()
         # History of AAA being imported: it holds AAA's candles, and venue trade 5.
         await import_trades(
-            importing, "AAA", history("AAA", [(5, base + 5 * MINUTE)]), repair=False
+            importing, "AAA", import_table("AAA", [("5", base + 5 * MINUTE)]), repair=False
         )
         offered = [
             trade("AAA", 5, base + 5 * MINUTE),  # recovered: the import holds it too
@@ -129,7 +110,7 @@ async def test_a_batch_never_waits_for_an_import_and_stores_what_it_held_back_la
         # The import goes on into BBB's history: a batch that held BBB's candles while it
         # waited for AAA's would deadlock with it here.
         await import_trades(
-            importing, "BBB", history("BBB", [(2, base + 2 * MINUTE)]), repair=False
+            importing, "BBB", import_table("BBB", [("2", base + 2 * MINUTE)]), repair=False
         )
         await transaction.commit()
 

@@ -9,13 +9,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
-import pyarrow as pa
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingestion.files import TRADES
 from live.broadcaster import CLOSED, Batch, Broadcaster, Item, Reset, Subscription
 from live.listener import Listener
 from persistence import batches
@@ -24,7 +22,7 @@ from persistence.imports import import_trades
 from persistence.partitions import ensure_partitions
 from persistence.symbols import ensure_symbols
 from persistence.trades import LIVE_CHANNEL, NewTrade, TradeRow, VenueTrade, insert_live_batch
-from tests.support import dsn, seed_trades, wait_until_async
+from tests.support import dsn, import_table, seed_trades, wait_until_async
 
 SYMBOLS = ("AAA", "BBB")
 
@@ -232,24 +230,6 @@ async def _venue_batch(
         assert batch is not None
 
 
-def _file(symbol: str, rows: list[tuple[str, datetime]]) -> pa.Table:
-    """A trade file of `symbol` as `mdp import` reads one: (venue trade id, time) per trade."""
-    return pa.Table.from_pylist(
-        [
-            {
-                "symbol": symbol,
-                "price": "7.5",
-                "volume": "2",
-                "timestamp": moment,
-                "venue_trade_id": venue_id,
-                "side": "sell",
-            }
-            for venue_id, moment in rows
-        ],
-        schema=TRADES,
-    )
-
-
 async def test_imported_trades_are_never_streamed_as_live(
     feed_engine: AsyncEngine, empty_database: URL
 ) -> None:
@@ -286,7 +266,7 @@ async def test_imported_trades_are_never_streamed_as_live(
         await wait_until_async(lambda: _waiting_on_a_transaction(holding), what="the batch to wait")
         transaction = await importing.begin()
         history = [(str(i), base + timedelta(minutes=3, seconds=i)) for i in range(3)]
-        await import_trades(importing, "BBB", _file("BBB", history), repair=False)
+        await import_trades(importing, "BBB", import_table("BBB", history), repair=False)
         await transaction.commit()
         await held.rollback()
         await holding.close()

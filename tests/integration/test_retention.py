@@ -7,14 +7,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
-import pyarrow as pa
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ingestion.backfill import plan_backfill
-from ingestion.files import TRADES
 from ingestion.housekeeping import TradeHousekeeping
 from ingestion.leader import LEADER_LOCK_KEY
 from ingestion.status import IngestionStatus
@@ -24,7 +22,7 @@ from persistence.imports import InDroppedMonths, import_trades
 from persistence.materialise import advance_watermark
 from persistence.symbols import ensure_symbols
 from persistence.trades import NewTrade, VenueTrade
-from tests.support import dsn, seed_trades, wait_until_async
+from tests.support import dsn, import_table, seed_trades, wait_until_async
 
 # "Now" for these tests: mid-April 2026, with trades from January to March.
 NOW = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)
@@ -196,24 +194,6 @@ async def test_retention_keeps_the_month_of_trades_whose_candle_is_not_final(
     assert kept == sorted([*STAMPS[:2], GONE_UNTIL - 5 * MINUTE, last, *STAMPS[4:]])
 
 
-def _file(rows: list[tuple[str, datetime]]) -> pa.Table:
-    """A trade file of OLD as `mdp import` reads one: (venue trade id, time) per trade."""
-    return pa.Table.from_pylist(
-        [
-            {
-                "symbol": "OLD",
-                "price": "99",
-                "volume": "1",
-                "timestamp": moment,
-                "venue_trade_id": venue_id,
-                "side": "buy",
-            }
-            for venue_id, moment in rows
-        ],
-        schema=TRADES,
-    )
-
-
 async def _candles(engine: AsyncEngine) -> list[tuple[datetime, str, Decimal, int]]:
     async with engine.connect() as conn:
         rows = await conn.execute(
@@ -236,7 +216,16 @@ async def test_a_month_retention_dropped_takes_no_trade_again(
         transaction = await conn.begin()
         with pytest.raises(InDroppedMonths) as refused:
             await import_trades(
-                conn, "OLD", _file([("1", january), ("2", STAMPS[2] + MINUTE)]), repair=False
+                conn,
+                "OLD",
+                import_table(
+                    "OLD",
+                    [("1", january), ("2", STAMPS[2] + MINUTE)],
+                    price="99",
+                    volume="1",
+                    side="buy",
+                ),
+                repair=False,
             )
         await transaction.rollback()
     assert str(refused.value) == (
@@ -268,7 +257,10 @@ async def test_a_month_retention_dropped_takes_no_trade_again(
     ]
     async with fresh_engine.begin() as conn:
         imported = await import_trades(
-            conn, "OLD", _file([("5", STAMPS[4] + MINUTE)]), repair=False
+            conn,
+            "OLD",
+            import_table("OLD", [("5", STAMPS[4] + MINUTE)], price="99", volume="1", side="buy"),
+            repair=False,
         )
     assert imported.stored == 1
 

@@ -12,7 +12,7 @@ from tests.support.keys import provision_key, provision_key_now
 from tests.support.metrics import metric_value
 from tests.support.polling import wait_until, wait_until_async
 from tests.support.processes import Service, free_port, serve, serve_live
-from tests.support.trades import generate_trades, restore_trades, seed_trades
+from tests.support.trades import generate_trades, import_table, restore_trades, seed_trades
 
 __all__ = [
     "TEST_SETTINGS",
@@ -30,6 +30,7 @@ __all__ = [
     "provision_key_now",
     "generate_trades",
     "restore_trades",
+    "import_table",
     "seed_trades",
     "wait_until",
     "wait_until_async",

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 import asyncpg
+import pyarrow as pa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ingestion.files import TRADES
 from persistence.history import copy_trades, write_history
 from persistence.trades import NewTrade
 
-__all__ = ["generate_trades", "restore_trades", "seed_trades"]
+__all__ = ["generate_trades", "import_table", "restore_trades", "seed_trades"]
 
 
 async def seed_trades(conn: AsyncConnection, trades: Iterable[NewTrade]) -> None:
@@ -28,6 +31,32 @@ async def restore_trades(conn: AsyncConnection, trades: Iterable[NewTrade]) -> N
     """Store `trades` as a restored dump holds them: ids in the order given, nothing
     materialised, so candles come from trades until the leader catches up."""
     await copy_trades(conn, list(trades))
+
+
+def import_table(
+    symbol: str,
+    rows: Iterable[tuple[str, datetime]],
+    *,
+    price: str = "7.5",
+    volume: str = "2",
+    side: str = "sell",
+) -> pa.Table:
+    """A file of `symbol`'s trades as `mdp import` has read and checked it (what
+    `persistence.imports.import_trades` stores): (venue trade id, time) per trade."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "symbol": symbol,
+                "price": price,
+                "volume": volume,
+                "timestamp": moment,
+                "venue_trade_id": venue_id,
+                "side": side,
+            }
+            for venue_id, moment in rows
+        ],
+        schema=TRADES,
+    )
 
 
 async def generate_trades(conn: asyncpg.Connection, rows: int) -> None:
