@@ -158,7 +158,8 @@ _move = statement(
     untils=ARRAY(TIMESTAMP),
 )
 # A chunk's (or a catch-up step's) trades sort by minute in memory, not in temporary files:
-# about a fifth off materialising a 50,000-row backfill chunk. For this transaction only.
+# about a fifth off materialising a backfill chunk (measured at 50,000 rows). For this
+# transaction only.
 _sort_in_memory = text("SET LOCAL work_mem = '64MB'")
 
 

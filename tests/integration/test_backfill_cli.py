@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
+from ingestion.backfill import CHUNK_ROWS
 from tests.support import open_test_engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,8 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 ROWS = 864 - 2
 # TSLA's walk (base 240.00) moves at most 0.2 % of the base per trade.
 TSLA_MAX_STEP = Decimal("0.48")
-# Rows per COPY transaction in ingestion.backfill.
-CHUNK_ROWS = 50_000
 
 
 class Outcome(NamedTuple):
@@ -308,9 +307,9 @@ def _sigint_reaches_children() -> Iterator[None]:
 
 
 async def test_ctrl_c_leaves_whole_chunks_and_a_rerun_carries_on(empty_database: URL) -> None:
-    # 194,390 rows (0.45 days at 5/s, less 2 s): four COPY chunks, so Ctrl-C after the first
+    # 518,390 rows (1.2 days at 5/s, less 2 s): three COPY chunks, so Ctrl-C after the first
     # lands well before the end.
-    args = ("--days", "0.45", "--trades-per-second", "5", "--seed", "9", "--symbols", "tsla")
+    args = ("--days", "1.2", "--trades-per-second", "5", "--seed", "9", "--symbols", "tsla")
     with _sigint_reaches_children():
         process = await _start(empty_database, *args, log_level="INFO")
     try:
@@ -324,8 +323,8 @@ async def test_ctrl_c_leaves_whole_chunks_and_a_rerun_carries_on(empty_database:
     assert interrupted.returncode == 130, interrupted
     assert "interrupted; rerun the same command to carry on" in interrupted.stderr
     kept = len((await _stamps(empty_database))["TSLA"])
-    assert kept % CHUNK_ROWS == 0 and 0 < kept < 194_390
-    assert _printed(interrupted.stdout)[0].startswith(f"TSLA: {kept} of 194390 trades in ")
+    assert kept % CHUNK_ROWS == 0 and 0 < kept < 518_390
+    assert _printed(interrupted.stdout)[0].startswith(f"TSLA: {kept} of 518390 trades in ")
     assert f"mdp backfill: wrote {kept} trades in " in interrupted.stdout
 
     rerun = await _backfill(empty_database, *args)
