@@ -8,6 +8,7 @@ and repeat none; and a bucket is not reported closed while its feed is behind.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -18,11 +19,13 @@ from typing import Any
 import httpx
 import pyarrow as pa
 import pytest
+from openapi_schema_validator import OAS30Validator, oas30_format_checker
 from sqlalchemy.engine import URL
 
 from handlers.sse import decode_id, encode_id
 from ingestion.files import TRADES
 from persistence.imports import import_trades
+from tests.contract.support import load_spec, resolve
 from tests.e2e.sse import Event, consuming, read_events
 from tests.support import MakeDatabase, Service, open_test_engine, serve, wait_until
 from tests.support.venues import VenueServer, venue_server
@@ -139,6 +142,48 @@ def test_a_clean_session_serves_each_trade_as_the_venue_printed_it(
         assert datetime.fromisoformat(trade["timestamp"]) == venue_trade.time
     status = feed(service)[symbol]
     assert status["reconnects_total"] == 0 and status["complete_through"] is not None
+
+
+def test_the_feed_status_and_metrics_say_what_the_contract_says(
+    venue: VenueServer, launch: Launch
+) -> None:
+    """/status/ingestion of a venue feed, every counter included, is the contract's 200 body,
+    and /metrics names every feed family the contract lists, for each symbol."""
+    spec = load_spec()
+    service = launch(venue)
+    connected(service, venue.products)
+    subscribed(venue)
+    for symbol in venue.products:
+        venue.trade(symbol)
+        serves_exactly(service, venue, symbol)
+    body = _json(service, "/status/ingestion")
+    schema = spec["paths"]["/status/ingestion"]["get"]["responses"]["200"]
+    schema = resolve(spec, schema)["content"]["application/json"]["schema"]
+    errors = OAS30Validator(resolve(spec, schema), format_checker=oas30_format_checker)
+    assert [error.message for error in errors.iter_errors(body)] == []
+    assert {s["symbol"] for s in body["feed"]["symbols"]} == set(venue.products)
+    listed = spec["paths"]["/metrics"]["get"]["description"]
+    families = set(re.findall(r"`(mdp_feed_[a-z_]+)`", listed))
+    symbols = set(venue.products)
+
+    def missing() -> set[str]:
+        """Families without a sample, or, when labelled by symbol, without one a symbol (a
+        symbol's watermark gauge appears once its watermark is known: waited for)."""
+        response = httpx.get(
+            f"{service.base}/metrics", headers={**service.headers, "Accept": "text/plain"}
+        )
+        assert response.status_code == 200
+        labels: dict[str, set[str]] = {}
+        for family, labelled in re.findall(r"^(mdp_feed_[a-z_]+){([^}]*)}", response.text, re.M):
+            labels.setdefault(family, set()).update(re.findall(r'symbol="([^"]+)"', labelled))
+        return {
+            family
+            for family in families
+            if family not in labels or (labels[family] and labels[family] != symbols)
+        }
+
+    assert families
+    wait_until(missing, lambda left: not left, what="every feed family")
 
 
 def test_a_drop_mid_stream_serves_what_was_printed_meanwhile_once(
