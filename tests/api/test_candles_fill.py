@@ -67,6 +67,16 @@ def _summary(candles: list[dict[str, Any]]) -> list[tuple[int, Any, int, bool]]:
     ]
 
 
+def _fed_through(history: SyncDatabase, through: datetime) -> None:
+    """AAPL's venue feed has stored every trade up to `through`, and nothing after."""
+    history.execute(
+        "INSERT INTO feed_watermarks (symbol, feed, last_trade_id, complete_through, since) "
+        "VALUES ('AAPL', 'coinbase', 1, $1, $2)",
+        through,
+        at(-60),
+    )
+
+
 def test_fill_null_returns_every_bucket_marking_the_gap(client: TestClient, history: SyncDatabase):
     body = client.get("/candles", params={**WINDOW, "fill": "null"}).json()
     assert body["count"] == 10
@@ -111,12 +121,7 @@ def test_an_empty_bucket_closes_only_once_its_feed_stored_everything_through_it(
 ):
     # AAPL's feed has stored everything only through minute 2.5: later buckets, empty or not,
     # may still receive trades, however long ago they ended by the clock.
-    history.execute(
-        "INSERT INTO feed_watermarks (symbol, feed, last_trade_id, complete_through, since) "
-        "VALUES ('AAPL', 'coinbase', 1, $1, $2)",
-        at(2.5),
-        at(-60),
-    )
+    _fed_through(history, at(2.5))
     response = client.get("/candles", params={**WINDOW, "fill": "null"})
     assert [c["closed"] for c in response.json()["candles"]] == [True, True] + [False] * 8
     assert "immutable" not in response.headers["cache-control"]
@@ -286,12 +291,7 @@ def test_a_filled_candle_export_holds_what_filled_candles_answer(
 def test_an_exported_empty_bucket_closes_only_once_its_feed_stored_everything_through_it(
     client: TestClient, history: SyncDatabase
 ):
-    history.execute(
-        "INSERT INTO feed_watermarks (symbol, feed, last_trade_id, complete_through, since) "
-        "VALUES ('AAPL', 'coinbase', 1, $1, $2)",
-        at(2.5),
-        at(-60),
-    )
+    _fed_through(history, at(2.5))
     window = {k: v for k, v in WINDOW.items() if k != "symbol"}
     params = {**window, "symbols": "AAPL", "format": "csv", "fill": "null"}
     rows = export_rows(client.get("/export/candles", params=params).content, "csv")

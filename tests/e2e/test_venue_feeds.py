@@ -435,19 +435,25 @@ def test_streams_replay_venue_trades_in_commit_order_and_resume_exactly(
     assert [e.data for e in resumed] == [e.data for e in events[2:]]
 
 
+def _traded_three_minutes_ago(service: Service, venue: VenueServer, symbol: str) -> datetime:
+    """`service` fed by `venue`, whose clock runs three minutes behind ours: one trade of
+    `symbol` printed and served in the bucket that began then, which is returned."""
+    connected(service, venue.products)
+    subscribed(venue)
+    base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=3)
+    venue.trade(symbol, time=base + timedelta(seconds=10))
+    serves_exactly(service, venue, symbol)
+    return base
+
+
 def test_a_late_print_sends_the_final_candle_it_revised_again(
     binance: VenueServer, launch: Launch
 ) -> None:
     """The candle stream sends a candle it sent final once more when a late print changes it:
     same bucket, still closed, without an id (the stream's position does not go back)."""
-    venue, symbol = binance, "BTCUSDT"
+    venue, symbol, minute = binance, "BTCUSDT", timedelta(minutes=1)
     service = launch(venue)
-    connected(service, venue.products)
-    subscribed(venue)
-    minute = timedelta(minutes=1)
-    base = datetime.now(UTC).replace(second=0, microsecond=0) - 3 * minute
-    venue.trade(symbol, time=base + timedelta(seconds=10))
-    serves_exactly(service, venue, symbol)
+    base = _traded_three_minutes_ago(service, venue, symbol)
     # The candle stream from the bucket `base` on (within the replay window).
     url = f"{service.base}/stream/candles"
     params = {"symbol": symbol, "interval": "1m", "duration": 60}
@@ -495,15 +501,10 @@ def test_a_quiet_symbols_final_candle_is_sent_when_another_symbol_moves_the_venu
     """A symbol's watermark moves without a trade of it (the venue's clock moved on): the
     final candle goes out within an ingestion interval or so, not at the stream's next
     heartbeat (here longer than the stream lasts)."""
-    venue, symbol = binance, "BTCUSDT"
-    service = launch(venue, STREAM_HEARTBEAT_SECONDS="120")
-    connected(service, venue.products)
-    subscribed(venue)
-    minute = timedelta(minutes=1)
+    venue, symbol, minute = binance, "BTCUSDT", timedelta(minutes=1)
     # The venue's clock three minutes behind ours (as the trades stamp it), `base` open.
-    base = datetime.now(UTC).replace(second=0, microsecond=0) - 3 * minute
-    venue.trade(symbol, time=base + timedelta(seconds=10))
-    serves_exactly(service, venue, symbol)
+    service = launch(venue, STREAM_HEARTBEAT_SECONDS="120")
+    base = _traded_three_minutes_ago(service, venue, symbol)
     url = f"{service.base}/stream/candles"
     params = {"symbol": symbol, "interval": "1m", "duration": 30}
     with consuming(url, params, headers=service.headers) as events:
@@ -527,16 +528,11 @@ def test_a_candle_stream_starts_at_the_bucket_its_feed_has_not_closed(
     """A stream opened while the symbol's feed is behind the clock starts at the bucket the
     feed still holds open (as `/candles` answers it), not at the clock's: that candle is sent
     at once, and again final when the feed passes it."""
-    venue, symbol = binance, "BTCUSDT"
-    service = launch(venue)
-    connected(service, venue.products)
-    subscribed(venue)
-    minute = timedelta(minutes=1)
+    venue, symbol, minute = binance, "BTCUSDT", timedelta(minutes=1)
     # The venue's clock three minutes behind ours: its pongs keep it so, `base` stays open
     # for about 50 s.
-    base = datetime.now(UTC).replace(second=0, microsecond=0) - 3 * minute
-    venue.trade(symbol, time=base + timedelta(seconds=10))
-    serves_exactly(service, venue, symbol)
+    service = launch(venue)
+    base = _traded_three_minutes_ago(service, venue, symbol)
     url = f"{service.base}/stream/candles"
     params = {"symbol": symbol, "interval": "1m", "duration": 60}
     with consuming(url, params, headers=service.headers) as events:
