@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from errors import KeyStreamsAtCapacity, StreamsAtCapacity
 from live.shared_reads import SharedReads
-from persistence.batches import position
+from persistence.batches import START, position
 from persistence.budget import Budget, Claim
 from persistence.trades import TradeRow
 
@@ -179,6 +179,8 @@ class Broadcaster:
         self.position: tuple[datetime, int] | None = None
         self._latest: dict[str, TradeRow] = {}
         self._subscriptions: set[Subscription] = set()
+        # How many streams follow each symbol: the listener reads back only their trades.
+        self._followed: Counter[str] = Counter()
         # Stream slots, per instance and per key.
         self._slots = Budget(
             max_streams,
@@ -216,12 +218,19 @@ class Broadcaster:
             if known is None or _key(trade) > _key(known):
                 self._latest[trade.symbol] = trade
 
+    @property
+    def followed(self) -> frozenset[str]:
+        """The symbols some stream follows."""
+        return frozenset(self._followed)
+
     def publish(self, trades: Sequence[TradeRow]) -> None:
-        """Live trades in stream order, one or more whole batches: remember and fan out."""
+        """Live trades in stream order (those of some symbols of one or more batches):
+        remember and fan out. The position only moves forward: trades of a symbol a stream
+        began to follow during a catch-up come after those of the others."""
         if not trades:
             return
         self._merge(trades)
-        self.position = position(trades[-1])
+        self.position = max(self.position or (START, 0), position(trades[-1]))
         by_symbol: dict[str, list[TradeRow]] = {}
         for trade in trades:
             by_symbol.setdefault(trade.symbol, []).append(trade)
@@ -273,6 +282,7 @@ class Broadcaster:
         claim = self._slots.claim(owner, per_owner)
         subscription = Subscription(frozenset(symbols), self.queue_size, claim, closings=closings)
         self._subscriptions.add(subscription)
+        self._followed.update(subscription.symbols)
         return subscription
 
     def keep_owners(self, active: Collection[str]) -> None:
@@ -283,7 +293,12 @@ class Broadcaster:
                 subscription.end(Ended("revoked"))
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        self._subscriptions.discard(subscription)
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+            for symbol in subscription.symbols:
+                self._followed[symbol] -= 1
+                if not self._followed[symbol]:
+                    del self._followed[symbol]
         subscription.claim.release()
         subscription.close()
 

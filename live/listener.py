@@ -4,6 +4,11 @@ The connection is never a pooled one (returning a connection to asyncpg's pool d
 listeners). Every notice only says "a batch committed"; what the broadcaster gets is read
 back as "every live trade after my position", so a missed or duplicated notice, a reconnect
 or a leader change can neither lose nor repeat a trade.
+
+Only what this instance serves is read back: the newest trade of each symbol (a row a
+symbol), and every trade of the symbols its streams follow. A venue batch holds thousands of
+trades, and an instance without streams (a feed's leader apart from the readers) would
+otherwise read them all back once a second, for nothing.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -19,9 +25,11 @@ from live.broadcaster import Broadcaster
 from persistence.batches import (
     START,
     latest_trades,
+    newest_after,
     newest_position,
     oldest_live_batch,
     parse_notice,
+    position,
     trades_after,
 )
 from persistence.connections import describe_error
@@ -137,9 +145,47 @@ class Listener:
                 else:
                     broadcaster.reset(newest)
                 return
-            while True:
-                trades = await trades_after(conn, position, limit=_PAGE)
-                broadcaster.publish(trades)
-                if len(trades) < _PAGE:
-                    return
-                position = broadcaster.position or position
+            upto = await newest_position(conn)
+            if upto <= position:
+                return
+            latest = await newest_after(conn, position, upto)
+            broadcaster.remember({trade.symbol: trade for trade in latest})
+            await self._read_followed(conn, position, upto)
+            broadcaster.position = upto
+
+    async def _read_followed(
+        self, conn: asyncpg.Connection, start: tuple[datetime, int], upto: tuple[datetime, int]
+    ) -> None:
+        """Publish the trades after `start` up to `upto` of the symbols streams follow, a page
+        at a time. A stream may begin to follow a symbol while a page is read: that symbol's
+        trades up to where the others got are then read first, so that no stream that
+        subscribed before the catch-up's end misses a trade of it."""
+        broadcaster = self._broadcaster
+        read: frozenset[str] = frozenset()
+        after = start
+        while True:
+            if joined := broadcaster.followed - read:
+                if after > start:
+                    await self._read_joined(conn, start, after, joined)
+                read |= joined
+                continue
+            if not read or after >= upto:
+                return
+            page = await trades_after(conn, after, symbols=read, upto=upto, limit=_PAGE)
+            broadcaster.publish(page)
+            after = position(page[-1]) if len(page) == _PAGE else upto
+
+    async def _read_joined(
+        self,
+        conn: asyncpg.Connection,
+        start: tuple[datetime, int],
+        upto: tuple[datetime, int],
+        symbols: frozenset[str],
+    ) -> None:
+        """Publish the trades of `symbols` after `start` up to `upto`, a page at a time."""
+        while True:
+            page = await trades_after(conn, start, symbols=symbols, upto=upto, limit=_PAGE)
+            self._broadcaster.publish(page)
+            if len(page) < _PAGE:
+                return
+            start = position(page[-1])

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import BigInteger, Integer, String
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.types import TypeEngine
 
 from persistence.statements import TIMESTAMP, Connection, Row, statement
 from persistence.trades import RECENT, TradeRow
@@ -24,6 +25,7 @@ __all__ = [
     "START",
     "BatchNotice",
     "latest_trades",
+    "newest_after",
     "newest_position",
     "notice",
     "oldest_live_batch",
@@ -40,28 +42,43 @@ _COLUMNS = (
     "t.side"
 )
 
-# Trades of the live batches after a position (stamp, id), in stream order: commit order,
-# batch by batch, by id within one. The position's own batch is included from the trade after
-# `id`, so a resume is exact mid-batch. A synthetic batch's trades carry its stamp; a venue
-# batch's keep their venue timestamps (recovered ones older than live ones committed
-# before). A batch a revision before migration 0013 wrote (during a deploy) is not marked:
+# The live trades of the batches after a position (stamp, id), and up to one where `{upto}`
+# bounds them. The position's own batch is included from the trade after `id`, so a resume
+# is exact mid-batch. A batch a revision before migration 0013 wrote (during a deploy) is not marked:
 # its trades are found as that revision found them.
-_AFTER = statement(
-    f"""
-    SELECT {_COLUMNS}, b.stamped
+_LIVE_AFTER = """
     FROM live_batches b
     JOIN trades t ON t.id BETWEEN b.first_id AND b.last_id
         AND CASE WHEN b.rows_marked THEN t.live
                  ELSE t.timestamp = b.stamped OR t.venue_trade_id IS NOT NULL END
-    WHERE b.stamped >= :stamped AND (b.stamped, t.id) > (:stamped, :id)
+    WHERE b.stamped >= :stamped AND (b.stamped, t.id) > (:stamped, :id){upto}
+"""
+_UPTO = " AND b.stamped <= :upto_stamped AND (b.stamped, t.id) <= (:upto_stamped, :upto_id)"
+# Those trades in stream order: commit order, batch by batch, by id within one. A synthetic
+# batch's trades carry its stamp; a venue batch's keep their venue timestamps (recovered ones
+# older than live ones committed before).
+_AFTER = f"""
+    SELECT {_COLUMNS}, b.stamped {_LIVE_AFTER}
       AND (:symbols IS NULL OR t.symbol = ANY(:symbols))
     ORDER BY b.stamped, t.id
     LIMIT :limit
+"""
+_POSITION_TYPES: dict[str, TypeEngine[Any]] = {"stamped": TIMESTAMP, "id": BigInteger()}
+_BOUND_TYPES: dict[str, TypeEngine[Any]] = {"upto_stamped": TIMESTAMP, "upto_id": BigInteger()}
+_PAGE_TYPES: dict[str, TypeEngine[Any]] = {"symbols": ARRAY(String), "limit": Integer()}
+_AFTER_OPEN = statement(_AFTER.format(upto=""), **_POSITION_TYPES, **_PAGE_TYPES)
+_AFTER_BOUNDED = statement(
+    _AFTER.format(upto=_UPTO), **_POSITION_TYPES, **_PAGE_TYPES, **_BOUND_TYPES
+)
+# The newest trade (by timestamp, id) of each symbol among them: a row a symbol, however many
+# trades the batches hold.
+_NEWEST_AFTER = statement(
+    f"""
+    SELECT DISTINCT ON (t.symbol) {_COLUMNS}, b.stamped {_LIVE_AFTER.format(upto=_UPTO)}
+    ORDER BY t.symbol, t.timestamp DESC, t.id DESC
 """,
-    stamped=TIMESTAMP,
-    id=BigInteger,
-    symbols=ARRAY(String),
-    limit=Integer,
+    **_POSITION_TYPES,
+    **_BOUND_TYPES,
 )
 
 # Each known symbol with its newest trade (NULLs without trades): one index probe per symbol.
@@ -144,12 +161,34 @@ async def trades_after(
     conn: Connection,
     after: tuple[datetime, int],
     *,
-    symbols: Sequence[str] | None = None,
+    symbols: Collection[str] | None = None,
+    upto: tuple[datetime, int] | None = None,
     limit: int,
 ) -> list[TradeRow]:
-    """Live trades after the position `after` = (stamp, id) in stream order, at most `limit`,
-    each with its batch's stamp."""
-    rows = await _AFTER.fetch(conn, stamped=after[0], id=after[1], symbols=symbols, limit=limit)
+    """Live trades after the position `after` = (stamp, id) in stream order, of `symbols`
+    (every symbol when None), up to the position `upto` (inclusive; no bound when None), at
+    most `limit`, each with its batch's stamp."""
+    values = {
+        "stamped": after[0],
+        "id": after[1],
+        "symbols": sorted(symbols) if symbols is not None else None,
+        "limit": limit,
+    }
+    if upto is None:
+        rows = await _AFTER_OPEN.fetch(conn, **values)
+    else:
+        rows = await _AFTER_BOUNDED.fetch(conn, **values, upto_stamped=upto[0], upto_id=upto[1])
+    return [TradeRow(*row) for row in rows]
+
+
+async def newest_after(
+    conn: Connection, after: tuple[datetime, int], upto: tuple[datetime, int]
+) -> list[TradeRow]:
+    """The newest trade of each symbol among the live trades after the position `after` up to
+    `upto` (inclusive), each with its batch's stamp."""
+    rows = await _NEWEST_AFTER.fetch(
+        conn, stamped=after[0], id=after[1], upto_stamped=upto[0], upto_id=upto[1]
+    )
     return [TradeRow(*row) for row in rows]
 
 

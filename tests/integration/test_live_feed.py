@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -142,6 +142,68 @@ async def test_listener_publishes_every_batch_once_in_order(
     assert broadcaster.latest("AAA") is None  # not listening any more: memory is not current
     newest = broadcaster.newest("AAA", None)
     assert newest is not None and newest.price == 14 and newest.timestamp == stamps[-1]
+
+
+class _Recording(Broadcaster):
+    """A broadcaster that keeps what the listener published, and lets a test act on it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_streams=10, queue_size=100)
+        self.published: list[TradeRow] = []
+        self.on_publish: list[Callable[[], object]] = []
+
+    def publish(self, trades: Sequence[TradeRow]) -> None:
+        super().publish(trades)
+        self.published.extend(trades)
+        if trades and self.on_publish:
+            self.on_publish.pop(0)()
+
+
+async def test_listener_reads_back_the_followed_symbols_and_each_ones_newest(
+    feed_engine: AsyncEngine, empty_database: URL
+) -> None:
+    """An instance serves each symbol's newest trade and its streams' symbols: it reads back
+    no more than that, however many trades a batch holds."""
+    broadcaster = _Recording()
+    async with _listening(empty_database, broadcaster):
+        subscription = broadcaster.subscribe(["AAA"])
+        stamps = _stamps(3)
+        for i, stamped in enumerate(stamps):
+            await _write_batch(feed_engine, stamped, price=f"{10 + i}")
+        await wait_until_async(
+            lambda: broadcaster.position is not None and broadcaster.position[0] == stamps[-1],
+            what="the last batch",
+        )
+        newest = broadcaster.latest("BBB")
+        received = await _drain(subscription)
+    assert {t.symbol for t in broadcaster.published} == {"AAA"}
+    assert [t.timestamp for t in received if isinstance(t, TradeRow)] == stamps
+    assert newest is not None and (newest.price, newest.timestamp) == (12, stamps[-1])
+
+
+async def test_a_symbol_first_followed_mid_catch_up_is_read_from_the_catch_ups_start(
+    feed_engine: AsyncEngine, empty_database: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream of a symbol no stream followed opens while a catch-up reads its pages: the
+    symbol's trades the catch-up had passed are read too, and come first."""
+    monkeypatch.setattr("live.listener._PAGE", 2)
+    stamps = _stamps(3)
+    for stamped in stamps:
+        await _write_batch(feed_engine, stamped)
+    broadcaster = _Recording()
+    broadcaster.position = (batches.START, 0)  # heard nothing yet: one catch-up of all three
+    aaa = broadcaster.subscribe(["AAA"])
+    joined: list[Subscription] = []
+    broadcaster.on_publish.append(lambda: joined.append(broadcaster.subscribe(["BBB"])))
+    async with _listening(empty_database, broadcaster):
+        await wait_until_async(
+            lambda: broadcaster.position is not None and broadcaster.position[0] == stamps[-1],
+            what="the catch-up",
+        )
+        received = {"AAA": await _drain(aaa), "BBB": await _drain(joined[0])}
+    for symbol, items in received.items():
+        trades = [t for t in items if isinstance(t, TradeRow)]
+        assert [(t.symbol, t.timestamp) for t in trades] == [(symbol, s) for s in stamps]
 
 
 async def test_listener_catches_up_after_losing_its_connection(

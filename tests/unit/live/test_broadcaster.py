@@ -40,6 +40,28 @@ def test_a_price_never_goes_backwards() -> None:
     assert broadcaster.newest("BBB", None) is None
 
 
+def test_a_symbol_is_followed_while_a_stream_of_it_is_open() -> None:
+    broadcaster = Broadcaster(max_streams=3, queue_size=1)
+    first, second = broadcaster.subscribe(["AAA"]), broadcaster.subscribe(["AAA", "BBB"])
+    assert broadcaster.followed == {"AAA", "BBB"}
+
+    broadcaster.unsubscribe(second)
+    assert broadcaster.followed == {"AAA"}
+    broadcaster.unsubscribe(second)  # twice (a stream ends once, however it ends)
+    assert broadcaster.followed == {"AAA"}
+    broadcaster.unsubscribe(first)
+    assert broadcaster.followed == frozenset()
+
+
+def test_the_position_never_moves_back() -> None:
+    """A symbol a stream began to follow mid catch-up is published after the others, older."""
+    broadcaster = Broadcaster(max_streams=1, queue_size=1)
+    broadcaster.publish([_trade(1, "AAA"), _trade(3, "AAA")])
+    broadcaster.publish([_trade(2, "BBB")])
+
+    assert broadcaster.position == (T0, 3)
+
+
 async def test_each_stream_gets_only_its_symbols_in_order() -> None:
     broadcaster = Broadcaster(max_streams=2, queue_size=4)
     both = broadcaster.subscribe(["AAA", "BBB"])
