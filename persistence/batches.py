@@ -44,8 +44,8 @@ _COLUMNS = (
 
 # The live trades of the batches after a position (stamp, id), and up to one where `{upto}`
 # bounds them. The position's own batch is included from the trade after `id`, so a resume
-# is exact mid-batch. A batch a revision before migration 0013 wrote (during a deploy) is not marked:
-# its trades are found as that revision found them.
+# is exact mid-batch. A batch a revision before migration 0013 wrote (during a deploy) is not
+# marked: its trades are found as that revision found them.
 _LIVE_AFTER = """
     FROM live_batches b
     JOIN trades t ON t.id BETWEEN b.first_id AND b.last_id
