@@ -15,6 +15,7 @@ counts one more `revision`, in the transaction that changes it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -199,12 +200,21 @@ class Advance(NamedTuple):
 
 
 async def advance_watermark(
-    conn: AsyncConnection, *, span: timedelta, until: datetime | None = None
+    conn: AsyncConnection,
+    *,
+    span: timedelta,
+    until: datetime | None = None,
+    deadline: float | None = None,
 ) -> Advance | None:
     """For every symbol, materialise its oldest not yet materialised final minutes, at most
     `span` of them (and none from `until` on), with the longer buckets they complete, and
     move its watermark past them. Run it in a transaction of its own. None when a backfill
-    holds a symbol's candle lock (try again later) or there is no symbol."""
+    holds a symbol's candle lock (try again later) or there is no symbol.
+
+    With a `deadline` (`time.monotonic()`), symbols are materialised one at a time and the
+    step ends with the first one done past it: the others' watermarks stay, for the next
+    step. A busy feed's minute (20 symbols of 60,000 trades each) took 1.8 s in one go,
+    holding back the leader's next batch as long."""
     symbols, locked = (await conn.execute(_try_lock_all)).one()
     if not locked or not symbols:
         return None
@@ -222,12 +232,19 @@ async def advance_watermark(
         caught_up = caught_up and after >= final
         if after > before:
             moves.setdefault((before, after), []).append(symbol)
-    await _materialise(conn, moves, afters)
+    done = await _materialise(conn, moves, afters, deadline=deadline)
+    left = [symbol for group in moves.values() for symbol in group if symbol not in done]
+    for symbol, before, _ in rows:
+        if symbol in left:
+            afters[symbol] = before
     return Advance(
         min(before for _, before, _ in rows),
         min(afters.values()),
-        caught_up,
-        max((after - before for before, after in moves), default=timedelta(0)),
+        caught_up and not left,
+        max(
+            (after - before for (before, after), group in moves.items() if done & set(group)),
+            default=timedelta(0),
+        ),
     )
 
 
@@ -235,19 +252,35 @@ async def _materialise(
     conn: AsyncConnection,
     moves: dict[tuple[datetime, datetime], list[str]],
     afters: dict[str, datetime],
-) -> None:
+    *,
+    deadline: float | None = None,
+) -> set[str]:
     """Materialise each group of symbols from `before` to `after` (its key) and move their
-    watermarks there."""
+    watermarks there; returns the symbols done. With a `deadline`, a symbol at a time, until
+    the first one done past it."""
     if not moves:
-        return
+        return set()
     await conn.execute(_sort_in_memory)
+    moved: list[str] = []
     for (before, after), group in moves.items():
+        chunks = [group] if deadline is None else [[symbol] for symbol in group]
+        done: list[str] = []
+        for chunk in chunks:
+            await _upsert(conn, chunk, BASE, bucket_floor(before, _MINUTE), after)
+            done.extend(chunk)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
         for interval, step in INTERVALS.items():
-            # Minutes first; then every longer bucket that ended within (before, after].
-            lo, hi = bucket_floor(before, step), bucket_floor(after, step)
-            await _upsert(conn, group, interval, lo, hi)
-    moved = [symbol for group in moves.values() for symbol in group]
+            # Then every longer bucket that ended within (before, after], from the minutes.
+            if interval != BASE:
+                await _upsert(
+                    conn, done, interval, bucket_floor(before, step), bucket_floor(after, step)
+                )
+        moved.extend(done)
+        if len(done) < len(group):
+            break
     await _move.execute(conn, symbols=moved, untils=[afters[s] for s in moved])
+    return set(moved)
 
 
 async def materialise_final(conn: AsyncConnection, symbol: str) -> datetime:

@@ -164,6 +164,14 @@ async def materialise(conn: AsyncConnection, until: datetime | None = None) -> N
     assert await advance_watermark(conn, span=EVERYTHING, until=until) is not None
 
 
+async def _watermarks(conn: AsyncConnection, codes: Sequence[str]) -> list[datetime]:
+    rows = await conn.execute(
+        text("SELECT candles_until FROM candle_watermarks WHERE symbol = ANY(:s) ORDER BY symbol"),
+        {"s": list(codes)},
+    )
+    return list(rows.scalars())
+
+
 async def watermark(conn: AsyncConnection) -> datetime | None:
     value = await conn.execute(text("SELECT min(candles_until) FROM candle_watermarks"))
     moment = value.scalar_one()
@@ -509,6 +517,47 @@ async def test_catching_up_goes_oldest_first_in_bounded_steps(fresh_engine: Asyn
             lo, hi = _floor(first, step), _floor(steps[-1][0].after, step)
             candles, from_trades = await read(conn, "CU2", interval, lo, hi)
             assert candles == reference(trades, step, lo, hi), interval
+            assert not from_trades
+
+
+async def test_a_step_past_its_deadline_leaves_the_other_symbols_for_the_next(
+    conn: AsyncConnection,
+) -> None:
+    """A busy feed's minute can hold more trades than one step's budget aggregates: a symbol
+    at a time, the rest on the next steps, and the candles are as if done at once."""
+    codes = ("DLA", "DLB", "DLC")
+    await ensure_symbols(conn, [(code, code) for code in codes])
+    start = datetime(2026, 3, 1, 9, 0, 5, tzinfo=UTC)
+    rng = random.Random(5)
+    await restore_trades(
+        conn,
+        [
+            NewTrade(code, rng.randint(9_000, 11_000) * TICK, rng.randint(1, 50), moment)
+            for code in codes
+            for moment in (start + timedelta(seconds=15 * i) for i in range(4 * 60))
+        ],
+    )
+    until = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+
+    afters = []
+    for _ in codes:
+        # Already past: each step materialises one symbol, and moves only its watermark.
+        advance = await advance_watermark(conn, span=EVERYTHING, until=until, deadline=0.0)
+        assert advance is not None
+        afters.append((advance.after, await _watermarks(conn, codes)))
+
+    first = _floor(start, STEPS["1m"])
+    assert afters == [
+        (first, [until, first, first]),
+        (first, [until, until, first]),
+        (until, [until, until, until]),
+    ]
+    for code in codes:
+        trades = await _stored(conn, code)
+        for interval, step in STEPS.items():
+            lo, hi = _floor(start, step), _floor(until, step)
+            candles, from_trades = await read(conn, code, interval, lo, hi)
+            assert candles == reference(trades, step, lo, hi), (code, interval)
             assert not from_trades
 
 
