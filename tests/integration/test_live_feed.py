@@ -316,11 +316,16 @@ async def test_imported_trades_are_never_streamed_as_live(
             "VALUES ('AAA', 7.5, 2, $1, '2')",
             shared,
         )
-        # The batch draws an id for each trade in turn, and waits at the one held.
+        # The batch draws ids as it goes: COPY stores its rows 1,000 at a time (the first
+        # thousand's ids drawn before), and waits at the one held, in the first thousand.
         batch = [
-            VenueTrade("AAA", Decimal("11"), Decimal(1), base + timedelta(minutes=11), "3", "buy"),
             VenueTrade("AAA", Decimal("7.5"), Decimal(2), shared, "2", "sell"),
-            VenueTrade("AAA", Decimal("12"), Decimal(1), base + timedelta(minutes=12), "4", "buy"),
+            *(
+                VenueTrade("AAA", Decimal("11"), Decimal(1), moment, str(3 + i), "buy")
+                for i, moment in enumerate(
+                    base + timedelta(minutes=11, milliseconds=10 * i) for i in range(1_100)
+                )
+            ),
         ]
         writing = asyncio.create_task(
             _venue_batch(feed_engine, batch, base + timedelta(minutes=12), stamped)
@@ -340,7 +345,7 @@ async def test_imported_trades_are_never_streamed_as_live(
         received = await _drain(subscription)
     conn = await asyncpg.connect(dsn(empty_database))
     try:
-        replayed = await batches.trades_after(conn, (batches.START, 0), limit=100)
+        replayed = await batches.trades_after(conn, (batches.START, 0), limit=10_000)
         (first, last) = await conn.fetchrow("SELECT first_id, last_id FROM live_batches")
         inside = await conn.fetchval(
             "SELECT count(*) FROM trades WHERE symbol = 'BBB' AND id BETWEEN $1 AND $2",
@@ -350,7 +355,7 @@ async def test_imported_trades_are_never_streamed_as_live(
     finally:
         await conn.close()
     assert inside == 3  # the import's ids are inside the batch's range
-    live = [("AAA", "3"), ("AAA", "2"), ("AAA", "4")]
+    live = [(t.symbol, t.venue_trade_id) for t in batch]
     assert [(t.symbol, t.venue_trade_id) for t in received if isinstance(t, TradeRow)] == live
     assert [(t.symbol, t.venue_trade_id) for t in replayed] == live
 
