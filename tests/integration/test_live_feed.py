@@ -76,6 +76,22 @@ async def _notices(url: URL) -> AsyncIterator[asyncio.Queue[str]]:
         await conn.close()
 
 
+async def _heard(broadcaster: Broadcaster, stamped: datetime, what: str) -> None:
+    """Wait until the listener has published up to the batch stamped `stamped`."""
+    await wait_until_async(
+        lambda: broadcaster.position is not None and broadcaster.position[0] == stamped,
+        what=what,
+    )
+
+
+async def _write_batches(engine: AsyncEngine, count: int) -> list[datetime]:
+    """`count` batches of every symbol, priced 10, 11, …; their stamps."""
+    stamps = _stamps(count)
+    for i, stamped in enumerate(stamps):
+        await _write_batch(engine, stamped, price=f"{10 + i}")
+    return stamps
+
+
 async def _drain(subscription: Subscription) -> list[TradeRow | Reset]:
     items: list[TradeRow | Reset] = []
     while (item := await subscription.next(0.01)) is not None:
@@ -128,13 +144,8 @@ async def test_listener_publishes_every_batch_once_in_order(
     broadcaster = Broadcaster(max_streams=10, queue_size=100)
     async with _listening(empty_database, broadcaster):
         subscription = broadcaster.subscribe(SYMBOLS)
-        stamps = _stamps(5)
-        for i, stamped in enumerate(stamps):
-            await _write_batch(feed_engine, stamped, price=f"{10 + i}")
-        await wait_until_async(
-            lambda: broadcaster.position is not None and broadcaster.position[0] == stamps[-1],
-            what="the last batch",
-        )
+        stamps = await _write_batches(feed_engine, 5)
+        await _heard(broadcaster, stamps[-1], "the last batch")
         received = await _drain(subscription)
     trades = [t for t in received if isinstance(t, TradeRow)]
     assert [(t.timestamp, t.symbol) for t in trades] == [(s, c) for s in stamps for c in SYMBOLS]
@@ -167,13 +178,8 @@ async def test_listener_reads_back_the_followed_symbols_and_each_ones_newest(
     broadcaster = _Recording()
     async with _listening(empty_database, broadcaster):
         subscription = broadcaster.subscribe(["AAA"])
-        stamps = _stamps(3)
-        for i, stamped in enumerate(stamps):
-            await _write_batch(feed_engine, stamped, price=f"{10 + i}")
-        await wait_until_async(
-            lambda: broadcaster.position is not None and broadcaster.position[0] == stamps[-1],
-            what="the last batch",
-        )
+        stamps = await _write_batches(feed_engine, 3)
+        await _heard(broadcaster, stamps[-1], "the last batch")
         newest = broadcaster.latest("BBB")
         received = await _drain(subscription)
     assert {t.symbol for t in broadcaster.published} == {"AAA"}
@@ -196,10 +202,7 @@ async def test_a_symbol_first_followed_mid_catch_up_is_read_from_the_catch_ups_s
     joined: list[Subscription] = []
     broadcaster.on_publish.append(lambda: joined.append(broadcaster.subscribe(["BBB"])))
     async with _listening(empty_database, broadcaster):
-        await wait_until_async(
-            lambda: broadcaster.position is not None and broadcaster.position[0] == stamps[-1],
-            what="the catch-up",
-        )
+        await _heard(broadcaster, stamps[-1], "the catch-up")
         received = {"AAA": await _drain(aaa), "BBB": await _drain(joined[0])}
     for symbol, items in received.items():
         trades = [t for t in items if isinstance(t, TradeRow)]
@@ -225,10 +228,7 @@ async def test_listener_catches_up_after_losing_its_connection(
         # Written while the listener is away: heard of by nobody, caught up on reconnect.
         for stamped in stamps[1:]:
             await _write_batch(feed_engine, stamped)
-        await wait_until_async(
-            lambda: broadcaster.position is not None and broadcaster.position[0] == stamps[-1],
-            what="the catch-up",
-        )
+        await _heard(broadcaster, stamps[-1], "the catch-up")
         received = await _drain(subscription)
     assert [t.timestamp for t in received if isinstance(t, TradeRow)] == stamps
 
@@ -338,10 +338,7 @@ async def test_imported_trades_are_never_streamed_as_live(
         await held.rollback()
         await holding.close()
         await asyncio.wait_for(writing, 10)
-        await wait_until_async(
-            lambda: broadcaster.position is not None and broadcaster.position[0] == stamped,
-            what="the batch heard",
-        )
+        await _heard(broadcaster, stamped, "the batch heard")
         received = await _drain(subscription)
     conn = await asyncpg.connect(dsn(empty_database))
     try:
@@ -394,10 +391,7 @@ async def test_a_batch_names_the_symbols_whose_candles_its_watermarks_closed_onc
         await write(
             stamps[0], [VenueTrade("AAA", Decimal(7), Decimal(1), base, "1", "buy")], AAA=at, BBB=at
         )
-        await wait_until_async(
-            lambda: broadcaster.position is not None and broadcaster.position[0] == stamps[0],
-            what="the batch heard",
-        )
+        await _heard(broadcaster, stamps[0], "the batch heard")
         first = [await _items(s) for s in (aaa, bbb, trades)]
         await write(stamps[1], [], AAA=at + timedelta(seconds=20), BBB=at)
         await write(stamps[2], [], AAA=at + timedelta(seconds=40), BBB=at)
