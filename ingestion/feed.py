@@ -63,6 +63,10 @@ FeedState = Literal["connecting", "connected", "recovering", "down", "unlisted"]
 # instances of many services do not knock on the venue in step).
 _BACKOFF_FIRST = 0.2
 _BACKOFF_MAX = 30.0
+# How long a closing connection waits for the venue's answer. A venue answers at once; a
+# stalled connection never does, and websockets' default (10 s) held back the reconnection
+# (and the recovery of the gap) that long after the stall was found.
+_CLOSE_SECONDS = 1.0
 # Pings per stall bound, for venues without heartbeats: one lost pong is not a stall yet.
 _PINGS_PER_STALL = 3
 # How often a product the venue does not list is asked about again.
@@ -249,6 +253,7 @@ class Feed:
             open_timeout=self.stall_seconds,
             # Our own keepalive below: its pongs are a heartbeat that moves the watermark.
             ping_interval=None,
+            close_timeout=_CLOSE_SECONDS,
             max_size=2**22,
             # Uncompressed: inflating every message cost more CPU than anything else we do
             # with it, and a feed's bandwidth is not what runs short.

@@ -7,6 +7,7 @@ the venue's id, exact decimals, the aggressor's side and the venue's timestamp.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -216,10 +217,13 @@ async def test_a_stalled_connection_is_replaced(name: VenueName) -> None:
             server.trade(symbol)
             await has(collected, symbol, [1])
             server.stall()
+            stalled = time.monotonic()
             server.trade(symbol)  # printed while nothing reaches us
             await wait_until_async(
                 lambda: feed.symbols[symbol].reconnects_total, what="a reconnection"
             )
+            # The stall bound, closing without waiting on the stalled venue, the first retry.
+            assert time.monotonic() - stalled < 0.5 + 1.0 + 1.0
             assert feed.last_error is not None and "Stalled" in feed.last_error
             server.stall(False)
             await has(collected, symbol, [1, 2])
