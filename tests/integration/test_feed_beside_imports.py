@@ -14,13 +14,12 @@ from decimal import Decimal
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ingestion.leader import LEADER_LOCK_KEY
-from persistence.feeds import StoredMark, VenueBatch, insert_venue_batch, stored_marks
+from persistence.feeds import StoredMark, VenueBatch, stored_marks
 from persistence.imports import import_trades
 from persistence.partitions import ensure_partitions
 from persistence.symbols import ensure_symbols
 from persistence.trades import VenueTrade
-from tests.support import import_table
+from tests.support import import_table, store_venue_batch
 
 MINUTE = timedelta(minutes=1)
 # Seconds a batch may take here: a batch that waits for the import waits for ever.
@@ -38,17 +37,7 @@ async def write(
     stamped: datetime,
 ) -> VenueBatch:
     async with engine.begin() as conn:
-        batch = await insert_venue_batch(
-            conn,
-            trades,
-            marks,
-            feed="coinbase",
-            stamped=stamped,
-            leader_pid=None,
-            lock_key=LEADER_LOCK_KEY,
-        )
-    assert batch is not None
-    return batch
+        return await store_venue_batch(conn, trades, marks, stamped=stamped)
 
 
 async def stored(engine: AsyncEngine) -> list[tuple[str, str]]:

@@ -21,6 +21,7 @@ from persistence.materialise import advance_watermark
 from persistence.partitions import ensure_partitions
 from persistence.symbols import ensure_symbols
 from persistence.trades import VenueTrade
+from tests.support import store_venue_batch
 
 MINUTE = timedelta(minutes=1)
 MICROSECOND = timedelta(microseconds=1)
@@ -46,17 +47,9 @@ async def write(
     last_id: int,
     stamped: datetime,
 ) -> VenueBatch:
-    batch = await insert_venue_batch(
-        conn,
-        trades,
-        {SYMBOL: StoredMark(last_id, through, BASE)},
-        feed="coinbase",
-        stamped=stamped,
-        leader_pid=None,
-        lock_key=LEADER_LOCK_KEY,
+    return await store_venue_batch(
+        conn, trades, {SYMBOL: StoredMark(last_id, through, BASE)}, stamped=stamped
     )
-    assert batch is not None
-    return batch
 
 
 async def closed(conn: AsyncConnection, start: datetime) -> bool:

@@ -22,7 +22,7 @@ from persistence.imports import import_trades
 from persistence.partitions import ensure_partitions
 from persistence.symbols import ensure_symbols
 from persistence.trades import LIVE_CHANNEL, NewTrade, TradeRow, VenueTrade, insert_live_batch
-from tests.support import dsn, import_table, seed_trades, wait_until_async
+from tests.support import dsn, import_table, seed_trades, store_venue_batch, wait_until_async
 
 SYMBOLS = ("AAA", "BBB")
 
@@ -280,16 +280,12 @@ async def _venue_batch(
 ) -> None:
     last_id = max(int(trade.venue_trade_id or 0) for trade in trades)
     async with engine.begin() as conn:
-        batch = await insert_venue_batch(
+        await store_venue_batch(
             conn,
             trades,
             {"AAA": StoredMark(last_id, through, through - timedelta(hours=1))},
-            feed="coinbase",
             stamped=stamped,
-            leader_pid=None,
-            lock_key=0,
         )
-        assert batch is not None
 
 
 async def test_imported_trades_are_never_streamed_as_live(

@@ -12,7 +12,13 @@ from tests.support.keys import provision_key, provision_key_now
 from tests.support.metrics import metric_value
 from tests.support.polling import wait_until, wait_until_async
 from tests.support.processes import Service, free_port, serve, serve_live
-from tests.support.trades import generate_trades, import_table, restore_trades, seed_trades
+from tests.support.trades import (
+    generate_trades,
+    import_table,
+    restore_trades,
+    seed_trades,
+    store_venue_batch,
+)
 
 __all__ = [
     "TEST_SETTINGS",
@@ -32,6 +38,7 @@ __all__ = [
     "restore_trades",
     "import_table",
     "seed_trades",
+    "store_venue_batch",
     "wait_until",
     "wait_until_async",
 ]

@@ -10,10 +10,18 @@ import pyarrow as pa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingestion.files import TRADES
+from ingestion.leader import LEADER_LOCK_KEY
+from persistence.feeds import StoredMark, VenueBatch, insert_venue_batch
 from persistence.history import copy_trades, write_history
-from persistence.trades import NewTrade
+from persistence.trades import NewTrade, VenueTrade
 
-__all__ = ["generate_trades", "import_table", "restore_trades", "seed_trades"]
+__all__ = [
+    "generate_trades",
+    "import_table",
+    "restore_trades",
+    "seed_trades",
+    "store_venue_batch",
+]
 
 
 async def seed_trades(conn: AsyncConnection, trades: Iterable[NewTrade]) -> None:
@@ -31,6 +39,28 @@ async def restore_trades(conn: AsyncConnection, trades: Iterable[NewTrade]) -> N
     """Store `trades` as a restored dump holds them: ids in the order given, nothing
     materialised, so candles come from trades until the leader catches up."""
     await copy_trades(conn, list(trades))
+
+
+async def store_venue_batch(
+    conn: AsyncConnection,
+    trades: list[VenueTrade],
+    marks: dict[str, StoredMark],
+    *,
+    stamped: datetime,
+) -> VenueBatch:
+    """Store a venue batch as the feed's writer does, as the only writer (no election), in
+    the caller's transaction; it must not be refused."""
+    batch = await insert_venue_batch(
+        conn,
+        trades,
+        marks,
+        feed="coinbase",
+        stamped=stamped,
+        leader_pid=None,
+        lock_key=LEADER_LOCK_KEY,
+    )
+    assert batch is not None
+    return batch
 
 
 def import_table(
