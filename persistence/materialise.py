@@ -100,23 +100,26 @@ _upsert_rollup = statement(
     **_UPSERT_TYPES,
 )
 
-_lock_symbol = statement(
-    "SELECT pg_advisory_xact_lock(hashtext('mdp.candles'), hashtext(:symbol))", symbol=String
-)
+
+# A symbol's candle lock (transaction-level), the key of every writer of its candles.
+def _candle_lock(symbol: str) -> str:
+    return f"hashtext('mdp.candles'), hashtext({symbol})"
+
+
+_lock_symbol = statement(f"SELECT pg_advisory_xact_lock({_candle_lock(':symbol')})", symbol=String)
 # The symbols whose lock another transaction holds; this one holds the others' from then on.
 _try_lock_symbols = statement(
-    """
+    f"""
     SELECT symbol FROM unnest(CAST(:symbols AS varchar[])) AS s(symbol)
-    WHERE NOT pg_try_advisory_xact_lock(hashtext('mdp.candles'), hashtext(symbol))
+    WHERE NOT pg_try_advisory_xact_lock({_candle_lock("symbol")})
     """,
     symbols=ARRAY(String),
 )
 # All or nothing: the leader never waits behind a backfill chunk (its cadence matters more).
 _try_lock_all = text(
-    """
+    f"""
     SELECT array_agg(symbol ORDER BY symbol),
-           coalesce(bool_and(pg_try_advisory_xact_lock(hashtext('mdp.candles'), hashtext(symbol))),
-                    true)
+           coalesce(bool_and(pg_try_advisory_xact_lock({_candle_lock("symbol")})), true)
     FROM (SELECT symbol FROM symbols ORDER BY symbol) AS s
     """
 )

@@ -14,11 +14,11 @@ from persistence.statements import TIMESTAMP, Connection, statement
 __all__ = [
     "drop_expired",
     "dropped_months",
-    "month_of",
-    "next_month",
     "ensure_ahead",
     "ensure_partitions",
     "include_name",
+    "month_of",
+    "next_month",
     "oldest_month_end",
     "oldest_trade_kept",
 ]
